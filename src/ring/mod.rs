@@ -1,0 +1,26 @@
+//! The slot ring: fixed, preallocated request slots named by generation-counted
+//! handles.
+//!
+//! Every transfer takes one slot and gives it back exactly once, whatever path ends
+//! it. The pieces, bottom up:
+//!
+//! - [`Handle`]: `generation << 20 | index`, the name of one transfer; a released
+//!   handle never matches the slot's next transfer.
+//! - [`FreeList`]: a bounded lock-free FIFO of free slot indices.
+//! - [`SlotRing`]: the slots, the free list, and the state machine that moves a slot
+//!   from FREE to RESERVED, POSTED, an ended state, and back, one compare-and-swap per
+//!   step. [`SlotRing::complete`] is the only way a posted transfer ends.
+//! - `sync`: the atomics the above are built on, swapped for loom's under `cfg(loom)`.
+//!
+//! See `DESIGN.md` §2 for why it has this shape.
+
+mod free_list;
+mod handle;
+mod slot_ring;
+mod state;
+mod sync;
+
+pub use free_list::FreeList;
+pub use handle::{FIRST_GENERATION, GENERATION_BITS, Handle, INDEX_BITS, MAX_CAPACITY, MAX_GENERATION};
+pub use slot_ring::{CancelResult, Released, RingStats, SlotRing};
+pub use state::{FailCode, FailSource, Outcome, Status};

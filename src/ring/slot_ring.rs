@@ -1,0 +1,502 @@
+//! `SlotRing`: fixed request slots, a free list, and the state machine between them.
+
+use crossbeam_utils::CachePadded;
+
+use super::free_list::FreeList;
+use super::handle::{FIRST_GENERATION, Handle, MAX_CAPACITY, MAX_GENERATION};
+use super::state::{
+    self, CANCELLED, DETACHED, DONE, FAILED, FREE, FailCode, Outcome, POSTED, RESERVED, RETIRED, Status,
+};
+use super::sync::{AtomicU64, Ordering, UnsafeCell, spin_loop};
+use crate::error::{Error, Result};
+
+/// One request slot: its state word, its completion counters and its context.
+struct Slot<C> {
+    /// `generation << 20 | fail_code << 3 | state`; see `state.rs`.
+    word: AtomicU64,
+    /// Completions this slot has seen, by outcome. Only the winner of a completion
+    /// CAS adds to them, in the slot's own cache line, so they cost no shared traffic.
+    done: AtomicU64,
+    failed: AtomicU64,
+    cancelled: AtomicU64,
+    /// Written only by the slot's owner while it is RESERVED (see `SlotRing`).
+    context: UnsafeCell<C>,
+}
+
+/// What [`SlotRing::release`] did with the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// The transfer had ended (or was never posted): the slot is free again.
+    Freed,
+    /// The transfer is still in flight: the handle is dead now, and the transfer's
+    /// completion will free the slot (no one waits for it).
+    Detached,
+}
+
+/// What [`SlotRing::cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelResult {
+    /// The transfer was never posted; it is now CANCELLED (release it).
+    Cancelled,
+    /// The transfer is in flight: ask the transport to stop it. The slot still ends
+    /// through [`SlotRing::complete`], with whatever outcome the transport reports.
+    InFlight,
+    /// The transfer had already ended; nothing changed.
+    AlreadyComplete,
+}
+
+/// The ring's counters, read by [`SlotRing::stats`].
+///
+/// A snapshot: exact when no operation runs concurrently, and always consistent with
+/// `live = acquired − freed`, `freed = released + detached completions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RingStats {
+    /// The fixed number of slots.
+    pub capacity: usize,
+    /// Slots held by a transfer now (reserved, posted, detached or ended but not released).
+    pub live: usize,
+    /// The most slots held at once since construction (approximate under concurrency:
+    /// sampled at each acquire).
+    pub high_water: usize,
+    /// Successful acquires since construction.
+    pub acquired: u64,
+    /// Slots returned to service (or retired) since construction.
+    pub freed: u64,
+    /// Transfers completed DONE.
+    pub done: u64,
+    /// Transfers completed FAILED.
+    pub failed: u64,
+    /// Transfers CANCELLED (by the transport's proof, or before they were posted).
+    pub cancelled: u64,
+    /// Completions rejected because the handle's transfer had already ended, been
+    /// released, or never existed: duplicates, late arrivals, stale generations.
+    pub stale_completions: u64,
+    /// Slots taken out of service for good at their last generation.
+    pub retired: u64,
+}
+
+/// A fixed-capacity ring of request slots with generation-counted handles.
+///
+/// All memory (slots, contexts, the free list) is allocated by [`SlotRing::new`];
+/// no other method allocates. Every method takes `&self` and is safe to call from
+/// any number of threads: each state transition is one compare-and-swap on the slot's
+/// word, which carries the generation, so an operation with a stale handle always
+/// fails and never touches the slot's current transfer.
+///
+/// The life of a slot (handle generation `g`):
+///
+/// ```text
+/// FREE(g) --acquire--> RESERVED(g) --post--> POSTED(g) --complete--> DONE | FAILED(code) | CANCELLED
+/// RESERVED(g) --release--> FREE(g+1)          RESERVED(g) --cancel--> CANCELLED(g)
+/// DONE | FAILED | CANCELLED --release--> FREE(g+1)
+/// POSTED(g) --release--> DETACHED(g) --complete--> FREE(g+1)
+/// at the last generation, FREE(g+1) is RETIRED(g) instead: never reissued
+/// ```
+///
+/// `C` is the per-slot transfer context (descriptors, notification buffer, …),
+/// preallocated once per slot and reused by every transfer that takes the slot.
+///
+/// ```
+/// use ringxfer::ring::{Outcome, Released, SlotRing, Status};
+///
+/// let ring: SlotRing<[u64; 8]> = SlotRing::new(4)?;
+/// let h = ring.acquire_with(|ctx| ctx[0] = 42)?;
+/// ring.post(h)?;
+/// assert!(ring.complete(h, Outcome::Done)); // the transport reports
+/// assert!(!ring.complete(h, Outcome::Done)); // a duplicate loses
+/// assert_eq!(ring.status(h)?, Status::Done);
+/// assert_eq!(ring.release(h)?, Released::Freed);
+/// assert!(ring.status(h).is_err()); // the handle is dead now
+/// assert_eq!(ring.stats().stale_completions, 1);
+/// # Ok::<(), ringxfer::Error>(())
+/// ```
+pub struct SlotRing<C> {
+    slots: Box<[CachePadded<Slot<C>>]>,
+    free: FreeList,
+    max_generation: u64,
+    high_water: CachePadded<AtomicU64>,
+    /// Rare paths only: stale completions and retirements.
+    stale_completions: AtomicU64,
+    retired: AtomicU64,
+}
+
+// SAFETY: a slot's context is reached only through `acquire_with` (by the thread that
+// popped the slot's index, before any handle to it exists) and the `unsafe` accessors,
+// whose callers promise the exclusive or shared access those need. Moving the ring to
+// another thread moves the contexts with it, so `C: Send` suffices.
+unsafe impl<C: Send> Send for SlotRing<C> {}
+// SAFETY: as above; sharing the ring lets several threads reach contexts, one owner
+// writing (`C: Send`) and possibly several reading through `context` (`C: Sync`).
+unsafe impl<C: Send + Sync> Sync for SlotRing<C> {}
+
+impl<C: Default> SlotRing<C> {
+    /// A ring of `capacity` slots (a power of two, 1 ..= 2^20), every context
+    /// `C::default()`.
+    pub fn new(capacity: usize) -> Result<SlotRing<C>> {
+        SlotRing::with_contexts(capacity, |_| C::default())
+    }
+
+    /// As [`new`](SlotRing::new), but slots retire after generation `max_generation`
+    /// instead of 2^44 − 1. For tests of retirement, which would otherwise need 2^44
+    /// transfers per slot.
+    pub fn with_generation_limit(capacity: usize, max_generation: u64) -> Result<SlotRing<C>> {
+        let mut ring = SlotRing::new(capacity)?;
+        ring.max_generation = max_generation.clamp(FIRST_GENERATION, MAX_GENERATION);
+        Ok(ring)
+    }
+}
+
+impl<C> SlotRing<C> {
+    /// A ring of `capacity` slots whose contexts are built by `make(index)`, once each.
+    pub fn with_contexts(capacity: usize, mut make: impl FnMut(u32) -> C) -> Result<SlotRing<C>> {
+        if !capacity.is_power_of_two() || capacity > MAX_CAPACITY {
+            return Err(Error::InvalidCapacity {
+                requested: capacity,
+                max: MAX_CAPACITY,
+            });
+        }
+        let slots = (0..capacity as u32)
+            .map(|index| {
+                CachePadded::new(Slot {
+                    word: AtomicU64::new(state::pack(FIRST_GENERATION, 0, FREE)),
+                    done: AtomicU64::new(0),
+                    failed: AtomicU64::new(0),
+                    cancelled: AtomicU64::new(0),
+                    context: UnsafeCell::new(make(index)),
+                })
+            })
+            .collect();
+        Ok(SlotRing {
+            slots,
+            free: FreeList::full(capacity),
+            max_generation: MAX_GENERATION,
+            high_water: CachePadded::new(AtomicU64::new(0)),
+            stale_completions: AtomicU64::new(0),
+            retired: AtomicU64::new(0),
+        })
+    }
+
+    /// The fixed number of slots.
+    #[inline]
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Takes a free slot: FREE(g) → RESERVED(g). Fails at once with
+    /// [`Error::RingFull`] when every slot is taken.
+    #[inline]
+    pub fn acquire(&self) -> Result<Handle> {
+        self.acquire_with(|_| {})
+    }
+
+    /// Takes a free slot and lets `init` fill its context before the handle exists,
+    /// so no other thread can see the context half-written. If `init` panics the slot
+    /// is released, not lost.
+    pub fn acquire_with(&self, init: impl FnOnce(&mut C)) -> Result<Handle> {
+        let Some(index) = self.free.pop() else {
+            return Err(Error::RingFull {
+                capacity: self.capacity(),
+            });
+        };
+        let slot = &self.slots[index as usize];
+        let word = slot.word.load(Ordering::Acquire);
+        debug_assert_eq!(state::state(word), FREE, "the free list holds only FREE slots");
+        let generation = state::generation(word);
+        // Nobody else CASes a FREE word (every transition out of FREE starts here, and
+        // only the thread that popped the index gets here), so a store suffices.
+        slot.word.store(state::pack(generation, 0, RESERVED), Ordering::Release);
+        self.note_high_water();
+
+        let handle = Handle::new(index, generation).expect("slot index and generation are in range");
+        // Releases the slot if `init` unwinds, so a panicking caller leaks nothing.
+        struct Unwind<'a, C>(&'a SlotRing<C>, Handle);
+        impl<C> Drop for Unwind<'_, C> {
+            fn drop(&mut self) {
+                let _ = self.0.release(self.1);
+            }
+        }
+        let guard = Unwind(self, handle);
+        slot.context.with_mut(|context| {
+            // SAFETY: the slot is RESERVED and its handle has not been returned yet, so
+            // this thread is the only one that can reach its context.
+            init(unsafe { &mut *context })
+        });
+        core::mem::forget(guard);
+        Ok(handle)
+    }
+
+    /// RESERVED(g) → POSTED(g): the transfer is handed to a transport, and from now on
+    /// only [`complete`](SlotRing::complete) ends it.
+    pub fn post(&self, handle: Handle) -> Result<()> {
+        let slot = self.slot(handle)?;
+        let word = slot.word.load(Ordering::Acquire);
+        self.check_generation(handle, word)?;
+        if state::state(word) != RESERVED {
+            return Err(self.wrong_state(handle, word, "post"));
+        }
+        match slot.word.compare_exchange(
+            word,
+            state::pack(handle.generation(), 0, POSTED),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => Ok(()),
+            Err(current) => {
+                self.check_generation(handle, current)?;
+                Err(self.wrong_state(handle, current, "post"))
+            }
+        }
+    }
+
+    /// The one way a posted transfer ends: POSTED(g) → DONE | FAILED(code) | CANCELLED,
+    /// or DETACHED(g) → FREE(g+1) when the owner has already released it.
+    ///
+    /// Returns `true` if this call won. A duplicate, late or stale completion — the
+    /// transfer already ended, was released and reused, never was posted, or the
+    /// handle is forged — returns `false`, changes nothing and is counted in
+    /// [`RingStats::stale_completions`].
+    pub fn complete(&self, handle: Handle, outcome: Outcome) -> bool {
+        let Ok(slot) = self.slot(handle) else {
+            return self.reject_completion();
+        };
+        let mut word = slot.word.load(Ordering::Acquire);
+        loop {
+            if state::generation(word) != handle.generation() {
+                return self.reject_completion();
+            }
+            let detached = match state::state(word) {
+                POSTED => false,
+                DETACHED => true,
+                _ => return self.reject_completion(),
+            };
+            let next = if detached {
+                self.free_word(handle.generation())
+            } else {
+                outcome.terminal_word(handle.generation())
+            };
+            match slot
+                .word
+                .compare_exchange_weak(word, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    let counter = match outcome {
+                        Outcome::Done => &slot.done,
+                        Outcome::Failed(_) => &slot.failed,
+                        Outcome::Cancelled => &slot.cancelled,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    if detached {
+                        self.recycle(handle.index(), next);
+                    }
+                    return true;
+                }
+                Err(current) => word = current,
+            }
+        }
+    }
+
+    /// Gives the handle up. A RESERVED or ended transfer frees its slot at once
+    /// ([`Released::Freed`]); an in-flight one is detached ([`Released::Detached`]) and
+    /// its completion frees the slot. Either way the handle is dead afterwards: using
+    /// it again (a double release included) is [`Error::StaleHandle`].
+    pub fn release(&self, handle: Handle) -> Result<Released> {
+        let slot = self.slot(handle)?;
+        let mut word = slot.word.load(Ordering::Acquire);
+        loop {
+            self.check_generation(handle, word)?;
+            let (next, released) = match state::state(word) {
+                RESERVED | DONE | FAILED | CANCELLED => (self.free_word(handle.generation()), Released::Freed),
+                POSTED => (state::pack(handle.generation(), 0, DETACHED), Released::Detached),
+                _ => return Err(Error::StaleHandle { handle }),
+            };
+            match slot
+                .word
+                .compare_exchange_weak(word, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    if released == Released::Freed {
+                        self.recycle(handle.index(), next);
+                    }
+                    return Ok(released);
+                }
+                Err(current) => word = current,
+            }
+        }
+    }
+
+    /// Cancels a transfer: one never posted becomes CANCELLED at once; one in flight
+    /// is left to the transport ([`CancelResult::InFlight`]), whose proof of
+    /// cancellation (or real completion) ends it through [`complete`](SlotRing::complete).
+    pub fn cancel(&self, handle: Handle) -> Result<CancelResult> {
+        let slot = self.slot(handle)?;
+        let mut word = slot.word.load(Ordering::Acquire);
+        loop {
+            self.check_generation(handle, word)?;
+            match state::state(word) {
+                POSTED => return Ok(CancelResult::InFlight),
+                DONE | FAILED | CANCELLED => return Ok(CancelResult::AlreadyComplete),
+                RESERVED => {}
+                _ => return Err(Error::StaleHandle { handle }),
+            }
+            let next = state::pack(handle.generation(), 0, CANCELLED);
+            match slot
+                .word
+                .compare_exchange_weak(word, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    slot.cancelled.fetch_add(1, Ordering::Relaxed);
+                    return Ok(CancelResult::Cancelled);
+                }
+                Err(current) => word = current,
+            }
+        }
+    }
+
+    /// Where the transfer is. A released handle is [`Error::StaleHandle`].
+    pub fn status(&self, handle: Handle) -> Result<Status> {
+        let word = self.slot(handle)?.word.load(Ordering::Acquire);
+        self.check_generation(handle, word)?;
+        match state::state(word) {
+            RESERVED => Ok(Status::Reserved),
+            POSTED => Ok(Status::Posted),
+            DONE => Ok(Status::Done),
+            FAILED => Ok(Status::Failed(FailCode::from_bits(state::code(word)))),
+            CANCELLED => Ok(Status::Cancelled),
+            _ => Err(Error::StaleHandle { handle }),
+        }
+    }
+
+    /// The context of a RESERVED transfer, for its owner to fill in.
+    ///
+    /// # Safety
+    /// The caller owns `handle` (it acquired it, or was handed it) and no other
+    /// reference to this slot's context is alive or created while the returned one
+    /// is: in particular the handle is not posted, released or cancelled meanwhile.
+    pub unsafe fn context_mut(&self, handle: Handle) -> Result<&mut C> {
+        let slot = self.slot(handle)?;
+        let word = slot.word.load(Ordering::Acquire);
+        self.check_generation(handle, word)?;
+        if state::state(word) != RESERVED {
+            return Err(self.wrong_state(handle, word, "modify"));
+        }
+        // SAFETY: the caller promises exclusive access to a RESERVED slot it owns.
+        Ok(slot.context.with_mut(|context| unsafe { &mut *context }))
+    }
+
+    /// The context of a live transfer (reserved, posted or ended, not released).
+    ///
+    /// # Safety
+    /// The handle is not released (so the slot cannot be reacquired and rewritten)
+    /// and [`context_mut`](SlotRing::context_mut) is not used on it while the returned
+    /// reference is alive.
+    pub unsafe fn context(&self, handle: Handle) -> Result<&C> {
+        let slot = self.slot(handle)?;
+        self.status(handle)?;
+        // SAFETY: the caller promises the slot stays owned and unmodified meanwhile.
+        Ok(slot.context.with(|context| unsafe { &*context }))
+    }
+
+    /// The ring's counters (a snapshot; see [`RingStats`]).
+    pub fn stats(&self) -> RingStats {
+        let (mut done, mut failed, mut cancelled) = (0, 0, 0);
+        for slot in self.slots.iter() {
+            done += slot.done.load(Ordering::Relaxed);
+            failed += slot.failed.load(Ordering::Relaxed);
+            cancelled += slot.cancelled.load(Ordering::Relaxed);
+        }
+        let retired = self.retired.load(Ordering::Relaxed);
+        let acquired = self.free.popped();
+        let freed = (self.free.pushed() - self.capacity() as u64) + retired;
+        RingStats {
+            capacity: self.capacity(),
+            live: acquired.saturating_sub(freed) as usize,
+            high_water: self.high_water.load(Ordering::Relaxed) as usize,
+            acquired,
+            freed,
+            done,
+            failed,
+            cancelled,
+            stale_completions: self.stale_completions.load(Ordering::Relaxed),
+            retired,
+        }
+    }
+
+    /// The slot a handle names, or `InvalidHandle` for null and out-of-range indices.
+    #[inline]
+    fn slot(&self, handle: Handle) -> Result<&Slot<C>> {
+        match self.slots.get(handle.index() as usize) {
+            Some(slot) if !handle.is_null() => Ok(slot),
+            _ => Err(Error::InvalidHandle {
+                handle,
+                capacity: self.capacity(),
+            }),
+        }
+    }
+
+    #[inline]
+    fn check_generation(&self, handle: Handle, word: u64) -> Result<()> {
+        if state::generation(word) == handle.generation() {
+            Ok(())
+        } else {
+            Err(Error::StaleHandle { handle })
+        }
+    }
+
+    fn wrong_state(&self, handle: Handle, word: u64, operation: &'static str) -> Error {
+        match state::state(word) {
+            FREE | DETACHED | RETIRED => Error::StaleHandle { handle },
+            s => Error::WrongState {
+                handle,
+                operation,
+                state: state::state_name(s),
+            },
+        }
+    }
+
+    #[cold]
+    fn reject_completion(&self) -> bool {
+        self.stale_completions.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// The word a slot released at `generation` gets: FREE at the next generation,
+    /// or RETIRED if `generation` was its last.
+    #[inline]
+    fn free_word(&self, generation: u64) -> u64 {
+        if generation >= self.max_generation {
+            state::pack(generation, 0, RETIRED)
+        } else {
+            state::pack(generation + 1, 0, FREE)
+        }
+    }
+
+    /// Puts a slot whose word just became `word` back into service.
+    #[inline]
+    fn recycle(&self, index: u32, word: u64) {
+        if state::state(word) == RETIRED {
+            self.retired.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // The list has room for every index and the CAS that freed this slot was won
+        // once, so `push` can only fail transiently (a consumer between claiming its
+        // cell and handing it back). Retry rather than lose the slot.
+        while !self.free.push(index) {
+            spin_loop();
+        }
+    }
+
+    #[inline]
+    fn note_high_water(&self) {
+        let out_of_service = self.free.len() as u64 + self.retired.load(Ordering::Relaxed);
+        let live = (self.capacity() as u64).saturating_sub(out_of_service);
+        if live > self.high_water.load(Ordering::Relaxed) {
+            self.high_water.fetch_max(live, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<C> core::fmt::Debug for SlotRing<C> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SlotRing").field("stats", &self.stats()).finish()
+    }
+}
