@@ -67,7 +67,7 @@ impl FreeList {
 
     /// Appends `value`. Returns `false`, changing nothing, if the list is full.
     pub fn push(&self, value: u32) -> bool {
-        let mut pos = self.tail.load(Ordering::Relaxed);
+        let mut pos = self.tail.load(Ordering::Acquire);
         loop {
             let cell = &self.cells[(pos & self.mask) as usize];
             let sequence = cell.sequence.load(Ordering::Acquire);
@@ -75,7 +75,7 @@ impl FreeList {
                 // The cell is free for lap `pos`: claim the position.
                 match self
                     .tail
-                    .compare_exchange_weak(pos, pos + 1, Ordering::Relaxed, Ordering::Relaxed)
+                    .compare_exchange_weak(pos, pos + 1, Ordering::SeqCst, Ordering::Acquire)
                 {
                     Ok(_) => {
                         cell.value.store(value, Ordering::Relaxed);
@@ -88,28 +88,28 @@ impl FreeList {
                 // The cell still holds a value from the previous lap: full, unless a
                 // consumer has claimed it and is about to hand it back.
                 fence(Ordering::SeqCst);
-                if self.head.load(Ordering::Relaxed) + self.capacity() as u64 == pos {
+                if self.head.load(Ordering::Acquire) + self.capacity() as u64 == pos {
                     return false;
                 }
                 spin_loop();
-                pos = self.tail.load(Ordering::Relaxed);
+                pos = self.tail.load(Ordering::Acquire);
             } else {
                 // Another producer took `pos`; move on.
-                pos = self.tail.load(Ordering::Relaxed);
+                pos = self.tail.load(Ordering::Acquire);
             }
         }
     }
 
     /// Removes the oldest value, or returns `None` if the list is empty.
     pub fn pop(&self) -> Option<u32> {
-        let mut pos = self.head.load(Ordering::Relaxed);
+        let mut pos = self.head.load(Ordering::Acquire);
         loop {
             let cell = &self.cells[(pos & self.mask) as usize];
             let sequence = cell.sequence.load(Ordering::Acquire);
             if sequence == pos + 1 {
                 match self
                     .head
-                    .compare_exchange_weak(pos, pos + 1, Ordering::Relaxed, Ordering::Relaxed)
+                    .compare_exchange_weak(pos, pos + 1, Ordering::SeqCst, Ordering::Acquire)
                 {
                     Ok(_) => {
                         let value = cell.value.load(Ordering::Relaxed);
@@ -123,25 +123,25 @@ impl FreeList {
                 // cell and is about to publish (then wait for it, as crossbeam does,
                 // rather than report a false "empty").
                 fence(Ordering::SeqCst);
-                if self.tail.load(Ordering::Relaxed) == pos {
+                if self.tail.load(Ordering::Acquire) == pos {
                     return None;
                 }
                 spin_loop();
-                pos = self.head.load(Ordering::Relaxed);
+                pos = self.head.load(Ordering::Acquire);
             } else {
-                pos = self.head.load(Ordering::Relaxed);
+                pos = self.head.load(Ordering::Acquire);
             }
         }
     }
 
     /// Values pushed since construction (the tail position).
     pub fn pushed(&self) -> u64 {
-        self.tail.load(Ordering::Relaxed)
+        self.tail.load(Ordering::Acquire)
     }
 
     /// Values popped since construction (the head position).
     pub fn popped(&self) -> u64 {
-        self.head.load(Ordering::Relaxed)
+        self.head.load(Ordering::Acquire)
     }
 
     /// How many values the list holds now. A snapshot: exact only when no push or

@@ -1,0 +1,130 @@
+//! Loom model checks of the ring's protocol: every interleaving of a few threads,
+//! with the free list's and the state word's atomics under loom's control.
+//!
+//! Run with
+//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test --release --test loom`.
+
+#![cfg(loom)]
+
+use loom::sync::Arc;
+use loom::thread;
+use ringxfer::Error;
+use ringxfer::ring::{FailCode, Handle, Outcome, Released, SlotRing, Status};
+
+/// Every index comes back exactly once: acquiring the whole ring yields each index
+/// once, and one more acquire is refused.
+fn assert_all_slots_free(ring: &SlotRing<u32>) {
+    let capacity = ring.capacity();
+    let mut seen: Vec<u32> = (0..capacity).map(|_| ring.acquire().unwrap().index()).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..capacity as u32).collect::<Vec<_>>());
+    assert!(matches!(ring.acquire(), Err(Error::RingFull { .. })));
+}
+
+#[test]
+fn two_threads_acquire_and_release_on_a_capacity_two_ring() {
+    loom::model(|| {
+        let ring = Arc::new(SlotRing::<u32>::new(2).unwrap());
+        let threads: Vec<_> = (0..2)
+            .map(|t| {
+                let ring = ring.clone();
+                thread::spawn(move || {
+                    let mut got = Vec::new();
+                    for _ in 0..2 {
+                        // The other thread holds at most one slot, so one is free.
+                        let h = ring.acquire_with(|ctx| *ctx = t).unwrap();
+                        ring.release(h).unwrap();
+                        got.push(h);
+                    }
+                    got
+                })
+            })
+            .collect();
+        let mut all: Vec<Handle> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 4, "no handle issued twice");
+        let s = ring.stats();
+        assert_eq!((s.live, s.acquired, s.freed), (0, 4, 4));
+        assert_all_slots_free(&ring);
+    });
+}
+
+#[test]
+fn complete_races_cancel_and_release_while_posted() {
+    loom::model(|| {
+        let ring = Arc::new(SlotRing::<u32>::new(2).unwrap());
+        let h = ring.acquire().unwrap();
+        ring.post(h).unwrap();
+        // The transport's real completion and its proof of cancellation race each
+        // other and the owner's release.
+        let done = {
+            let ring = ring.clone();
+            thread::spawn(move || ring.complete(h, Outcome::Done))
+        };
+        let cancelled = {
+            let ring = ring.clone();
+            thread::spawn(move || ring.complete(h, Outcome::Cancelled))
+        };
+        let released = ring.release(h).unwrap();
+        let (a, b) = (done.join().unwrap(), cancelled.join().unwrap());
+        assert!(a ^ b, "exactly one completion wins");
+        if released == Released::Freed {
+            // The release came after the winner: it freed the slot itself.
+            assert!(ring.status(h).is_err());
+        }
+        let s = ring.stats();
+        assert_eq!(
+            (s.live, s.freed, s.done + s.cancelled, s.stale_completions),
+            (0, 1, 1, 1)
+        );
+        assert_all_slots_free(&ring);
+    });
+}
+
+#[test]
+fn a_stale_completion_after_reuse_is_rejected() {
+    loom::model(|| {
+        let ring = Arc::new(SlotRing::<u32>::new(1).unwrap());
+        let old = ring.acquire().unwrap();
+        ring.post(old).unwrap();
+        assert!(ring.complete(old, Outcome::Done));
+        // A late duplicate completion of `old` races the owner's release and the
+        // slot's reuse at the next generation.
+        let late = {
+            let ring = ring.clone();
+            thread::spawn(move || ring.complete(old, Outcome::Failed(FailCode::TIMEOUT)))
+        };
+        ring.release(old).unwrap();
+        let new = ring.acquire().unwrap();
+        assert_eq!((new.index(), new.generation()), (old.index(), old.generation() + 1));
+        ring.post(new).unwrap();
+        assert!(!late.join().unwrap(), "the late completion never wins");
+        assert_eq!(
+            ring.status(new).unwrap(),
+            Status::Posted,
+            "and never touches the new transfer"
+        );
+        assert_eq!(ring.stats().stale_completions, 1);
+    });
+}
+
+#[test]
+fn a_detached_transfer_is_freed_once_by_its_completion() {
+    loom::model(|| {
+        let ring = Arc::new(SlotRing::<u32>::new(2).unwrap());
+        let h = ring.acquire().unwrap();
+        ring.post(h).unwrap();
+        let completer = {
+            let ring = ring.clone();
+            thread::spawn(move || ring.complete(h, Outcome::Done))
+        };
+        let release = ring.release(h).unwrap();
+        assert!(completer.join().unwrap());
+        // Whatever the order, the slot was freed exactly once and the handle is dead.
+        assert!(matches!(release, Released::Freed | Released::Detached));
+        assert_eq!(ring.release(h), Err(Error::StaleHandle { handle: h }));
+        assert_eq!(ring.stats().live, 0);
+        assert_all_slots_free(&ring);
+    });
+}
