@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
 use crossbeam_queue::ArrayQueue;
-use ringxfer::ring::{Outcome, SlotRing};
+use ringxfer::ring::{Handle, Outcome, SlotRing};
 
 const CAPACITY: usize = 1024;
 
@@ -191,15 +191,34 @@ fn cycle_2threads(c: &mut Criterion) {
                     let h = retry(|| ring.acquire().ok());
                     ring.post(h).unwrap();
                     hand_off(q, h.to_raw());
-                    // Fire and forget: the completion frees the slot.
-                    ring.release(h).unwrap();
                 },
                 |q| {
-                    let h = ringxfer::ring::Handle::from_raw(take(q));
+                    // The completion path ends the transfer and releases it.
+                    let h = Handle::from_raw(take(q));
                     ring.complete(h, Outcome::Done);
+                    ring.release(h).unwrap();
                 },
             );
             record("cycle_2threads/SlotRing", elapsed, iters)
+        })
+    });
+    group.bench_function("SlotRingDetached", |b| {
+        b.iter_custom(|iters| {
+            let elapsed = two_threads(
+                iters,
+                |q| {
+                    let h = retry(|| ring.acquire().ok());
+                    ring.post(h).unwrap();
+                    hand_off(q, h.to_raw());
+                    // Fire and forget: whichever of release and complete comes second
+                    // frees the slot, so both threads push to the free list.
+                    ring.release(h).unwrap();
+                },
+                |q| {
+                    ring.complete(Handle::from_raw(take(q)), Outcome::Done);
+                },
+            );
+            record("cycle_2threads/SlotRingDetached", elapsed, iters)
         })
     });
     let queue = full_queue();
@@ -219,7 +238,11 @@ fn cycle_2threads(c: &mut Criterion) {
             let elapsed = two_threads(
                 iters,
                 |q| hand_off(q, retry(|| vec.lock().unwrap().pop()) as u64),
-                |q| vec.lock().unwrap().push(take(q) as u32),
+                |q| {
+                    // Take first: the lock must not be held while waiting for the producer.
+                    let i = take(q) as u32;
+                    vec.lock().unwrap().push(i)
+                },
             );
             record("cycle_2threads/MutexVec", elapsed, iters)
         })
@@ -253,7 +276,7 @@ fn print_ratios() {
         let (Some(floor), Some(heap)) = (mean("ArrayQueue"), mean("BoxHashMap")) else {
             continue;
         };
-        for name in ["SlotRing", "ArrayQueue", "MutexVec", "BoxHashMap"] {
+        for name in ["SlotRing", "SlotRingDetached", "ArrayQueue", "MutexVec", "BoxHashMap"] {
             if let Some(ns) = mean(name) {
                 println!(
                     "{:<28} {:>10.1} {:>13.2}x {:>13.2}x",

@@ -1,8 +1,8 @@
 //! Loom model checks of the ring's protocol: every interleaving of a few threads,
 //! with the free list's and the state word's atomics under loom's control.
 //!
-//! Run with
-//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test --release --test loom`.
+//! Run with `RUSTFLAGS="--cfg loom" cargo test --release --test loom`; each test sets
+//! its own preemption bound, which `LOOM_MAX_PREEMPTIONS` overrides for deeper runs.
 
 #![cfg(loom)]
 
@@ -10,6 +10,16 @@ use loom::sync::Arc;
 use loom::thread;
 use ringxfer::Error;
 use ringxfer::ring::{FailCode, Handle, Outcome, Released, SlotRing, Status};
+
+/// Explores every interleaving with at most `preemptions` forced thread switches
+/// (`LOOM_MAX_PREEMPTIONS` overrides it), so the suite stays within CI's budget.
+fn model(preemptions: usize, f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
+        builder.preemption_bound = Some(preemptions);
+    }
+    builder.check(f);
+}
 
 /// Every index comes back exactly once: acquiring the whole ring yields each index
 /// once, and one more acquire is refused.
@@ -23,7 +33,8 @@ fn assert_all_slots_free(ring: &SlotRing<u32>) {
 
 #[test]
 fn two_threads_acquire_and_release_on_a_capacity_two_ring() {
-    loom::model(|| {
+    // Two rounds in each of two threads: 3 preemptions take ~90 s, 2 take ~5 s.
+    model(2, || {
         let ring = Arc::new(SlotRing::<u32>::new(2).unwrap());
         let threads: Vec<_> = (0..2)
             .map(|t| {
@@ -52,7 +63,7 @@ fn two_threads_acquire_and_release_on_a_capacity_two_ring() {
 
 #[test]
 fn complete_races_cancel_and_release_while_posted() {
-    loom::model(|| {
+    model(3, || {
         let ring = Arc::new(SlotRing::<u32>::new(2).unwrap());
         let h = ring.acquire().unwrap();
         ring.post(h).unwrap();
@@ -84,7 +95,7 @@ fn complete_races_cancel_and_release_while_posted() {
 
 #[test]
 fn a_stale_completion_after_reuse_is_rejected() {
-    loom::model(|| {
+    model(3, || {
         let ring = Arc::new(SlotRing::<u32>::new(1).unwrap());
         let old = ring.acquire().unwrap();
         ring.post(old).unwrap();
@@ -111,7 +122,7 @@ fn a_stale_completion_after_reuse_is_rejected() {
 
 #[test]
 fn a_detached_transfer_is_freed_once_by_its_completion() {
-    loom::model(|| {
+    model(3, || {
         let ring = Arc::new(SlotRing::<u32>::new(2).unwrap());
         let h = ring.acquire().unwrap();
         ring.post(h).unwrap();

@@ -10,7 +10,9 @@ use std::collections::VecDeque;
 
 use proptest::prelude::*;
 use ringxfer::Error;
-use ringxfer::ring::{CancelResult, FailCode, FailSource, Handle, Outcome, Released, RingStats, SlotRing, Status};
+use ringxfer::ring::{
+    CancelResult, FailCode, FailSource, HIGH_WATER_SAMPLE, Handle, Outcome, Released, RingStats, SlotRing, Status,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum St {
@@ -80,13 +82,19 @@ impl Model {
     }
 
     fn acquire(&mut self) -> Result<Handle, Error> {
-        let i = self.free.pop_front().ok_or(Error::RingFull {
-            capacity: self.slots.len(),
-        })?;
+        let Some(i) = self.free.pop_front() else {
+            self.stats.high_water = self.stats.high_water.max(self.stats.live);
+            return Err(Error::RingFull {
+                capacity: self.slots.len(),
+            });
+        };
         self.slots[i as usize].1 = St::Reserved;
-        self.stats.acquired += 1;
         self.stats.live += 1;
-        self.stats.high_water = self.stats.high_water.max(self.stats.live);
+        // The ring samples its high-water mark every HIGH_WATER_SAMPLE-th acquire.
+        if self.stats.acquired % HIGH_WATER_SAMPLE == 0 {
+            self.stats.high_water = self.stats.high_water.max(self.stats.live);
+        }
+        self.stats.acquired += 1;
         Ok(Handle::new(i, self.slots[i as usize].0).unwrap())
     }
 

@@ -102,6 +102,12 @@ impl FreeList {
 
     /// Removes the oldest value, or returns `None` if the list is empty.
     pub fn pop(&self) -> Option<u32> {
+        self.pop_at().map(|(value, _)| value)
+    }
+
+    /// As [`pop`](FreeList::pop), also returning the position the value was taken
+    /// from (the number of pops before this one).
+    pub(crate) fn pop_at(&self) -> Option<(u32, u64)> {
         let mut pos = self.head.load(Ordering::Acquire);
         loop {
             let cell = &self.cells[(pos & self.mask) as usize];
@@ -114,7 +120,7 @@ impl FreeList {
                     Ok(_) => {
                         let value = cell.value.load(Ordering::Relaxed);
                         cell.sequence.store(pos + self.mask + 1, Ordering::Release);
-                        return Some(value);
+                        return Some((value, pos));
                     }
                     Err(current) => pos = current,
                 }

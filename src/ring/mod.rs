@@ -22,5 +22,5 @@ mod sync;
 
 pub use free_list::FreeList;
 pub use handle::{FIRST_GENERATION, GENERATION_BITS, Handle, INDEX_BITS, MAX_CAPACITY, MAX_GENERATION};
-pub use slot_ring::{CancelResult, Released, RingStats, SlotRing};
+pub use slot_ring::{CancelResult, HIGH_WATER_SAMPLE, Released, RingStats, SlotRing};
 pub use state::{FailCode, FailSource, Outcome, Status};

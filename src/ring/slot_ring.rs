@@ -10,6 +10,11 @@ use super::state::{
 use super::sync::{AtomicU64, Ordering, UnsafeCell, spin_loop};
 use crate::error::{Error, Result};
 
+/// The high-water mark is sampled on every `HIGH_WATER_SAMPLE`-th acquire (and on
+/// every `RingFull`), so it may read up to `HIGH_WATER_SAMPLE − 1` below the true peak
+/// but reaches the full capacity whenever the ring was ever full.
+pub const HIGH_WATER_SAMPLE: u64 = 8;
+
 /// One request slot: its state word, its completion counters and its context.
 struct Slot<C> {
     /// `generation << 20 | fail_code << 3 | state`; see `state.rs`.
@@ -55,8 +60,10 @@ pub struct RingStats {
     pub capacity: usize,
     /// Slots held by a transfer now (reserved, posted, detached or ended but not released).
     pub live: usize,
-    /// The most slots held at once since construction (approximate under concurrency:
-    /// sampled at each acquire).
+    /// The most slots held at once since construction, sampled every
+    /// [`HIGH_WATER_SAMPLE`]-th acquire and on every `RingFull`: at most
+    /// `HIGH_WATER_SAMPLE − 1` below the true peak, and equal to the capacity (less
+    /// retired slots) once the ring has been full.
     pub high_water: usize,
     /// Successful acquires since construction.
     pub acquired: u64,
@@ -193,7 +200,8 @@ impl<C> SlotRing<C> {
     /// so no other thread can see the context half-written. If `init` panics the slot
     /// is released, not lost.
     pub fn acquire_with(&self, init: impl FnOnce(&mut C)) -> Result<Handle> {
-        let Some(index) = self.free.pop() else {
+        let Some((index, position)) = self.free.pop_at() else {
+            self.note_high_water();
             return Err(Error::RingFull {
                 capacity: self.capacity(),
             });
@@ -205,7 +213,9 @@ impl<C> SlotRing<C> {
         // Nobody else CASes a FREE word (every transition out of FREE starts here, and
         // only the thread that popped the index gets here), so a store suffices.
         slot.word.store(state::pack(generation, 0, RESERVED), Ordering::Release);
-        self.note_high_water();
+        if position % HIGH_WATER_SAMPLE == 0 {
+            self.note_high_water();
+        }
 
         let handle = Handle::new(index, generation).expect("slot index and generation are in range");
         // Releases the slot if `init` unwinds, so a panicking caller leaks nothing.
@@ -485,7 +495,10 @@ impl<C> SlotRing<C> {
         }
     }
 
-    #[inline]
+    /// Raises the high-water mark to the number of slots held now. Reading that
+    /// number touches the free list's tail, a cache line the releasing threads write,
+    /// so acquires sample it (see [`HIGH_WATER_SAMPLE`]) rather than pay for it every time.
+    #[cold]
     fn note_high_water(&self) {
         let out_of_service = self.free.len() as u64 + self.retired.load(Ordering::Relaxed);
         let live = (self.capacity() as u64).saturating_sub(out_of_service);
