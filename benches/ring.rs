@@ -1,23 +1,30 @@
 //! The slot ring against the free lists and request patterns it replaces.
 //!
-//! Two shapes, each measured for four implementations in the same run:
+//! Two shapes, each measured for every implementation in the same run:
 //!
 //! - `acquire_release` (1 thread): take a request slot and give it back.
 //! - `cycle_2threads`: a producer takes a slot, posts it and hands its id to a
-//!   completer thread, which completes it (the slot returns to service); the
-//!   hand-off queue is the same for every implementation.
+//!   completer thread, which completes it so the slot returns to service; the hand-off
+//!   queue between the two is the same for every implementation.
 //!
-//! Implementations: `SlotRing` (ours); `crossbeam_queue::ArrayQueue<u32>` pop + push
-//! of an index (the lock-free floor: no state machine, no generations);
-//! `Mutex<Vec<u32>>` (a locked free list); and `Box` of a 256-byte request inserted
-//! into and removed from a `Mutex<HashMap>` (the per-request heap pattern). At the end
-//! the run prints each implementation's mean time and its ratio to the ArrayQueue and
-//! Box+HashMap baselines, all from this run.
+//! Implementations: `SlotRing` (ours; in the two-thread shape both with the completer
+//! releasing and, as `SlotRingDetached`, with the producer releasing while in flight);
+//! `crossbeam_queue::ArrayQueue<u32>` pop + push of an index (the lock-free floor: no
+//! state machine, no generations); `Mutex<Vec<u32>>` (a locked free list); and `Box` of
+//! a 256-byte request inserted into and removed from a `Mutex<HashMap>` (the
+//! per-request heap pattern).
 //!
-//! `cargo bench --bench ring` (add `-- --quick` for a fast pass).
+//! Criterion measures each one on its own. Then a ratio pass runs all of a shape's
+//! implementations in interleaved rounds (A B C D, A B C D, …) and prints each one's
+//! median round and its ratio to the ArrayQueue and Box+HashMap baselines: on a shared
+//! machine conditions drift within seconds, and interleaving makes every
+//! implementation see the same drift.
+//!
+//! `cargo bench --bench ring` (add `-- --quick` for a fast criterion pass).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -28,35 +35,24 @@ use ringxfer::ring::{Handle, Outcome, SlotRing};
 
 const CAPACITY: usize = 1024;
 
-/// Every measured (time, iterations) per benchmark id, so the ratios come from the
-/// same samples criterion saw.
-static TOTALS: Mutex<BTreeMap<String, (Duration, u64)>> = Mutex::new(BTreeMap::new());
-
-fn record(id: &str, elapsed: Duration, iters: u64) -> Duration {
-    let mut totals = TOTALS.lock().unwrap();
-    let entry = totals.entry(id.to_string()).or_default();
-    entry.0 += elapsed;
-    entry.1 += iters;
-    elapsed
-}
+/// One implementation of a shape: runs `iters` operations, returns the time taken.
+type Run<'a> = Box<dyn Fn(u64) -> Duration + 'a>;
 
 /// The per-request heap pattern: a boxed request in a locked map, keyed by id.
-type Request = Box<[u8; 256]>;
-
 struct HeapPattern {
-    next_id: std::sync::atomic::AtomicU64,
-    map: Mutex<HashMap<u64, Request>>,
+    next_id: AtomicU64,
+    map: Mutex<HashMap<u64, Box<[u8; 256]>>>,
 }
 
 impl HeapPattern {
     fn new() -> HeapPattern {
         HeapPattern {
-            next_id: 0.into(),
+            next_id: AtomicU64::new(0),
             map: Mutex::new(HashMap::with_capacity(CAPACITY)),
         }
     }
     fn acquire(&self) -> u64 {
-        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.map.lock().unwrap().insert(id, Box::new([0u8; 256]));
         id
     }
@@ -65,68 +61,157 @@ impl HeapPattern {
     }
 }
 
-fn full_queue() -> ArrayQueue<u32> {
-    let q = ArrayQueue::new(CAPACITY);
-    for i in 0..CAPACITY as u32 {
-        q.push(i).unwrap();
+/// The shared state of every implementation, built once.
+struct Pools {
+    ring: SlotRing<[u64; 8]>,
+    queue: ArrayQueue<u32>,
+    vec: Mutex<Vec<u32>>,
+    heap: HeapPattern,
+}
+
+impl Pools {
+    fn new() -> Pools {
+        let queue = ArrayQueue::new(CAPACITY);
+        for i in 0..CAPACITY as u32 {
+            queue.push(i).unwrap();
+        }
+        Pools {
+            ring: SlotRing::new(CAPACITY).unwrap(),
+            queue,
+            vec: Mutex::new((0..CAPACITY as u32).collect()),
+            heap: HeapPattern::new(),
+        }
     }
-    q
+
+    fn acquire_release(&self) -> Vec<(&'static str, Run<'_>)> {
+        vec![
+            (
+                "SlotRing",
+                Box::new(|iters| {
+                    timed(iters, || {
+                        let h = self.ring.acquire().unwrap();
+                        self.ring.release(black_box(h)).unwrap();
+                    })
+                }),
+            ),
+            (
+                "ArrayQueue",
+                Box::new(|iters| {
+                    timed(iters, || {
+                        let i = self.queue.pop().unwrap();
+                        self.queue.push(black_box(i)).unwrap();
+                    })
+                }),
+            ),
+            (
+                "MutexVec",
+                Box::new(|iters| {
+                    timed(iters, || {
+                        let i = self.vec.lock().unwrap().pop().unwrap();
+                        self.vec.lock().unwrap().push(black_box(i));
+                    })
+                }),
+            ),
+            (
+                "BoxHashMap",
+                Box::new(|iters| {
+                    timed(iters, || {
+                        let id = self.heap.acquire();
+                        self.heap.release(black_box(id));
+                    })
+                }),
+            ),
+        ]
+    }
+
+    fn cycle_2threads(&self) -> Vec<(&'static str, Run<'_>)> {
+        let ring = &self.ring;
+        vec![
+            (
+                "SlotRing",
+                Box::new(move |iters| {
+                    two_threads(
+                        iters,
+                        |q| {
+                            let h = retry(|| ring.acquire().ok());
+                            ring.post(h).unwrap();
+                            hand_off(q, h.to_raw());
+                        },
+                        |q| {
+                            // The completion path ends the transfer and releases it.
+                            let h = Handle::from_raw(take(q));
+                            ring.complete(h, Outcome::Done);
+                            ring.release(h).unwrap();
+                        },
+                    )
+                }),
+            ),
+            (
+                "SlotRingDetached",
+                Box::new(move |iters| {
+                    two_threads(
+                        iters,
+                        |q| {
+                            let h = retry(|| ring.acquire().ok());
+                            ring.post(h).unwrap();
+                            hand_off(q, h.to_raw());
+                            // Fire and forget: whichever of release and complete comes second
+                            // frees the slot, so both threads push to the free list.
+                            ring.release(h).unwrap();
+                        },
+                        |q| {
+                            ring.complete(Handle::from_raw(take(q)), Outcome::Done);
+                        },
+                    )
+                }),
+            ),
+            (
+                "ArrayQueue",
+                Box::new(|iters| {
+                    two_threads(
+                        iters,
+                        |q| hand_off(q, retry(|| self.queue.pop()) as u64),
+                        |q| self.queue.push(take(q) as u32).unwrap(),
+                    )
+                }),
+            ),
+            (
+                "MutexVec",
+                Box::new(|iters| {
+                    two_threads(
+                        iters,
+                        |q| hand_off(q, retry(|| self.vec.lock().unwrap().pop()) as u64),
+                        |q| {
+                            // Take first: the lock must not be held while waiting for the producer.
+                            let i = take(q) as u32;
+                            self.vec.lock().unwrap().push(i)
+                        },
+                    )
+                }),
+            ),
+            (
+                "BoxHashMap",
+                Box::new(|iters| {
+                    two_threads(
+                        iters,
+                        |q| hand_off(q, self.heap.acquire()),
+                        |q| self.heap.release(take(q)),
+                    )
+                }),
+            ),
+        ]
+    }
 }
 
-fn locked_vec() -> Mutex<Vec<u32>> {
-    Mutex::new((0..CAPACITY as u32).collect())
+fn timed(iters: u64, mut op: impl FnMut()) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        op();
+    }
+    start.elapsed()
 }
 
-fn acquire_release(c: &mut Criterion) {
-    let mut group = c.benchmark_group("acquire_release");
-    let ring: SlotRing<[u64; 8]> = SlotRing::new(CAPACITY).unwrap();
-    group.bench_function("SlotRing", |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                let h = ring.acquire().unwrap();
-                ring.release(black_box(h)).unwrap();
-            }
-            record("acquire_release/SlotRing", start.elapsed(), iters)
-        })
-    });
-    let queue = full_queue();
-    group.bench_function("ArrayQueue", |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                let i = queue.pop().unwrap();
-                queue.push(black_box(i)).unwrap();
-            }
-            record("acquire_release/ArrayQueue", start.elapsed(), iters)
-        })
-    });
-    let vec = locked_vec();
-    group.bench_function("MutexVec", |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                let i = vec.lock().unwrap().pop().unwrap();
-                vec.lock().unwrap().push(black_box(i));
-            }
-            record("acquire_release/MutexVec", start.elapsed(), iters)
-        })
-    });
-    let heap = HeapPattern::new();
-    group.bench_function("BoxHashMap", |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                let id = heap.acquire();
-                heap.release(black_box(id));
-            }
-            record("acquire_release/BoxHashMap", start.elapsed(), iters)
-        })
-    });
-    group.finish();
-}
-
-/// Runs `produce` for `iters` items on this thread and `consume` for as many on a
+/// Runs `produce` `iters` times on this thread and `consume` as many times on a
 /// second one, started together; returns the time until both are done.
 fn two_threads(
     iters: u64,
@@ -162,15 +247,10 @@ fn hand_off(q: &ArrayQueue<u64>, mut id: u64) {
 }
 
 fn take(q: &ArrayQueue<u64>) -> u64 {
-    loop {
-        if let Some(id) = q.pop() {
-            return id;
-        }
-        std::hint::spin_loop();
-    }
+    retry(|| q.pop())
 }
 
-/// Retries `f` while the resource pool is empty (the completer is behind).
+/// Retries `f` until it yields (the other thread is behind).
 fn retry<T>(mut f: impl FnMut() -> Option<T>) -> T {
     loop {
         if let Some(v) = f() {
@@ -180,125 +260,74 @@ fn retry<T>(mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-fn cycle_2threads(c: &mut Criterion) {
-    let mut group = c.benchmark_group("cycle_2threads");
-    let ring: SlotRing<[u64; 8]> = SlotRing::new(CAPACITY).unwrap();
-    group.bench_function("SlotRing", |b| {
-        b.iter_custom(|iters| {
-            let elapsed = two_threads(
-                iters,
-                |q| {
-                    let h = retry(|| ring.acquire().ok());
-                    ring.post(h).unwrap();
-                    hand_off(q, h.to_raw());
-                },
-                |q| {
-                    // The completion path ends the transfer and releases it.
-                    let h = Handle::from_raw(take(q));
-                    ring.complete(h, Outcome::Done);
-                    ring.release(h).unwrap();
-                },
-            );
-            record("cycle_2threads/SlotRing", elapsed, iters)
-        })
-    });
-    group.bench_function("SlotRingDetached", |b| {
-        b.iter_custom(|iters| {
-            let elapsed = two_threads(
-                iters,
-                |q| {
-                    let h = retry(|| ring.acquire().ok());
-                    ring.post(h).unwrap();
-                    hand_off(q, h.to_raw());
-                    // Fire and forget: whichever of release and complete comes second
-                    // frees the slot, so both threads push to the free list.
-                    ring.release(h).unwrap();
-                },
-                |q| {
-                    ring.complete(Handle::from_raw(take(q)), Outcome::Done);
-                },
-            );
-            record("cycle_2threads/SlotRingDetached", elapsed, iters)
-        })
-    });
-    let queue = full_queue();
-    group.bench_function("ArrayQueue", |b| {
-        b.iter_custom(|iters| {
-            let elapsed = two_threads(
-                iters,
-                |q| hand_off(q, retry(|| queue.pop()) as u64),
-                |q| queue.push(take(q) as u32).unwrap(),
-            );
-            record("cycle_2threads/ArrayQueue", elapsed, iters)
-        })
-    });
-    let vec = locked_vec();
-    group.bench_function("MutexVec", |b| {
-        b.iter_custom(|iters| {
-            let elapsed = two_threads(
-                iters,
-                |q| hand_off(q, retry(|| vec.lock().unwrap().pop()) as u64),
-                |q| {
-                    // Take first: the lock must not be held while waiting for the producer.
-                    let i = take(q) as u32;
-                    vec.lock().unwrap().push(i)
-                },
-            );
-            record("cycle_2threads/MutexVec", elapsed, iters)
-        })
-    });
-    let heap = HeapPattern::new();
-    group.bench_function("BoxHashMap", |b| {
-        b.iter_custom(|iters| {
-            let elapsed = two_threads(iters, |q| hand_off(q, heap.acquire()), |q| heap.release(take(q)));
-            record("cycle_2threads/BoxHashMap", elapsed, iters)
-        })
-    });
+fn criterion_shape(c: &mut Criterion, shape: &str, runs: Vec<(&'static str, Run<'_>)>) {
+    let mut group = c.benchmark_group(shape);
+    for (name, run) in &runs {
+        group.bench_function(*name, |b| b.iter_custom(run));
+    }
     group.finish();
 }
 
-fn print_ratios() {
-    let totals = TOTALS.lock().unwrap();
-    if totals.is_empty() {
-        return;
+fn acquire_release(c: &mut Criterion) {
+    let pools = Pools::new();
+    criterion_shape(c, "acquire_release", pools.acquire_release());
+}
+
+fn cycle_2threads(c: &mut Criterion) {
+    let pools = Pools::new();
+    criterion_shape(c, "cycle_2threads", pools.cycle_2threads());
+}
+
+/// Runs a shape's implementations in `rounds` interleaved rounds of `iters` each and
+/// prints the median ns per operation and the ratios to the two baselines.
+fn print_ratios(shape: &str, runs: &[(&'static str, Run<'_>)], rounds: usize, iters: u64) {
+    let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); runs.len()];
+    for (_, run) in runs {
+        run(iters / 4); // warm up
     }
-    println!("\nring bench: mean ns per operation and ratios, all from this run");
-    println!(
-        "{:<28} {:>10} {:>14} {:>14}",
-        "benchmark", "ns/op", "vs ArrayQueue", "vs BoxHashMap"
-    );
-    for shape in ["acquire_release", "cycle_2threads"] {
-        let mean = |name: &str| {
-            totals
-                .get(&format!("{shape}/{name}"))
-                .map(|(t, n)| t.as_nanos() as f64 / (*n).max(1) as f64)
-        };
-        let (Some(floor), Some(heap)) = (mean("ArrayQueue"), mean("BoxHashMap")) else {
-            continue;
-        };
-        for name in ["SlotRing", "SlotRingDetached", "ArrayQueue", "MutexVec", "BoxHashMap"] {
-            if let Some(ns) = mean(name) {
-                println!(
-                    "{:<28} {:>10.1} {:>13.2}x {:>13.2}x",
-                    format!("{shape}/{name}"),
-                    ns,
-                    ns / floor,
-                    ns / heap
-                );
-            }
+    for _ in 0..rounds {
+        for (i, (_, run)) in runs.iter().enumerate() {
+            samples[i].push(run(iters).as_nanos() as f64 / iters as f64);
         }
     }
-    println!("(x < 1 is faster than the baseline: SlotRing vs BoxHashMap 0.25x = 4x faster)");
+    let medians: Vec<f64> = samples
+        .iter_mut()
+        .map(|s| {
+            s.sort_by(f64::total_cmp);
+            s[s.len() / 2]
+        })
+        .collect();
+    let of = |name: &str| medians[runs.iter().position(|(n, _)| *n == name).unwrap()];
+    let (floor, heap) = (of("ArrayQueue"), of("BoxHashMap"));
+    for ((name, _), ns) in runs.iter().zip(&medians) {
+        let id = format!("{shape}/{name}");
+        println!("{id:<34} {ns:>9.1} {:>13.2}x {:>13.2}x", ns / floor, ns / heap);
+    }
 }
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)).sample_size(30);
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30);
     targets = acquire_release, cycle_2threads
 }
 
 fn main() {
     benches();
     Criterion::default().configure_from_args().final_summary();
-    print_ratios();
+    // Under `cargo test --benches` criterion runs each benchmark once; skip the
+    // ratio pass there too.
+    if std::env::args().any(|a| a == "--bench") {
+        let pools = Pools::new();
+        println!("\nring bench: interleaved rounds, median ns per operation, ratios (all from this run)");
+        println!(
+            "{:<34} {:>9} {:>14} {:>14}",
+            "benchmark", "ns/op", "vs ArrayQueue", "vs BoxHashMap"
+        );
+        print_ratios("acquire_release", &pools.acquire_release(), 31, 200_000);
+        print_ratios("cycle_2threads", &pools.cycle_2threads(), 31, 50_000);
+        println!("(ratio < 1 is faster than that baseline: 0.25x = 4x faster)");
+    }
 }

@@ -24,3 +24,8 @@ mod error;
 pub mod ring;
 
 pub use error::{Error, Result};
+
+/// The README's examples compile and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

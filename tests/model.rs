@@ -91,7 +91,7 @@ impl Model {
         self.slots[i as usize].1 = St::Reserved;
         self.stats.live += 1;
         // The ring samples its high-water mark every HIGH_WATER_SAMPLE-th acquire.
-        if self.stats.acquired % HIGH_WATER_SAMPLE == 0 {
+        if self.stats.acquired.is_multiple_of(HIGH_WATER_SAMPLE) {
             self.stats.high_water = self.stats.high_water.max(self.stats.live);
         }
         self.stats.acquired += 1;

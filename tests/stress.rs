@@ -38,7 +38,7 @@ fn producers_and_a_completer_leak_nothing() {
                     _ => Outcome::Cancelled,
                 };
                 assert!(ring.complete(h, outcome), "first completion of {h} must win");
-                if n % 7 == 0 {
+                if n.is_multiple_of(7) {
                     // A duplicate: it must lose even if the slot was already reused.
                     assert!(!ring.complete(h, Outcome::Done));
                     duplicates.fetch_add(1, Ordering::Relaxed);
@@ -72,7 +72,7 @@ fn producers_and_a_completer_leak_nothing() {
                             raw = back;
                             std::hint::spin_loop();
                         }
-                        if (i + p as u64) % 2 == 0 {
+                        if (i + p as u64).is_multiple_of(2) {
                             ring.release(h).unwrap(); // fire and forget (detached or freed)
                         } else {
                             waiting.push(h);

@@ -3,7 +3,7 @@
 use crossbeam_utils::CachePadded;
 
 use super::free_list::FreeList;
-use super::handle::{FIRST_GENERATION, Handle, MAX_CAPACITY, MAX_GENERATION};
+use super::handle::{FIRST_GENERATION, Handle, INDEX_BITS, MAX_CAPACITY, MAX_GENERATION};
 use super::state::{
     self, CANCELLED, DETACHED, DONE, FAILED, FREE, FailCode, Outcome, POSTED, RESERVED, RETIRED, Status,
 };
@@ -213,11 +213,13 @@ impl<C> SlotRing<C> {
         // Nobody else CASes a FREE word (every transition out of FREE starts here, and
         // only the thread that popped the index gets here), so a store suffices.
         slot.word.store(state::pack(generation, 0, RESERVED), Ordering::Release);
-        if position % HIGH_WATER_SAMPLE == 0 {
+        if position.is_multiple_of(HIGH_WATER_SAMPLE) {
             self.note_high_water();
         }
 
-        let handle = Handle::new(index, generation).expect("slot index and generation are in range");
+        // In range by construction: index < capacity ≤ 2^20, 1 ≤ generation ≤ the limit.
+        let handle = Handle::from_raw(generation << INDEX_BITS | index as u64);
+        debug_assert_eq!(Handle::new(index, generation), Some(handle));
         // Releases the slot if `init` unwinds, so a panicking caller leaks nothing.
         struct Unwind<'a, C>(&'a SlotRing<C>, Handle);
         impl<C> Drop for Unwind<'_, C> {
@@ -382,6 +384,10 @@ impl<C> SlotRing<C> {
     /// The caller owns `handle` (it acquired it, or was handed it) and no other
     /// reference to this slot's context is alive or created while the returned one
     /// is: in particular the handle is not posted, released or cancelled meanwhile.
+    #[allow(
+        clippy::mut_from_ref,
+        reason = "the slot's context is an UnsafeCell; exclusivity is the caller's promise"
+    )]
     pub unsafe fn context_mut(&self, handle: Handle) -> Result<&mut C> {
         let slot = self.slot(handle)?;
         let word = slot.word.load(Ordering::Acquire);
