@@ -1,6 +1,7 @@
 //! The C ABI of ringxfer.
 //!
-//! This crate builds `libringxfer.so` and `libringxfer.a`. Today it exposes what the
+//! This crate builds `libringxfer_ffi.so` and `libringxfer_ffi.a` (installed as
+//! `libringxfer`). Today it exposes what the
 //! slot ring defines for C callers: handle decoding and the library version. The
 //! engine's entry points (`rx_engine_new`, registration, transfers, notifications)
 //! arrive with the engine; every one will return an `rx_status` and be wrapped in
