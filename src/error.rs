@@ -50,6 +50,131 @@ pub enum Error {
         /// The largest capacity allowed.
         max: usize,
     },
+    /// An engine configuration value is out of range.
+    #[error("invalid config: {field} {reason}")]
+    InvalidConfig {
+        /// The `Config` field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A descriptor or region argument is malformed.
+    #[error("invalid descriptor: {reason}")]
+    InvalidDescriptor {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The region id is not (or no longer) registered, locally or at the peer.
+    #[error("unknown region {region:#x}: not registered, or deregistered since")]
+    UnknownRegion {
+        /// The raw region id.
+        region: u64,
+    },
+    /// A descriptor reaches outside its region.
+    #[error(
+        "descriptor out of bounds: {len} bytes at offset {offset} of region {region:#x}, which has {region_len} bytes"
+    )]
+    OutOfBounds {
+        /// The raw region id.
+        region: u64,
+        /// The descriptor's offset.
+        offset: u64,
+        /// The descriptor's length.
+        len: u64,
+        /// The region's length.
+        region_len: u64,
+    },
+    /// The resource is in use by transfers; finish or release them first.
+    #[error("{what} {id:#x} is busy: {users} transfer(s) still use it")]
+    Busy {
+        /// What kind of resource.
+        what: &'static str,
+        /// Its raw id.
+        id: u64,
+        /// How many users hold it.
+        users: u32,
+    },
+    /// The registration table is full (`Config::max_registrations`).
+    #[error("registration table full: all {capacity} entries in use (deregister or raise max_registrations)")]
+    RegistryFull {
+        /// The table's fixed capacity.
+        capacity: usize,
+    },
+    /// The engine could not allocate a buffer it was asked for (control path only).
+    #[error("out of memory allocating {len} bytes")]
+    OutOfMemory {
+        /// The requested size.
+        len: usize,
+    },
+    /// The local and remote descriptor lists do not move the same bytes.
+    #[error("descriptor lists differ: local {local} vs remote {remote} ({what})")]
+    LengthMismatch {
+        /// Which quantity differs: "descriptor count" or "length of descriptor N".
+        what: &'static str,
+        /// The local value.
+        local: u64,
+        /// The remote value.
+        remote: u64,
+    },
+    /// More descriptors than `Config::max_descs_per_xfer`.
+    #[error("too many descriptors: {count} (max_descs_per_xfer is {max})")]
+    TooManyDescriptors {
+        /// How many were given.
+        count: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// No peer with this id was loaded.
+    #[error("unknown peer {peer}")]
+    UnknownPeer {
+        /// The peer id.
+        peer: u32,
+    },
+    /// The peer table is full (`Config::max_peers`).
+    #[error("peer table full: {capacity} peers loaded (raise max_peers)")]
+    PeerTableFull {
+        /// The table's fixed capacity.
+        capacity: usize,
+    },
+    /// A notification payload exceeds `Config::max_notif_bytes`.
+    #[error("notification of {len} bytes exceeds max_notif_bytes ({max})")]
+    NotificationTooLarge {
+        /// The payload length.
+        len: usize,
+        /// The configured limit (the smaller of ours and the peer's).
+        max: usize,
+    },
+    /// The peer's notification inbox is full: back off and retry (nothing was sent).
+    #[error("peer {peer}'s notification inbox is full (it must pop notifications)")]
+    InboxFull {
+        /// The peer id.
+        peer: u32,
+    },
+    /// The caller's buffer cannot hold the largest notification.
+    #[error("buffer of {got} bytes is too small: notifications may be up to {needed} bytes")]
+    BufferTooSmall {
+        /// The size needed (`max_notif_bytes`).
+        needed: usize,
+        /// The size given.
+        got: usize,
+    },
+    /// A metadata blob could not be read.
+    #[error(transparent)]
+    Metadata(#[from] crate::wire::metadata::MetadataError),
+    /// The peer's metadata names no transport this engine can reach it by.
+    #[error("peer {name} unreachable: {reason}")]
+    PeerUnreachable {
+        /// The peer engine's name.
+        name: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// `wait` gave up before the transfer ended; the transfer goes on.
+    #[error("timed out waiting for transfer {handle}")]
+    Timeout {
+        /// The transfer.
+        handle: Handle,
+    },
 }
 
 /// `Result` with ringxfer's [`Error`].

@@ -12,6 +12,11 @@
 //!
 //! - [`ring`]: the slot ring — handles, the lock-free free list, the state machine.
 //!   Everything above is built on it.
+//! - `mem`: memory registration ([`RegionId`], [`Desc`]).
+//! - `notify`: the notification inbox and per-sender duplicate table.
+//! - [`backend`]: transports (`local` today).
+//! - [`Engine`]: configuration, control path and hot path, built on all of the above.
+//! - [`wire`]: formats that cross between engines (the metadata blob).
 //! - [`Error`]: the one error type, with messages a user can act on.
 //!
 //! The engine, memory registration, wire formats and transports (local, libfabric,
@@ -20,10 +25,19 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
+pub mod backend;
+mod engine;
 mod error;
+mod mem;
+mod notify;
 pub mod ring;
+pub mod wire;
 
+pub use engine::{Config, Engine, EngineStats, Op, PeerId};
 pub use error::{Error, Result};
+pub use mem::{Desc, RegionId};
+pub use notify::{Notification, SenderId};
+pub use ring::{CancelResult, FailCode, Handle, Outcome, Released, Status};
 
 /// The README's examples compile and run as doctests.
 #[cfg(doctest)]

@@ -100,3 +100,52 @@ fn the_counter_sees_allocations() {
     let after = counts();
     assert_eq!((after.0 - before.0, after.1 - before.1), (1, 1));
 }
+
+#[test]
+fn a_million_engine_writes_allocate_nothing() {
+    use ringxfer::{Config, Desc, Engine, Op, Status};
+    use std::time::Duration;
+
+    const CYCLES: u64 = 1_000_000;
+    let a = Engine::new(Config {
+        name: "a".into(),
+        capacity: 64,
+        ..Config::default()
+    })
+    .unwrap();
+    let b = Engine::new(Config {
+        name: "b".into(),
+        ..Config::default()
+    })
+    .unwrap();
+    let src = a.alloc_region(1 << 20).unwrap();
+    let dst = b.alloc_region(1 << 20).unwrap();
+    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    let mut note = [0u8; 256];
+    let before = counts();
+    for i in 0..CYCLES {
+        let off = (i % 256) * 4096;
+        let (local, remote) = ([Desc::new(src, off, 4096)], [Desc::new(dst, off, 4096)]);
+        let notif: Option<&[u8]> = if i % 100 == 0 { Some(b"100 blocks landed") } else { None };
+        let h = a.prepare(Op::Write, &local, peer, &remote, notif).unwrap();
+        a.post(h).unwrap();
+        assert_eq!(a.wait(h, Duration::from_secs(5)).unwrap(), Status::Done);
+        a.release(h).unwrap();
+        if notif.is_some() {
+            let n = b.pop_notification(&mut note).unwrap().unwrap();
+            assert_eq!(n.len, 17);
+        }
+        if i % 1000 == 0 {
+            a.notify(peer, b"standalone").unwrap();
+            assert!(b.pop_notification(&mut note).unwrap().is_some());
+        }
+    }
+    let after = counts();
+    assert_eq!(
+        after, before,
+        "engine hot path allocated: (allocs, deallocs) went from {before:?} to {after:?}"
+    );
+    let s = a.stats();
+    assert_eq!((s.ring.live, s.pins), (0, 0));
+    assert_eq!(s.ring.done, CYCLES + CYCLES / 1000);
+}

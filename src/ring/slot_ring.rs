@@ -200,11 +200,22 @@ impl<C> SlotRing<C> {
     /// so no other thread can see the context half-written. If `init` panics the slot
     /// is released, not lost.
     pub fn acquire_with(&self, init: impl FnOnce(&mut C)) -> Result<Handle> {
+        self.acquire_try(|context| {
+            init(context);
+            Ok(())
+        })
+    }
+
+    /// As [`acquire_with`](SlotRing::acquire_with), but `init` may fail: then the slot
+    /// is released at once (at the next generation) and `init`'s error returned. `init`
+    /// must undo whatever it did to the context before failing.
+    pub fn acquire_try<E: From<Error>>(&self, init: impl FnOnce(&mut C) -> Result<(), E>) -> Result<Handle, E> {
         let Some((index, position)) = self.free.pop_at() else {
             self.note_high_water();
             return Err(Error::RingFull {
                 capacity: self.capacity(),
-            });
+            }
+            .into());
         };
         let slot = &self.slots[index as usize];
         let word = slot.word.load(Ordering::Acquire);
@@ -228,13 +239,20 @@ impl<C> SlotRing<C> {
             }
         }
         let guard = Unwind(self, handle);
-        slot.context.with_mut(|context| {
+        let result = slot.context.with_mut(|context| {
             // SAFETY: the slot is RESERVED and its handle has not been returned yet, so
             // this thread is the only one that can reach its context.
             init(unsafe { &mut *context })
         });
         core::mem::forget(guard);
-        Ok(handle)
+        match result {
+            Ok(()) => Ok(handle),
+            Err(e) => {
+                let released = self.release(handle);
+                debug_assert_eq!(released, Ok(Released::Freed));
+                Err(e)
+            }
+        }
     }
 
     /// RESERVED(g) → POSTED(g): the transfer is handed to a transport, and from now on
@@ -268,6 +286,13 @@ impl<C> SlotRing<C> {
     /// handle is forged — returns `false`, changes nothing and is counted in
     /// [`RingStats::stale_completions`].
     pub fn complete(&self, handle: Handle, outcome: Outcome) -> bool {
+        self.complete_with(handle, outcome, |_| {})
+    }
+
+    /// As [`complete`](SlotRing::complete); if this call also frees the slot (the
+    /// transfer was detached), `reclaim` runs first on the context, with exclusive
+    /// access, so the transfer's resources are returned before the slot is reused.
+    pub fn complete_with(&self, handle: Handle, outcome: Outcome, reclaim: impl FnOnce(&mut C)) -> bool {
         let Ok(slot) = self.slot(handle) else {
             return self.reject_completion();
         };
@@ -298,7 +323,7 @@ impl<C> SlotRing<C> {
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
                     if detached {
-                        self.recycle(handle.index(), next);
+                        self.recycle(handle.index(), next, reclaim);
                     }
                     return true;
                 }
@@ -312,6 +337,13 @@ impl<C> SlotRing<C> {
     /// its completion frees the slot. Either way the handle is dead afterwards: using
     /// it again (a double release included) is [`Error::StaleHandle`].
     pub fn release(&self, handle: Handle) -> Result<Released> {
+        self.release_with(handle, |_| {})
+    }
+
+    /// As [`release`](SlotRing::release); if this call frees the slot, `reclaim` runs
+    /// first on the context, with exclusive access (see
+    /// [`complete_with`](SlotRing::complete_with)).
+    pub fn release_with(&self, handle: Handle, reclaim: impl FnOnce(&mut C)) -> Result<Released> {
         let slot = self.slot(handle)?;
         let mut word = slot.word.load(Ordering::Acquire);
         loop {
@@ -327,7 +359,7 @@ impl<C> SlotRing<C> {
             {
                 Ok(_) => {
                     if released == Released::Freed {
-                        self.recycle(handle.index(), next);
+                        self.recycle(handle.index(), next, reclaim);
                     }
                     return Ok(released);
                 }
@@ -486,9 +518,16 @@ impl<C> SlotRing<C> {
         }
     }
 
-    /// Puts a slot whose word just became `word` back into service.
+    /// Puts a slot whose word just became `word` back into service, after `reclaim`
+    /// has returned its transfer's resources.
     #[inline]
-    fn recycle(&self, index: u32, word: u64) {
+    fn recycle(&self, index: u32, word: u64, reclaim: impl FnOnce(&mut C)) {
+        self.slots[index as usize].context.with_mut(|context| {
+            // SAFETY: this thread just won the CAS that made the slot FREE (or
+            // RETIRED) and has not pushed its index yet: no handle reaches it and no
+            // acquirer can pop it, so this thread alone can touch its context.
+            reclaim(unsafe { &mut *context })
+        });
         if state::state(word) == RETIRED {
             self.retired.fetch_add(1, Ordering::Relaxed);
             return;

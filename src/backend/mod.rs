@@ -1,0 +1,7 @@
+//! Transports. Each moves the bytes of posted transfers and reports how they ended;
+//! none frees a slot itself: the engine passes its report to the ring's one exit
+//! function, `SlotRing::complete`.
+//!
+//! - [`local`]: engines in the same process, by `memcpy`.
+
+pub mod local;

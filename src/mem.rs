@@ -1,0 +1,362 @@
+//! Memory registration: the table of regions an engine may move bytes to and from.
+//!
+//! A registration is named by a [`RegionId`], generational like a transfer handle
+//! (`generation << 20 | index`), so an id kept after `deregister` is refused rather
+//! than resolved to whatever took its entry next. The table has a fixed number of
+//! entries chosen at engine construction; registering and deregistering are control
+//! path (they take the table's write lock), while resolving a descriptor on the hot
+//! path takes the read lock briefly and never allocates.
+//!
+//! Every transfer *pins* the regions its descriptors name (a per-entry counter) from
+//! `prepare` until `release`; deregistering a pinned region is `Error::Busy`, so memory
+//! is never unregistered — or freed, for engine-owned buffers — under a transfer.
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::error::{Error, Result};
+use crate::wire::metadata::{MemKind, RegionInfo};
+
+const INDEX_BITS: u32 = 20;
+const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
+
+/// The name of one registered region: `generation << 20 | index`; 0 is never issued.
+///
+/// A peer's region ids arrive in its metadata and are used as they are in remote
+/// descriptors.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RegionId(u64);
+
+impl RegionId {
+    /// Reinterprets a raw id (from metadata, C, or the wire); validated when used.
+    pub const fn from_raw(raw: u64) -> RegionId {
+        RegionId(raw)
+    }
+    /// The raw `u64` form.
+    pub const fn to_raw(self) -> u64 {
+        self.0
+    }
+    const fn index(self) -> usize {
+        (self.0 & INDEX_MASK) as usize
+    }
+    const fn generation(self) -> u64 {
+        self.0 >> INDEX_BITS
+    }
+}
+
+impl fmt::Debug for RegionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RegionId({}@{})", self.index(), self.generation())
+    }
+}
+
+impl fmt::Display for RegionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "region {}@{}", self.index(), self.generation())
+    }
+}
+
+/// A contiguous piece of a region: `len` bytes from `offset`. Used for both local and
+/// remote descriptors (a remote descriptor names a region id from the peer's metadata).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Desc {
+    /// The region.
+    pub region: RegionId,
+    /// Byte offset into the region.
+    pub offset: u64,
+    /// Length in bytes (non-zero).
+    pub len: u64,
+}
+
+impl Desc {
+    /// `len` bytes at `offset` of `region`.
+    pub const fn new(region: RegionId, offset: u64, len: u64) -> Desc {
+        Desc { region, offset, len }
+    }
+}
+
+/// Zeroed memory the engine allocated and frees at deregistration.
+struct OwnedBuffer {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+impl Drop for OwnedBuffer {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` was returned by `alloc_zeroed(layout)` and is freed only here.
+        unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+// SAFETY: the buffer is plain bytes owned by the registry; access to its contents goes
+// through raw pointers whose use the transfer protocol orders (pins and the ring).
+unsafe impl Send for OwnedBuffer {}
+// SAFETY: as above; the struct itself is never mutated after creation.
+unsafe impl Sync for OwnedBuffer {}
+
+struct Region {
+    addr: usize,
+    len: u64,
+    kind: MemKind,
+    _owned: Option<OwnedBuffer>,
+}
+
+struct Entry {
+    generation: u64,
+    region: Option<Region>,
+    /// Transfers (and prepared lists) holding descriptors into this region.
+    pins: AtomicU32,
+}
+
+struct Table {
+    entries: Box<[Entry]>,
+    free: Vec<u32>,
+}
+
+/// The registration table (see the module docs).
+pub(crate) struct Registry {
+    table: RwLock<Table>,
+}
+
+/// The registry's read lock, held while another engine copies to or from its memory.
+pub(crate) struct Access<'a>(std::sync::RwLockReadGuard<'a, Table>);
+
+impl Access<'_> {
+    /// Checks `desc` against its region; valid while this guard lives.
+    pub(crate) fn resolve(&self, desc: &Desc) -> Result<Resolved> {
+        resolve(&self.0, desc)
+    }
+}
+
+fn resolve(table: &Table, desc: &Desc) -> Result<Resolved> {
+    let region = match table.entries.get(desc.region.index()) {
+        Some(Entry {
+            generation,
+            region: Some(region),
+            ..
+        }) if *generation == desc.region.generation() => region,
+        _ => {
+            return Err(Error::UnknownRegion {
+                region: desc.region.to_raw(),
+            });
+        }
+    };
+    let in_bounds = desc.len > 0 && desc.offset.checked_add(desc.len).is_some_and(|end| end <= region.len);
+    if !in_bounds {
+        return Err(Error::OutOfBounds {
+            region: desc.region.to_raw(),
+            offset: desc.offset,
+            len: desc.len,
+            region_len: region.len,
+        });
+    }
+    Ok(Resolved {
+        addr: region.addr + desc.offset as usize,
+        len: desc.len as usize,
+        entry: desc.region.index() as u32,
+    })
+}
+
+/// A descriptor resolved against the table: an address valid while its region is pinned.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Resolved {
+    pub addr: usize,
+    pub len: usize,
+    pub entry: u32,
+}
+
+impl Registry {
+    pub(crate) fn new(capacity: usize) -> Registry {
+        let entries = (0..capacity)
+            .map(|_| Entry {
+                generation: 1,
+                region: None,
+                pins: AtomicU32::new(0),
+            })
+            .collect();
+        // Popped from the back: reversed so ids are handed out from index 0 up.
+        let free = (0..capacity as u32).rev().collect();
+        Registry {
+            table: RwLock::new(Table { entries, free }),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        // A panic while holding the lock cannot leave the table inconsistent (every
+        // write is a single assignment), so a poisoned lock is still usable.
+        self.table.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
+        self.table.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers memory the caller owns.
+    pub(crate) fn register(&self, addr: usize, len: u64, kind: MemKind) -> Result<RegionId> {
+        self.insert(Region {
+            addr,
+            len,
+            kind,
+            _owned: None,
+        })
+    }
+
+    /// Allocates `len` zeroed bytes owned by the registry and registers them.
+    pub(crate) fn allocate(&self, len: usize) -> Result<RegionId> {
+        if len == 0 {
+            return Err(Error::InvalidDescriptor {
+                reason: "a region cannot be empty",
+            });
+        }
+        let layout = Layout::from_size_align(len, 4096).map_err(|_| Error::InvalidDescriptor {
+            reason: "region too large to allocate",
+        })?;
+        // SAFETY: `layout` has a non-zero size (checked above).
+        let ptr = NonNull::new(unsafe { alloc_zeroed(layout) }).ok_or(Error::OutOfMemory { len })?;
+        let owned = OwnedBuffer { ptr, layout };
+        self.insert(Region {
+            addr: ptr.as_ptr() as usize,
+            len: len as u64,
+            kind: MemKind::Dram,
+            _owned: Some(owned),
+        })
+    }
+
+    fn insert(&self, region: Region) -> Result<RegionId> {
+        if region.len == 0 || region.addr == 0 {
+            return Err(Error::InvalidDescriptor {
+                reason: "a region needs a non-null address and a non-zero length",
+            });
+        }
+        if (region.addr as u64).checked_add(region.len).is_none() {
+            return Err(Error::InvalidDescriptor {
+                reason: "region wraps around the address space",
+            });
+        }
+        let mut table = self.write();
+        let capacity = table.entries.len();
+        let index = table.free.pop().ok_or(Error::RegistryFull { capacity })?;
+        let entry = &mut table.entries[index as usize];
+        entry.region = Some(region);
+        Ok(RegionId(entry.generation << INDEX_BITS | u64::from(index)))
+    }
+
+    /// Removes a registration; `Busy` while any transfer holds it.
+    pub(crate) fn deregister(&self, id: RegionId) -> Result<()> {
+        let mut table = self.write();
+        let entry = Self::entry_mut(&mut table, id)?;
+        let pins = entry.pins.load(Ordering::Acquire);
+        if pins > 0 {
+            return Err(Error::Busy {
+                what: "region",
+                id: id.to_raw(),
+                users: pins,
+            });
+        }
+        entry.region = None; // frees an engine-owned buffer
+        entry.generation += 1;
+        table.free.push(id.index() as u32);
+        Ok(())
+    }
+
+    fn entry_mut(table: &mut Table, id: RegionId) -> Result<&mut Entry> {
+        match table.entries.get_mut(id.index()) {
+            Some(e) if e.generation == id.generation() && e.region.is_some() => Ok(e),
+            _ => Err(Error::UnknownRegion { region: id.to_raw() }),
+        }
+    }
+
+    /// Checks `desc` against its region and pins the region. On error nothing is pinned.
+    pub(crate) fn pin(&self, desc: &Desc) -> Result<Resolved> {
+        let table = self.read();
+        let resolved = resolve(&table, desc)?;
+        // Pinned under the read lock: deregistration (write lock) sees the pin.
+        table.entries[resolved.entry as usize]
+            .pins
+            .fetch_add(1, Ordering::AcqRel);
+        Ok(resolved)
+    }
+
+    /// Holds the table's read lock so descriptors can be resolved and used without
+    /// pinning: nothing can be deregistered until the returned guard is dropped.
+    pub(crate) fn access(&self) -> Access<'_> {
+        Access(self.read())
+    }
+
+    /// Deregisters everything (engine drop), freeing engine-owned buffers. Waits for
+    /// transfers from other engines that are copying under [`access`](Registry::access).
+    pub(crate) fn clear(&self) {
+        let mut table = self.write();
+        let Table { entries, free } = &mut *table;
+        for (index, entry) in entries.iter_mut().enumerate() {
+            if entry.region.take().is_some() {
+                entry.generation += 1;
+                free.push(index as u32);
+            }
+        }
+    }
+
+    /// Drops one pin taken by [`pin`](Registry::pin).
+    pub(crate) fn unpin(&self, entry: u32) {
+        let table = self.read();
+        if let Some(e) = table.entries.get(entry as usize) {
+            let before = e.pins.fetch_sub(1, Ordering::AcqRel);
+            debug_assert!(before > 0, "unpin without pin");
+        }
+    }
+
+    /// Every live registration, for the metadata blob.
+    pub(crate) fn regions(&self) -> Vec<RegionInfo> {
+        let table = self.read();
+        table
+            .entries
+            .iter()
+            .enumerate()
+            .filter_map(|(index, e)| {
+                let r = e.region.as_ref()?;
+                Some(RegionInfo {
+                    id: e.generation << INDEX_BITS | index as u64,
+                    addr: r.addr as u64,
+                    len: r.len,
+                    kind: r.kind,
+                    device: 0,
+                    remote_key: 0,
+                })
+            })
+            .collect()
+    }
+
+    /// (live registrations, pins held).
+    pub(crate) fn counts(&self) -> (usize, u64) {
+        let table = self.read();
+        let live = table.entries.iter().filter(|e| e.region.is_some()).count();
+        let pins = table
+            .entries
+            .iter()
+            .map(|e| u64::from(e.pins.load(Ordering::Relaxed)))
+            .sum();
+        (live, pins)
+    }
+
+    /// Copies bytes out of a region (control path: tests and tools).
+    pub(crate) fn read_bytes(&self, id: RegionId, offset: u64, out: &mut [u8]) -> Result<()> {
+        let r = self.pin(&Desc::new(id, offset, out.len() as u64))?;
+        // SAFETY: `r` lies inside a live, pinned registration (checked by `pin`), and
+        // `out` is a distinct Rust buffer, so the ranges cannot overlap.
+        unsafe { std::ptr::copy_nonoverlapping(r.addr as *const u8, out.as_mut_ptr(), r.len) };
+        self.unpin(r.entry);
+        Ok(())
+    }
+
+    /// Copies bytes into a region (control path: tests and tools).
+    pub(crate) fn write_bytes(&self, id: RegionId, offset: u64, data: &[u8]) -> Result<()> {
+        let r = self.pin(&Desc::new(id, offset, data.len() as u64))?;
+        // SAFETY: as in `read_bytes`, with the roles swapped.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), r.addr as *mut u8, r.len) };
+        self.unpin(r.entry);
+        Ok(())
+    }
+}

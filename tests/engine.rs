@@ -1,0 +1,452 @@
+//! The engine's transfer lifecycle with the `local` transport, one test per path.
+
+use std::time::Duration;
+
+use ringxfer::wire::metadata::{BackendInfo, BackendKind, Metadata};
+use ringxfer::{CancelResult, Config, Desc, Engine, Error, FailCode, Op, RegionId, Released, Status};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn engine(name: &str) -> Engine {
+    Engine::new(Config {
+        name: name.into(),
+        capacity: 16,
+        ..Config::default()
+    })
+    .unwrap()
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// Asserts the engine holds nothing: no live slot, no pin.
+fn assert_quiescent(e: &Engine) {
+    let s = e.stats();
+    assert_eq!((s.ring.live, s.pins), (0, 0), "{s:?}");
+    assert_eq!(s.ring.acquired, s.ring.freed, "{s:?}");
+}
+
+#[test]
+fn write_then_read_back_moves_the_bytes() {
+    let (a, b) = (engine("a"), engine("b"));
+    let (src, back) = (a.alloc_region(64 << 10).unwrap(), a.alloc_region(64 << 10).unwrap());
+    let dst = b.alloc_region(64 << 10).unwrap();
+    let data = pattern(64 << 10, 7);
+    a.write_region(src, 0, &data).unwrap();
+    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    assert_eq!(a.peer_name(peer).unwrap(), "b");
+
+    let all = |r| [Desc::new(r, 0, 64 << 10)];
+    let w = a.prepare(Op::Write, &all(src), peer, &all(dst), None).unwrap();
+    assert_eq!(a.status(w).unwrap(), Status::Reserved);
+    a.post(w).unwrap();
+    assert_eq!(a.wait(w, WAIT).unwrap(), Status::Done);
+    assert_eq!(a.release(w).unwrap(), Released::Freed);
+
+    let r = a.prepare(Op::Read, &all(back), peer, &all(dst), None).unwrap();
+    a.post(r).unwrap();
+    assert_eq!(a.wait(r, WAIT).unwrap(), Status::Done);
+    a.release(r).unwrap();
+    let mut out = vec![0; 64 << 10];
+    a.read_region(back, 0, &mut out).unwrap();
+    assert_eq!(out, data);
+    assert_quiescent(&a);
+    assert_eq!(a.stats().ring.done, 2);
+}
+
+#[test]
+fn a_batch_scatters_and_gathers() {
+    let (a, b) = (engine("a"), engine("b"));
+    let src = a.alloc_region(16 * 4096).unwrap();
+    let dst = b.alloc_region(16 * 4096).unwrap();
+    let data = pattern(16 * 4096, 1);
+    a.write_region(src, 0, &data).unwrap();
+    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    // Block i goes to slot 15 - i at the peer.
+    let local: Vec<Desc> = (0..16).map(|i| Desc::new(src, i * 4096, 4096)).collect();
+    let remote: Vec<Desc> = (0..16).map(|i| Desc::new(dst, (15 - i) * 4096, 4096)).collect();
+    let h = a.prepare(Op::Write, &local, peer, &remote, None).unwrap();
+    a.post(h).unwrap();
+    assert_eq!(a.wait(h, WAIT).unwrap(), Status::Done);
+    a.release(h).unwrap();
+    let mut block = vec![0; 4096];
+    for i in 0..16u64 {
+        b.read_region(dst, (15 - i) * 4096, &mut block).unwrap();
+        assert_eq!(block, data[i as usize * 4096..][..4096]);
+    }
+    assert_quiescent(&a);
+}
+
+#[test]
+fn notifications_arrive_after_their_writes_and_on_their_own() {
+    let (a, b) = (engine("sender"), engine("receiver"));
+    let src = a.alloc_region(4096).unwrap();
+    let dst = b.alloc_region(4096).unwrap();
+    a.write_region(src, 0, b"payload").unwrap();
+    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    let mut buf = [0u8; 256];
+    assert_eq!(b.pop_notification(&mut buf).unwrap(), None);
+
+    let h = a
+        .prepare(
+            Op::Write,
+            &[Desc::new(src, 0, 7)],
+            peer,
+            &[Desc::new(dst, 0, 7)],
+            Some(b"block 1 ready"),
+        )
+        .unwrap();
+    a.post(h).unwrap();
+    a.notify(peer, b"standalone").unwrap();
+    a.notify(peer, b"").unwrap();
+
+    let n = b.pop_notification(&mut buf).unwrap().unwrap();
+    assert_eq!(&buf[..n.len], b"block 1 ready");
+    assert_eq!(n.handle, h);
+    assert_eq!(b.sender_name(n.sender).as_deref(), Some("sender"));
+    // The write landed before the notification was visible.
+    let mut out = [0u8; 7];
+    b.read_region(dst, 0, &mut out).unwrap();
+    assert_eq!(&out, b"payload");
+    let n = b.pop_notification(&mut buf).unwrap().unwrap();
+    assert_eq!(&buf[..n.len], b"standalone");
+    assert_eq!(b.pop_notification(&mut buf).unwrap().unwrap().len, 0);
+    assert_eq!(b.pop_notification(&mut buf).unwrap(), None);
+    a.release(h).unwrap();
+    assert_quiescent(&a);
+    assert_eq!(b.stats().notifications_delivered, 3);
+    assert!(matches!(
+        b.pop_notification(&mut [0u8; 8]),
+        Err(Error::BufferTooSmall { needed: 256, got: 8 })
+    ));
+}
+
+#[test]
+fn ten_times_capacity_transfers_without_notification_do_not_exhaust_anything() {
+    let (a, b) = (engine("a"), engine("b"));
+    let src = a.alloc_region(4096).unwrap();
+    let dst = b.alloc_region(4096).unwrap();
+    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    for _ in 0..10 * a.config().capacity {
+        let h = a
+            .prepare(
+                Op::Write,
+                &[Desc::new(src, 0, 4096)],
+                peer,
+                &[Desc::new(dst, 0, 4096)],
+                None,
+            )
+            .unwrap();
+        a.post(h).unwrap();
+        a.release(h).unwrap();
+    }
+    assert_quiescent(&a);
+    assert_eq!(a.stats().ring.done, 160);
+    assert_eq!(b.stats().notifications_queued, 0);
+}
+
+#[test]
+fn a_released_handle_is_stale() {
+    let (a, b) = (engine("a"), engine("b"));
+    let src = a.alloc_region(64).unwrap();
+    let dst = b.alloc_region(64).unwrap();
+    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    let h = a
+        .prepare(
+            Op::Write,
+            &[Desc::new(src, 0, 64)],
+            peer,
+            &[Desc::new(dst, 0, 64)],
+            None,
+        )
+        .unwrap();
+    a.post(h).unwrap();
+    a.release(h).unwrap();
+    assert_eq!(a.status(h), Err(Error::StaleHandle { handle: h }));
+    assert_eq!(a.post(h), Err(Error::StaleHandle { handle: h }));
+    assert_eq!(a.release(h), Err(Error::StaleHandle { handle: h }));
+    assert_eq!(a.wait(h, WAIT), Err(Error::StaleHandle { handle: h }));
+    assert_quiescent(&a);
+}
+
+#[test]
+fn bad_descriptors_are_rejected_at_prepare_with_nothing_held() {
+    let (a, b) = (engine("a"), engine("b"));
+    let src = a.alloc_region(4096).unwrap();
+    // Region ids are per engine: skip an entry so the peer's ids differ from ours.
+    let _ = b.alloc_region(64).unwrap();
+    let dst = b.alloc_region(4096).unwrap();
+    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    let ok = Desc::new(src, 0, 64);
+    let rok = Desc::new(dst, 0, 64);
+    type Case<'a> = (Vec<Desc>, Vec<Desc>, Option<&'a [u8]>);
+    let cases: Vec<Case> = vec![
+        (vec![Desc::new(src, 4090, 64)], vec![rok], None), // local out of bounds
+        (vec![Desc::new(src, u64::MAX, 2)], vec![rok], None), // offset overflow
+        (vec![ok], vec![Desc::new(dst, 4090, 64)], None),  // remote out of bounds
+        (vec![Desc::new(dst, 0, 64)], vec![rok], None),    // local id of the peer's
+        (vec![ok], vec![Desc::new(RegionId::from_raw(1 << 20 | 7), 0, 64)], None), // remote id unknown there
+        (vec![ok], vec![Desc::new(dst, 0, 32)], None),     // length mismatch
+        (vec![ok, ok], vec![rok], None),                   // count mismatch
+        (vec![Desc::new(src, 0, 0)], vec![Desc::new(dst, 0, 0)], None), // empty descriptor
+        (vec![], vec![], None),                            // nothing to do
+        (vec![ok], vec![rok], Some(&[0u8; 257])),          // notification too large
+        (vec![ok; 65], vec![rok; 65], None),               // too many descriptors
+    ];
+    for (i, (l, r, n)) in cases.iter().enumerate() {
+        let err = a
+            .prepare(Op::Write, l, peer, r, *n)
+            .expect_err(&format!("case {i} must fail"));
+        assert!(!err.to_string().is_empty());
+        assert_quiescent(&a);
+    }
+    assert!(matches!(
+        a.prepare(Op::Write, &[ok], ringxfer::PeerId(9), &[rok], None),
+        Err(Error::UnknownPeer { peer: 9 })
+    ));
+    // A pin taken for the first descriptor is undone when the second fails.
+    let err = a.prepare(
+        Op::Write,
+        &[ok, Desc::new(src, 5000, 1)],
+        peer,
+        &[rok, Desc::new(dst, 0, 1)],
+        None,
+    );
+    assert!(matches!(err, Err(Error::OutOfBounds { .. })));
+    assert_quiescent(&a);
+    let s = a.stats().ring;
+    assert!(
+        s.acquired > 0 && s.acquired == s.freed,
+        "failed prepares took slots and gave them back: {s:?}"
+    );
+}
+
+#[test]
+fn deregistering_a_region_in_use_is_busy() {
+    let (a, b) = (engine("a"), engine("b"));
+    let src = a.alloc_region(4096).unwrap();
+    let dst = b.alloc_region(4096).unwrap();
+    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    let h = a
+        .prepare(Op::Write, &[Desc::new(src, 0, 8)], peer, &[Desc::new(dst, 0, 8)], None)
+        .unwrap();
+    assert!(matches!(a.deregister(src), Err(Error::Busy { users: 1, .. })));
+    a.post(h).unwrap();
+    assert!(
+        matches!(a.deregister(src), Err(Error::Busy { .. })),
+        "held until released"
+    );
+    a.release(h).unwrap();
+    a.deregister(src).unwrap();
+    assert_eq!(a.deregister(src), Err(Error::UnknownRegion { region: src.to_raw() }));
+    let err = a.prepare(Op::Write, &[Desc::new(src, 0, 8)], peer, &[Desc::new(dst, 0, 8)], None);
+    assert_eq!(err, Err(Error::UnknownRegion { region: src.to_raw() }));
+    // The entry is reused at a new generation; the old id stays dead.
+    let again = a.alloc_region(4096).unwrap();
+    assert_ne!(again, src);
+    assert!(a.read_region(src, 0, &mut [0]).is_err());
+    assert_eq!(a.stats().registrations, 1);
+}
+
+#[test]
+fn the_peer_deregistering_fails_the_transfer_not_the_process() {
+    let (a, b) = (engine("a"), engine("b"));
+    let src = a.alloc_region(4096).unwrap();
+    let dst = b.alloc_region(4096).unwrap();
+    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    let h = a
+        .prepare(
+            Op::Write,
+            &[Desc::new(src, 0, 8)],
+            peer,
+            &[Desc::new(dst, 0, 8)],
+            Some(b"x"),
+        )
+        .unwrap();
+    b.deregister(dst).unwrap();
+    a.post(h).unwrap();
+    assert_eq!(a.wait(h, WAIT).unwrap(), Status::Failed(FailCode::PEER_LOST));
+    a.release(h).unwrap();
+    assert_eq!(
+        b.pop_notification(&mut [0; 256]).unwrap(),
+        None,
+        "no notification for a failed write"
+    );
+    assert_quiescent(&a);
+    assert_eq!(a.stats().ring.failed, 1);
+}
+
+#[test]
+fn a_dropped_peer_fails_transfers_and_cannot_be_loaded() {
+    let a = engine("a");
+    let b = engine("b");
+    let src = a.alloc_region(4096).unwrap();
+    let dst = b.alloc_region(4096).unwrap();
+    let blob = b.local_metadata().unwrap();
+    let peer = a.load_peer(&blob).unwrap();
+    let h = a
+        .prepare(Op::Write, &[Desc::new(src, 0, 8)], peer, &[Desc::new(dst, 0, 8)], None)
+        .unwrap();
+    drop(b);
+    a.post(h).unwrap();
+    assert_eq!(a.wait(h, WAIT).unwrap(), Status::Failed(FailCode::PEER_LOST));
+    a.release(h).unwrap();
+    assert!(matches!(a.load_peer(&blob), Err(Error::PeerUnreachable { .. })));
+    assert_quiescent(&a);
+}
+
+#[test]
+fn cancel_before_post_returns_everything() {
+    let (a, b) = (engine("a"), engine("b"));
+    let src = a.alloc_region(4096).unwrap();
+    let dst = b.alloc_region(4096).unwrap();
+    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    let h = a
+        .prepare(
+            Op::Write,
+            &[Desc::new(src, 0, 8)],
+            peer,
+            &[Desc::new(dst, 0, 8)],
+            Some(b"n"),
+        )
+        .unwrap();
+    assert_eq!(a.cancel(h).unwrap(), CancelResult::Cancelled);
+    assert!(a.post(h).is_err(), "a cancelled transfer cannot be posted");
+    assert_eq!(a.status(h).unwrap(), Status::Cancelled);
+    a.release(h).unwrap();
+    assert_quiescent(&a);
+    assert_eq!(b.stats().notifications_queued, 0);
+    a.deregister(src).unwrap();
+}
+
+#[test]
+fn a_full_inbox_is_backpressure_not_a_drop() {
+    let a = engine("a");
+    let b = Engine::new(Config {
+        name: "b".into(),
+        inbox_capacity: 2,
+        ..Config::default()
+    })
+    .unwrap();
+    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    a.notify(peer, b"1").unwrap();
+    a.notify(peer, b"2").unwrap();
+    assert_eq!(a.notify(peer, b"3"), Err(Error::InboxFull { peer: 0 }));
+    // A transfer with a notification stays prepared and can be posted later.
+    let h = a.prepare(Op::Write, &[], peer, &[], Some(b"4")).unwrap();
+    assert_eq!(a.post(h), Err(Error::InboxFull { peer: 0 }));
+    assert_eq!(a.status(h).unwrap(), Status::Reserved);
+    let mut buf = [0u8; 256];
+    let n = b.pop_notification(&mut buf).unwrap().unwrap();
+    assert_eq!(&buf[..n.len], b"1");
+    a.post(h).unwrap();
+    a.release(h).unwrap();
+    let got: Vec<u8> = std::iter::from_fn(|| b.pop_notification(&mut buf).unwrap().map(|n| buf[n.len - 1])).collect();
+    assert_eq!(got, b"24", "nothing lost, order kept");
+    assert_quiescent(&a);
+}
+
+#[test]
+fn bad_configs_name_the_field() {
+    for (config, field) in [
+        (
+            Config {
+                capacity: 3,
+                ..Config::default()
+            },
+            "capacity",
+        ),
+        (
+            Config {
+                capacity: 0,
+                ..Config::default()
+            },
+            "capacity",
+        ),
+        (
+            Config {
+                max_descs_per_xfer: 0,
+                ..Config::default()
+            },
+            "max_descs_per_xfer",
+        ),
+        (
+            Config {
+                max_registrations: 0,
+                ..Config::default()
+            },
+            "max_registrations",
+        ),
+        (
+            Config {
+                max_peers: 0,
+                ..Config::default()
+            },
+            "max_peers",
+        ),
+        (
+            Config {
+                max_notif_bytes: 1 << 17,
+                ..Config::default()
+            },
+            "max_notif_bytes",
+        ),
+        (
+            Config {
+                inbox_capacity: 1000,
+                ..Config::default()
+            },
+            "inbox_capacity",
+        ),
+        (
+            Config {
+                name: String::new(),
+                ..Config::default()
+            },
+            "name",
+        ),
+    ] {
+        match Engine::new(config) {
+            Err(Error::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: {:?}", other.err()),
+        }
+    }
+}
+
+#[test]
+fn bad_metadata_is_a_typed_error() {
+    let a = engine("a");
+    assert!(matches!(a.load_peer(b"not metadata at all"), Err(Error::Metadata(_))));
+    let mut blob = engine("b").local_metadata().unwrap();
+    let last = blob.len() - 1;
+    blob[last] ^= 1;
+    assert!(matches!(a.load_peer(&blob), Err(Error::Metadata(_))));
+    // Well-formed metadata of an engine in another process, or with no transport we have.
+    let other_process = Metadata {
+        engine_name: "remote".into(),
+        engine_id: 1,
+        process_id: std::process::id().wrapping_add(1),
+        backends: vec![BackendInfo {
+            kind: BackendKind::Local,
+            conn: vec![16, 0, 0, 0, 0, 1, 0, 0],
+        }],
+        regions: vec![],
+    };
+    let err = a.load_peer(&other_process.encode().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("another process"), "{err}");
+    let no_transport = Metadata {
+        backends: vec![BackendInfo {
+            kind: BackendKind::Fabric,
+            conn: vec![],
+        }],
+        ..other_process
+    };
+    assert!(matches!(
+        a.load_peer(&no_transport.encode().unwrap()),
+        Err(Error::PeerUnreachable { .. })
+    ));
+    assert_eq!(a.stats().peers, 0);
+}
