@@ -46,6 +46,9 @@ pub struct Config {
     pub max_peers: usize,
     /// Largest notification payload, 0 ..= 65536 bytes. Default 256.
     pub max_notif_bytes: usize,
+    /// Prepared descriptor lists alive at once ([`Engine::prepare_list`]), 1 ..= 4096.
+    /// Default 64.
+    pub max_prepared_lists: usize,
     /// Notifications waiting to be popped, a power of two 1 ..= 2^20. A full inbox is
     /// backpressure to the senders (`InboxFull`), never a silent drop. Default 1024.
     pub inbox_capacity: usize,
@@ -60,6 +63,7 @@ impl Default for Config {
             max_registrations: 1024,
             max_peers: 64,
             max_notif_bytes: 256,
+            max_prepared_lists: 64,
             inbox_capacity: 1024,
         }
     }
@@ -87,6 +91,9 @@ impl Config {
         if self.max_notif_bytes > 1 << 16 {
             return bad("max_notif_bytes", "must be at most 65536");
         }
+        if self.max_prepared_lists == 0 || self.max_prepared_lists > 4096 {
+            return bad("max_prepared_lists", "must be 1 to 4096");
+        }
         if !self.inbox_capacity.is_power_of_two() || self.inbox_capacity > 1 << 20 {
             return bad("inbox_capacity", "must be a power of two from 1 to 2^20");
         }
@@ -100,8 +107,32 @@ pub struct PeerId(pub u32);
 
 /// The half of an engine that peers in the same process reach: its memory and inbox.
 pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) engine_id: u64,
+    pub(crate) capacity: usize,
+    pub(crate) max_notif_bytes: usize,
     pub(crate) registry: Registry,
     pub(crate) inbox: Inbox,
+}
+
+impl Shared {
+    /// The metadata blob describing this engine now.
+    pub(crate) fn metadata(&self) -> Result<Vec<u8>> {
+        let mut conn = Vec::with_capacity(8);
+        conn.extend_from_slice(&(self.capacity as u32).to_le_bytes());
+        conn.extend_from_slice(&(self.max_notif_bytes as u32).to_le_bytes());
+        let md = Metadata {
+            engine_name: self.name.clone(),
+            engine_id: self.engine_id,
+            process_id: std::process::id(),
+            backends: vec![BackendInfo {
+                kind: BackendKind::Local,
+                conn,
+            }],
+            regions: self.registry.regions(),
+        };
+        Ok(md.encode()?)
+    }
 }
 
 struct Peer {
@@ -139,6 +170,8 @@ pub struct EngineStats {
     pub pins: u64,
     /// Peers loaded.
     pub peers: usize,
+    /// Prepared lists alive.
+    pub prepared_lists: usize,
     /// Notifications waiting in this engine's inbox.
     pub notifications_queued: usize,
     /// Notifications popped.
@@ -179,6 +212,36 @@ pub struct Engine {
     shared: Arc<Shared>,
     ring: SlotRing<Transfer>,
     peers: RwLock<Vec<Peer>>,
+    lists: RwLock<Vec<ListEntry>>,
+}
+
+/// A prepared descriptor list: validated and pinned once, posted many times.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListId(u64);
+
+impl ListId {
+    /// The raw `u64` form (`generation << 20 | index`).
+    pub const fn to_raw(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for ListId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ListId({}@{})", self.0 & 0xfffff, self.0 >> 20)
+    }
+}
+
+struct PreparedList {
+    op: Op,
+    peer: u32,
+    local: Box<[Resolved]>,
+    remote: Box<[Desc]>,
+}
+
+struct ListEntry {
+    generation: u64,
+    list: Option<PreparedList>,
 }
 
 static NEXT_ENGINE: AtomicU32 = AtomicU32::new(1);
@@ -198,14 +261,25 @@ impl Engine {
             notif: vec![0; m].into_boxed_slice(),
             notif_len: None,
         })?;
+        let engine_id = u64::from(std::process::id()) << 32 | u64::from(NEXT_ENGINE.fetch_add(1, Ordering::Relaxed));
         let shared = Arc::new(Shared {
+            name: config.name.clone(),
+            engine_id,
+            capacity: config.capacity,
+            max_notif_bytes: m,
             registry: Registry::new(config.max_registrations),
             inbox: Inbox::new(config.inbox_capacity, m, config.max_peers),
         });
-        let engine_id = u64::from(std::process::id()) << 32 | u64::from(NEXT_ENGINE.fetch_add(1, Ordering::Relaxed));
         local::publish(engine_id, &shared);
+        let lists = (0..config.max_prepared_lists)
+            .map(|_| ListEntry {
+                generation: 1,
+                list: None,
+            })
+            .collect();
         Ok(Engine {
             peers: RwLock::new(Vec::with_capacity(config.max_peers)),
+            lists: RwLock::new(lists),
             config,
             engine_id,
             shared,
@@ -256,20 +330,21 @@ impl Engine {
     /// This engine's metadata blob: what a peer needs to reach it. Fetch it again after
     /// registering new regions.
     pub fn local_metadata(&self) -> Result<Vec<u8>> {
-        let mut conn = Vec::with_capacity(8);
-        conn.extend_from_slice(&(self.config.capacity as u32).to_le_bytes());
-        conn.extend_from_slice(&(self.config.max_notif_bytes as u32).to_le_bytes());
-        let md = Metadata {
-            engine_name: self.config.name.clone(),
-            engine_id: self.engine_id,
-            process_id: std::process::id(),
-            backends: vec![BackendInfo {
-                kind: BackendKind::Local,
-                conn,
-            }],
-            regions: self.shared.registry.regions(),
-        };
-        Ok(md.encode()?)
+        self.shared.metadata()
+    }
+
+    /// Serves this engine's metadata over TCP at `addr` (e.g. `"127.0.0.1:0"`) from a
+    /// background thread, until the returned server is dropped. Each connection gets
+    /// the metadata as it is at that moment: a `u32` little-endian length, then the blob.
+    pub fn serve_metadata(&self, addr: impl std::net::ToSocketAddrs) -> Result<MetadataServer> {
+        MetadataServer::start(Arc::clone(&self.shared), addr)
+    }
+
+    /// Fetches a peer's metadata from its [`serve_metadata`](Engine::serve_metadata)
+    /// address and loads it.
+    pub fn fetch_peer(&self, addr: impl std::net::ToSocketAddrs) -> Result<PeerId> {
+        let blob = fetch_metadata(addr)?;
+        self.load_peer(&blob)
     }
 
     /// Loads (or reloads) a peer from its metadata blob and introduces this engine to
@@ -353,6 +428,23 @@ impl Engine {
         remote: &[Desc],
         notif: Option<&[u8]>,
     ) -> Result<Handle> {
+        self.validate(local, peer, remote, notif)?;
+        self.ring.acquire_try(|t: &mut Transfer| {
+            self.pin_all(local, &mut t.local)?;
+            t.op = op;
+            t.peer = peer.0;
+            t.count = local.len();
+            t.remote[..remote.len()].copy_from_slice(remote);
+            t.notif_len = notif.map(|n| {
+                t.notif[..n.len()].copy_from_slice(n);
+                n.len()
+            });
+            Ok(())
+        })
+    }
+
+    /// Every check of [`prepare`](Engine::prepare) that does not touch the registry.
+    fn validate(&self, local: &[Desc], peer: PeerId, remote: &[Desc], notif: Option<&[u8]>) -> Result<()> {
         let max = self.config.max_descs_per_xfer;
         if local.len() > max {
             return Err(Error::TooManyDescriptors {
@@ -387,31 +479,97 @@ impl Engine {
                 return Err(Error::NotificationTooLarge { len: n.len(), max });
             }
         }
-        for d in remote {
-            check_remote(&p.regions, d)?;
-        }
-        drop(peers);
+        remote.iter().try_for_each(|d| check_remote(&p.regions, d))
+    }
+
+    /// Pins every local descriptor into `out`; on failure unpins what it pinned.
+    fn pin_all(&self, local: &[Desc], out: &mut [Resolved]) -> Result<()> {
         let registry = &self.shared.registry;
-        self.ring.acquire_try(|t: &mut Transfer| {
-            for (i, d) in local.iter().enumerate() {
-                match registry.pin(d) {
-                    Ok(r) => t.local[i] = r,
-                    Err(e) => {
-                        t.local[..i].iter().for_each(|r| registry.unpin(r.entry));
-                        return Err(e);
-                    }
+        for (i, d) in local.iter().enumerate() {
+            match registry.pin(d) {
+                Ok(r) => out[i] = r,
+                Err(e) => {
+                    out[..i].iter().for_each(|r| registry.unpin(r.entry));
+                    return Err(e);
                 }
             }
-            t.op = op;
-            t.peer = peer.0;
-            t.count = local.len();
-            t.remote[..remote.len()].copy_from_slice(remote);
-            t.notif_len = notif.map(|n| {
-                t.notif[..n.len()].copy_from_slice(n);
-                n.len()
+        }
+        Ok(())
+    }
+
+    /// Validates and pins a descriptor list once (control path), for
+    /// [`post_list`](Engine::post_list) to post many times without re-validating.
+    /// Its regions stay pinned until [`release_list`](Engine::release_list).
+    pub fn prepare_list(&self, op: Op, local: &[Desc], peer: PeerId, remote: &[Desc]) -> Result<ListId> {
+        if local.is_empty() {
+            return Err(Error::InvalidDescriptor {
+                reason: "a prepared list needs descriptors",
             });
-            Ok(())
-        })
+        }
+        self.validate(local, peer, remote, None)?;
+        let mut resolved = vec![Resolved::default(); local.len()].into_boxed_slice();
+        self.pin_all(local, &mut resolved)?;
+        let mut lists = self.lists.write().unwrap_or_else(|e| e.into_inner());
+        let Some(index) = lists.iter().position(|e| e.list.is_none()) else {
+            drop(lists);
+            resolved.iter().for_each(|r| self.shared.registry.unpin(r.entry));
+            return Err(Error::ListTableFull {
+                capacity: self.config.max_prepared_lists,
+            });
+        };
+        let entry = &mut lists[index];
+        entry.list = Some(PreparedList {
+            op,
+            peer: peer.0,
+            local: resolved,
+            remote: remote.into(),
+        });
+        Ok(ListId(entry.generation << 20 | index as u64))
+    }
+
+    /// Posts a prepared list as a new transfer (a fresh slot and generation each time)
+    /// with an optional notification; the handle is released like any other. If the
+    /// post fails the slot is given back and nothing moved.
+    pub fn post_list(&self, list: ListId, notif: Option<&[u8]>) -> Result<Handle> {
+        let h = {
+            let lists = self.lists.read().unwrap_or_else(|e| e.into_inner());
+            let l = lookup_list(&lists, list)?;
+            if let Some(n) = notif {
+                self.validate(&[], PeerId(l.peer), &[], Some(n))?;
+            }
+            let registry = &self.shared.registry;
+            self.ring.acquire_try(|t: &mut Transfer| {
+                let n = l.local.len();
+                t.local[..n].copy_from_slice(&l.local);
+                registry.add_pins(&l.local);
+                t.op = l.op;
+                t.peer = l.peer;
+                t.count = n;
+                t.remote[..n].copy_from_slice(&l.remote);
+                t.notif_len = notif.map(|bytes| {
+                    t.notif[..bytes.len()].copy_from_slice(bytes);
+                    bytes.len()
+                });
+                Ok::<(), Error>(())
+            })?
+        };
+        if let Err(e) = self.post(h) {
+            self.release(h)?;
+            return Err(e);
+        }
+        Ok(h)
+    }
+
+    /// Drops a prepared list and its pins. Transfers posted from it keep their own.
+    pub fn release_list(&self, list: ListId) -> Result<()> {
+        let mut lists = self.lists.write().unwrap_or_else(|e| e.into_inner());
+        lookup_list(&lists, list)?;
+        let entry = &mut lists[(list.0 & 0xfffff) as usize];
+        if let Some(l) = entry.list.take() {
+            l.local.iter().for_each(|r| self.shared.registry.unpin(r.entry));
+        }
+        entry.generation += 1;
+        Ok(())
     }
 
     /// Starts a prepared transfer. With the `local` transport the bytes move before
@@ -533,16 +691,113 @@ impl Engine {
     /// Counters and the resource ledger.
     pub fn stats(&self) -> EngineStats {
         let (registrations, pins) = self.shared.registry.counts();
+        let lists = self.lists.read().unwrap_or_else(|e| e.into_inner());
+        let prepared_lists = lists.iter().filter(|e| e.list.is_some()).count();
+        drop(lists);
         let (notifications_queued, notifications_delivered, notifications_stale) = self.shared.inbox.counts();
         EngineStats {
             ring: self.ring.stats(),
             registrations,
             pins,
             peers: self.peers.read().unwrap_or_else(|e| e.into_inner()).len(),
+            prepared_lists,
             notifications_queued,
             notifications_delivered,
             notifications_stale,
         }
+    }
+}
+
+/// Serves an engine's metadata over TCP; stops when dropped. See
+/// [`Engine::serve_metadata`].
+pub struct MetadataServer {
+    addr: std::net::SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MetadataServer {
+    fn start(shared: Arc<Shared>, addr: impl std::net::ToSocketAddrs) -> Result<MetadataServer> {
+        let listener = std::net::TcpListener::bind(addr).map_err(|e| Error::io("binding the metadata server", &e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("binding the metadata server", &e))?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name(format!("ringxfer-md-{}", shared.name))
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if stopping.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let Ok(mut conn) = conn else { continue };
+                    // A peer that goes away mid-reply only loses its own reply.
+                    if let Ok(blob) = shared.metadata() {
+                        use std::io::Write;
+                        let _ = conn
+                            .write_all(&(blob.len() as u32).to_le_bytes())
+                            .and_then(|()| conn.write_all(&blob));
+                    }
+                }
+            })
+            .map_err(|e| Error::io("starting the metadata server thread", &e))?;
+        Ok(MetadataServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it listens on (with the port the OS chose for port 0).
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for MetadataServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        // Wake the accept loop so it sees the flag.
+        let _ = std::net::TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads one metadata blob from a [`MetadataServer`].
+pub fn fetch_metadata(addr: impl std::net::ToSocketAddrs) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut conn =
+        std::net::TcpStream::connect(addr).map_err(|e| Error::io("connecting to the metadata server", &e))?;
+    let timeout = Some(Duration::from_secs(10));
+    let _ = (conn.set_read_timeout(timeout), conn.set_write_timeout(timeout));
+    let mut len = [0u8; 4];
+    conn.read_exact(&mut len)
+        .map_err(|e| Error::io("reading the metadata length", &e))?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > crate::wire::metadata::MAX_BLOB_BYTES {
+        return Err(crate::wire::metadata::MetadataError::TooLarge {
+            what: "served metadata",
+            len,
+            max: crate::wire::metadata::MAX_BLOB_BYTES,
+        }
+        .into());
+    }
+    let mut blob = vec![0; len];
+    conn.read_exact(&mut blob)
+        .map_err(|e| Error::io("reading the metadata blob", &e))?;
+    Ok(blob)
+}
+
+fn lookup_list(lists: &[ListEntry], id: ListId) -> Result<&PreparedList> {
+    match lists.get((id.0 & 0xfffff) as usize) {
+        Some(ListEntry {
+            generation,
+            list: Some(l),
+        }) if *generation == id.0 >> 20 => Ok(l),
+        _ => Err(Error::UnknownList { list: id.0 }),
     }
 }
 

@@ -124,6 +124,18 @@ pub enum Error {
         /// The configured limit.
         max: usize,
     },
+    /// The prepared list was released (or never existed).
+    #[error("unknown prepared list {list:#x}: released, or never prepared")]
+    UnknownList {
+        /// The raw list id.
+        list: u64,
+    },
+    /// Every prepared-list entry is taken (`Config::max_prepared_lists`).
+    #[error("prepared list table full: {capacity} lists alive (release one or raise max_prepared_lists)")]
+    ListTableFull {
+        /// The table's fixed capacity.
+        capacity: usize,
+    },
     /// No peer with this id was loaded.
     #[error("unknown peer {peer}")]
     UnknownPeer {
@@ -169,12 +181,33 @@ pub enum Error {
         /// Why.
         reason: &'static str,
     },
+    /// An operating-system call on the control path failed.
+    #[error("{context}: {kind} ({message})")]
+    Io {
+        /// What the engine was doing.
+        context: &'static str,
+        /// The error's kind.
+        kind: std::io::ErrorKind,
+        /// The OS message.
+        message: String,
+    },
     /// `wait` gave up before the transfer ended; the transfer goes on.
     #[error("timed out waiting for transfer {handle}")]
     Timeout {
         /// The transfer.
         handle: Handle,
     },
+}
+
+impl Error {
+    /// An [`Error::Io`] for a failed OS call (control path only: it allocates).
+    pub(crate) fn io(context: &'static str, e: &std::io::Error) -> Error {
+        Error::Io {
+            context,
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
 }
 
 /// `Result` with ringxfer's [`Error`].

@@ -33,7 +33,7 @@ mod notify;
 pub mod ring;
 pub mod wire;
 
-pub use engine::{Config, Engine, EngineStats, Op, PeerId};
+pub use engine::{Config, Engine, EngineStats, ListId, MetadataServer, Op, PeerId, fetch_metadata};
 pub use error::{Error, Result};
 pub use mem::{Desc, RegionId};
 pub use notify::{Notification, SenderId};

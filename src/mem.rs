@@ -299,6 +299,16 @@ impl Registry {
         }
     }
 
+    /// Adds one pin to each entry of descriptors already resolved and pinned (a
+    /// prepared list handing its descriptors to a transfer): no re-validation.
+    pub(crate) fn add_pins(&self, resolved: &[Resolved]) {
+        let table = self.read();
+        for r in resolved {
+            let before = table.entries[r.entry as usize].pins.fetch_add(1, Ordering::AcqRel);
+            debug_assert!(before > 0, "add_pins on an unpinned region");
+        }
+    }
+
     /// Drops one pin taken by [`pin`](Registry::pin).
     pub(crate) fn unpin(&self, entry: u32) {
         let table = self.read();

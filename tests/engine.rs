@@ -450,3 +450,87 @@ fn bad_metadata_is_a_typed_error() {
     ));
     assert_eq!(a.stats().peers, 0);
 }
+
+#[test]
+fn metadata_travels_over_tcp_on_loopback() {
+    let (a, b) = (engine("a"), engine("b"));
+    let dst = b.alloc_region(4096).unwrap();
+    let server = b.serve_metadata("127.0.0.1:0").unwrap();
+    let peer = a.fetch_peer(server.local_addr()).unwrap();
+    assert_eq!(a.peer_name(peer).unwrap(), "b");
+    // A region registered after the first fetch is seen by the next one.
+    let later = b.alloc_region(4096).unwrap();
+    let src = a.alloc_region(4096).unwrap();
+    assert!(
+        a.prepare(
+            Op::Write,
+            &[Desc::new(src, 0, 8)],
+            peer,
+            &[Desc::new(later, 0, 8)],
+            None
+        )
+        .is_err()
+    );
+    assert_eq!(
+        a.fetch_peer(server.local_addr()).unwrap(),
+        peer,
+        "reloading keeps the peer id"
+    );
+    let h = a
+        .prepare(
+            Op::Write,
+            &[Desc::new(src, 0, 8)],
+            peer,
+            &[Desc::new(later, 0, 8)],
+            None,
+        )
+        .unwrap();
+    a.release(h).unwrap();
+    let _ = dst;
+    let addr = server.local_addr();
+    drop(server);
+    assert!(
+        matches!(a.fetch_peer(addr), Err(Error::Io { .. })),
+        "a stopped server refuses"
+    );
+}
+
+#[test]
+fn prepared_lists_post_many_times_with_fresh_handles() {
+    let (a, b) = (engine("a"), engine("b"));
+    let src = a.alloc_region(8 * 4096).unwrap();
+    let dst = b.alloc_region(8 * 4096).unwrap();
+    let data = pattern(8 * 4096, 3);
+    a.write_region(src, 0, &data).unwrap();
+    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    let local: Vec<Desc> = (0..8).map(|i| Desc::new(src, i * 4096, 4096)).collect();
+    let remote: Vec<Desc> = (0..8).map(|i| Desc::new(dst, i * 4096, 4096)).collect();
+    let list = a.prepare_list(Op::Write, &local, peer, &remote).unwrap();
+    assert!(
+        matches!(a.deregister(src), Err(Error::Busy { .. })),
+        "the list pins its regions"
+    );
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..100 {
+        let notif: Option<&[u8]> = if i % 10 == 0 { Some(b"ten") } else { None };
+        let h = a.post_list(list, notif).unwrap();
+        assert!(seen.insert(h), "a handle is never reused");
+        assert_eq!(a.wait(h, WAIT).unwrap(), Status::Done);
+        a.release(h).unwrap();
+    }
+    let mut out = vec![0; 8 * 4096];
+    b.read_region(dst, 0, &mut out).unwrap();
+    assert_eq!(out, data);
+    let mut buf = [0u8; 256];
+    assert_eq!(std::iter::from_fn(|| b.pop_notification(&mut buf).unwrap()).count(), 10);
+    assert!(matches!(
+        a.post_list(list, Some(&[0; 300])),
+        Err(Error::NotificationTooLarge { .. })
+    ));
+    a.release_list(list).unwrap();
+    assert_eq!(a.post_list(list, None), Err(Error::UnknownList { list: list.to_raw() }));
+    assert_eq!(a.release_list(list), Err(Error::UnknownList { list: list.to_raw() }));
+    assert_quiescent(&a);
+    assert_eq!(a.stats().prepared_lists, 0);
+    a.deregister(src).unwrap();
+}
