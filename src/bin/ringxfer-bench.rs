@@ -1,0 +1,481 @@
+//! ringxfer-bench: sweeps block and batch sizes through the engine and reports
+//! bandwidth and latency next to a `memcpy` baseline with the same access pattern,
+//! measured in the same run. Its options follow nixlbench's.
+//!
+//! ```text
+//! ringxfer-bench                                  # a short default sweep (< 1 min)
+//! ringxfer-bench --op read --start-block-size 4K --max-block-size 1M --max-batch-size 32
+//! ringxfer-bench --threads 2 --json out.json
+//! ```
+//!
+//! It ends by printing the initiator's ledger and exits non-zero if anything is left
+//! live (a slot, a pin) — the run itself is a leak check.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use ringxfer::{Config, Desc, Engine, Op, PeerId, RegionId, Status};
+
+/// Rounds per configuration: engine and memcpy baseline alternate, medians reported.
+const ROUNDS: usize = 3;
+
+const USAGE: &str = "\
+ringxfer-bench: bandwidth and latency of ringxfer transfers against an in-run memcpy baseline
+
+USAGE: ringxfer-bench [OPTIONS]
+
+OPTIONS:
+  --backend local            transport (only `local` today)
+  --op write|read            direction, initiator's view (default write)
+  --start-block-size SIZE    first block size (default 4K; K, M, G suffixes)
+  --max-block-size SIZE      last block size, doubling (default 64M)
+  --start-batch-size N       first descriptors per transfer (default 1)
+  --max-batch-size N         last, doubling (default 1)
+  --num-iter N               transfers per configuration (default 1000)
+  --warmup-iter N            untimed transfers first (default 100)
+  --max-bytes-per-config SIZE  fewer iterations for big blocks so each configuration
+                             moves at most this much (default 2G; 0 = no cap)
+  --threads N                initiator threads sharing the engine (default 1)
+  --json FILE                also write the results as JSON
+  -h, --help                 this text
+";
+
+#[derive(Clone, Debug)]
+struct Args {
+    op: Op,
+    start_block: u64,
+    max_block: u64,
+    start_batch: u64,
+    max_batch: u64,
+    num_iter: u64,
+    warmup_iter: u64,
+    max_bytes_per_config: u64,
+    threads: usize,
+    json: Option<String>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, mult) = match s.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&s[..s.len() - 1], 1 << 10),
+        Some('M') => (&s[..s.len() - 1], 1 << 20),
+        Some('G') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("not a size: {s:?} (use e.g. 4096, 4K, 64M)"))
+}
+
+fn parse_args() -> Result<Args, String> {
+    use lexopt::prelude::*;
+    let mut a = Args {
+        op: Op::Write,
+        start_block: 4 << 10,
+        max_block: 64 << 20,
+        start_batch: 1,
+        max_batch: 1,
+        num_iter: 1000,
+        warmup_iter: 100,
+        max_bytes_per_config: 2 << 30,
+        threads: 1,
+        json: None,
+    };
+    let mut parser = lexopt::Parser::from_env();
+    let value = |p: &mut lexopt::Parser| -> Result<String, String> {
+        p.value()
+            .map_err(|e| e.to_string())?
+            .into_string()
+            .map_err(|_| "option value is not UTF-8".to_string())
+    };
+    let number = |s: String| s.parse::<u64>().map_err(|_| format!("not a number: {s:?}"));
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("backend") => match value(&mut parser)?.as_str() {
+                "local" => {}
+                other => return Err(format!("backend {other:?} is not built yet (only `local`)")),
+            },
+            Long("op") => {
+                a.op = match value(&mut parser)?.to_ascii_lowercase().as_str() {
+                    "write" => Op::Write,
+                    "read" => Op::Read,
+                    other => return Err(format!("--op is write or read, not {other:?}")),
+                }
+            }
+            Long("start-block-size") => a.start_block = parse_size(&value(&mut parser)?)?,
+            Long("max-block-size") => a.max_block = parse_size(&value(&mut parser)?)?,
+            Long("start-batch-size") => a.start_batch = number(value(&mut parser)?)?,
+            Long("max-batch-size") => a.max_batch = number(value(&mut parser)?)?,
+            Long("num-iter") => a.num_iter = number(value(&mut parser)?)?,
+            Long("warmup-iter") => a.warmup_iter = number(value(&mut parser)?)?,
+            Long("max-bytes-per-config") => a.max_bytes_per_config = parse_size(&value(&mut parser)?)?,
+            Long("threads") => a.threads = number(value(&mut parser)?)? as usize,
+            Long("json") => a.json = Some(value(&mut parser)?),
+            Short('h') | Long("help") => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("{}\n\n{USAGE}", other.unexpected())),
+        }
+    }
+    if a.start_block == 0 || a.start_block > a.max_block {
+        return Err("need 0 < --start-block-size <= --max-block-size".into());
+    }
+    if a.start_batch == 0 || a.start_batch > a.max_batch || a.max_batch > 65536 {
+        return Err("need 0 < --start-batch-size <= --max-batch-size <= 65536".into());
+    }
+    if a.threads == 0 || a.threads > 64 || a.num_iter == 0 {
+        return Err("need 1 <= --threads <= 64 and --num-iter >= 1".into());
+    }
+    Ok(a)
+}
+
+/// Latency samples of one kind, in nanoseconds.
+struct Samples(Vec<u64>);
+
+impl Samples {
+    fn avg_us(&self) -> f64 {
+        self.0.iter().sum::<u64>() as f64 / self.0.len().max(1) as f64 / 1e3
+    }
+    fn p99_us(&mut self) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.sort_unstable();
+        self.0[(self.0.len() * 99 / 100).min(self.0.len() - 1)] as f64 / 1e3
+    }
+}
+
+struct Row {
+    block: u64,
+    batch: u64,
+    iters: u64,
+    gbps: f64,
+    avg_lat_us: f64,
+    prepare: (f64, f64),
+    post: (f64, f64),
+    transfer: (f64, f64),
+    memcpy_gbps: f64,
+}
+
+struct Setup {
+    initiator: Engine,
+    // Kept alive for the run: the target's memory is what the initiator writes.
+    _target: Engine,
+    peer: PeerId,
+    src: RegionId,
+    dst: RegionId,
+}
+
+fn setup(args: &Args) -> Result<Setup, String> {
+    let per_thread = args.max_block * args.max_batch;
+    let len = per_thread
+        .checked_mul(args.threads as u64)
+        .filter(|&l| l <= 16 << 30)
+        .ok_or("max block × max batch × threads exceeds 16 GiB")?;
+    let config = |name: &str| Config {
+        name: name.into(),
+        capacity: 1024,
+        max_descs_per_xfer: args.max_batch as usize,
+        ..Config::default()
+    };
+    let initiator = Engine::new(config("initiator")).map_err(|e| e.to_string())?;
+    let target = Engine::new(config("target")).map_err(|e| e.to_string())?;
+    let src = initiator.alloc_region(len as usize).map_err(|e| e.to_string())?;
+    let dst = target.alloc_region(len as usize).map_err(|e| e.to_string())?;
+    // Touch every page now so page faults are not measured as transfer time.
+    let ones = vec![1u8; (len as usize).min(64 << 20)];
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(ones.len() as u64) as usize;
+        initiator
+            .write_region(src, off, &ones[..n])
+            .map_err(|e| e.to_string())?;
+        target.write_region(dst, off, &ones[..n]).map_err(|e| e.to_string())?;
+        off += n as u64;
+    }
+    let peer = initiator
+        .load_peer(&target.local_metadata().map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    Ok(Setup {
+        initiator,
+        _target: target,
+        peer,
+        src,
+        dst,
+    })
+}
+
+/// One configuration through the engine, on `threads` threads at once.
+fn run_engine(s: &Setup, args: &Args, block: u64, batch: u64, iters: u64) -> Result<Row, String> {
+    let barrier = Barrier::new(args.threads);
+    let results: Vec<Result<(Duration, Samples, Samples, Samples), String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..args.threads)
+            .map(|t| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    let base = t as u64 * args.max_block * args.max_batch;
+                    let local: Vec<Desc> = (0..batch).map(|i| Desc::new(s.src, base + i * block, block)).collect();
+                    let remote: Vec<Desc> = (0..batch).map(|i| Desc::new(s.dst, base + i * block, block)).collect();
+                    let one = |record: Option<(&mut Samples, &mut Samples, &mut Samples)>| -> Result<(), String> {
+                        let t0 = Instant::now();
+                        let h = s
+                            .initiator
+                            .prepare(args.op, &local, s.peer, &remote, None)
+                            .map_err(|e| e.to_string())?;
+                        let t1 = Instant::now();
+                        s.initiator.post(h).map_err(|e| e.to_string())?;
+                        let t2 = Instant::now();
+                        let status = s
+                            .initiator
+                            .wait(h, Duration::from_secs(60))
+                            .map_err(|e| e.to_string())?;
+                        let t3 = Instant::now();
+                        s.initiator.release(h).map_err(|e| e.to_string())?;
+                        if status != Status::Done {
+                            return Err(format!("transfer ended {status:?}"));
+                        }
+                        if let Some((p, q, x)) = record {
+                            p.0.push((t1 - t0).as_nanos() as u64);
+                            q.0.push((t2 - t1).as_nanos() as u64);
+                            x.0.push((t3 - t1).as_nanos() as u64);
+                        }
+                        Ok(())
+                    };
+                    for _ in 0..args.warmup_iter.min(iters) {
+                        one(None)?;
+                    }
+                    let (mut p, mut q, mut x) = (
+                        Samples(Vec::with_capacity(iters as usize)),
+                        Samples(Vec::with_capacity(iters as usize)),
+                        Samples(Vec::with_capacity(iters as usize)),
+                    );
+                    barrier.wait();
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        one(Some((&mut p, &mut q, &mut x)))?;
+                    }
+                    Ok((start.elapsed(), p, q, x))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("bench thread panicked".into())))
+            .collect()
+    });
+    let mut wall = Duration::ZERO;
+    let (mut p, mut q, mut x) = (Samples(Vec::new()), Samples(Vec::new()), Samples(Vec::new()));
+    for r in results {
+        let (elapsed, tp, tq, tx) = r?;
+        wall = wall.max(elapsed);
+        p.0.extend(tp.0);
+        q.0.extend(tq.0);
+        x.0.extend(tx.0);
+    }
+    let bytes = block * batch * iters * args.threads as u64;
+    Ok(Row {
+        block,
+        batch,
+        iters,
+        gbps: bytes as f64 / wall.as_secs_f64() / 1e9,
+        avg_lat_us: wall.as_secs_f64() * 1e6 / iters as f64,
+        prepare: (p.avg_us(), p.p99_us()),
+        post: (q.avg_us(), q.p99_us()),
+        transfer: (x.avg_us(), x.p99_us()),
+        memcpy_gbps: 0.0,
+    })
+}
+
+/// The same access pattern with plain `copy_nonoverlapping`, on the same threads count.
+fn run_memcpy(args: &Args, block: u64, batch: u64, iters: u64) -> f64 {
+    let per_thread = (args.max_block * args.max_batch) as usize;
+    let mut src = vec![1u8; per_thread * args.threads];
+    let mut dst = vec![1u8; per_thread * args.threads];
+    let barrier = Barrier::new(args.threads);
+    let walls: Vec<Duration> = std::thread::scope(|scope| {
+        let handles: Vec<_> = src
+            .chunks_mut(per_thread)
+            .zip(dst.chunks_mut(per_thread))
+            .map(|(s, d)| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    let (from, to): (&[u8], &mut [u8]) = match args.op {
+                        Op::Write => (s, d),
+                        Op::Read => (&*d, s),
+                    };
+                    let mut pass = |_| {
+                        for i in 0..batch as usize {
+                            let r = i * block as usize..(i + 1) * block as usize;
+                            to[r.clone()].copy_from_slice(&from[r]);
+                        }
+                        std::hint::black_box(&to);
+                    };
+                    (0..args.warmup_iter.min(iters)).for_each(&mut pass);
+                    barrier.wait();
+                    let start = Instant::now();
+                    (0..iters).for_each(&mut pass);
+                    start.elapsed()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("memcpy thread")).collect()
+    });
+    let wall = walls.into_iter().max().unwrap_or_default();
+    (block * batch * iters * args.threads as u64) as f64 / wall.as_secs_f64() / 1e9
+}
+
+fn size(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{}G", n >> 30),
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}M", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}K", n >> 10),
+        n => n.to_string(),
+    }
+}
+
+fn write_json(path: &str, args: &Args, rows: &[Row]) -> std::io::Result<()> {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let op = if args.op == Op::Write { "write" } else { "read" };
+    writeln!(
+        f,
+        "{{\"backend\": \"local\", \"op\": \"{op}\", \"threads\": {}, \"results\": [",
+        args.threads
+    )?;
+    for (i, r) in rows.iter().enumerate() {
+        writeln!(
+            f,
+            "  {{\"block_size\": {}, \"batch_size\": {}, \"iterations\": {}, \"gbps\": {:.4}, \"avg_latency_us\": {:.3}, \
+             \"prepare_avg_us\": {:.3}, \"prepare_p99_us\": {:.3}, \"post_avg_us\": {:.3}, \"post_p99_us\": {:.3}, \
+             \"transfer_avg_us\": {:.3}, \"transfer_p99_us\": {:.3}, \"memcpy_gbps\": {:.4}, \"ratio_to_memcpy\": {:.4}}}{}",
+            r.block,
+            r.batch,
+            r.iters,
+            r.gbps,
+            r.avg_lat_us,
+            r.prepare.0,
+            r.prepare.1,
+            r.post.0,
+            r.post.1,
+            r.transfer.0,
+            r.transfer.1,
+            r.memcpy_gbps,
+            r.gbps / r.memcpy_gbps,
+            if i + 1 < rows.len() { "," } else { "" }
+        )?;
+    }
+    writeln!(f, "]}}")?;
+    f.flush()
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ringxfer-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let s = match setup(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringxfer-bench: setup failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let op = if args.op == Op::Write { "WRITE" } else { "READ" };
+    println!(
+        "ringxfer-bench: backend local (in-process), op {op}, threads {}",
+        args.threads
+    );
+    println!(
+        "{:>8} {:>6} {:>7} {:>9} {:>9} {:>19} {:>19} {:>19} {:>10} {:>8}",
+        "block",
+        "batch",
+        "iters",
+        "GB/s",
+        "lat us",
+        "prepare avg/p99 us",
+        "post avg/p99 us",
+        "transfer avg/p99 us",
+        "memcpy GB/s",
+        "ratio"
+    );
+    let mut rows = Vec::new();
+    let mut block = args.start_block;
+    while block <= args.max_block {
+        let mut batch = args.start_batch;
+        while batch <= args.max_batch {
+            let per_iter = block * batch * args.threads as u64;
+            let iters = match args.max_bytes_per_config {
+                0 => args.num_iter,
+                cap => args.num_iter.min((cap / per_iter).max(10)),
+            };
+            eprint!("\r  block {} batch {batch} ...      ", size(block));
+            // Engine and baseline alternate for ROUNDS rounds and the median round of
+            // each is reported, so drift on a shared machine hits both alike.
+            let mut engine_rows = Vec::with_capacity(ROUNDS);
+            let mut memcpy = Vec::with_capacity(ROUNDS);
+            for _ in 0..ROUNDS {
+                match run_engine(&s, &args, block, batch, iters) {
+                    Ok(r) => engine_rows.push(r),
+                    Err(e) => {
+                        eprintln!("\nringxfer-bench: block {block} batch {batch}: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+                memcpy.push(run_memcpy(&args, block, batch, iters));
+            }
+            engine_rows.sort_by(|a, b| a.gbps.total_cmp(&b.gbps));
+            memcpy.sort_by(f64::total_cmp);
+            let mut row = engine_rows.swap_remove(ROUNDS / 2);
+            row.memcpy_gbps = memcpy[ROUNDS / 2];
+            eprint!("\r");
+            println!(
+                "{:>8} {:>6} {:>7} {:>9.3} {:>9.2} {:>9.3}/{:<9.3} {:>9.3}/{:<9.3} {:>9.3}/{:<9.3} {:>10.3} {:>7.2}x",
+                size(row.block),
+                row.batch,
+                row.iters,
+                row.gbps,
+                row.avg_lat_us,
+                row.prepare.0,
+                row.prepare.1,
+                row.post.0,
+                row.post.1,
+                row.transfer.0,
+                row.transfer.1,
+                row.memcpy_gbps,
+                row.gbps / row.memcpy_gbps
+            );
+            rows.push(row);
+            batch *= 2;
+        }
+        block *= 2;
+    }
+    if let Some(path) = &args.json {
+        if let Err(e) = write_json(path, &args, &rows) {
+            eprintln!("ringxfer-bench: writing {path}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let st = s.initiator.stats();
+    println!(
+        "ledger: live slots {}, high-water {}, done {}, failed {}, cancelled {}, stale completions {}, pins {}",
+        st.ring.live,
+        st.ring.high_water,
+        st.ring.done,
+        st.ring.failed,
+        st.ring.cancelled,
+        st.ring.stale_completions,
+        st.pins
+    );
+    if st.ring.live != 0 || st.pins != 0 || st.ring.acquired != st.ring.freed {
+        eprintln!("ringxfer-bench: resources left live after the run: {st:?}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
