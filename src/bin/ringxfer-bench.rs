@@ -456,11 +456,11 @@ fn main() -> ExitCode {
         }
         block *= 2;
     }
-    if let Some(path) = &args.json {
-        if let Err(e) = write_json(path, &args, &rows) {
-            eprintln!("ringxfer-bench: writing {path}: {e}");
-            return ExitCode::FAILURE;
-        }
+    if let Some(path) = &args.json
+        && let Err(e) = write_json(path, &args, &rows)
+    {
+        eprintln!("ringxfer-bench: writing {path}: {e}");
+        return ExitCode::FAILURE;
     }
     let st = s.initiator.stats();
     println!(
