@@ -11,12 +11,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::backend::local;
+use crate::backend::local::{self, LocalInfo};
 use crate::error::{Error, Result};
 use crate::mem::{Desc, RegionId, Registry, Resolved};
-use crate::notify::{Inbox, Notification, SenderId};
-use crate::ring::{CancelResult, FailCode, Handle, Outcome, Released, RingStats, SlotRing, Status};
-use crate::wire::metadata::{BackendInfo, BackendKind, MemKind, Metadata, RegionInfo};
+use crate::notify::{Geometry, Inbox, InboxMap, Notification, SenderId};
+use crate::peer::Peer;
+use crate::ring::{CancelResult, Handle, Outcome, Released, RingStats, SlotRing, Status};
+use crate::wire::metadata::{BackendInfo, BackendKind, MemKind, Metadata};
 
 /// Which way a transfer moves bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -49,8 +50,11 @@ pub struct Config {
     /// Prepared descriptor lists alive at once ([`Engine::prepare_list`]), 1 ..= 4096.
     /// Default 64.
     pub max_prepared_lists: usize,
-    /// Notifications waiting to be popped, a power of two 1 ..= 2^20. A full inbox is
-    /// backpressure to the senders (`InboxFull`), never a silent drop. Default 1024.
+    /// Notifications waiting to be popped *per sender* (each sender has its own lane
+    /// of the inbox), a power of two 1 ..= 2^20. A full lane is backpressure to that
+    /// sender (`InboxFull`), never a silent drop. Default 128. The inbox is a
+    /// shared-memory segment of about `max_peers × inbox_capacity × (max_notif_bytes
+    /// + 24)` bytes (2.3 MB with the defaults).
     pub inbox_capacity: usize,
 }
 
@@ -64,7 +68,7 @@ impl Default for Config {
             max_peers: 64,
             max_notif_bytes: 256,
             max_prepared_lists: 64,
-            inbox_capacity: 1024,
+            inbox_capacity: 128,
         }
     }
 }
@@ -110,41 +114,27 @@ pub(crate) struct Shared {
     pub(crate) name: String,
     pub(crate) engine_id: u64,
     pub(crate) capacity: usize,
-    pub(crate) max_notif_bytes: usize,
     pub(crate) registry: Registry,
     pub(crate) inbox: Inbox,
+    /// What peers need to reach us with the local transport.
+    local_info: LocalInfo,
 }
 
 impl Shared {
     /// The metadata blob describing this engine now.
     pub(crate) fn metadata(&self) -> Result<Vec<u8>> {
-        let mut conn = Vec::with_capacity(8);
-        conn.extend_from_slice(&(self.capacity as u32).to_le_bytes());
-        conn.extend_from_slice(&(self.max_notif_bytes as u32).to_le_bytes());
         let md = Metadata {
             engine_name: self.name.clone(),
             engine_id: self.engine_id,
             process_id: std::process::id(),
             backends: vec![BackendInfo {
                 kind: BackendKind::Local,
-                conn,
+                conn: self.local_info.encode(),
             }],
             regions: self.registry.regions(),
         };
         Ok(md.encode()?)
     }
-}
-
-struct Peer {
-    name: String,
-    engine_id: u64,
-    /// The peer's regions as its metadata described them, sorted by id.
-    regions: Vec<RegionInfo>,
-    target: Arc<Shared>,
-    /// Who we are in the peer's sender table.
-    us_there: SenderId,
-    /// The peer's `max_notif_bytes`.
-    max_notif_bytes: usize,
 }
 
 /// One slot's transfer context, allocated once per slot and reused.
@@ -211,7 +201,7 @@ pub struct Engine {
     engine_id: u64,
     shared: Arc<Shared>,
     ring: SlotRing<Transfer>,
-    peers: RwLock<Vec<Peer>>,
+    peers: RwLock<Vec<Arc<Peer>>>,
     lists: RwLock<Vec<ListEntry>>,
 }
 
@@ -262,13 +252,35 @@ impl Engine {
             notif_len: None,
         })?;
         let engine_id = u64::from(std::process::id()) << 32 | u64::from(NEXT_ENGINE.fetch_add(1, Ordering::Relaxed));
+        let prefix = format!("ringxfer-{engine_id:016x}");
+        let registry = Registry::new(config.max_registrations, prefix.clone());
+        let (dir, _) = registry.segments();
+        // Segments of engines killed before they could unlink them.
+        crate::backend::shm::sweep_dead(dir);
+        let geometry = Geometry {
+            lanes: config.max_peers,
+            lane_capacity: config.inbox_capacity,
+            max_bytes: m,
+        };
+        let inbox = Inbox::new(
+            InboxMap::create(dir, &local::inbox_name(&prefix), geometry)?,
+            config.capacity,
+        );
+        let local_info = LocalInfo {
+            capacity: config.capacity as u32,
+            max_notif_bytes: m as u32,
+            lanes: config.max_peers as u32,
+            lane_capacity: config.inbox_capacity as u32,
+            dir: dir.to_path_buf(),
+            prefix,
+        };
         let shared = Arc::new(Shared {
             name: config.name.clone(),
             engine_id,
             capacity: config.capacity,
-            max_notif_bytes: m,
-            registry: Registry::new(config.max_registrations),
-            inbox: Inbox::new(config.inbox_capacity, m, config.max_peers),
+            registry,
+            inbox,
+            local_info,
         });
         local::publish(engine_id, &shared);
         let lists = (0..config.max_prepared_lists)
@@ -351,53 +363,24 @@ impl Engine {
     /// it, so it accepts our notifications.
     pub fn load_peer(&self, blob: &[u8]) -> Result<PeerId> {
         let md = Metadata::decode(blob)?;
-        let unreachable = |reason| Error::PeerUnreachable {
-            name: md.engine_name.clone(),
-            reason,
-        };
-        let local = md
-            .backends
-            .iter()
-            .find(|b| b.kind == BackendKind::Local)
-            .ok_or_else(|| unreachable("it offers no transport this engine has"))?;
-        let (Some(cap), Some(notif)) = (local.conn.get(0..4), local.conn.get(4..8)) else {
-            return Err(unreachable("its local transport info is malformed"));
-        };
-        let sender_capacity = u32::from_le_bytes(cap.try_into().expect("4 bytes")) as usize;
-        let max_notif_bytes = u32::from_le_bytes(notif.try_into().expect("4 bytes")) as usize;
-        if md.process_id != std::process::id() {
-            return Err(unreachable(
-                "it lives in another process; the cross-process local transport is not built yet",
-            ));
-        }
-        let target =
-            local::lookup(md.engine_id).ok_or_else(|| unreachable("no such engine is alive in this process"))?;
-        let us_there = target
-            .inbox
-            .accept_sender(self.engine_id, &self.config.name, self.config.capacity)?;
-        debug_assert!(sender_capacity > 0);
-        let mut regions = md.regions;
-        regions.sort_by_key(|r| r.id);
-        let peer = Peer {
-            name: md.engine_name,
-            engine_id: md.engine_id,
-            regions,
-            target,
-            us_there,
-            max_notif_bytes,
-        };
         let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = peers.iter().position(|p| p.engine_id == peer.engine_id) {
-            peers[i] = peer;
-            return Ok(PeerId(i as u32));
-        }
-        if peers.len() >= self.config.max_peers {
+        let existing = peers.iter().position(|p| p.engine_id == md.engine_id);
+        if existing.is_none() && peers.len() >= self.config.max_peers {
             return Err(Error::PeerTableFull {
                 capacity: self.config.max_peers,
             });
         }
-        peers.push(peer);
-        Ok(PeerId(peers.len() as u32 - 1))
+        let peer = Arc::new(Peer::connect(md, &self.shared)?);
+        match existing {
+            Some(i) => {
+                peers[i] = peer;
+                Ok(PeerId(i as u32))
+            }
+            None => {
+                peers.push(peer);
+                Ok(PeerId(peers.len() as u32 - 1))
+            }
+        }
     }
 
     /// The name of a loaded peer.
@@ -479,7 +462,7 @@ impl Engine {
                 return Err(Error::NotificationTooLarge { len: n.len(), max });
             }
         }
-        remote.iter().try_for_each(|d| check_remote(&p.regions, d))
+        remote.iter().try_for_each(|d| p.check(d))
     }
 
     /// Pins every local descriptor into `out`; on failure unpins what it pinned.
@@ -585,48 +568,38 @@ impl Engine {
         // our `complete_with` below (a release meanwhile only detaches it). The reference
         // is dropped before that call.
         let t = unsafe { self.ring.context(handle) }?;
-        // Take what we need of the peer and let go of the peer table before moving bytes.
-        let (target, us_there) = {
+        // Take the peer (an Arc: no allocation) and let go of the peer table before
+        // moving bytes.
+        let peer = {
             let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
-            let p = peers.get(t.peer as usize).ok_or(Error::UnknownPeer { peer: t.peer })?;
-            (Arc::clone(&p.target), p.us_there)
+            Arc::clone(peers.get(t.peer as usize).ok_or(Error::UnknownPeer { peer: t.peer })?)
         };
-        let record = match t.notif_len {
-            Some(_) => Some(target.inbox.reserve().ok_or(Error::InboxFull { peer: t.peer })?),
-            None => None,
-        };
+        let notify = t.notif_len.is_some();
+        if notify && !peer.outbox.reserve() {
+            return Err(if peer.alive() {
+                Error::InboxFull { peer: t.peer }
+            } else {
+                Error::PeerUnreachable {
+                    name: String::new(),
+                    reason: "its process has exited",
+                }
+            });
+        }
         if let Err(e) = self.ring.post(handle) {
-            if let Some(r) = record {
-                target.inbox.unreserve(r);
+            if notify {
+                peer.outbox.unreserve();
             }
             return Err(e);
         }
-        // The peer's registry read lock is held while its memory is copied, so the
-        // peer cannot deregister (or drop) a region under the copy; it waits instead.
-        let outcome = {
-            let access = target.registry.access();
-            let mut outcome = Outcome::Done;
-            for (l, d) in t.local[..t.count].iter().zip(&t.remote[..t.count]) {
-                match access.resolve(d) {
-                    // SAFETY: `l` is pinned by this transfer, `r` is valid while `access`
-                    // holds the peer's registry, and prepare checked equal lengths.
-                    Ok(r) => unsafe { local::copy(t.op, std::slice::from_ref(l), std::slice::from_ref(&r)) },
-                    Err(_) => {
-                        outcome = Outcome::Failed(FailCode::PEER_LOST);
-                        break;
-                    }
-                }
-            }
-            outcome
-        };
-        if let (Some(r), Some(len)) = (record, t.notif_len) {
+        let outcome = peer.transfer(t.op, &t.local[..t.count], &t.remote[..t.count]);
+        if let Some(len) = t.notif_len {
             if outcome == Outcome::Done {
-                target.inbox.deliver(r, us_there, handle, &t.notif[..len]);
+                peer.outbox.deliver(handle, &t.notif[..len]);
             } else {
-                target.inbox.unreserve(r);
+                peer.outbox.unreserve();
             }
         }
-        drop(target);
+        drop(peer);
         let registry = &self.shared.registry;
         self.ring.complete_with(handle, outcome, |t| reclaim(registry, t));
         Ok(())
@@ -799,25 +772,6 @@ fn lookup_list(lists: &[ListEntry], id: ListId) -> Result<&PreparedList> {
         }) if *generation == id.0 >> 20 => Ok(l),
         _ => Err(Error::UnknownList { list: id.0 }),
     }
-}
-
-/// A remote descriptor against the peer's metadata (sorted by region id).
-fn check_remote(regions: &[RegionInfo], d: &Desc) -> Result<()> {
-    let Ok(i) = regions.binary_search_by_key(&d.region.to_raw(), |r| r.id) else {
-        return Err(Error::UnknownRegion {
-            region: d.region.to_raw(),
-        });
-    };
-    let len = regions[i].len;
-    if d.len == 0 || d.offset.checked_add(d.len).is_none_or(|end| end > len) {
-        return Err(Error::OutOfBounds {
-            region: d.region.to_raw(),
-            offset: d.offset,
-            len: d.len,
-            region_len: len,
-        });
-    }
-    Ok(())
 }
 
 /// Returns a freed slot's resources: its region pins.

@@ -30,6 +30,7 @@ mod engine;
 mod error;
 mod mem;
 mod notify;
+mod peer;
 pub mod ring;
 pub mod wire;
 

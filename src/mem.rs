@@ -11,12 +11,12 @@
 //! `prepare` until `release`; deregistering a pinned region is `Error::Busy`, so memory
 //! is never unregistered — or freed, for engine-owned buffers — under a transfer.
 
-use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::fmt;
-use std::ptr::NonNull;
+use std::path::PathBuf;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::backend::shm::{self, Segment};
 use crate::error::{Error, Result};
 use crate::wire::metadata::{MemKind, RegionInfo};
 
@@ -78,30 +78,13 @@ impl Desc {
     }
 }
 
-/// Zeroed memory the engine allocated and frees at deregistration.
-struct OwnedBuffer {
-    ptr: NonNull<u8>,
-    layout: Layout,
-}
-
-impl Drop for OwnedBuffer {
-    fn drop(&mut self) {
-        // SAFETY: `ptr` was returned by `alloc_zeroed(layout)` and is freed only here.
-        unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
-    }
-}
-
-// SAFETY: the buffer is plain bytes owned by the registry; access to its contents goes
-// through raw pointers whose use the transfer protocol orders (pins and the ring).
-unsafe impl Send for OwnedBuffer {}
-// SAFETY: as above; the struct itself is never mutated after creation.
-unsafe impl Sync for OwnedBuffer {}
-
 struct Region {
     addr: usize,
     len: u64,
     kind: MemKind,
-    _owned: Option<OwnedBuffer>,
+    /// The shared-memory segment an engine-allocated region lives in (peers in other
+    /// processes map it by name); `None` for memory the caller registered.
+    segment: Option<Segment>,
 }
 
 struct Entry {
@@ -119,6 +102,14 @@ struct Table {
 /// The registration table (see the module docs).
 pub(crate) struct Registry {
     table: RwLock<Table>,
+    /// Where engine-allocated regions' segments are created, and their name prefix.
+    segment_dir: PathBuf,
+    segment_prefix: String,
+}
+
+/// The segment name of region `id` of the engine whose prefix is `prefix`.
+pub(crate) fn segment_name(prefix: &str, id: u64) -> String {
+    format!("{prefix}-r{id:x}")
 }
 
 /// The registry's read lock, held while another engine copies to or from its memory.
@@ -169,7 +160,7 @@ pub(crate) struct Resolved {
 }
 
 impl Registry {
-    pub(crate) fn new(capacity: usize) -> Registry {
+    pub(crate) fn new(capacity: usize, segment_prefix: String) -> Registry {
         let entries = (0..capacity)
             .map(|_| Entry {
                 generation: 1,
@@ -181,6 +172,8 @@ impl Registry {
         let free = (0..capacity as u32).rev().collect();
         Registry {
             table: RwLock::new(Table { entries, free }),
+            segment_dir: shm::dir(),
+            segment_prefix,
         }
     }
 
@@ -196,52 +189,59 @@ impl Registry {
 
     /// Registers memory the caller owns.
     pub(crate) fn register(&self, addr: usize, len: u64, kind: MemKind) -> Result<RegionId> {
-        self.insert(Region {
-            addr,
-            len,
-            kind,
-            _owned: None,
+        if len == 0 || addr == 0 {
+            return Err(Error::InvalidDescriptor {
+                reason: "a region needs a non-null address and a non-zero length",
+            });
+        }
+        if (addr as u64).checked_add(len).is_none() {
+            return Err(Error::InvalidDescriptor {
+                reason: "region wraps around the address space",
+            });
+        }
+        self.insert(|_| {
+            Ok(Region {
+                addr,
+                len,
+                kind,
+                segment: None,
+            })
         })
     }
 
-    /// Allocates `len` zeroed bytes owned by the registry and registers them.
+    /// Allocates `len` zeroed bytes in a shared-memory segment owned by the registry
+    /// (so peers in other processes can map them) and registers them.
     pub(crate) fn allocate(&self, len: usize) -> Result<RegionId> {
         if len == 0 {
             return Err(Error::InvalidDescriptor {
                 reason: "a region cannot be empty",
             });
         }
-        let layout = Layout::from_size_align(len, 4096).map_err(|_| Error::InvalidDescriptor {
-            reason: "region too large to allocate",
-        })?;
-        // SAFETY: `layout` has a non-zero size (checked above).
-        let ptr = NonNull::new(unsafe { alloc_zeroed(layout) }).ok_or(Error::OutOfMemory { len })?;
-        let owned = OwnedBuffer { ptr, layout };
-        self.insert(Region {
-            addr: ptr.as_ptr() as usize,
-            len: len as u64,
-            kind: MemKind::Dram,
-            _owned: Some(owned),
+        self.insert(|id| {
+            let segment = Segment::create(&self.segment_dir, &segment_name(&self.segment_prefix, id.to_raw()), len)?;
+            Ok(Region {
+                addr: segment.as_ptr() as usize,
+                len: len as u64,
+                kind: MemKind::Dram,
+                segment: Some(segment),
+            })
         })
     }
 
-    fn insert(&self, region: Region) -> Result<RegionId> {
-        if region.len == 0 || region.addr == 0 {
-            return Err(Error::InvalidDescriptor {
-                reason: "a region needs a non-null address and a non-zero length",
-            });
-        }
-        if (region.addr as u64).checked_add(region.len).is_none() {
-            return Err(Error::InvalidDescriptor {
-                reason: "region wraps around the address space",
-            });
-        }
+    /// The directory and name prefix of this registry's segments.
+    pub(crate) fn segments(&self) -> (&std::path::Path, &str) {
+        (&self.segment_dir, &self.segment_prefix)
+    }
+
+    fn insert(&self, make: impl FnOnce(RegionId) -> Result<Region>) -> Result<RegionId> {
         let mut table = self.write();
         let capacity = table.entries.len();
-        let index = table.free.pop().ok_or(Error::RegistryFull { capacity })?;
-        let entry = &mut table.entries[index as usize];
-        entry.region = Some(region);
-        Ok(RegionId(entry.generation << INDEX_BITS | u64::from(index)))
+        let index = *table.free.last().ok_or(Error::RegistryFull { capacity })?;
+        let id = RegionId(table.entries[index as usize].generation << INDEX_BITS | u64::from(index));
+        let region = make(id)?;
+        table.free.pop();
+        table.entries[index as usize].region = Some(region);
+        Ok(id)
     }
 
     /// Removes a registration; `Busy` while any transfer holds it.
@@ -333,7 +333,9 @@ impl Registry {
                     len: r.len,
                     kind: r.kind,
                     device: 0,
-                    remote_key: 0,
+                    // The local transport's key: 1 = in a shared-memory segment named
+                    // after the region, 0 = process memory (reached with process_vm_*).
+                    remote_key: u64::from(r.segment.is_some()),
                 })
             })
             .collect()

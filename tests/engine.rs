@@ -424,8 +424,8 @@ fn bad_metadata_is_a_typed_error() {
     let last = blob.len() - 1;
     blob[last] ^= 1;
     assert!(matches!(a.load_peer(&blob), Err(Error::Metadata(_))));
-    // Well-formed metadata of an engine in another process, or with no transport we have.
-    let other_process = Metadata {
+    // Well-formed metadata whose transport info is garbage.
+    let garbage = Metadata {
         engine_name: "remote".into(),
         engine_id: 1,
         process_id: std::process::id().wrapping_add(1),
@@ -435,8 +435,15 @@ fn bad_metadata_is_a_typed_error() {
         }],
         regions: vec![],
     };
-    let err = a.load_peer(&other_process.encode().unwrap()).unwrap_err();
-    assert!(err.to_string().contains("another process"), "{err}");
+    let err = a.load_peer(&garbage.encode().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("malformed"), "{err}");
+    // A real engine's metadata, claiming a process that does not exist.
+    let b = engine("b");
+    let mut ghost = Metadata::decode(&b.local_metadata().unwrap()).unwrap();
+    ghost.process_id = i32::MAX as u32;
+    let err = a.load_peer(&ghost.encode().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("exited"), "{err}");
+    let other_process = garbage;
     let no_transport = Metadata {
         backends: vec![BackendInfo {
             kind: BackendKind::Fabric,

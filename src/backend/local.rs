@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex, Weak};
 
 use crate::Op;
 use crate::engine::Shared;
-use crate::mem::Resolved;
 
 static DIRECTORY: Mutex<Vec<(u64, Weak<Shared>)>> = Mutex::new(Vec::new());
 
@@ -40,22 +39,73 @@ pub(crate) fn lookup(engine_id: u64) -> Option<Arc<Shared>> {
         .and_then(|(_, weak)| weak.upgrade())
 }
 
-/// Moves the bytes of one transfer between resolved local and remote pieces.
+/// Moves `len` bytes between a local and a remote address, in the direction of `op`.
 ///
 /// # Safety
-/// Every `Resolved` lies inside a registration that stays registered for the whole
-/// call (local ones pinned by the transfer, remote ones under the peer registry's read
-/// lock), and `local[i].len == remote[i].len` for every `i`.
-pub(crate) unsafe fn copy(op: Op, local: &[Resolved], remote: &[Resolved]) {
-    for (l, r) in local.iter().zip(remote) {
-        debug_assert_eq!(l.len, r.len);
-        let (src, dst) = match op {
-            Op::Write => (l.addr, r.addr),
-            Op::Read => (r.addr, l.addr),
-        };
-        // SAFETY: both ranges are inside live registrations (the caller's promise);
-        // `copy` (memmove) is used because a process may register overlapping memory
-        // in two engines and move it onto itself.
-        unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, l.len) };
+/// Both ranges lie inside memory that stays mapped and registered for the whole call
+/// (the local one pinned by the transfer, the remote one under the peer registry's
+/// read lock or inside a segment mapped here).
+pub(crate) unsafe fn copy(op: Op, local: usize, remote: usize, len: usize) {
+    let (src, dst) = match op {
+        Op::Write => (local, remote),
+        Op::Read => (remote, local),
+    };
+    // SAFETY: both ranges are valid (the caller's promise); `copy` (memmove) because
+    // a process may register overlapping memory in two engines and move it onto itself.
+    unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, len) };
+}
+
+/// What the `local` transport puts in an engine's metadata (`BackendInfo::conn`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LocalInfo {
+    /// The engine's slot capacity (a receiver tracks that many sender slots).
+    pub capacity: u32,
+    /// The engine's `max_notif_bytes`.
+    pub max_notif_bytes: u32,
+    /// Its inbox geometry.
+    pub lanes: u32,
+    pub lane_capacity: u32,
+    /// Where its segments live, and their name prefix.
+    pub dir: std::path::PathBuf,
+    pub prefix: String,
+}
+
+impl LocalInfo {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let dir = self.dir.to_string_lossy();
+        let mut out = Vec::with_capacity(20 + dir.len() + self.prefix.len());
+        for v in [self.capacity, self.max_notif_bytes, self.lanes, self.lane_capacity] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.prefix.len() as u16).to_le_bytes());
+        out.extend_from_slice(self.prefix.as_bytes());
+        out.extend_from_slice(dir.as_bytes());
+        out
     }
+
+    /// Parses `conn`; `None` if it is malformed.
+    pub(crate) fn decode(conn: &[u8]) -> Option<LocalInfo> {
+        let u32_at = |i: usize| conn.get(i..i + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let prefix_len = conn.get(16..18).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)?;
+        let prefix = std::str::from_utf8(conn.get(18..18 + prefix_len)?).ok()?;
+        let dir = std::str::from_utf8(conn.get(18 + prefix_len..)?).ok()?;
+        Some(LocalInfo {
+            capacity: u32_at(0)?,
+            max_notif_bytes: u32_at(4)?,
+            lanes: u32_at(8)?,
+            lane_capacity: u32_at(12)?,
+            dir: dir.into(),
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// The path of the engine's inbox segment.
+    pub(crate) fn inbox_path(&self) -> std::path::PathBuf {
+        self.dir.join(inbox_name(&self.prefix))
+    }
+}
+
+/// The inbox segment's name for an engine's segment prefix.
+pub(crate) fn inbox_name(prefix: &str) -> String {
+    format!("{prefix}-inbox")
 }

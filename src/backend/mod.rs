@@ -5,3 +5,4 @@
 //! - [`local`]: engines in the same process, by `memcpy`.
 
 pub mod local;
+pub(crate) mod shm;
