@@ -541,3 +541,51 @@ fn prepared_lists_post_many_times_with_fresh_handles() {
     assert_eq!(a.stats().prepared_lists, 0);
     a.deregister(src).unwrap();
 }
+
+#[test]
+fn release_racing_post_frees_each_slot_exactly_once() {
+    let (a, b) = (engine("a"), engine("b"));
+    let src = a.alloc_region(1 << 20).unwrap();
+    let dst = b.alloc_region(1 << 20).unwrap();
+    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    let (mut detached, mut freed_first) = (0, 0);
+    for i in 0..200u64 {
+        let h = a
+            .prepare(
+                Op::Write,
+                &[Desc::new(src, 0, 1 << 20)],
+                peer,
+                &[Desc::new(dst, 0, 1 << 20)],
+                None,
+            )
+            .unwrap();
+        let go = std::sync::atomic::AtomicBool::new(false);
+        let (posted, released) = std::thread::scope(|s| {
+            let releaser = s.spawn(|| {
+                while !go.load(std::sync::atomic::Ordering::Acquire) {
+                    std::hint::spin_loop();
+                }
+                // Release at a different moment each round: during or after the copy.
+                let until = std::time::Instant::now() + Duration::from_micros(i % 40);
+                while std::time::Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+                a.release(h)
+            });
+            go.store(true, std::sync::atomic::Ordering::Release);
+            let posted = a.post(h);
+            (posted, releaser.join().unwrap())
+        });
+        match (posted, released) {
+            // Released while in flight: the completion freed the slot.
+            (Ok(()), Ok(Released::Detached)) => detached += 1,
+            // Released after it ended, or before it was posted (then the post was stale).
+            (Ok(()), Ok(Released::Freed)) => {}
+            (Err(Error::StaleHandle { .. }), Ok(Released::Freed)) => freed_first += 1,
+            other => panic!("{other:?}"),
+        }
+        assert!(a.status(h).is_err(), "the handle is dead either way");
+    }
+    assert_quiescent(&a);
+    eprintln!("release raced post: {detached} detached, {freed_first} released before the post");
+}

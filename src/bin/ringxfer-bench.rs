@@ -38,6 +38,8 @@ OPTIONS:
   --max-bytes-per-config SIZE  fewer iterations for big blocks so each configuration
                              moves at most this much (default 2G; 0 = no cap)
   --threads N                initiator threads sharing the engine (default 1)
+  --two-process              the target engine runs in a child process this tool
+                             starts (shared-memory transport) instead of in-process
   --json FILE                also write the results as JSON
   -h, --help                 this text
 ";
@@ -53,6 +55,8 @@ struct Args {
     warmup_iter: u64,
     max_bytes_per_config: u64,
     threads: usize,
+    two_process: bool,
+    serve_target: Option<u64>,
     json: Option<String>,
 }
 
@@ -83,6 +87,8 @@ fn parse_args() -> Result<Args, String> {
         warmup_iter: 100,
         max_bytes_per_config: 2 << 30,
         threads: 1,
+        two_process: false,
+        serve_target: None,
         json: None,
     };
     let mut parser = lexopt::Parser::from_env();
@@ -115,6 +121,8 @@ fn parse_args() -> Result<Args, String> {
             Long("max-bytes-per-config") => a.max_bytes_per_config = parse_size(&value(&mut parser)?)?,
             Long("threads") => a.threads = number(value(&mut parser)?)? as usize,
             Long("json") => a.json = Some(value(&mut parser)?),
+            Long("two-process") => a.two_process = true,
+            Long("serve-target") => a.serve_target = Some(number(value(&mut parser)?)?),
             Short('h') | Long("help") => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -162,13 +170,54 @@ struct Row {
     memcpy_gbps: f64,
 }
 
+/// The other side of the transfers: an engine in this process, or a child process.
+enum Target {
+    /// Held only to keep the engine (and the memory being written) alive.
+    InProcess(#[allow(dead_code)] Box<Engine>),
+    Child(std::process::Child),
+}
+
 struct Setup {
     initiator: Engine,
     // Kept alive for the run: the target's memory is what the initiator writes.
-    _target: Engine,
+    target: Target,
     peer: PeerId,
     src: RegionId,
     dst: RegionId,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let Target::Child(child) = &mut self.target {
+            // Closing its stdin tells the target to print its ledger and exit.
+            drop(child.stdin.take());
+            let _ = child.wait();
+        }
+    }
+}
+
+fn config(name: &str, args: &Args) -> Config {
+    Config {
+        name: name.into(),
+        capacity: 1024,
+        max_descs_per_xfer: args.max_batch as usize,
+        ..Config::default()
+    }
+}
+
+/// Allocates a region and touches every page, so page faults are not measured.
+fn alloc_touched(engine: &Engine, len: u64) -> Result<RegionId, String> {
+    let region = engine.alloc_region(len as usize).map_err(|e| e.to_string())?;
+    let ones = vec![1u8; (len as usize).min(64 << 20)];
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(ones.len() as u64) as usize;
+        engine
+            .write_region(region, off, &ones[..n])
+            .map_err(|e| e.to_string())?;
+        off += n as u64;
+    }
+    Ok(region)
 }
 
 fn setup(args: &Args) -> Result<Setup, String> {
@@ -177,37 +226,80 @@ fn setup(args: &Args) -> Result<Setup, String> {
         .checked_mul(args.threads as u64)
         .filter(|&l| l <= 16 << 30)
         .ok_or("max block × max batch × threads exceeds 16 GiB")?;
-    let config = |name: &str| Config {
-        name: name.into(),
-        capacity: 1024,
-        max_descs_per_xfer: args.max_batch as usize,
-        ..Config::default()
-    };
-    let initiator = Engine::new(config("initiator")).map_err(|e| e.to_string())?;
-    let target = Engine::new(config("target")).map_err(|e| e.to_string())?;
-    let src = initiator.alloc_region(len as usize).map_err(|e| e.to_string())?;
-    let dst = target.alloc_region(len as usize).map_err(|e| e.to_string())?;
-    // Touch every page now so page faults are not measured as transfer time.
-    let ones = vec![1u8; (len as usize).min(64 << 20)];
-    let mut off = 0;
-    while off < len {
-        let n = (len - off).min(ones.len() as u64) as usize;
-        initiator
-            .write_region(src, off, &ones[..n])
+    let initiator = Engine::new(config("initiator", args)).map_err(|e| e.to_string())?;
+    let src = alloc_touched(&initiator, len)?;
+    if args.two_process {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = std::process::Command::new(exe)
+            .args([
+                "--serve-target",
+                &len.to_string(),
+                "--max-batch-size",
+                &args.max_batch.to_string(),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting the target process: {e}"))?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().ok_or("no target stdout")?)
+            .read_line(&mut line)
             .map_err(|e| e.to_string())?;
-        target.write_region(dst, off, &ones[..n]).map_err(|e| e.to_string())?;
-        off += n as u64;
+        let mut parts = line.split_whitespace();
+        let (Some("TARGET"), Some(addr), Some(dst)) = (parts.next(), parts.next(), parts.next()) else {
+            let _ = child.kill();
+            return Err(format!("the target process said {line:?}"));
+        };
+        let dst = RegionId::from_raw(dst.parse().map_err(|_| "bad region id from the target")?);
+        let peer = initiator.fetch_peer(addr).map_err(|e| e.to_string())?;
+        return Ok(Setup {
+            initiator,
+            target: Target::Child(child),
+            peer,
+            src,
+            dst,
+        });
     }
-    let peer = initiator
-        .load_peer(&target.local_metadata().map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
+    let target = Engine::new(config("target", args)).map_err(|e| e.to_string())?;
+    let dst = alloc_touched(&target, len)?;
+    let blob = target.local_metadata().map_err(|e| e.to_string())?;
+    let peer = initiator.load_peer(&blob).map_err(|e| e.to_string())?;
     Ok(Setup {
         initiator,
-        _target: target,
+        target: Target::InProcess(Box::new(target)),
         peer,
         src,
         dst,
     })
+}
+
+/// `--serve-target LEN`: the target process of `--two-process`. Serves its metadata,
+/// prints `TARGET <addr> <region>`, and runs until its stdin closes; then prints its
+/// ledger on stderr.
+fn serve_target(len: u64, args: &Args) -> ExitCode {
+    let run = || -> Result<(), String> {
+        let engine = Engine::new(config("target", args)).map_err(|e| e.to_string())?;
+        let dst = alloc_touched(&engine, len)?;
+        let server = engine.serve_metadata("127.0.0.1:0").map_err(|e| e.to_string())?;
+        println!("TARGET {} {}", server.local_addr(), dst.to_raw());
+        std::io::stdout().flush().map_err(|e| e.to_string())?;
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        let st = engine.stats();
+        eprintln!(
+            "target ledger: live slots {}, registrations {}, notifications queued {}",
+            st.ring.live, st.registrations, st.notifications_queued
+        );
+        Ok(())
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringxfer-bench target: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// One configuration through the engine, on `threads` threads at once.
@@ -343,8 +435,8 @@ fn write_json(path: &str, args: &Args, rows: &[Row]) -> std::io::Result<()> {
     let op = if args.op == Op::Write { "write" } else { "read" };
     writeln!(
         f,
-        "{{\"backend\": \"local\", \"op\": \"{op}\", \"threads\": {}, \"results\": [",
-        args.threads
+        "{{\"backend\": \"local\", \"two_process\": {}, \"op\": \"{op}\", \"threads\": {}, \"results\": [",
+        args.two_process, args.threads
     )?;
     for (i, r) in rows.iter().enumerate() {
         writeln!(
@@ -380,6 +472,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(len) = args.serve_target {
+        return serve_target(len, &args);
+    }
     let s = match setup(&args) {
         Ok(s) => s,
         Err(e) => {
@@ -388,8 +483,13 @@ fn main() -> ExitCode {
         }
     };
     let op = if args.op == Op::Write { "WRITE" } else { "READ" };
+    let mode = if args.two_process {
+        "two processes"
+    } else {
+        "in-process"
+    };
     println!(
-        "ringxfer-bench: backend local (in-process), op {op}, threads {}",
+        "ringxfer-bench: backend local ({mode}), op {op}, threads {}",
         args.threads
     );
     println!(
