@@ -14,8 +14,14 @@ const BLOCKS: u64 = 8;
 
 fn main() -> Result<(), ringxfer::Error> {
     // Everything the hot path needs is allocated here.
-    let prefill = Engine::new(Config { name: "prefill".into(), ..Config::default() })?;
-    let decode = Engine::new(Config { name: "decode".into(), ..Config::default() })?;
+    let prefill = Engine::new(Config {
+        name: "prefill".into(),
+        ..Config::default()
+    })?;
+    let decode = Engine::new(Config {
+        name: "decode".into(),
+        ..Config::default()
+    })?;
 
     // Memory: engine-allocated regions live in shared memory, so a peer in another
     // process could reach them too.
@@ -31,7 +37,9 @@ fn main() -> Result<(), ringxfer::Error> {
 
     // A batch of 8 blocks, block i to slot 7 - i, with a notification.
     let local: Vec<Desc> = (0..BLOCKS).map(|i| Desc::new(kv_out, i * BLOCK, BLOCK)).collect();
-    let remote: Vec<Desc> = (0..BLOCKS).map(|i| Desc::new(kv_in, (BLOCKS - 1 - i) * BLOCK, BLOCK)).collect();
+    let remote: Vec<Desc> = (0..BLOCKS)
+        .map(|i| Desc::new(kv_in, (BLOCKS - 1 - i) * BLOCK, BLOCK))
+        .collect();
     let h = prefill.prepare(Op::Write, &local, peer, &remote, Some(b"request 42: 8 blocks"))?;
     prefill.post(h)?;
     assert_eq!(prefill.wait(h, Duration::from_secs(5))?, Status::Done);
@@ -39,7 +47,9 @@ fn main() -> Result<(), ringxfer::Error> {
 
     // The decode side learns the blocks are there.
     let mut note = [0u8; 256];
-    let n = decode.pop_notification(&mut note)?.expect("sent after the last byte landed");
+    let n = decode
+        .pop_notification(&mut note)?
+        .expect("sent after the last byte landed");
     println!(
         "decode got {:?} from {}",
         std::str::from_utf8(&note[..n.len]).unwrap(),
