@@ -3,7 +3,7 @@
 //!
 //! ringxfer moves KV-cache blocks between processes and machines (DRAM, GPU memory,
 //! files). Every transfer lives in one slot of a fixed, preallocated ring and is named
-//! by a [`Handle`](ring::Handle) that carries the slot's generation: a transfer takes a
+//! by a [`Handle`] that carries the slot's generation: a transfer takes a
 //! slot without allocating, every path that ends it (success, error, cancel, timeout,
 //! peer loss) returns the slot through one function, and a stale or late completion is
 //! recognised by its generation and rejected rather than matched to a newer transfer.
