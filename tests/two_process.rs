@@ -12,6 +12,14 @@ const SMALL_SLOTS: u64 = 256;
 const LARGE: u64 = 1 << 20;
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The tests below run one at a time: an `Engine::new` in one sweeps the segments
+/// the other's killed target left, which the second test checks for.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn config(name: &str) -> Config {
     Config {
         name: name.into(),
@@ -161,6 +169,7 @@ fn post_with_backpressure(a: &Engine, h: ringxfer::Handle) {
 
 #[test]
 fn two_processes_move_bytes_and_notifications() {
+    let _serial = serial();
     let mut t = spawn_target();
     let a = Engine::new(config("initiator")).unwrap();
     let src = a.alloc_region((SMALL * SMALL_SLOTS) as usize).unwrap();
@@ -253,6 +262,7 @@ fn two_processes_move_bytes_and_notifications() {
 
 #[test]
 fn a_killed_target_fails_transfers_with_peer_lost() {
+    let _serial = serial();
     let mut t = spawn_target();
     let a = Engine::new(config("initiator")).unwrap();
     let src = a.alloc_region(SMALL as usize).unwrap();
