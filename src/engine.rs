@@ -101,6 +101,13 @@ impl Config {
         if !self.inbox_capacity.is_power_of_two() || self.inbox_capacity > 1 << 20 {
             return bad("inbox_capacity", "must be a power of two from 1 to 2^20");
         }
+        let inbox_bytes = (self.max_peers * self.inbox_capacity) as u64 * (self.max_notif_bytes as u64 + 24);
+        if inbox_bytes > 1 << 32 {
+            return bad(
+                "inbox_capacity",
+                "× max_peers × (max_notif_bytes + 24) must stay within 4 GiB of shared memory",
+            );
+        }
         Ok(())
     }
 }
@@ -579,10 +586,7 @@ impl Engine {
             return Err(if peer.alive() {
                 Error::InboxFull { peer: t.peer }
             } else {
-                Error::PeerUnreachable {
-                    name: String::new(),
-                    reason: "its process has exited",
-                }
+                Error::PeerLost { peer: t.peer }
             });
         }
         if let Err(e) = self.ring.post(handle) {

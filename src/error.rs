@@ -173,6 +173,12 @@ pub enum Error {
     /// A metadata blob could not be read.
     #[error(transparent)]
     Metadata(#[from] crate::wire::metadata::MetadataError),
+    /// The peer's process has exited; transfers to it fail with `FailCode::PEER_LOST`.
+    #[error("peer {peer} is lost: its process has exited (load it again once it is back)")]
+    PeerLost {
+        /// The peer id.
+        peer: u32,
+    },
     /// The peer's metadata names no transport this engine can reach it by.
     #[error("peer {name} unreachable: {reason}")]
     PeerUnreachable {

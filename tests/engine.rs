@@ -408,6 +408,14 @@ fn bad_configs_name_the_field() {
             },
             "name",
         ),
+        (
+            Config {
+                max_peers: 4096,
+                inbox_capacity: 1 << 20,
+                ..Config::default()
+            },
+            "inbox_capacity",
+        ),
     ] {
         match Engine::new(config) {
             Err(Error::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
