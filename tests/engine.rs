@@ -351,69 +351,26 @@ fn a_full_inbox_is_backpressure_not_a_drop() {
 
 #[test]
 fn bad_configs_name_the_field() {
+    let with = |change: fn(&mut Config)| {
+        let mut c = Config::default();
+        change(&mut c);
+        c
+    };
     for (config, field) in [
+        (with(|c| c.capacity = 3), "capacity"),
+        (with(|c| c.capacity = 0), "capacity"),
+        (with(|c| c.max_descs_per_xfer = 0), "max_descs_per_xfer"),
+        (with(|c| c.max_registrations = 0), "max_registrations"),
+        (with(|c| c.max_peers = 0), "max_peers"),
+        (with(|c| c.max_notif_bytes = 1 << 17), "max_notif_bytes"),
+        (with(|c| c.max_prepared_lists = 0), "max_prepared_lists"),
+        (with(|c| c.inbox_capacity = 1000), "inbox_capacity"),
+        (with(|c| c.name = String::new()), "name"),
         (
-            Config {
-                capacity: 3,
-                ..Config::default()
-            },
-            "capacity",
-        ),
-        (
-            Config {
-                capacity: 0,
-                ..Config::default()
-            },
-            "capacity",
-        ),
-        (
-            Config {
-                max_descs_per_xfer: 0,
-                ..Config::default()
-            },
-            "max_descs_per_xfer",
-        ),
-        (
-            Config {
-                max_registrations: 0,
-                ..Config::default()
-            },
-            "max_registrations",
-        ),
-        (
-            Config {
-                max_peers: 0,
-                ..Config::default()
-            },
-            "max_peers",
-        ),
-        (
-            Config {
-                max_notif_bytes: 1 << 17,
-                ..Config::default()
-            },
-            "max_notif_bytes",
-        ),
-        (
-            Config {
-                inbox_capacity: 1000,
-                ..Config::default()
-            },
-            "inbox_capacity",
-        ),
-        (
-            Config {
-                name: String::new(),
-                ..Config::default()
-            },
-            "name",
-        ),
-        (
-            Config {
-                max_peers: 4096,
-                inbox_capacity: 1 << 20,
-                ..Config::default()
-            },
+            with(|c| {
+                c.max_peers = 4096;
+                c.inbox_capacity = 1 << 20
+            }),
             "inbox_capacity",
         ),
     ] {
