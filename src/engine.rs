@@ -249,7 +249,15 @@ impl Engine {
         config.validate()?;
         let d = config.max_descs_per_xfer;
         let m = config.max_notif_bytes;
-        let ring = SlotRing::with_contexts(config.capacity, |_| Transfer {
+        // A random first generation: a handle of another engine is refused as stale
+        // (see `SlotRing::with_contexts_from`). std's RandomState is seeded from the OS.
+        let first_generation = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(u64::from(NEXT_ENGINE.load(Ordering::Relaxed)));
+            1 + (h.finish() >> 21)
+        };
+        let ring = SlotRing::with_contexts_from(config.capacity, first_generation, |_| Transfer {
             op: Op::Write,
             peer: 0,
             count: 0,

@@ -554,3 +554,32 @@ fn release_racing_post_frees_each_slot_exactly_once() {
     assert_quiescent(&a);
     eprintln!("release raced post: {detached} detached, {freed_first} released before the post");
 }
+
+#[test]
+fn a_handle_from_another_engine_is_refused() {
+    let (a, b, c) = (engine("a"), engine("b"), engine("c"));
+    let (src, other) = (a.alloc_region(64).unwrap(), c.alloc_region(64).unwrap());
+    let dst = b.alloc_region(64).unwrap();
+    let pa = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    let pc = c.load_peer(&b.local_metadata().unwrap()).unwrap();
+    let ha = a
+        .prepare(Op::Write, &[Desc::new(src, 0, 64)], pa, &[Desc::new(dst, 0, 64)], None)
+        .unwrap();
+    let hc = c
+        .prepare(
+            Op::Write,
+            &[Desc::new(other, 0, 64)],
+            pc,
+            &[Desc::new(dst, 0, 64)],
+            None,
+        )
+        .unwrap();
+    // Same slot index in both engines, but each engine's generations start at its own
+    // random point: the foreign handle is stale here, and c's transfer is untouched.
+    assert_eq!(ha.index(), hc.index());
+    assert_eq!(c.status(ha), Err(Error::StaleHandle { handle: ha }));
+    assert_eq!(c.release(ha), Err(Error::StaleHandle { handle: ha }));
+    assert_eq!(c.status(hc).unwrap(), Status::Reserved);
+    a.release(ha).unwrap();
+    c.release(hc).unwrap();
+}

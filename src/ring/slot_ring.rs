@@ -155,7 +155,23 @@ impl<C: Default> SlotRing<C> {
 
 impl<C> SlotRing<C> {
     /// A ring of `capacity` slots whose contexts are built by `make(index)`, once each.
-    pub fn with_contexts(capacity: usize, mut make: impl FnMut(u32) -> C) -> Result<SlotRing<C>> {
+    pub fn with_contexts(capacity: usize, make: impl FnMut(u32) -> C) -> Result<SlotRing<C>> {
+        SlotRing::with_contexts_from(capacity, FIRST_GENERATION, make)
+    }
+
+    /// As [`with_contexts`](SlotRing::with_contexts), with every slot starting at
+    /// generation `first_generation` (clamped to 1 ..= 2^43) instead of 1.
+    ///
+    /// An engine starts its ring at a random generation so that a handle of another
+    /// engine (a caller's mix-up) names a generation this ring's slots will not reach
+    /// for trillions of transfers, and is refused as stale instead of matching one of
+    /// its transfers. Retirement still happens only at 2^44 − 1.
+    pub fn with_contexts_from(
+        capacity: usize,
+        first_generation: u64,
+        mut make: impl FnMut(u32) -> C,
+    ) -> Result<SlotRing<C>> {
+        let first_generation = first_generation.clamp(FIRST_GENERATION, 1 << (super::handle::GENERATION_BITS - 1));
         if !capacity.is_power_of_two() || capacity > MAX_CAPACITY {
             return Err(Error::InvalidCapacity {
                 requested: capacity,
@@ -165,7 +181,7 @@ impl<C> SlotRing<C> {
         let slots = (0..capacity as u32)
             .map(|index| {
                 CachePadded::new(Slot {
-                    word: AtomicU64::new(state::pack(FIRST_GENERATION, 0, FREE)),
+                    word: AtomicU64::new(state::pack(first_generation, 0, FREE)),
                     done: AtomicU64::new(0),
                     failed: AtomicU64::new(0),
                     cancelled: AtomicU64::new(0),
