@@ -217,6 +217,11 @@ pub struct Engine {
 pub struct ListId(u64);
 
 impl ListId {
+    /// Reinterprets a raw id (from C); validated when used.
+    pub const fn from_raw(raw: u64) -> ListId {
+        ListId(raw)
+    }
+
     /// The raw `u64` form (`generation << 20 | index`).
     pub const fn to_raw(self) -> u64 {
         self.0

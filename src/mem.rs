@@ -28,6 +28,7 @@ const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
 /// A peer's region ids arrive in its metadata and are used as they are in remote
 /// descriptors.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(transparent)]
 pub struct RegionId(u64);
 
 impl RegionId {
@@ -61,7 +62,11 @@ impl fmt::Display for RegionId {
 
 /// A contiguous piece of a region: `len` bytes from `offset`. Used for both local and
 /// remote descriptors (a remote descriptor names a region id from the peer's metadata).
+///
+/// `#[repr(C)]`: the C API's `rx_desc` has this exact layout, so descriptor arrays
+/// from C are used in place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
 pub struct Desc {
     /// The region.
     pub region: RegionId,

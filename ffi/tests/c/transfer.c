@@ -1,0 +1,132 @@
+/* Two engines in one process: metadata exchange, a batch write with a notification,
+ * a read back, a prepared list, a standalone notification, and the ledger at 0. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ringxfer.h"
+
+#define CHECK(call)                                                                    \
+  do {                                                                                 \
+    rx_status s_ = (call);                                                             \
+    if (s_ != RX_OK) {                                                                 \
+      char msg_[512];                                                                  \
+      size_t n_;                                                                       \
+      rx_last_error(msg_, sizeof msg_, &n_);                                           \
+      fprintf(stderr, "%s:%d: %s -> %s (%s)\n", __FILE__, __LINE__, #call,             \
+              rx_status_str(s_), msg_);                                                \
+      exit(1);                                                                         \
+    }                                                                                  \
+  } while (0)
+
+#define EXPECT(cond)                                                                   \
+  do {                                                                                 \
+    if (!(cond)) {                                                                     \
+      fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__, #cond);              \
+      exit(1);                                                                         \
+    }                                                                                  \
+  } while (0)
+
+enum { BLOCK = 4096, BLOCKS = 8 };
+
+int main(void) {
+  rx_config cfg;
+  CHECK(rx_config_default(&cfg));
+  cfg.name = "prefill";
+  rx_engine *a = NULL;
+  CHECK(rx_engine_new(&cfg, &a));
+  cfg.name = "decode";
+  rx_engine *b = NULL;
+  CHECK(rx_engine_new(&cfg, &b));
+
+  uint64_t src, back, dst;
+  CHECK(rx_alloc_region(a, BLOCK * BLOCKS, &src));
+  CHECK(rx_alloc_region(a, BLOCK * BLOCKS, &back));
+  CHECK(rx_alloc_region(b, BLOCK * BLOCKS, &dst));
+  unsigned char pattern[BLOCK * BLOCKS];
+  for (size_t i = 0; i < sizeof pattern; i++) pattern[i] = (unsigned char)(i * 31 + 7);
+  CHECK(rx_write_region(a, src, 0, pattern, sizeof pattern));
+
+  /* Metadata: ask for the size, then fetch. */
+  size_t md_len = 0;
+  EXPECT(rx_local_metadata(b, NULL, 0, &md_len) == RX_BUFFER_TOO_SMALL && md_len > 0);
+  unsigned char *md = malloc(md_len);
+  CHECK(rx_local_metadata(b, md, md_len, &md_len));
+  uint32_t peer;
+  CHECK(rx_load_peer(a, md, md_len, &peer));
+  free(md);
+
+  rx_desc local[BLOCKS], remote[BLOCKS];
+  for (uint64_t i = 0; i < BLOCKS; i++) {
+    local[i] = (rx_desc){src, i * BLOCK, BLOCK};
+    remote[i] = (rx_desc){dst, (BLOCKS - 1 - i) * BLOCK, BLOCK};
+  }
+  const char note[] = "8 blocks ready";
+  uint64_t h;
+  CHECK(rx_prepare(a, RX_OP_WRITE, local, BLOCKS, peer, remote, BLOCKS, (const uint8_t *)note,
+                   strlen(note), &h));
+  CHECK(rx_post(a, h));
+  rx_xfer_status st;
+  CHECK(rx_wait(a, h, 5000000, &st));
+  EXPECT(st.state == RX_XFER_DONE);
+  CHECK(rx_release(a, h));
+
+  uint8_t buf[256];
+  rx_notification n;
+  bool popped = false;
+  CHECK(rx_pop_notification(b, buf, sizeof buf, &n, &popped));
+  EXPECT(popped && n.len == strlen(note) && memcmp(buf, note, n.len) == 0 && n.handle == h);
+
+  /* Read everything back (remote order reversed again). */
+  for (uint64_t i = 0; i < BLOCKS; i++) local[i].region = back;
+  CHECK(rx_prepare(a, RX_OP_READ, local, BLOCKS, peer, remote, BLOCKS, NULL, 0, &h));
+  CHECK(rx_post(a, h));
+  CHECK(rx_wait(a, h, 5000000, &st));
+  EXPECT(st.state == RX_XFER_DONE);
+  CHECK(rx_release(a, h));
+  unsigned char out[BLOCK * BLOCKS];
+  CHECK(rx_read_region(a, back, 0, out, sizeof out));
+  EXPECT(memcmp(out, pattern, sizeof out) == 0);
+
+  /* A prepared list posted many times, each with a fresh handle. */
+  uint64_t list, prev = 0;
+  CHECK(rx_prepare_list(a, RX_OP_WRITE, local, 1, peer, remote, 1, &list));
+  for (int i = 0; i < 100; i++) {
+    CHECK(rx_post_list(a, list, NULL, 0, &h));
+    EXPECT(h != prev);
+    prev = h;
+    size_t completed;
+    CHECK(rx_progress(a, &completed));
+    CHECK(rx_wait(a, h, 5000000, &st));
+    EXPECT(st.state == RX_XFER_DONE);
+    CHECK(rx_release(a, h));
+  }
+  CHECK(rx_release_list(a, list));
+
+  CHECK(rx_notify(a, peer, (const uint8_t *)"bye", 3));
+  CHECK(rx_pop_notification(b, buf, sizeof buf, &n, &popped));
+  EXPECT(popped && n.len == 3);
+  CHECK(rx_pop_notification(b, buf, sizeof buf, &n, &popped));
+  EXPECT(!popped);
+
+  /* Metadata over TCP on loopback. */
+  rx_metadata_server *server = NULL;
+  CHECK(rx_serve_metadata(b, "127.0.0.1:0", &server));
+  char addr[64];
+  CHECK(rx_metadata_server_addr(server, addr, sizeof addr));
+  uint32_t again;
+  CHECK(rx_fetch_peer(a, addr, &again));
+  EXPECT(again == peer);
+  rx_metadata_server_free(server);
+
+  rx_stats stats;
+  CHECK(rx_engine_stats(a, &stats));
+  EXPECT(stats.live == 0 && stats.pins == 0 && stats.acquired == stats.freed);
+  EXPECT(stats.done == 103);
+  printf("transfer.c: %llu transfers done, live %llu\n", (unsigned long long)stats.done,
+         (unsigned long long)stats.live);
+  rx_engine_free(a);
+  rx_engine_free(b);
+  rx_engine_free(NULL);
+  return 0;
+}
