@@ -580,6 +580,7 @@ pub unsafe extern "C" fn rx_write_region(
     guard(|| {
         // SAFETY: see `engine` and `slice`.
         let e = tri!(unsafe { self::engine(engine) });
+        // SAFETY: the caller's buffer contract (see `slice`).
         let data = tri!(unsafe { slice(data.cast::<u8>(), len) });
         status_of(e.write_region(RegionId::from_raw(region), offset, data))
     })
@@ -597,6 +598,7 @@ pub unsafe extern "C" fn rx_read_region(
     guard(|| {
         // SAFETY: see `engine` and `slice_mut`.
         let e = tri!(unsafe { self::engine(engine) });
+        // SAFETY: the caller's buffer contract (see `slice_mut`).
         let out = tri!(unsafe { slice_mut(out.cast::<u8>(), len) });
         status_of(e.read_region(RegionId::from_raw(region), offset, out))
     })
@@ -645,6 +647,7 @@ pub unsafe extern "C" fn rx_load_peer(
         tri!(need(out_peer));
         // SAFETY: see `engine` and `slice`.
         let e = tri!(unsafe { self::engine(engine) });
+        // SAFETY: the caller's buffer contract (see `slice`).
         let blob = tri!(unsafe { slice(blob, len) });
         let peer = rx!(e.load_peer(blob));
         // SAFETY: checked non-NULL.
@@ -766,8 +769,11 @@ pub unsafe extern "C" fn rx_prepare(
         // SAFETY: see `engine`, `descs` and `notification`.
         let e = tri!(unsafe { self::engine(engine) });
         let op = tri!(op_from(op));
+        // SAFETY: the caller's buffer contract (see `descs`).
         let local = tri!(unsafe { descs(local, local_len) });
+        // SAFETY: the caller's buffer contract (see `descs`).
         let remote = tri!(unsafe { descs(remote, remote_len) });
+        // SAFETY: the caller's buffer contract (see `notification`).
         let notif = tri!(unsafe { notification(notif, notif_len) });
         let h = rx!(e.prepare(op, local, PeerId(peer), remote, notif));
         // SAFETY: checked non-NULL.
@@ -863,7 +869,9 @@ pub unsafe extern "C" fn rx_prepare_list(
         // SAFETY: see `engine` and `descs`.
         let e = tri!(unsafe { self::engine(engine) });
         let op = tri!(op_from(op));
+        // SAFETY: the caller's buffer contract (see `descs`).
         let local = tri!(unsafe { descs(local, local_len) });
+        // SAFETY: the caller's buffer contract (see `descs`).
         let remote = tri!(unsafe { descs(remote, remote_len) });
         let list = rx!(e.prepare_list(op, local, PeerId(peer), remote));
         // SAFETY: checked non-NULL.
@@ -884,6 +892,7 @@ pub unsafe extern "C" fn rx_post_list(
         tri!(need(out_handle));
         // SAFETY: see `engine` and `notification`.
         let e = tri!(unsafe { self::engine(engine) });
+        // SAFETY: the caller's buffer contract (see `notification`).
         let notif = tri!(unsafe { notification(notif, notif_len) });
         let h = rx!(e.post_list(ListId::from_raw(list), notif));
         // SAFETY: checked non-NULL.
@@ -907,6 +916,7 @@ pub unsafe extern "C" fn rx_notify(engine: *const rx_engine, peer: u32, payload:
     guard(|| {
         // SAFETY: see `engine` and `slice`.
         let e = tri!(unsafe { self::engine(engine) });
+        // SAFETY: the caller's buffer contract (see `slice`).
         let payload = tri!(unsafe { slice(payload, len) });
         status_of(e.notify(PeerId(peer), payload))
     })
@@ -927,6 +937,7 @@ pub unsafe extern "C" fn rx_pop_notification(
         tri!(need(out_popped));
         // SAFETY: see `engine` and `slice_mut`.
         let e = tri!(unsafe { self::engine(engine) });
+        // SAFETY: the caller's buffer contract (see `slice_mut`).
         let buf = tri!(unsafe { slice_mut(buf, cap) });
         let popped = rx!(e.pop_notification(buf));
         if let Some(n) = popped {
