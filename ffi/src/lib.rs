@@ -1023,9 +1023,7 @@ mod tests {
             assert!(!text.is_empty() && text != "unknown status", "{s}");
         }
         // SAFETY: as above.
-        assert_eq!(
-            unsafe { CStr::from_ptr(rx_status_str(29)) }.to_str().unwrap(),
-            "unknown status"
-        );
+        let unknown = unsafe { CStr::from_ptr(rx_status_str(29)) };
+        assert_eq!(unknown.to_str().unwrap(), "unknown status");
     }
 }
