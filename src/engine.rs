@@ -271,7 +271,19 @@ impl Engine {
             notif: vec![0; m].into_boxed_slice(),
             notif_len: None,
         })?;
-        let engine_id = u64::from(std::process::id()) << 32 | u64::from(NEXT_ENGINE.fetch_add(1, Ordering::Relaxed));
+        // pid (for liveness checks) in the high half, random bits in the low half: ids
+        // differ across restarts and across PID namespaces that share /dev/shm. The low
+        // half is never 0 or all ones (the inbox's "claiming" mark).
+        let low = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(NEXT_ENGINE.fetch_add(1, Ordering::Relaxed));
+            match h.finish() as u32 {
+                0 | u32::MAX => 1,
+                v => v,
+            }
+        };
+        let engine_id = u64::from(std::process::id()) << 32 | u64::from(low);
         let prefix = format!("ringxfer-{engine_id:016x}");
         let registry = Registry::new(config.max_registrations, prefix.clone());
         let (dir, _) = registry.segments();
@@ -390,7 +402,8 @@ impl Engine {
                 capacity: self.config.max_peers,
             });
         }
-        let peer = Arc::new(Peer::connect(md, &self.shared)?);
+        let previous = existing.map(|i| &*peers[i]);
+        let peer = Arc::new(Peer::connect(md, &self.shared, previous)?);
         match existing {
             Some(i) => {
                 peers[i] = peer;
@@ -582,44 +595,53 @@ impl Engine {
     /// If the peer's inbox is full the call fails with [`Error::InboxFull`] and the
     /// transfer stays prepared: retry later, or release it.
     pub fn post(&self, handle: Handle) -> Result<()> {
-        // SAFETY: the context is only read here. It cannot be rewritten while we read:
-        // contexts are written only by `acquire_try` (before a handle exists) and by the
-        // reclaim that runs when the slot is freed, and this slot is not freed before
-        // our `complete_with` below (a release meanwhile only detaches it). The reference
-        // is dropped before that call.
-        let t = unsafe { self.ring.context(handle) }?;
-        // Take the peer (an Arc: no allocation) and let go of the peer table before
-        // moving bytes.
-        let peer = {
-            let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(peers.get(t.peer as usize).ok_or(Error::UnknownPeer { peer: t.peer })?)
-        };
-        let notify = t.notif_len.is_some();
-        if notify && !peer.outbox.reserve() {
-            return Err(if peer.alive() {
-                Error::InboxFull { peer: t.peer }
-            } else {
-                Error::PeerLost { peer: t.peer }
-            });
-        }
-        if let Err(e) = self.ring.post(handle) {
-            if notify {
-                peer.outbox.unreserve();
-            }
-            return Err(e);
-        }
-        let outcome = peer.transfer(t.op, &t.local[..t.count], &t.remote[..t.count]);
-        if let Some(len) = t.notif_len {
-            if outcome == Outcome::Done {
-                peer.outbox.deliver(handle, &t.notif[..len]);
-            } else {
-                peer.outbox.unreserve();
-            }
-        }
-        drop(peer);
+        // RESERVED → POSTED first: from here until our `complete_with` the slot cannot
+        // be freed (a concurrent release only detaches it), so its context is stable.
+        self.ring.post(handle)?;
         let registry = &self.shared.registry;
-        self.ring.complete_with(handle, outcome, |t| reclaim(registry, t));
-        Ok(())
+        let outcome = {
+            // SAFETY: our post succeeded and we complete or unpost only after `t` is
+            // dropped at the end of this block.
+            let t = unsafe { self.ring.posted_context(handle) };
+            // Take the peer (an Arc: no allocation) and let go of the peer table
+            // before moving bytes.
+            let peer = {
+                let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+                peers.get(t.peer as usize).map(Arc::clone)
+            };
+            let reserved = match &peer {
+                Some(p) => t.notif_len.is_none() || p.outbox.reserve(),
+                None => false,
+            };
+            match peer {
+                Some(peer) if reserved => {
+                    let outcome = peer.transfer(t.op, &t.local[..t.count], &t.remote[..t.count]);
+                    if let Some(len) = t.notif_len {
+                        if outcome == Outcome::Done {
+                            peer.outbox.deliver(handle, &t.notif[..len]);
+                        } else {
+                            peer.outbox.unreserve();
+                        }
+                    }
+                    Ok(outcome)
+                }
+                // Nothing moved and no transport saw it: take the post back below.
+                Some(peer) if peer.alive() => Err(Error::InboxFull { peer: t.peer }),
+                Some(_) => Err(Error::PeerLost { peer: t.peer }),
+                None => Err(Error::UnknownPeer { peer: t.peer }),
+            }
+        };
+        match outcome {
+            Ok(outcome) => {
+                self.ring.complete_with(handle, outcome, |t| reclaim(registry, t));
+                Ok(())
+            }
+            Err(e) => {
+                // Prepared again (or, if released meanwhile, cancelled and freed).
+                self.ring.unpost_with(handle, |t| reclaim(registry, t));
+                Err(e)
+            }
+        }
     }
 
     /// Where a transfer is.

@@ -25,7 +25,7 @@
 //! duplicate or a late arrival and is dropped and counted. No set grows, and a
 //! generation is never reused, so nothing wraps into a false match.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::backend::shm::Segment;
@@ -37,8 +37,15 @@ const HEADER_BYTES: usize = 64;
 const LANE_BYTES: usize = 512;
 const RECORD_HEADER_BYTES: usize = 24;
 const MAX_NAME_BYTES: usize = 255;
-/// `owner` while a sender is writing its name into a lane it just claimed.
-const CLAIMING: u64 = u64::MAX;
+/// The low 32 bits of `owner` while a sender (whose pid is in the high 32 bits) is
+/// writing its name into a lane it just claimed. Engine ids never end so (their low
+/// half is never all ones), so a claim by a process that died mid-claim is recognised
+/// and reclaimed like any dead owner's.
+const CLAIMING_MARK: u64 = 0xFFFF_FFFF;
+
+fn claiming(owner: u64) -> bool {
+    owner & CLAIMING_MARK == CLAIMING_MARK
+}
 
 /// One lane's header, at a 64-byte-aligned offset of the segment.
 #[repr(C, align(64))]
@@ -46,7 +53,7 @@ struct Lane {
     owner: AtomicU64,
     tail: AtomicU64,
     name_len: AtomicU64,
-    name: [u8; MAX_NAME_BYTES + 1],
+    name: [AtomicU8; MAX_NAME_BYTES + 1],
     _pad: [u8; 320 - 24 - (MAX_NAME_BYTES + 1)],
     /// Written by the receiver only; on its own cache line.
     head: AtomicU64,
@@ -70,7 +77,20 @@ impl Geometry {
     }
 
     pub(crate) fn segment_bytes(self) -> usize {
-        HEADER_BYTES + self.lanes * LANE_BYTES + self.lanes * self.lane_capacity * self.record_bytes()
+        self.checked_segment_bytes()
+            .expect("inbox geometry validated before use")
+    }
+
+    /// The segment's size, or `None` if it overflows (a malformed peer blob).
+    pub(crate) fn checked_segment_bytes(self) -> Option<usize> {
+        let records = self
+            .lanes
+            .checked_mul(self.lane_capacity)?
+            .checked_mul(self.record_bytes())?;
+        self.lanes
+            .checked_mul(LANE_BYTES)?
+            .checked_add(HEADER_BYTES)?
+            .checked_add(records)
     }
 }
 
@@ -212,13 +232,15 @@ impl Inbox {
             return None;
         }
         let lane = self.map.lane(id.0 as usize);
-        match lane.owner.load(Ordering::Acquire) {
-            0 | CLAIMING => None,
-            _ => {
-                let len = (lane.name_len.load(Ordering::Relaxed) as usize).min(MAX_NAME_BYTES);
-                Some(String::from_utf8_lossy(&lane.name[..len]).into_owned())
-            }
+        let owner = lane.owner.load(Ordering::Acquire);
+        if owner == 0 || claiming(owner) {
+            return None;
         }
+        let len = (lane.name_len.load(Ordering::Relaxed) as usize).min(MAX_NAME_BYTES);
+        let bytes: Vec<u8> = lane.name[..len].iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        // A new sender may have claimed the lane while we copied: then say nothing
+        // rather than a mix of two names.
+        (lane.owner.load(Ordering::Acquire) == owner).then(|| String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// Pops the oldest fresh notification of the next lane that has one into `buf`
@@ -274,7 +296,7 @@ impl Inbox {
     /// Records `handle` as the newest from its sender slot; false if it is not newer.
     fn is_fresh(&self, lane: usize, owner: u64, handle: Handle) -> bool {
         let index = handle.index() as usize;
-        if owner == 0 || owner == CLAIMING || index >= self.sender_capacity || handle.is_null() {
+        if owner == 0 || claiming(owner) || index >= self.sender_capacity || handle.is_null() {
             return false;
         }
         let row = &self.newest[lane * self.sender_capacity..][..self.sender_capacity];
@@ -326,29 +348,26 @@ impl Outbox {
     /// lane whose owner process no longer exists is reclaimed.
     pub(crate) fn claim(map: Arc<InboxMap>, owner: u64, name: &str) -> Result<Outbox> {
         let lanes = map.geometry.lanes;
+        let claim = owner >> 32 << 32 | CLAIMING_MARK;
+        // First a free lane, then one held (or being claimed) by a process that is gone.
         let mut claimed = None;
-        // First a free lane, then one held by an engine that is gone (or by an earlier
-        // load of this same engine).
-        for pass in 0..2 {
+        'search: for pass in 0..2 {
             for i in 0..lanes {
                 let current = map.lane(i).owner.load(Ordering::Acquire);
                 let takeable = match pass {
                     0 => current == 0,
-                    _ => current == owner || (current != CLAIMING && current != 0 && !process_alive(current >> 32)),
+                    _ => current != 0 && !process_alive(current >> 32),
                 };
                 if takeable
                     && map
                         .lane(i)
                         .owner
-                        .compare_exchange(current, CLAIMING, Ordering::AcqRel, Ordering::Acquire)
+                        .compare_exchange(current, claim, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
                 {
                     claimed = Some(i);
-                    break;
+                    break 'search;
                 }
-            }
-            if claimed.is_some() {
-                break;
             }
         }
         let Some(lane_index) = claimed else {
@@ -356,13 +375,12 @@ impl Outbox {
         };
         let lane = map.lane(lane_index);
         let name = &name.as_bytes()[..name.len().min(MAX_NAME_BYTES)];
-        // SAFETY: the lane is CLAIMING, so this thread alone writes its name; readers
-        // read it only after the owner store below (Release) publishes it.
-        unsafe {
-            std::ptr::copy_nonoverlapping(name.as_ptr(), lane.name.as_ptr().cast_mut(), name.len());
+        for (cell, byte) in lane.name.iter().zip(name) {
+            cell.store(*byte, Ordering::Relaxed);
         }
         lane.name_len.store(name.len() as u64, Ordering::Relaxed);
         let tail = lane.tail.load(Ordering::Acquire);
+        // Publishes the name (Release) and opens the lane.
         lane.owner.store(owner, Ordering::Release);
         Ok(Outbox {
             map,
@@ -385,7 +403,8 @@ impl Outbox {
         let lane = self.map.lane(self.lane);
         let mut reserved = self.reserved.load(Ordering::Relaxed);
         loop {
-            if reserved - lane.head.load(Ordering::Acquire) >= capacity {
+            // `head` may have passed this (older) `reserved` reading meanwhile: saturate.
+            if reserved.saturating_sub(lane.head.load(Ordering::Acquire)) >= capacity {
                 return false;
             }
             match self

@@ -38,7 +38,8 @@ pub(crate) struct Peer {
     /// The peer's regions as its metadata described them, sorted by id.
     regions: Vec<RegionInfo>,
     pub(crate) max_notif_bytes: usize,
-    pub(crate) outbox: Outbox,
+    /// The lane we claimed in the peer's inbox; kept across reloads of the same peer.
+    pub(crate) outbox: Arc<Outbox>,
     reach: Reach,
 }
 
@@ -68,7 +69,8 @@ enum RemoteMemory {
 
 impl Peer {
     /// Reaches the engine `md` describes, on behalf of `us` (control path).
-    pub(crate) fn connect(md: Metadata, us: &Shared) -> Result<Peer> {
+    /// `previous` is this peer as loaded before (a reload): its inbox lane is kept.
+    pub(crate) fn connect(md: Metadata, us: &Shared, previous: Option<&Peer>) -> Result<Peer> {
         let unreachable = |reason| Error::PeerUnreachable {
             name: md.engine_name.clone(),
             reason,
@@ -79,6 +81,28 @@ impl Peer {
             .find(|b| b.kind == BackendKind::Local)
             .ok_or_else(|| unreachable("it offers no transport this engine has"))?;
         let info = LocalInfo::decode(&conn.conn).ok_or_else(|| unreachable("its local transport info is malformed"))?;
+        // The blob comes from outside: every number and path in it is checked before it
+        // sizes a mapping or names a file.
+        let geometry = Geometry {
+            lanes: info.lanes as usize,
+            lane_capacity: info.lane_capacity as usize,
+            max_bytes: info.max_notif_bytes as usize,
+        };
+        let sane = (1..=4096).contains(&geometry.lanes)
+            && geometry.lane_capacity.is_power_of_two()
+            && geometry.lane_capacity <= 1 << 20
+            && geometry.max_bytes <= 1 << 16
+            && geometry.checked_segment_bytes().is_some_and(|b| b <= 1 << 32)
+            && info.capacity.is_power_of_two()
+            && info.prefix == format!("ringxfer-{:016x}", md.engine_id);
+        if !sane {
+            return Err(unreachable("its local transport info is out of range"));
+        }
+        if info.dir != us.registry.segments().0 {
+            return Err(unreachable(
+                "its shared-memory directory differs from ours (set the same RINGXFER_SHM_DIR for both)",
+            ));
+        }
         if us.capacity > info.capacity as usize {
             return Err(unreachable(
                 "this engine has more slots than the peer tracks per sender (give both the same capacity)",
@@ -92,11 +116,6 @@ impl Peer {
             let inbox = Arc::clone(target.inbox.map());
             (Reach::InProcess(target), inbox)
         } else {
-            let geometry = Geometry {
-                lanes: info.lanes as usize,
-                lane_capacity: info.lane_capacity as usize,
-                max_bytes: info.max_notif_bytes as usize,
-            };
             let inbox = match InboxMap::open(&info.inbox_path(), geometry) {
                 Ok(map) => Arc::new(map),
                 Err(Error::Io {
@@ -136,7 +155,10 @@ impl Peer {
             }
             (Reach::OtherProcess(remote), inbox)
         };
-        let outbox = Outbox::claim(inbox, us.engine_id, &us.name)?;
+        let outbox = match previous {
+            Some(p) if p.engine_id == md.engine_id => Arc::clone(&p.outbox),
+            _ => Arc::new(Outbox::claim(inbox, us.engine_id, &us.name)?),
+        };
         Ok(Peer {
             name: md.engine_name,
             engine_id: md.engine_id,
@@ -193,7 +215,16 @@ impl Peer {
                     };
                     match &remote_peer.memory[i] {
                         RemoteMemory::Mapped(segment) => {
-                            debug_assert!(d.offset + d.len <= segment.len() as u64);
+                            // `check` used the metadata of this peer's load; the mapping
+                            // is authoritative (a reload may have changed the metadata).
+                            let in_bounds = d
+                                .offset
+                                .checked_add(d.len)
+                                .is_some_and(|end| end <= segment.len() as u64)
+                                && l.len as u64 == d.len;
+                            if !in_bounds {
+                                return Outcome::Failed(FailCode::TRANSPORT);
+                            }
                             let addr = segment.as_ptr() as usize + d.offset as usize;
                             // SAFETY: `l` is pinned; the mapping stays valid while this
                             // peer (and so the segment) lives, whatever the owner does,
@@ -201,7 +232,10 @@ impl Peer {
                             unsafe { local::copy(op, l.addr, addr, l.len) };
                         }
                         RemoteMemory::Process { addr } => {
-                            if let Err(errno) = process_vm_copy(op, remote_peer.pid, l, addr + d.offset) {
+                            let Some(remote_addr) = addr.checked_add(d.offset) else {
+                                return Outcome::Failed(FailCode::TRANSPORT);
+                            };
+                            if let Err(errno) = process_vm_copy(op, remote_peer.pid, l, remote_addr) {
                                 return Outcome::Failed(FailCode::new(FailSource::Errno, errno as u32));
                             }
                         }

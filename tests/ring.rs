@@ -209,7 +209,11 @@ fn a_panicking_initialiser_does_not_leak_the_slot() {
     assert!(caught.is_err());
     assert_eq!(r.stats().live, 0);
     let h = r.acquire_with(|v| v.push(7)).unwrap();
-    assert_eq!(h.generation(), 2, "the abandoned generation is never reissued");
+    assert_eq!(
+        h.generation(),
+        1,
+        "the abandoned acquire never produced a handle, so it burnt no generation"
+    );
     // SAFETY: this test owns `h`, which stays reserved while the reference lives.
     assert_eq!(unsafe { r.context(h) }.unwrap(), &[7]);
 }
@@ -241,4 +245,33 @@ fn bad_capacities_are_refused() {
         );
     }
     assert!(SlotRing::<u8>::new(1 << 20).is_ok());
+}
+
+#[test]
+fn a_failing_initialiser_gives_the_slot_back_untouched() {
+    let r: SlotRing<u64> = SlotRing::new(1).unwrap();
+    assert_eq!(
+        r.acquire_try(|_| Err::<(), Error>(Error::RingFull { capacity: 0 })),
+        Err(Error::RingFull { capacity: 0 })
+    );
+    let s = r.stats();
+    assert_eq!((s.live, s.acquired, s.freed), (0, 1, 1));
+    assert_eq!(r.acquire().unwrap().generation(), 1);
+}
+
+#[test]
+fn unpost_takes_a_post_back_or_cancels_a_detached_one() {
+    let r: SlotRing<u64> = SlotRing::new(2).unwrap();
+    let h = r.acquire().unwrap();
+    r.post(h).unwrap();
+    assert!(r.unpost_with(h, |_| panic!("not freed")));
+    assert_eq!(r.status(h).unwrap(), Status::Reserved);
+    // Released while posted (detached): the unpost completes it CANCELLED and frees it.
+    r.post(h).unwrap();
+    assert_eq!(r.release(h).unwrap(), Released::Detached);
+    let mut reclaimed = false;
+    assert!(!r.unpost_with(h, |_| reclaimed = true));
+    assert!(reclaimed);
+    let s = r.stats();
+    assert_eq!((s.live, s.cancelled), (0, 1));
 }

@@ -237,38 +237,39 @@ impl<C> SlotRing<C> {
         let word = slot.word.load(Ordering::Acquire);
         debug_assert_eq!(state::state(word), FREE, "the free list holds only FREE slots");
         let generation = state::generation(word);
+        // In range by construction: index < capacity ≤ 2^20, 1 ≤ generation ≤ the limit.
+        let handle = Handle::from_raw(generation << INDEX_BITS | index as u64);
+        debug_assert_eq!(Handle::new(index, generation), Some(handle));
+
+        // The slot stays FREE while `init` runs: no handle to it exists yet, and one
+        // forged with its generation finds it FREE and is refused, so nothing else can
+        // reach the context. If `init` fails or unwinds, the index goes back to the free
+        // list at the same generation (the handle never escaped, so none is burnt).
+        struct Unwind<'a, C>(&'a SlotRing<C>, u32);
+        impl<C> Drop for Unwind<'_, C> {
+            fn drop(&mut self) {
+                self.0.push_free(self.1);
+            }
+        }
+        let guard = Unwind(self, index);
+        let result = slot.context.with_mut(|context| {
+            // SAFETY: this thread popped the index and the slot is still FREE (above),
+            // so this thread alone can reach its context.
+            init(unsafe { &mut *context })
+        });
+        core::mem::forget(guard);
+        if let Err(e) = result {
+            self.push_free(index);
+            return Err(e);
+        }
         // Nobody else CASes a FREE word (every transition out of FREE starts here, and
-        // only the thread that popped the index gets here), so a store suffices.
+        // only the thread that popped the index gets here), so a store suffices. Release:
+        // whoever later sees RESERVED (a poster on another thread) sees the context.
         slot.word.store(state::pack(generation, 0, RESERVED), Ordering::Release);
         if position.is_multiple_of(HIGH_WATER_SAMPLE) {
             self.note_high_water();
         }
-
-        // In range by construction: index < capacity ≤ 2^20, 1 ≤ generation ≤ the limit.
-        let handle = Handle::from_raw(generation << INDEX_BITS | index as u64);
-        debug_assert_eq!(Handle::new(index, generation), Some(handle));
-        // Releases the slot if `init` unwinds, so a panicking caller leaks nothing.
-        struct Unwind<'a, C>(&'a SlotRing<C>, Handle);
-        impl<C> Drop for Unwind<'_, C> {
-            fn drop(&mut self) {
-                let _ = self.0.release(self.1);
-            }
-        }
-        let guard = Unwind(self, handle);
-        let result = slot.context.with_mut(|context| {
-            // SAFETY: the slot is RESERVED and its handle has not been returned yet, so
-            // this thread is the only one that can reach its context.
-            init(unsafe { &mut *context })
-        });
-        core::mem::forget(guard);
-        match result {
-            Ok(()) => Ok(handle),
-            Err(e) => {
-                let released = self.release(handle);
-                debug_assert_eq!(released, Ok(Released::Freed));
-                Err(e)
-            }
-        }
+        Ok(handle)
     }
 
     /// RESERVED(g) → POSTED(g): the transfer is handed to a transport, and from now on
@@ -292,6 +293,51 @@ impl<C> SlotRing<C> {
                 Err(self.wrong_state(handle, current, "post"))
             }
         }
+    }
+
+    /// POSTED(g) → RESERVED(g): takes back a post that no transport has seen (the poster
+    /// found it could not go on, e.g. the peer's inbox was full). Only the thread whose
+    /// [`post`](SlotRing::post) succeeded may call it, before handing the transfer to a
+    /// transport. Returns `true` if the transfer is prepared again; `false` if its owner
+    /// released it meanwhile (it was detached), in which case it has been completed
+    /// CANCELLED and its slot freed, `reclaim` running first.
+    pub fn unpost_with(&self, handle: Handle, reclaim: impl FnOnce(&mut C)) -> bool {
+        let Ok(slot) = self.slot(handle) else { return false };
+        let posted = state::pack(handle.generation(), 0, POSTED);
+        match slot.word.compare_exchange(
+            posted,
+            state::pack(handle.generation(), 0, RESERVED),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => true,
+            Err(current) => {
+                debug_assert_eq!(
+                    current,
+                    state::pack(handle.generation(), 0, DETACHED),
+                    "only detach races a poster"
+                );
+                self.complete_with(handle, Outcome::Cancelled, reclaim);
+                false
+            }
+        }
+    }
+
+    /// The context of a transfer this thread posted and has not completed.
+    ///
+    /// # Safety
+    /// This thread's [`post`](SlotRing::post) of `handle` succeeded, and it has not
+    /// completed or unposted it since: then the slot cannot be freed (a release only
+    /// detaches it), so its context is not rewritten while the reference lives. The
+    /// reference must be dropped before that completion.
+    pub unsafe fn posted_context(&self, handle: Handle) -> &C {
+        let slot = &self.slots[handle.index() as usize];
+        debug_assert!(matches!(
+            state::state(slot.word.load(Ordering::Relaxed)),
+            POSTED | DETACHED
+        ));
+        // SAFETY: the caller's promise above.
+        slot.context.with(|context| unsafe { &*context })
     }
 
     /// The one way a posted transfer ends: POSTED(g) → DONE | FAILED(code) | CANCELLED,
@@ -534,6 +580,15 @@ impl<C> SlotRing<C> {
         }
     }
 
+    /// Returns a popped index to the free list.
+    fn push_free(&self, index: u32) {
+        // The list has room for every index and this one was popped, so `push` can only
+        // fail transiently (a consumer between claiming its cell and handing it back).
+        while !self.free.push(index) {
+            spin_loop();
+        }
+    }
+
     /// Puts a slot whose word just became `word` back into service, after `reclaim`
     /// has returned its transfer's resources.
     #[inline]
@@ -548,12 +603,8 @@ impl<C> SlotRing<C> {
             self.retired.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        // The list has room for every index and the CAS that freed this slot was won
-        // once, so `push` can only fail transiently (a consumer between claiming its
-        // cell and handing it back). Retry rather than lose the slot.
-        while !self.free.push(index) {
-            spin_loop();
-        }
+        // The CAS that freed this slot was won once, so it is pushed once.
+        self.push_free(index);
     }
 
     /// Raises the high-water mark to the number of slots held now. Reading that
