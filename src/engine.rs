@@ -285,10 +285,10 @@ impl Engine {
         };
         let engine_id = u64::from(std::process::id()) << 32 | u64::from(low);
         let prefix = format!("ringxfer-{engine_id:016x}");
-        let registry = Registry::new(config.max_registrations, prefix.clone());
-        let (dir, _) = registry.segments();
         // Segments of engines killed before they could unlink them.
-        crate::backend::shm::sweep_dead(dir);
+        crate::backend::shm::sweep_dead(&crate::backend::shm::dir());
+        let registry = Registry::new(config.max_registrations, prefix.clone())?;
+        let (dir, _) = registry.segments();
         let geometry = Geometry {
             lanes: config.max_peers,
             lane_capacity: config.inbox_capacity,
@@ -303,6 +303,7 @@ impl Engine {
             max_notif_bytes: m as u32,
             lanes: config.max_peers as u32,
             lane_capacity: config.inbox_capacity as u32,
+            max_registrations: config.max_registrations as u32,
             dir: dir.to_path_buf(),
             prefix,
         };

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::backend::regtable::RegTable;
 use crate::backend::shm::{self, Segment};
 use crate::error::{Error, Result};
 use crate::wire::metadata::{MemKind, RegionInfo};
@@ -107,9 +108,16 @@ struct Table {
 /// The registration table (see the module docs).
 pub(crate) struct Registry {
     table: RwLock<Table>,
+    /// What peers in other processes see of each entry (see `backend::regtable`).
+    remote: RegTable,
     /// Where engine-allocated regions' segments are created, and their name prefix.
     segment_dir: PathBuf,
     segment_prefix: String,
+}
+
+/// The name of the registration-table segment of the engine whose prefix is `prefix`.
+pub(crate) fn regtable_name(prefix: &str) -> String {
+    format!("{prefix}-regs")
 }
 
 /// The segment name of region `id` of the engine whose prefix is `prefix`.
@@ -165,7 +173,7 @@ pub(crate) struct Resolved {
 }
 
 impl Registry {
-    pub(crate) fn new(capacity: usize, segment_prefix: String) -> Registry {
+    pub(crate) fn new(capacity: usize, segment_prefix: String) -> Result<Registry> {
         let entries = (0..capacity)
             .map(|_| Entry {
                 generation: 1,
@@ -175,11 +183,14 @@ impl Registry {
             .collect();
         // Popped from the back: reversed so ids are handed out from index 0 up.
         let free = (0..capacity as u32).rev().collect();
-        Registry {
+        let segment_dir = shm::dir();
+        let remote = RegTable::create(&segment_dir, &regtable_name(&segment_prefix), capacity)?;
+        Ok(Registry {
             table: RwLock::new(Table { entries, free }),
-            segment_dir: shm::dir(),
+            remote,
+            segment_dir,
             segment_prefix,
-        }
+        })
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
@@ -246,6 +257,7 @@ impl Registry {
         let region = make(id)?;
         table.free.pop();
         table.entries[index as usize].region = Some(region);
+        self.remote.open_entry(index as usize, id.generation());
         Ok(id)
     }
 
@@ -259,6 +271,13 @@ impl Registry {
                 what: "region",
                 id: id.to_raw(),
                 users: pins,
+            });
+        }
+        if let Err(users) = self.remote.close_entry(id.index(), id.generation()) {
+            return Err(Error::Busy {
+                what: "region (a peer is copying)",
+                id: id.to_raw(),
+                users,
             });
         }
         entry.region = None; // frees an engine-owned buffer
@@ -297,7 +316,10 @@ impl Registry {
         let mut table = self.write();
         let Table { entries, free } = &mut *table;
         for (index, entry) in entries.iter_mut().enumerate() {
-            if entry.region.take().is_some() {
+            if entry.region.is_some() {
+                self.remote
+                    .close_waiting(index, entry.generation, std::time::Duration::from_secs(1));
+                entry.region = None;
                 entry.generation += 1;
                 free.push(index as u32);
             }

@@ -21,10 +21,11 @@ use std::time::Instant;
 
 use crate::Op;
 use crate::backend::local::{self, LocalInfo};
+use crate::backend::regtable::RegTable;
 use crate::backend::shm::Segment;
 use crate::engine::Shared;
 use crate::error::{Error, Result};
-use crate::mem::{Desc, Resolved, segment_name};
+use crate::mem::{Desc, Resolved, regtable_name, segment_name};
 use crate::notify::{Geometry, InboxMap, Outbox};
 use crate::ring::{FailCode, FailSource, Outcome};
 use crate::wire::metadata::{BackendKind, Metadata, RegionInfo};
@@ -51,6 +52,9 @@ enum Reach {
 struct Remote {
     pid: u32,
     pidfd: Option<OwnedFd>,
+    /// The peer's registration table: is a region still registered, and pins for
+    /// copies into memory that is not in a segment.
+    regs: RegTable,
     /// Parallel to `Peer::regions`.
     memory: Vec<RemoteMemory>,
     alive: AtomicBool,
@@ -94,6 +98,7 @@ impl Peer {
             && geometry.max_bytes <= 1 << 16
             && geometry.checked_segment_bytes().is_some_and(|b| b <= 1 << 32)
             && info.capacity.is_power_of_two()
+            && (1..=1 << 20).contains(&info.max_registrations)
             && info.prefix == format!("ringxfer-{:016x}", md.engine_id);
         if !sane {
             return Err(unreachable("its local transport info is out of range"));
@@ -142,9 +147,14 @@ impl Peer {
                     _ => Ok(RemoteMemory::Process { addr: r.addr }),
                 })
                 .collect::<Result<Vec<_>>>()?;
+            let regs = RegTable::open(
+                &info.dir.join(regtable_name(&info.prefix)),
+                info.max_registrations as usize,
+            )?;
             let remote = Remote {
                 pid: md.process_id,
                 pidfd: pidfd_open(md.process_id),
+                regs,
                 memory,
                 alive: AtomicBool::new(true),
                 checked_at: AtomicU64::new(0),
@@ -213,8 +223,14 @@ impl Peer {
                     let Ok(i) = self.regions.binary_search_by_key(&d.region.to_raw(), |r| r.id) else {
                         return Outcome::Failed(FailCode::PEER_LOST);
                     };
+                    let (entry, generation) = region_entry(d.region.to_raw());
                     match &remote_peer.memory[i] {
                         RemoteMemory::Mapped(segment) => {
+                            // A deregistered region fails the transfer rather than take
+                            // bytes nobody will read (our mapping keeps it valid).
+                            if !remote_peer.regs.is_open(entry, generation) {
+                                return Outcome::Failed(FailCode::REGION_GONE);
+                            }
                             // `check` used the metadata of this peer's load; the mapping
                             // is authoritative (a reload may have changed the metadata).
                             let in_bounds = d
@@ -235,7 +251,14 @@ impl Peer {
                             let Some(remote_addr) = addr.checked_add(d.offset) else {
                                 return Outcome::Failed(FailCode::TRANSPORT);
                             };
-                            if let Err(errno) = process_vm_copy(op, remote_peer.pid, l, remote_addr) {
+                            // Pinned in the peer's table: it cannot deregister (and then
+                            // free) this memory until the copy is over.
+                            if !remote_peer.regs.pin(entry, generation) {
+                                return Outcome::Failed(FailCode::REGION_GONE);
+                            }
+                            let copied = process_vm_copy(op, remote_peer.pid, l, remote_addr);
+                            remote_peer.regs.unpin(entry);
+                            if let Err(errno) = copied {
                                 return Outcome::Failed(FailCode::new(FailSource::Errno, errno as u32));
                             }
                         }
@@ -290,6 +313,11 @@ impl Remote {
         }
         !gone
     }
+}
+
+/// A region id's (table index, generation).
+fn region_entry(raw: u64) -> (usize, u64) {
+    ((raw & 0xF_FFFF) as usize, raw >> 20)
 }
 
 /// A pidfd for `pid` (Linux ≥ 5.3), or `None` where the kernel has none.

@@ -61,6 +61,7 @@ fn child_target() {
     let mut buf = [0u8; 256];
     let mut notifications = 0u64;
     let mut expected = None;
+    let mut large_crc_before = 0;
     loop {
         while let Some(n) = b.pop_notification(&mut buf).unwrap() {
             let text = std::str::from_utf8(&buf[..n.len]).unwrap();
@@ -72,6 +73,15 @@ fn child_target() {
             notifications += 1;
         }
         match rx.try_recv() {
+            Ok(line) if line == "deregister" => {
+                let mut bytes = vec![0u8; LARGE as usize];
+                b.read_region(large, 0, &mut bytes).unwrap();
+                large_crc_before = crc32fast::hash(&bytes);
+                b.deregister(own).unwrap();
+                b.deregister(large).unwrap();
+                println!("DEREGISTERED");
+                std::io::stdout().flush().unwrap();
+            }
             Ok(line) => expected = line.strip_prefix("finish ").map(|n| n.parse::<u64>().unwrap()),
             Err(std::sync::mpsc::TryRecvError::Disconnected) if expected.is_none() => return,
             Err(_) => {}
@@ -84,9 +94,8 @@ fn child_target() {
     let mut bytes = vec![0u8; (SMALL * SMALL_SLOTS) as usize];
     b.read_region(small, 0, &mut bytes).unwrap();
     let small_crc = crc32fast::hash(&bytes);
-    let mut bytes = vec![0u8; LARGE as usize];
-    b.read_region(large, 0, &mut bytes).unwrap();
-    let large_crc = crc32fast::hash(&bytes);
+    // `large` was deregistered on request; its last image was taken before that.
+    let large_crc = large_crc_before;
     let s = b.stats();
     println!(
         "RESULT {small_crc} {large_crc} {} {notifications} {} {}",
@@ -222,6 +231,19 @@ fn two_processes_move_bytes_and_notifications() {
     a.post(h).unwrap();
     let cma = a.wait(h, WAIT).unwrap();
     a.release(h).unwrap();
+    // The target deregisters two regions: writes to them now fail, rather than land in
+    // memory it may have freed (its own heap) or that nobody reads (a segment).
+    writeln!(t.stdin, "deregister").unwrap();
+    read_tagged(&mut t.stdout, "DEREGISTERED");
+    for (local, remote) in [
+        (Desc::new(heap_src, 0, SMALL), Desc::new(t.own, 0, SMALL)),
+        (Desc::new(big, 0, LARGE), Desc::new(t.large, 0, LARGE)),
+    ] {
+        let h = a.prepare(Op::Write, &[local], peer, &[remote], None).unwrap();
+        a.post(h).unwrap();
+        assert_eq!(a.wait(h, WAIT).unwrap(), Status::Failed(FailCode::REGION_GONE));
+        a.release(h).unwrap();
+    }
     writeln!(t.stdin, "finish {notifications}").unwrap();
     let result: Vec<u64> = read_tagged(&mut t.stdout, "RESULT ")
         .split_whitespace()
@@ -256,6 +278,7 @@ fn two_processes_move_bytes_and_notifications() {
     let s = a.stats();
     assert_eq!((s.ring.live, s.pins), (0, 0), "{s:?}");
     assert_eq!(s.ring.done, 101_000 + u64::from(cma == Status::Done));
+    assert_eq!(s.ring.failed, 2);
     drop(t.stdin);
     assert!(t.child.wait().unwrap().success());
 }

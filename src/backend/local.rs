@@ -65,6 +65,8 @@ pub(crate) struct LocalInfo {
     /// Its inbox geometry.
     pub lanes: u32,
     pub lane_capacity: u32,
+    /// Entries of its registration table segment.
+    pub max_registrations: u32,
     /// Where its segments live, and their name prefix.
     pub dir: std::path::PathBuf,
     pub prefix: String,
@@ -73,8 +75,14 @@ pub(crate) struct LocalInfo {
 impl LocalInfo {
     pub(crate) fn encode(&self) -> Vec<u8> {
         let dir = self.dir.to_string_lossy();
-        let mut out = Vec::with_capacity(20 + dir.len() + self.prefix.len());
-        for v in [self.capacity, self.max_notif_bytes, self.lanes, self.lane_capacity] {
+        let mut out = Vec::with_capacity(22 + dir.len() + self.prefix.len());
+        for v in [
+            self.capacity,
+            self.max_notif_bytes,
+            self.lanes,
+            self.lane_capacity,
+            self.max_registrations,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&(self.prefix.len() as u16).to_le_bytes());
@@ -86,14 +94,15 @@ impl LocalInfo {
     /// Parses `conn`; `None` if it is malformed.
     pub(crate) fn decode(conn: &[u8]) -> Option<LocalInfo> {
         let u32_at = |i: usize| conn.get(i..i + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-        let prefix_len = conn.get(16..18).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)?;
-        let prefix = std::str::from_utf8(conn.get(18..18 + prefix_len)?).ok()?;
-        let dir = std::str::from_utf8(conn.get(18 + prefix_len..)?).ok()?;
+        let prefix_len = conn.get(20..22).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)?;
+        let prefix = std::str::from_utf8(conn.get(22..22 + prefix_len)?).ok()?;
+        let dir = std::str::from_utf8(conn.get(22 + prefix_len..)?).ok()?;
         Some(LocalInfo {
             capacity: u32_at(0)?,
             max_notif_bytes: u32_at(4)?,
             lanes: u32_at(8)?,
             lane_capacity: u32_at(12)?,
+            max_registrations: u32_at(16)?,
             dir: dir.into(),
             prefix: prefix.to_owned(),
         })

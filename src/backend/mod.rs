@@ -5,4 +5,5 @@
 //! - [`local`]: engines in the same process, by `memcpy`.
 
 pub mod local;
+pub(crate) mod regtable;
 pub(crate) mod shm;

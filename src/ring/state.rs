@@ -111,6 +111,8 @@ impl FailCode {
     pub const SHUTDOWN: FailCode = FailCode::new(FailSource::Engine, 3);
     /// The transport refused or lost the request without a more precise code.
     pub const TRANSPORT: FailCode = FailCode::new(FailSource::Engine, 4);
+    /// The peer deregistered the region (or is deregistering it) before the bytes moved.
+    pub const REGION_GONE: FailCode = FailCode::new(FailSource::Engine, 5);
 
     /// A code from `source` with number `value` (saturated to 16383).
     pub const fn new(source: FailSource, value: u32) -> FailCode {
@@ -163,6 +165,7 @@ impl fmt::Display for FailCode {
             (_, FailCode::PEER_LOST) => f.write_str("peer lost"),
             (_, FailCode::SHUTDOWN) => f.write_str("engine shut down"),
             (_, FailCode::TRANSPORT) => f.write_str("transport error"),
+            (_, FailCode::REGION_GONE) => f.write_str("the peer deregistered the region"),
             (FailSource::Engine, c) => write!(f, "engine code {}", c.value()),
             (FailSource::Errno, c) => write!(f, "errno {}", c.value()),
             (FailSource::Fabric, c) => write!(f, "libfabric error {}", c.value()),
