@@ -396,25 +396,27 @@ impl Engine {
     /// it, so it accepts our notifications.
     pub fn load_peer(&self, blob: &[u8]) -> Result<PeerId> {
         let md = Metadata::decode(blob)?;
+        // Connecting maps segments and opens a pidfd (I/O): done without the peer
+        // table's write lock, which the hot path's readers would otherwise wait on.
+        let previous = {
+            let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+            peers.iter().find(|p| p.engine_id == md.engine_id).map(Arc::clone)
+        };
+        let peer = Arc::new(Peer::connect(md, &self.shared, previous.as_deref())?);
         let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
-        let existing = peers.iter().position(|p| p.engine_id == md.engine_id);
-        if existing.is_none() && peers.len() >= self.config.max_peers {
+        if let Some(i) = peers.iter().position(|p| p.engine_id == peer.engine_id) {
+            let old = std::mem::replace(&mut peers[i], peer);
+            drop(peers);
+            drop(old); // unmaps outside the lock
+            return Ok(PeerId(i as u32));
+        }
+        if peers.len() >= self.config.max_peers {
             return Err(Error::PeerTableFull {
                 capacity: self.config.max_peers,
             });
         }
-        let previous = existing.map(|i| &*peers[i]);
-        let peer = Arc::new(Peer::connect(md, &self.shared, previous)?);
-        match existing {
-            Some(i) => {
-                peers[i] = peer;
-                Ok(PeerId(i as u32))
-            }
-            None => {
-                peers.push(peer);
-                Ok(PeerId(peers.len() as u32 - 1))
-            }
-        }
+        peers.push(peer);
+        Ok(PeerId(peers.len() as u32 - 1))
     }
 
     /// The name of a loaded peer.

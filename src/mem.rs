@@ -250,14 +250,24 @@ impl Registry {
     }
 
     fn insert(&self, make: impl FnOnce(RegionId) -> Result<Region>) -> Result<RegionId> {
-        let mut table = self.write();
-        let capacity = table.entries.len();
-        let index = *table.free.last().ok_or(Error::RegistryFull { capacity })?;
-        let id = RegionId(table.entries[index as usize].generation << INDEX_BITS | u64::from(index));
-        let region = make(id)?;
-        table.free.pop();
-        table.entries[index as usize].region = Some(region);
-        self.remote.open_entry(index as usize, id.generation());
+        // Take an entry under the lock, build the region (which may create and map a
+        // segment: I/O) without it, then publish under the lock again, so the hot
+        // path's readers never wait on a filesystem call.
+        let id = {
+            let mut table = self.write();
+            let capacity = table.entries.len();
+            let index = table.free.pop().ok_or(Error::RegistryFull { capacity })?;
+            RegionId(table.entries[index as usize].generation << INDEX_BITS | u64::from(index))
+        };
+        let region = match make(id) {
+            Ok(region) => region,
+            Err(e) => {
+                self.write().free.push(id.index() as u32);
+                return Err(e);
+            }
+        };
+        self.write().entries[id.index()].region = Some(region);
+        self.remote.open_entry(id.index(), id.generation());
         Ok(id)
     }
 
@@ -280,9 +290,12 @@ impl Registry {
                 users,
             });
         }
-        entry.region = None; // frees an engine-owned buffer
+        let region = entry.region.take();
         entry.generation += 1;
         table.free.push(id.index() as u32);
+        drop(table);
+        // Unmapping and unlinking an engine-owned segment happens here, outside the lock.
+        drop(region);
         Ok(())
     }
 
