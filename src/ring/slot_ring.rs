@@ -97,6 +97,7 @@ pub struct RingStats {
 /// RESERVED(g) --release--> FREE(g+1)          RESERVED(g) --cancel--> CANCELLED(g)
 /// DONE | FAILED | CANCELLED --release--> FREE(g+1)
 /// POSTED(g) --release--> DETACHED(g) --complete--> FREE(g+1)
+/// POSTED(g) --unpost--> RESERVED(g)   (the poster only, before a transport saw it)
 /// at the last generation, FREE(g+1) is RETIRED(g) instead: never reissued
 /// ```
 ///
