@@ -32,7 +32,7 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn transfers_through_the_c_api_allocate_nothing() {
-    // SAFETY (whole test): every pointer passed is to a live local of the right type.
+    // SAFETY: every pointer passed below is to a live local of the right type.
     unsafe {
         let mut a: *mut rx_engine = std::ptr::null_mut();
         let mut b: *mut rx_engine = std::ptr::null_mut();
