@@ -1,6 +1,6 @@
 //! Compiles the C and C++ clients in `ffi/tests/{c,cpp}` with `-Wall -Wextra
 //! -Wpedantic -Werror` and AddressSanitizer + UndefinedBehaviorSanitizer, links them
-//! against the `libringxfer_ffi.so` this test run built, runs them, and checks they
+//! against the `libringxfer_ffi.so` this test run built (found by its SONAME), runs them, and checks they
 //! pass. Also compiles the header alone as C11 and as C++17.
 //!
 //! ThreadSanitizer is not used: it cannot see the synchronisation inside a Rust library
@@ -15,15 +15,28 @@ fn crate_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `target/<profile>`, where cargo put `libringxfer_ffi.so` for this run.
+/// A directory holding this test run's `libringxfer_ffi.so` (built into `deps/`, next to
+/// this test binary) under both its file name and its SONAME, `libringxfer.so.0`.
 fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf(); // .../deps/.. = target/debug
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(make_lib_dir).clone()
+}
+
+fn make_lib_dir() -> PathBuf {
+    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+    let built = deps.join("libringxfer_ffi.so");
     assert!(
-        dir.join("libringxfer_ffi.so").exists(),
-        "libringxfer_ffi.so not found in {} (run through cargo test -p ringxfer-ffi)",
-        dir.display()
+        built.exists(),
+        "{} not found (run through cargo test -p ringxfer-ffi)",
+        built.display()
     );
+    let dir = std::env::temp_dir().join(format!("ringxfer-libs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["libringxfer_ffi.so", "libringxfer.so.0"] {
+        let link = dir.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&built, &link).unwrap();
+    }
     dir
 }
 
