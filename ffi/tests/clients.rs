@@ -134,3 +134,9 @@ fn cxx_four_posters_and_a_poller() {
     let out = build_and_run("g++", "c++17", "tests/cpp/threads.cpp");
     assert!(out.contains("20000 done, 2000 notifications, live 0"), "{out}");
 }
+
+#[test]
+fn cxx_readme_example_runs() {
+    let out = build_and_run("g++", "c++17", "tests/cpp/minimal.cpp");
+    assert!(out.contains("minimal.cpp: done"), "{out}");
+}
