@@ -11,7 +11,14 @@ use ringxfer::{Config, Engine};
 
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| Engine::new(Config { name: "fuzz".into(), capacity: 16, ..Config::default() }).unwrap())
+    ENGINE.get_or_init(|| {
+        Engine::new(Config {
+            name: "fuzz".into(),
+            capacity: 16,
+            ..Config::default()
+        })
+        .unwrap()
+    })
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -25,7 +32,10 @@ fuzz_target!(|data: &[u8]| {
         engine_name: "peer".into(),
         engine_id: u64::from(pid) << 32 | 7,
         process_id: pid,
-        backends: vec![BackendInfo { kind: BackendKind::Local, conn: conn.get(..4096).unwrap_or(conn).to_vec() }],
+        backends: vec![BackendInfo {
+            kind: BackendKind::Local,
+            conn: conn.get(..4096).unwrap_or(conn).to_vec(),
+        }],
         regions: vec![],
     };
     let Ok(blob) = md.encode() else { return };

@@ -35,11 +35,16 @@ fn seal(body: &[u8]) -> Option<Vec<u8>> {
 
 fn check(data: &[u8]) {
     let Ok(md) = Metadata::decode(data) else { return };
-    let blob = md.encode().expect("a decoded blob is within every limit, so it encodes");
+    let blob = md
+        .encode()
+        .expect("a decoded blob is within every limit, so it encodes");
     assert_eq!(blob, data, "the encoding is canonical");
     assert_eq!(Metadata::decode(&blob), Ok(md));
     if let Some((_, shorter)) = data.split_last() {
-        assert!(Metadata::decode(shorter).is_err(), "a valid blob cut short must not decode");
+        assert!(
+            Metadata::decode(shorter).is_err(),
+            "a valid blob cut short must not decode"
+        );
     }
 }
 

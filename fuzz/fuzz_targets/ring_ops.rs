@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use ringxfer::ring::{FailCode, FailSource, Handle, Outcome, SlotRing, Status};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&config, ops)) = data.split_first() else { return };
+    let Some((&config, ops)) = data.split_first() else {
+        return;
+    };
     let capacity = 1usize << (config & 3);
     let ring: SlotRing<u8> = SlotRing::with_generation_limit(capacity, 1 + u64::from(config >> 2)).unwrap();
     let mut issued: Vec<Handle> = Vec::new();
@@ -15,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
         let h = if op & 0x80 != 0 {
             Handle::from_raw(u64::from(arg) << 16 | u64::from(op))
         } else {
-            issued.get(arg as usize % issued.len().max(1)).copied().unwrap_or(Handle::NULL)
+            issued
+                .get(arg as usize % issued.len().max(1))
+                .copied()
+                .unwrap_or(Handle::NULL)
         };
         match op & 7 {
             0 => {
