@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::backend::file::{self, FileQueue};
 use crate::backend::local::{self, LocalInfo};
 use crate::error::{Error, Result};
-use crate::mem::{Desc, RegionId, Registry, Resolved};
+use crate::mem::{Desc, FileOptions, RegionId, Registry, Resolved};
 use crate::notify::{Geometry, Inbox, InboxMap, Notification, SenderId};
 use crate::peer::Peer;
 use crate::ring::{CancelResult, Handle, Outcome, Released, RingStats, SlotRing, Status};
@@ -47,6 +48,9 @@ pub struct Config {
     pub max_peers: usize,
     /// Largest notification payload, 0 ..= 65536 bytes. Default 256.
     pub max_notif_bytes: usize,
+    /// I/O worker threads for transfers to and from registered files, 0 ..= 64 (0: file
+    /// transfers are refused). Created with the engine. Default 2.
+    pub file_workers: usize,
     /// Prepared descriptor lists alive at once ([`Engine::prepare_list`]), 1 ..= 4096.
     /// Default 64.
     pub max_prepared_lists: usize,
@@ -68,6 +72,7 @@ impl Default for Config {
             max_peers: 64,
             max_notif_bytes: 256,
             max_prepared_lists: 64,
+            file_workers: 2,
             inbox_capacity: 128,
         }
     }
@@ -95,6 +100,9 @@ impl Config {
         if self.max_notif_bytes > 1 << 16 {
             return bad("max_notif_bytes", "must be at most 65536");
         }
+        if self.file_workers > 64 {
+            return bad("file_workers", "must be at most 64");
+        }
         if self.max_prepared_lists == 0 || self.max_prepared_lists > 4096 {
             return bad("max_prepared_lists", "must be 1 to 4096");
         }
@@ -115,6 +123,12 @@ impl Config {
 /// A loaded peer: an index into the engine's peer table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PeerId(pub u32);
+
+impl PeerId {
+    /// This engine itself: transfers between its own registrations, e.g. memory to and
+    /// from a registered file. Also [`Engine::local_peer`].
+    pub const SELF: PeerId = PeerId(u32::MAX);
+}
 
 /// The half of an engine that peers in the same process reach: its memory and inbox.
 pub(crate) struct Shared {
@@ -145,15 +159,43 @@ impl Shared {
 }
 
 /// One slot's transfer context, allocated once per slot and reused.
-struct Transfer {
+pub(crate) struct Transfer {
     op: Op,
     peer: u32,
     count: usize,
     /// Local descriptors, resolved and pinned from prepare until the slot is freed.
     local: Box<[Resolved]>,
     remote: Box<[Desc]>,
+    /// For transfers to [`PeerId::SELF`]: the remote descriptors resolved and pinned
+    /// against this engine's own registrations.
+    own: Box<[Resolved]>,
     notif: Box<[u8]>,
     notif_len: Option<usize>,
+}
+
+/// What the I/O workers share with the engine: the ring and the engine's registry.
+pub(crate) struct Core {
+    pub(crate) ring: SlotRing<Transfer>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) files: FileQueue,
+}
+
+impl Core {
+    /// A worker thread's loop: run file transfers until the engine shuts down.
+    fn work(&self) {
+        let registry = &self.shared.registry;
+        while let Some((handle, cancelled)) = self.files.next() {
+            let outcome = if cancelled {
+                Outcome::Cancelled
+            } else {
+                // SAFETY: `post` posted this handle and queued it; only this worker
+                // completes it, after `t` is dropped.
+                let t = unsafe { self.ring.posted_context(handle) };
+                file::run(t.op, &t.local[..t.count], &t.own[..t.count])
+            };
+            self.ring.complete_with(handle, outcome, |t| reclaim(registry, t));
+        }
+    }
 }
 
 /// Counters and the resource ledger, from [`Engine::stats`].
@@ -169,6 +211,9 @@ pub struct EngineStats {
     pub peers: usize,
     /// Prepared lists alive.
     pub prepared_lists: usize,
+    /// File descriptors held by file registrations (one per registered file, opened
+    /// at registration, closed at deregistration: never one per transfer).
+    pub open_files: usize,
     /// Notifications waiting in this engine's inbox.
     pub notifications_queued: usize,
     /// Notifications popped.
@@ -206,8 +251,8 @@ pub struct EngineStats {
 pub struct Engine {
     config: Config,
     engine_id: u64,
-    shared: Arc<Shared>,
-    ring: SlotRing<Transfer>,
+    core: Arc<Core>,
+    workers: Vec<std::thread::JoinHandle<()>>,
     peers: RwLock<Vec<Arc<Peer>>>,
     lists: RwLock<Vec<ListEntry>>,
 }
@@ -239,6 +284,8 @@ struct PreparedList {
     peer: u32,
     local: Box<[Resolved]>,
     remote: Box<[Desc]>,
+    /// For a list to [`PeerId::SELF`]: the remote side, resolved and pinned.
+    own: Box<[Resolved]>,
 }
 
 struct ListEntry {
@@ -268,6 +315,7 @@ impl Engine {
             count: 0,
             local: vec![Resolved::default(); d].into_boxed_slice(),
             remote: vec![Desc::new(RegionId::from_raw(0), 0, 0); d].into_boxed_slice(),
+            own: vec![Resolved::default(); d].into_boxed_slice(),
             notif: vec![0; m].into_boxed_slice(),
             notif_len: None,
         })?;
@@ -322,13 +370,28 @@ impl Engine {
                 list: None,
             })
             .collect();
+        let capacity = config.capacity;
+        let core = Arc::new(Core {
+            ring,
+            shared,
+            files: FileQueue::new(capacity),
+        });
+        let workers = (0..config.file_workers)
+            .map(|i| {
+                let core = Arc::clone(&core);
+                std::thread::Builder::new()
+                    .name(format!("ringxfer-io-{i}"))
+                    .spawn(move || core.work())
+                    .map_err(|e| Error::io("starting a file I/O worker", &e))
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Engine {
             peers: RwLock::new(Vec::with_capacity(config.max_peers)),
             lists: RwLock::new(lists),
             config,
             engine_id,
-            shared,
-            ring,
+            core,
+            workers,
         })
     }
 
@@ -346,28 +409,47 @@ impl Engine {
     /// read it or read while a transfer may write it, until [`deregister`](Engine::deregister)
     /// succeeds or the engine is dropped.
     pub unsafe fn register_dram(&self, addr: *mut u8, len: usize) -> Result<RegionId> {
-        self.shared.registry.register(addr as usize, len as u64, MemKind::Dram)
+        self.core
+            .shared
+            .registry
+            .register(addr as usize, len as u64, MemKind::Dram)
     }
 
     /// Allocates `len` zeroed bytes owned by the engine and registers them; they are
     /// freed by [`deregister`](Engine::deregister) or engine drop.
     pub fn alloc_region(&self, len: usize) -> Result<RegionId> {
-        self.shared.registry.allocate(len)
+        self.core.shared.registry.allocate(len)
+    }
+
+    /// Opens the file at `path` once and registers it: its descriptor belongs to the
+    /// registration and is closed by [`deregister`](Engine::deregister) (refused with
+    /// [`Error::Busy`] while a transfer uses it) or engine drop — never per transfer.
+    /// Move bytes to and from it with transfers to [`Engine::local_peer`], descriptors
+    /// addressing it by (region, offset in the file, length).
+    pub fn register_file(&self, path: impl AsRef<std::path::Path>, options: FileOptions) -> Result<RegionId> {
+        self.core.shared.registry.register_file(path.as_ref(), &options)
+    }
+
+    /// The peer id of this engine itself ([`PeerId::SELF`]), for transfers between its
+    /// own registrations: memory to and from registered files (run by the I/O workers),
+    /// or memory to memory.
+    pub fn local_peer(&self) -> PeerId {
+        PeerId::SELF
     }
 
     /// Removes a registration. [`Error::Busy`] while a transfer not yet released uses it.
     pub fn deregister(&self, region: RegionId) -> Result<()> {
-        self.shared.registry.deregister(region)
+        self.core.shared.registry.deregister(region)
     }
 
     /// Copies bytes out of a local region (control path; for tools and tests).
     pub fn read_region(&self, region: RegionId, offset: u64, out: &mut [u8]) -> Result<()> {
-        self.shared.registry.read_bytes(region, offset, out)
+        self.core.shared.registry.read_bytes(region, offset, out)
     }
 
     /// Copies bytes into a local region (control path; for tools and tests).
     pub fn write_region(&self, region: RegionId, offset: u64, data: &[u8]) -> Result<()> {
-        self.shared.registry.write_bytes(region, offset, data)
+        self.core.shared.registry.write_bytes(region, offset, data)
     }
 
     // ----- control path: metadata and peers -----
@@ -375,14 +457,14 @@ impl Engine {
     /// This engine's metadata blob: what a peer needs to reach it. Fetch it again after
     /// registering new regions.
     pub fn local_metadata(&self) -> Result<Vec<u8>> {
-        self.shared.metadata()
+        self.core.shared.metadata()
     }
 
     /// Serves this engine's metadata over TCP at `addr` (e.g. `"127.0.0.1:0"`) from a
     /// background thread, until the returned server is dropped. Each connection gets
     /// the metadata as it is at that moment: a `u32` little-endian length, then the blob.
     pub fn serve_metadata(&self, addr: impl std::net::ToSocketAddrs) -> Result<MetadataServer> {
-        MetadataServer::start(Arc::clone(&self.shared), addr)
+        MetadataServer::start(Arc::clone(&self.core.shared), addr)
     }
 
     /// Fetches a peer's metadata from its [`serve_metadata`](Engine::serve_metadata)
@@ -402,7 +484,7 @@ impl Engine {
             let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
             peers.iter().find(|p| p.engine_id == md.engine_id).map(Arc::clone)
         };
-        let peer = Arc::new(Peer::connect(md, &self.shared, previous.as_deref())?);
+        let peer = Arc::new(Peer::connect(md, &self.core.shared, previous.as_deref())?);
         let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
         if let Some(i) = peers.iter().position(|p| p.engine_id == peer.engine_id) {
             let old = std::mem::replace(&mut peers[i], peer);
@@ -430,7 +512,7 @@ impl Engine {
 
     /// The name of an engine that sent us notifications.
     pub fn sender_name(&self, sender: SenderId) -> Option<String> {
-        self.shared.inbox.sender_name(sender)
+        self.core.shared.inbox.sender_name(sender)
     }
 
     // ----- hot path -----
@@ -448,8 +530,8 @@ impl Engine {
         notif: Option<&[u8]>,
     ) -> Result<Handle> {
         self.validate(local, peer, remote, notif)?;
-        self.ring.acquire_try(|t: &mut Transfer| {
-            self.pin_all(local, &mut t.local)?;
+        self.core.ring.acquire_try(|t: &mut Transfer| {
+            self.pin_sides(local, peer, remote, &mut t.local, &mut t.own)?;
             t.op = op;
             t.peer = peer.0;
             t.count = local.len();
@@ -490,6 +572,15 @@ impl Engine {
                 remote: r.len,
             });
         }
+        if peer == PeerId::SELF {
+            // Checked when pinned, against this engine's own registrations.
+            return match notif {
+                Some(_) => Err(Error::InvalidDescriptor {
+                    reason: "a transfer to this engine itself has no peer to notify",
+                }),
+                None => Ok(()),
+            };
+        }
         let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
         let p = peers.get(peer.0 as usize).ok_or(Error::UnknownPeer { peer: peer.0 })?;
         if let Some(n) = notif {
@@ -501,17 +592,58 @@ impl Engine {
         remote.iter().try_for_each(|d| p.check(d))
     }
 
-    /// Pins every local descriptor into `out`; on failure unpins what it pinned.
-    fn pin_all(&self, local: &[Desc], out: &mut [Resolved]) -> Result<()> {
-        let registry = &self.shared.registry;
-        for (i, d) in local.iter().enumerate() {
-            match registry.pin(d) {
+    /// Pins every descriptor into `out` (memory regions only unless `files_too`); on
+    /// failure unpins what it pinned.
+    fn pin_all(&self, descs: &[Desc], out: &mut [Resolved], files_too: bool) -> Result<()> {
+        let registry = &self.core.shared.registry;
+        for (i, d) in descs.iter().enumerate() {
+            let pinned = if files_too {
+                registry.pin(d)
+            } else {
+                registry.pin_memory(d)
+            };
+            match pinned {
                 Ok(r) => out[i] = r,
                 Err(e) => {
                     out[..i].iter().for_each(|r| registry.unpin(r.entry));
                     return Err(e);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Pins a transfer's local descriptors, and for a transfer to [`PeerId::SELF`] its
+    /// "remote" ones too (files allowed on either side, never on both of a pair).
+    fn pin_sides(
+        &self,
+        local: &[Desc],
+        peer: PeerId,
+        remote: &[Desc],
+        local_out: &mut [Resolved],
+        own_out: &mut [Resolved],
+    ) -> Result<()> {
+        let to_self = peer == PeerId::SELF;
+        self.pin_all(local, local_out, to_self)?;
+        if !to_self {
+            return Ok(());
+        }
+        let registry = &self.core.shared.registry;
+        let unpin_local = || local_out[..local.len()].iter().for_each(|r| registry.unpin(r.entry));
+        if let Err(e) = self.pin_all(remote, own_out, true) {
+            unpin_local();
+            return Err(e);
+        }
+        if local_out[..local.len()]
+            .iter()
+            .zip(&own_out[..remote.len()])
+            .any(|(l, o)| l.fd.is_some() && o.fd.is_some())
+        {
+            unpin_local();
+            own_out[..remote.len()].iter().for_each(|r| registry.unpin(r.entry));
+            return Err(Error::InvalidDescriptor {
+                reason: "a file moves to or from memory, not to another file",
+            });
         }
         Ok(())
     }
@@ -527,11 +659,15 @@ impl Engine {
         }
         self.validate(local, peer, remote, None)?;
         let mut resolved = vec![Resolved::default(); local.len()].into_boxed_slice();
-        self.pin_all(local, &mut resolved)?;
+        let mut own = vec![Resolved::default(); if peer == PeerId::SELF { local.len() } else { 0 }].into_boxed_slice();
+        self.pin_sides(local, peer, remote, &mut resolved, &mut own)?;
         let mut lists = self.lists.write().unwrap_or_else(|e| e.into_inner());
         let Some(index) = lists.iter().position(|e| e.list.is_none()) else {
             drop(lists);
-            resolved.iter().for_each(|r| self.shared.registry.unpin(r.entry));
+            resolved
+                .iter()
+                .chain(own.iter())
+                .for_each(|r| self.core.shared.registry.unpin(r.entry));
             return Err(Error::ListTableFull {
                 capacity: self.config.max_prepared_lists,
             });
@@ -542,6 +678,7 @@ impl Engine {
             peer: peer.0,
             local: resolved,
             remote: remote.into(),
+            own,
         });
         Ok(ListId(entry.generation << 20 | index as u64))
     }
@@ -556,11 +693,13 @@ impl Engine {
             if let Some(n) = notif {
                 self.validate(&[], PeerId(l.peer), &[], Some(n))?;
             }
-            let registry = &self.shared.registry;
-            self.ring.acquire_try(|t: &mut Transfer| {
+            let registry = &self.core.shared.registry;
+            self.core.ring.acquire_try(|t: &mut Transfer| {
                 let n = l.local.len();
                 t.local[..n].copy_from_slice(&l.local);
                 registry.add_pins(&l.local);
+                t.own[..l.own.len()].copy_from_slice(&l.own);
+                registry.add_pins(&l.own);
                 t.op = l.op;
                 t.peer = l.peer;
                 t.count = n;
@@ -585,7 +724,10 @@ impl Engine {
         lookup_list(&lists, list)?;
         let entry = &mut lists[(list.0 & 0xfffff) as usize];
         if let Some(l) = entry.list.take() {
-            l.local.iter().for_each(|r| self.shared.registry.unpin(r.entry));
+            l.local
+                .iter()
+                .chain(l.own.iter())
+                .for_each(|r| self.core.shared.registry.unpin(r.entry));
         }
         entry.generation += 1;
         Ok(())
@@ -598,58 +740,88 @@ impl Engine {
     /// If the peer's inbox is full the call fails with [`Error::InboxFull`] and the
     /// transfer stays prepared: retry later, or release it.
     pub fn post(&self, handle: Handle) -> Result<()> {
-        // RESERVED → POSTED first: from here until our `complete_with` the slot cannot
-        // be freed (a concurrent release only detaches it), so its context is stable.
-        self.ring.post(handle)?;
-        let registry = &self.shared.registry;
+        // RESERVED → POSTED first: from here until the transfer's completion the slot
+        // cannot be freed (a concurrent release only detaches it), so its context is
+        // stable.
+        self.core.ring.post(handle)?;
+        let registry = &self.core.shared.registry;
         let outcome = {
-            // SAFETY: our post succeeded and we complete or unpost only after `t` is
-            // dropped at the end of this block.
-            let t = unsafe { self.ring.posted_context(handle) };
-            // Take the peer (an Arc: no allocation) and let go of the peer table
-            // before moving bytes.
-            let peer = {
-                let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
-                peers.get(t.peer as usize).map(Arc::clone)
-            };
-            let reserved = match &peer {
-                Some(p) => t.notif_len.is_none() || p.outbox.reserve(),
-                None => false,
-            };
-            match peer {
-                Some(peer) if reserved => {
-                    let outcome = peer.transfer(t.op, &t.local[..t.count], &t.remote[..t.count]);
-                    if let Some(len) = t.notif_len {
-                        if outcome == Outcome::Done {
-                            peer.outbox.deliver(handle, &t.notif[..len]);
-                        } else {
-                            peer.outbox.unreserve();
-                        }
-                    }
-                    Ok(outcome)
-                }
-                // Nothing moved and no transport saw it: take the post back below.
-                Some(peer) if peer.alive() => Err(Error::InboxFull { peer: t.peer }),
-                Some(_) => Err(Error::PeerLost { peer: t.peer }),
-                None => Err(Error::UnknownPeer { peer: t.peer }),
+            // SAFETY: our post succeeded and we complete, unpost or hand the transfer to
+            // a worker only after `t` is dropped at the end of this block.
+            let t = unsafe { self.core.ring.posted_context(handle) };
+            if t.peer == PeerId::SELF.0 {
+                self.run_own(t)
+            } else {
+                self.run_to_peer(t, handle)
             }
         };
         match outcome {
-            Ok(outcome) => {
-                self.ring.complete_with(handle, outcome, |t| reclaim(registry, t));
+            Ok(Some(outcome)) => {
+                self.core.ring.complete_with(handle, outcome, |t| reclaim(registry, t));
+                Ok(())
+            }
+            Ok(None) => {
+                // A worker ends it.
+                self.core.files.submit(handle);
                 Ok(())
             }
             Err(e) => {
-                // Prepared again (or, if released meanwhile, cancelled and freed).
-                self.ring.unpost_with(handle, |t| reclaim(registry, t));
+                // Nothing moved and no transport saw it: prepared again (or, if released
+                // meanwhile, cancelled and freed).
+                self.core.ring.unpost_with(handle, |t| reclaim(registry, t));
                 Err(e)
             }
         }
     }
 
+    /// A transfer between this engine's own registrations: memory to memory is copied
+    /// now; one with a file goes to the I/O workers (`Ok(None)`).
+    fn run_own(&self, t: &Transfer) -> Result<Option<Outcome>> {
+        let (local, own) = (&t.local[..t.count], &t.own[..t.count]);
+        if local.iter().chain(own).all(|r| r.fd.is_none()) {
+            return Ok(Some(file::run(t.op, local, own)));
+        }
+        if self.workers.is_empty() {
+            return Err(Error::InvalidConfig {
+                field: "file_workers",
+                reason: "is 0: file transfers are disabled",
+            });
+        }
+        Ok(None)
+    }
+
+    /// A transfer to a peer: the bytes move now, then the notification is queued.
+    fn run_to_peer(&self, t: &Transfer, handle: Handle) -> Result<Option<Outcome>> {
+        // Take the peer (an Arc: no allocation) and let go of the peer table before
+        // moving bytes.
+        let peer = {
+            let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+            peers.get(t.peer as usize).map(Arc::clone)
+        };
+        let Some(peer) = peer else {
+            return Err(Error::UnknownPeer { peer: t.peer });
+        };
+        if t.notif_len.is_some() && !peer.outbox.reserve() {
+            return Err(if peer.alive() {
+                Error::InboxFull { peer: t.peer }
+            } else {
+                Error::PeerLost { peer: t.peer }
+            });
+        }
+        let outcome = peer.transfer(t.op, &t.local[..t.count], &t.remote[..t.count]);
+        if let Some(len) = t.notif_len {
+            if outcome == Outcome::Done {
+                peer.outbox.deliver(handle, &t.notif[..len]);
+            } else {
+                peer.outbox.unreserve();
+            }
+        }
+        Ok(Some(outcome))
+    }
+
     /// Where a transfer is.
     pub fn status(&self, handle: Handle) -> Result<Status> {
-        self.ring.status(handle)
+        self.core.ring.status(handle)
     }
 
     /// Waits until the transfer ends or `timeout` passes ([`Error::Timeout`]; the
@@ -660,7 +832,7 @@ impl Engine {
         let backoff = crossbeam_utils::Backoff::new();
         let mut sleep = Duration::from_micros(10);
         loop {
-            let status = self.ring.status(handle)?;
+            let status = self.core.ring.status(handle)?;
             if status.is_terminal() {
                 return Ok(status);
             }
@@ -679,14 +851,19 @@ impl Engine {
     /// Cancels a transfer: one not yet posted ends CANCELLED at once; one in flight is
     /// left to its transport ([`CancelResult::InFlight`]).
     pub fn cancel(&self, handle: Handle) -> Result<CancelResult> {
-        self.ring.cancel(handle)
+        let result = self.core.ring.cancel(handle)?;
+        if result == CancelResult::InFlight {
+            // A file transfer still queued then ends CANCELLED instead of running.
+            self.core.files.cancel(handle);
+        }
+        Ok(result)
     }
 
     /// Gives the handle up. An ended or never-posted transfer frees its slot and
     /// unpins its regions now; one in flight is detached and freed by its completion.
     pub fn release(&self, handle: Handle) -> Result<Released> {
-        let registry = &self.shared.registry;
-        self.ring.release_with(handle, |t| reclaim(registry, t))
+        let registry = &self.core.shared.registry;
+        self.core.ring.release_with(handle, |t| reclaim(registry, t))
     }
 
     /// Sends a notification on its own (it still takes a slot, so it has a generation
@@ -700,22 +877,23 @@ impl Engine {
 
     /// Pops the oldest notification into `buf` (which must hold `max_notif_bytes`).
     pub fn pop_notification(&self, buf: &mut [u8]) -> Result<Option<Notification>> {
-        self.shared.inbox.pop(buf)
+        self.core.shared.inbox.pop(buf)
     }
 
     /// Counters and the resource ledger.
     pub fn stats(&self) -> EngineStats {
-        let (registrations, pins) = self.shared.registry.counts();
+        let (registrations, pins, open_files) = self.core.shared.registry.counts();
         let lists = self.lists.read().unwrap_or_else(|e| e.into_inner());
         let prepared_lists = lists.iter().filter(|e| e.list.is_some()).count();
         drop(lists);
-        let (notifications_queued, notifications_delivered, notifications_stale) = self.shared.inbox.counts();
+        let (notifications_queued, notifications_delivered, notifications_stale) = self.core.shared.inbox.counts();
         EngineStats {
-            ring: self.ring.stats(),
+            ring: self.core.ring.stats(),
             registrations,
             pins,
             peers: self.peers.read().unwrap_or_else(|e| e.into_inner()).len(),
             prepared_lists,
+            open_files,
             notifications_queued,
             notifications_delivered,
             notifications_stale,
@@ -821,15 +999,25 @@ fn reclaim(registry: &Registry, t: &mut Transfer) {
     for r in &t.local[..t.count] {
         registry.unpin(r.entry);
     }
+    if t.peer == PeerId::SELF.0 {
+        for r in &t.own[..t.count] {
+            registry.unpin(r.entry);
+        }
+    }
     t.count = 0;
     t.notif_len = None;
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        // The workers finish what is queued, then stop; only then can the files close.
+        self.core.files.shut_down();
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
         local::withdraw(self.engine_id);
         // Peers holding our shared half now find no regions: their transfers fail
         // instead of writing memory the caller may free after this.
-        self.shared.registry.clear();
+        self.core.shared.registry.clear();
     }
 }

@@ -36,7 +36,7 @@ pub mod wire;
 
 pub use engine::{Config, Engine, EngineStats, ListId, MetadataServer, Op, PeerId, fetch_metadata};
 pub use error::{Error, Result};
-pub use mem::{Desc, RegionId};
+pub use mem::{Desc, FileOptions, RegionId};
 pub use notify::{Notification, SenderId};
 pub use ring::{CancelResult, FailCode, Handle, Outcome, Released, Status};
 

@@ -61,6 +61,24 @@ impl fmt::Display for RegionId {
     }
 }
 
+/// How [`Engine::register_file`](crate::Engine::register_file) opens a file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileOptions {
+    /// Open for writing too (WRITE transfers into it); read-only otherwise, and a WRITE
+    /// into a read-only file fails with `EBADF`.
+    pub writable: bool,
+    /// Create the file if it does not exist (needs `writable`).
+    pub create: bool,
+    /// The registered length: a regular file shorter than this is extended (needs
+    /// `writable`), a longer one is registered up to it; for a device it is the length
+    /// to address. `None`: the file's current size.
+    pub len: Option<u64>,
+    /// Make every WRITE durable (`fdatasync`) before the transfer reports DONE. Without
+    /// it, DONE means the bytes are in the kernel's page cache: visible to every reader
+    /// of the file, but lost if the machine (not the process) crashes.
+    pub sync: bool,
+}
+
 /// A contiguous piece of a region: `len` bytes from `offset`. Used for both local and
 /// remote descriptors (a remote descriptor names a region id from the peer's metadata).
 ///
@@ -91,6 +109,9 @@ struct Region {
     /// The shared-memory segment an engine-allocated region lives in (peers in other
     /// processes map it by name); `None` for memory the caller registered.
     segment: Option<Segment>,
+    /// A registered file: its descriptor, owned here and closed when the region goes,
+    /// and whether writes to it are made durable (`fdatasync`) before they complete.
+    file: Option<(std::fs::File, bool)>,
 }
 
 struct Entry {
@@ -131,7 +152,17 @@ pub(crate) struct Access<'a>(std::sync::RwLockReadGuard<'a, Table>);
 impl Access<'_> {
     /// Checks `desc` against its region; valid while this guard lives.
     pub(crate) fn resolve(&self, desc: &Desc) -> Result<Resolved> {
-        resolve(&self.0, desc)
+        resolve(&self.0, desc).and_then(memory_only)
+    }
+}
+
+/// Refuses a file region where only memory will do (a peer's copy, a `memcpy`).
+fn memory_only(r: Resolved) -> Result<Resolved> {
+    match r.fd {
+        None => Ok(r),
+        Some(_) => Err(Error::InvalidDescriptor {
+            reason: "a file region moves only in transfers with Engine::local_peer()",
+        }),
     }
 }
 
@@ -161,15 +192,22 @@ fn resolve(table: &Table, desc: &Desc) -> Result<Resolved> {
         addr: region.addr + desc.offset as usize,
         len: desc.len as usize,
         entry: desc.region.index() as u32,
+        fd: region.file.as_ref().map(|(f, _)| std::os::fd::AsRawFd::as_raw_fd(f)),
+        sync: region.file.as_ref().is_some_and(|(_, sync)| *sync),
     })
 }
 
 /// A descriptor resolved against the table: an address valid while its region is pinned.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Resolved {
+    /// The address, or for a file the offset in it.
     pub addr: usize,
     pub len: usize,
     pub entry: u32,
+    /// A file region's descriptor (valid while the region is pinned).
+    pub fd: Option<i32>,
+    /// Whether writes to this file are made durable before they complete.
+    pub sync: bool,
 }
 
 impl Registry {
@@ -221,6 +259,7 @@ impl Registry {
                 len,
                 kind,
                 segment: None,
+                file: None,
             })
         })
     }
@@ -240,6 +279,55 @@ impl Registry {
                 len: len as u64,
                 kind: MemKind::Dram,
                 segment: Some(segment),
+                file: None,
+            })
+        })
+    }
+
+    /// Opens a file once and registers it (see [`FileOptions`]).
+    pub(crate) fn register_file(&self, path: &std::path::Path, options: &FileOptions) -> Result<RegionId> {
+        use std::os::unix::fs::FileTypeExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(options.writable)
+            .create(options.create)
+            .open(path)
+            .map_err(|e| Error::io("opening a file to register", &e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io("reading a registered file's size", &e))?;
+        if meta.is_dir() {
+            return Err(Error::InvalidDescriptor {
+                reason: "a directory cannot be registered as a file",
+            });
+        }
+        let len = match options.len {
+            Some(len) if meta.is_file() && len > meta.len() => {
+                if !options.writable {
+                    return Err(Error::InvalidDescriptor {
+                        reason: "extending a file needs it registered writable",
+                    });
+                }
+                file.set_len(len)
+                    .map_err(|e| Error::io("extending a registered file", &e))?;
+                len
+            }
+            Some(len) if meta.file_type().is_char_device() || meta.file_type().is_block_device() => len,
+            Some(len) => len.min(meta.len()),
+            None => meta.len(),
+        };
+        if len == 0 {
+            return Err(Error::InvalidDescriptor {
+                reason: "an empty file cannot be registered (give a length)",
+            });
+        }
+        self.insert(|_| {
+            Ok(Region {
+                addr: 0,
+                len,
+                kind: MemKind::File,
+                segment: None,
+                file: Some((file, options.sync)),
             })
         })
     }
@@ -308,8 +396,20 @@ impl Registry {
 
     /// Checks `desc` against its region and pins the region. On error nothing is pinned.
     pub(crate) fn pin(&self, desc: &Desc) -> Result<Resolved> {
+        self.pin_kind(desc, true)
+    }
+
+    /// As [`pin`](Registry::pin), but memory regions only.
+    pub(crate) fn pin_memory(&self, desc: &Desc) -> Result<Resolved> {
+        self.pin_kind(desc, false)
+    }
+
+    fn pin_kind(&self, desc: &Desc, files_too: bool) -> Result<Resolved> {
         let table = self.read();
-        let resolved = resolve(&table, desc)?;
+        let mut resolved = resolve(&table, desc)?;
+        if !files_too {
+            resolved = memory_only(resolved)?;
+        }
         // Pinned under the read lock: deregistration (write lock) sees the pin.
         table.entries[resolved.entry as usize]
             .pins
@@ -366,7 +466,8 @@ impl Registry {
             .iter()
             .enumerate()
             .filter_map(|(index, e)| {
-                let r = e.region.as_ref()?;
+                // Files are reached only by their own engine: not published.
+                let r = e.region.as_ref().filter(|r| r.file.is_none())?;
                 Some(RegionInfo {
                     id: e.generation << INDEX_BITS | index as u64,
                     addr: r.addr as u64,
@@ -381,8 +482,8 @@ impl Registry {
             .collect()
     }
 
-    /// (live registrations, pins held).
-    pub(crate) fn counts(&self) -> (usize, u64) {
+    /// (live registrations, pins held, open file descriptors).
+    pub(crate) fn counts(&self) -> (usize, u64, usize) {
         let table = self.read();
         let live = table.entries.iter().filter(|e| e.region.is_some()).count();
         let pins = table
@@ -390,12 +491,17 @@ impl Registry {
             .iter()
             .map(|e| u64::from(e.pins.load(Ordering::Relaxed)))
             .sum();
-        (live, pins)
+        let fds = table
+            .entries
+            .iter()
+            .filter(|e| e.region.as_ref().is_some_and(|r| r.file.is_some()))
+            .count();
+        (live, pins, fds)
     }
 
     /// Copies bytes out of a region (control path: tests and tools).
     pub(crate) fn read_bytes(&self, id: RegionId, offset: u64, out: &mut [u8]) -> Result<()> {
-        let r = self.pin(&Desc::new(id, offset, out.len() as u64))?;
+        let r = self.pin_memory(&Desc::new(id, offset, out.len() as u64))?;
         // SAFETY: `r` lies inside a live, pinned registration (checked by `pin`), and
         // `out` is a distinct Rust buffer, so the ranges cannot overlap.
         unsafe { std::ptr::copy_nonoverlapping(r.addr as *const u8, out.as_mut_ptr(), r.len) };
@@ -405,7 +511,7 @@ impl Registry {
 
     /// Copies bytes into a region (control path: tests and tools).
     pub(crate) fn write_bytes(&self, id: RegionId, offset: u64, data: &[u8]) -> Result<()> {
-        let r = self.pin(&Desc::new(id, offset, data.len() as u64))?;
+        let r = self.pin_memory(&Desc::new(id, offset, data.len() as u64))?;
         // SAFETY: as in `read_bytes`, with the roles swapped.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), r.addr as *mut u8, r.len) };
         self.unpin(r.entry);

@@ -2,8 +2,11 @@
 //! none frees a slot itself: the engine passes its report to the ring's one exit
 //! function, `SlotRing::complete`.
 //!
-//! - [`local`]: engines in the same process, by `memcpy`.
+//! - [`local`]: engines in the same process, by `memcpy`, and across processes on one
+//!   host through shared memory.
+//! - `file`: registered memory to and from registered files, on I/O worker threads.
 
+pub(crate) mod file;
 pub mod local;
 pub(crate) mod regtable;
 pub(crate) mod shm;

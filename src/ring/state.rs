@@ -113,6 +113,8 @@ impl FailCode {
     pub const TRANSPORT: FailCode = FailCode::new(FailSource::Engine, 4);
     /// The peer deregistered the region (or is deregistering it) before the bytes moved.
     pub const REGION_GONE: FailCode = FailCode::new(FailSource::Engine, 5);
+    /// A read reached the end of the file before the requested length.
+    pub const END_OF_FILE: FailCode = FailCode::new(FailSource::Engine, 6);
 
     /// A code from `source` with number `value` (saturated to 16383).
     pub const fn new(source: FailSource, value: u32) -> FailCode {
@@ -166,6 +168,7 @@ impl fmt::Display for FailCode {
             (_, FailCode::SHUTDOWN) => f.write_str("engine shut down"),
             (_, FailCode::TRANSPORT) => f.write_str("transport error"),
             (_, FailCode::REGION_GONE) => f.write_str("the peer deregistered the region"),
+            (_, FailCode::END_OF_FILE) => f.write_str("end of file before the requested length"),
             (FailSource::Engine, c) => write!(f, "engine code {}", c.value()),
             (FailSource::Errno, c) => write!(f, "errno {}", c.value()),
             (FailSource::Fabric, c) => write!(f, "libfabric error {}", c.value()),

@@ -1,0 +1,183 @@
+//! The `file` transport: transfers between registered memory and registered files,
+//! run by a fixed pool of I/O worker threads created with the engine.
+//!
+//! A file is opened once, when it is registered, and its descriptor lives in the
+//! registration (closed at deregistration or engine drop, never per transfer). `post`
+//! puts the transfer's slot index on a bounded lock-free queue (sized to the ring, so
+//! it cannot overflow) and returns; a worker takes it, reads the transfer's context,
+//! moves the bytes with `pread`/`pwrite` (continuing short transfers, retrying EINTR)
+//! and ends the transfer through the ring's one exit function. Any I/O error ends it
+//! FAILED with the errno; reading past the end of a file ends it FAILED
+//! (`END_OF_FILE`). A cancel of a queued transfer ends it CANCELLED before any I/O.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::{Condvar, Mutex};
+
+use crate::Op;
+use crate::mem::Resolved;
+use crate::ring::{FailCode, FailSource, FreeList, Handle, Outcome};
+
+/// The queue between `post` and the workers, and the per-slot words they share.
+pub(crate) struct FileQueue {
+    /// Slot indices of posted file transfers, oldest first.
+    queue: FreeList,
+    /// Per slot: the handle of the file transfer posted in it (written before its
+    /// index is queued).
+    handles: Box<[AtomicU64]>,
+    /// Per slot: the handle whose cancellation was asked for.
+    cancels: Box<[AtomicU64]>,
+    sleepers: AtomicUsize,
+    lock: Mutex<()>,
+    wake: Condvar,
+    shutdown: AtomicBool,
+}
+
+impl FileQueue {
+    pub(crate) fn new(capacity: usize) -> FileQueue {
+        FileQueue {
+            queue: FreeList::with_capacity(capacity),
+            handles: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
+            cancels: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
+            sleepers: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+            shutdown: AtomicBool::new(false),
+        }
+    }
+
+    /// Hands a posted transfer to the workers.
+    pub(crate) fn submit(&self, handle: Handle) {
+        let index = handle.index();
+        self.handles[index as usize].store(handle.to_raw(), Ordering::Release);
+        // Room is guaranteed: one entry per slot, and a slot is queued at most once.
+        while !self.queue.push(index) {
+            std::hint::spin_loop();
+        }
+        // Pairs with the fence in `next`: either the sleeper sees the job, or we see
+        // the sleeper and wake it.
+        fence(Ordering::SeqCst);
+        if self.sleepers.load(Ordering::Relaxed) > 0 {
+            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.wake.notify_one();
+        }
+    }
+
+    /// Asks that a queued transfer end CANCELLED instead of running.
+    pub(crate) fn cancel(&self, handle: Handle) {
+        if let Some(c) = self.cancels.get(handle.index() as usize) {
+            c.store(handle.to_raw(), Ordering::Release);
+        }
+    }
+
+    /// The next job for a worker, blocking while there is none; `None` at shutdown
+    /// once the queue is empty.
+    pub(crate) fn next(&self) -> Option<(Handle, bool)> {
+        loop {
+            if let Some(index) = self.queue.pop() {
+                let handle = Handle::from_raw(self.handles[index as usize].load(Ordering::Acquire));
+                let cancelled = self.cancels[index as usize].swap(0, Ordering::AcqRel) == handle.to_raw();
+                return Some((handle, cancelled));
+            }
+            let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.sleepers.fetch_add(1, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            if self.queue.is_empty() {
+                if self.shutdown.load(Ordering::Acquire) {
+                    self.sleepers.fetch_sub(1, Ordering::Relaxed);
+                    return None;
+                }
+                drop(self.wake.wait(guard).unwrap_or_else(|e| e.into_inner()));
+            } else {
+                drop(guard);
+            }
+            self.sleepers.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Tells the workers to finish the queue and stop.
+    pub(crate) fn shut_down(&self) {
+        self.shutdown.store(true, Ordering::Release);
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.wake.notify_all();
+    }
+}
+
+/// Moves the bytes of one transfer whose pieces may be files; says how it ended.
+pub(crate) fn run(op: Op, local: &[Resolved], remote: &[Resolved]) -> Outcome {
+    for (l, r) in local.iter().zip(remote) {
+        let (src, dst) = match op {
+            Op::Write => (l, r),
+            Op::Read => (r, l),
+        };
+        let result = match (src.fd, dst.fd) {
+            // SAFETY: both ranges are pinned registrations (memory regions) of `len` bytes.
+            (None, None) => unsafe {
+                std::ptr::copy(src.addr as *const u8, dst.addr as *mut u8, src.len);
+                Ok(())
+            },
+            (None, Some(fd)) => write_all(fd, src.addr, src.len, dst.addr as u64, dst.sync),
+            (Some(fd), None) => read_all(fd, dst.addr, dst.len, src.addr as u64),
+            (Some(_), Some(_)) => return Outcome::Failed(FailCode::TRANSPORT),
+        };
+        if let Err(code) = result {
+            return Outcome::Failed(code);
+        }
+    }
+    Outcome::Done
+}
+
+fn errno() -> FailCode {
+    let e = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+    FailCode::new(FailSource::Errno, e as u32)
+}
+
+/// `pwrite` until all `len` bytes from memory at `addr` are in the file at `offset`.
+fn write_all(fd: i32, addr: usize, len: usize, offset: u64, sync: bool) -> Result<(), FailCode> {
+    let mut done = 0;
+    while done < len {
+        // SAFETY: [addr, addr + len) is a pinned memory registration; the fd is a
+        // pinned file registration's, open until it is deregistered.
+        let n = unsafe {
+            libc::pwrite(
+                fd,
+                (addr + done) as *const libc::c_void,
+                len - done,
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return Err(FailCode::new(FailSource::Errno, libc::EIO as u32)),
+            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+            _ => return Err(errno()),
+        }
+    }
+    // SAFETY: as above.
+    if sync && unsafe { libc::fdatasync(fd) } != 0 {
+        return Err(errno());
+    }
+    Ok(())
+}
+
+/// `pread` until all `len` bytes of the file at `offset` are in memory at `addr`.
+fn read_all(fd: i32, addr: usize, len: usize, offset: u64) -> Result<(), FailCode> {
+    let mut done = 0;
+    while done < len {
+        // SAFETY: as in `write_all`, with the memory written instead of read.
+        let n = unsafe {
+            libc::pread(
+                fd,
+                (addr + done) as *mut libc::c_void,
+                len - done,
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return Err(FailCode::END_OF_FILE),
+            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+            _ => return Err(errno()),
+        }
+    }
+    Ok(())
+}
