@@ -836,14 +836,19 @@ impl Engine {
             if status.is_terminal() {
                 return Ok(status);
             }
-            if start.elapsed() >= timeout {
+            let waited = start.elapsed();
+            if waited >= timeout {
                 return Err(Error::Timeout { handle });
             }
-            if backoff.is_completed() {
+            if !backoff.is_completed() {
+                backoff.snooze();
+            } else if waited < Duration::from_micros(200) {
+                // Most transfers end within this: yielding keeps the latency of a
+                // sleep-and-wake (tens of microseconds) off them.
+                std::thread::yield_now();
+            } else {
                 std::thread::sleep(sleep);
                 sleep = (sleep * 2).min(Duration::from_millis(1));
-            } else {
-                backoff.snooze();
             }
         }
     }

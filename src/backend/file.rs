@@ -17,6 +17,9 @@ use crate::Op;
 use crate::mem::Resolved;
 use crate::ring::{FailCode, FailSource, FreeList, Handle, Outcome};
 
+/// How long an idle worker keeps looking for work before it sleeps.
+const SPIN_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(100);
+
 /// The queue between `post` and the workers, and the per-slot words they share.
 pub(crate) struct FileQueue {
     /// Slot indices of posted file transfers, oldest first.
@@ -73,10 +76,18 @@ impl FileQueue {
     /// once the queue is empty.
     pub(crate) fn next(&self) -> Option<(Handle, bool)> {
         loop {
+            // Stay awake a little before sleeping: waking a sleeping thread costs tens
+            // of microseconds, longer than many a transfer, and transfers come in runs.
+            let awake_until = std::time::Instant::now() + SPIN_BEFORE_SLEEP;
+            let backoff = crossbeam_utils::Backoff::new();
+            while std::time::Instant::now() < awake_until {
+                if let Some(index) = self.queue.pop() {
+                    return Some(self.job(index));
+                }
+                backoff.snooze();
+            }
             if let Some(index) = self.queue.pop() {
-                let handle = Handle::from_raw(self.handles[index as usize].load(Ordering::Acquire));
-                let cancelled = self.cancels[index as usize].swap(0, Ordering::AcqRel) == handle.to_raw();
-                return Some((handle, cancelled));
+                return Some(self.job(index));
             }
             let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             self.sleepers.fetch_add(1, Ordering::Relaxed);
@@ -92,6 +103,12 @@ impl FileQueue {
             }
             self.sleepers.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    fn job(&self, index: u32) -> (Handle, bool) {
+        let handle = Handle::from_raw(self.handles[index as usize].load(Ordering::Acquire));
+        let cancelled = self.cancels[index as usize].swap(0, Ordering::AcqRel) == handle.to_raw();
+        (handle, cancelled)
     }
 
     /// Tells the workers to finish the queue and stop.

@@ -27,7 +27,9 @@ ringxfer-bench: bandwidth and latency of ringxfer transfers against an in-run me
 USAGE: ringxfer-bench [OPTIONS]
 
 OPTIONS:
-  --backend local            transport (only `local` today)
+  --backend local|file       transport (default local); `file` moves blocks between
+                             memory and a file, against a pread/pwrite baseline
+  --path DIR                 with --backend file: the directory for the data file
   --op write|read            direction, initiator's view (default write)
   --start-block-size SIZE    first block size (default 4K; K, M, G suffixes)
   --max-block-size SIZE      last block size, doubling (default 64M)
@@ -56,6 +58,9 @@ struct Args {
     max_bytes_per_config: u64,
     threads: usize,
     two_process: bool,
+    /// `--backend file`: transfers between memory and a file in `path`.
+    file: bool,
+    path: Option<String>,
     serve_target: Option<u64>,
     json: Option<String>,
 }
@@ -88,6 +93,8 @@ fn parse_args() -> Result<Args, String> {
         max_bytes_per_config: 2 << 30,
         threads: 1,
         two_process: false,
+        file: false,
+        path: None,
         serve_target: None,
         json: None,
     };
@@ -101,10 +108,14 @@ fn parse_args() -> Result<Args, String> {
     let number = |s: String| s.parse::<u64>().map_err(|_| format!("not a number: {s:?}"));
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
-            Long("backend") => match value(&mut parser)?.as_str() {
-                "local" => {}
-                other => return Err(format!("backend {other:?} is not built yet (only `local`)")),
-            },
+            Long("backend") => {
+                a.file = match value(&mut parser)?.as_str() {
+                    "local" => false,
+                    "file" => true,
+                    other => return Err(format!("backend {other:?} is not built yet (local or file)")),
+                }
+            }
+            Long("path") => a.path = Some(value(&mut parser)?),
             Long("op") => {
                 a.op = match value(&mut parser)?.to_ascii_lowercase().as_str() {
                     "write" => Op::Write,
@@ -135,6 +146,12 @@ fn parse_args() -> Result<Args, String> {
     }
     if a.start_batch == 0 || a.start_batch > a.max_batch || a.max_batch > 65536 {
         return Err("need 0 < --start-batch-size <= --max-batch-size <= 65536".into());
+    }
+    if a.file && a.two_process {
+        return Err("--two-process goes with --backend local".into());
+    }
+    if a.file && a.path.is_none() {
+        return Err("--backend file needs --path DIR".into());
     }
     if a.threads == 0 || a.threads > 64 || a.num_iter == 0 {
         return Err("need 1 <= --threads <= 64 and --num-iter >= 1".into());
@@ -175,6 +192,8 @@ enum Target {
     /// Held only to keep the engine (and the memory being written) alive.
     InProcess(#[allow(dead_code)] Box<Engine>),
     Child(std::process::Child),
+    /// A data file, removed at the end.
+    File(std::path::PathBuf),
 }
 
 struct Setup {
@@ -188,10 +207,16 @@ struct Setup {
 
 impl Drop for Setup {
     fn drop(&mut self) {
-        if let Target::Child(child) = &mut self.target {
-            // Closing its stdin tells the target to print its ledger and exit.
-            drop(child.stdin.take());
-            let _ = child.wait();
+        match &mut self.target {
+            Target::Child(child) => {
+                // Closing its stdin tells the target to print its ledger and exit.
+                drop(child.stdin.take());
+                let _ = child.wait();
+            }
+            Target::File(path) => {
+                let _ = std::fs::remove_file(path);
+            }
+            Target::InProcess(_) => {}
         }
     }
 }
@@ -228,6 +253,24 @@ fn setup(args: &Args) -> Result<Setup, String> {
         .ok_or("max block × max batch × threads exceeds 16 GiB")?;
     let initiator = Engine::new(config("initiator", args)).map_err(|e| e.to_string())?;
     let src = alloc_touched(&initiator, len)?;
+    if args.file {
+        let path = data_file(args);
+        // Written through first, so reads find real blocks (not holes) in the page cache.
+        std::fs::write(&path, vec![1u8; len as usize]).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        let options = ringxfer::FileOptions {
+            writable: true,
+            ..Default::default()
+        };
+        let dst = initiator.register_file(&path, options).map_err(|e| e.to_string())?;
+        let peer = initiator.local_peer();
+        return Ok(Setup {
+            initiator,
+            target: Target::File(path),
+            peer,
+            src,
+            dst,
+        });
+    }
     if args.two_process {
         use std::io::BufRead;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -383,6 +426,56 @@ fn run_engine(s: &Setup, args: &Args, block: u64, batch: u64, iters: u64) -> Res
     })
 }
 
+/// The data file of `--backend file`.
+fn data_file(args: &Args) -> std::path::PathBuf {
+    std::path::Path::new(args.path.as_deref().unwrap_or(".")).join(format!("ringxfer-bench-{}.dat", std::process::id()))
+}
+
+/// The file baseline: the same access pattern with plain `pwrite`/`pread` loops on
+/// the same file, one thread per bench thread.
+fn run_pio(args: &Args, block: u64, batch: u64, iters: u64) -> f64 {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(data_file(args))
+        .expect("the data file");
+    let per_thread = args.max_block * args.max_batch;
+    let barrier = Barrier::new(args.threads);
+    let walls: Vec<Duration> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..args.threads as u64)
+            .map(|t| {
+                let (file, barrier) = (&file, &barrier);
+                scope.spawn(move || {
+                    let mut buf = vec![1u8; (block * batch) as usize];
+                    let base = t * per_thread;
+                    let pass = |buf: &mut [u8]| {
+                        for (i, chunk) in buf.chunks_mut(block as usize).enumerate() {
+                            let offset = base + i as u64 * block;
+                            match args.op {
+                                Op::Write => file.write_all_at(chunk, offset).expect("pwrite"),
+                                Op::Read => file.read_exact_at(chunk, offset).expect("pread"),
+                            }
+                        }
+                    };
+                    for _ in 0..args.warmup_iter.min(iters) {
+                        pass(&mut buf);
+                    }
+                    barrier.wait();
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        pass(&mut buf);
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("pio thread")).collect()
+    });
+    let wall = walls.into_iter().max().unwrap_or_default();
+    (block * batch * iters * args.threads as u64) as f64 / wall.as_secs_f64() / 1e9
+}
+
 /// The same access pattern with plain `copy_nonoverlapping`, on the same threads count.
 fn run_memcpy(args: &Args, block: u64, batch: u64, iters: u64) -> f64 {
     let per_thread = (args.max_block * args.max_batch) as usize;
@@ -483,15 +576,12 @@ fn main() -> ExitCode {
         }
     };
     let op = if args.op == Op::Write { "WRITE" } else { "READ" };
-    let mode = if args.two_process {
-        "two processes"
-    } else {
-        "in-process"
+    let mode = match (args.file, args.two_process) {
+        (true, _) => "file, baseline pread/pwrite on the same file",
+        (false, true) => "local, two processes",
+        (false, false) => "local, in-process",
     };
-    println!(
-        "ringxfer-bench: backend local ({mode}), op {op}, threads {}",
-        args.threads
-    );
+    println!("ringxfer-bench: backend {mode}, op {op}, threads {}", args.threads);
     println!(
         "{:>8} {:>6} {:>7} {:>9} {:>9} {:>19} {:>19} {:>19} {:>10} {:>8}",
         "block",
@@ -502,7 +592,7 @@ fn main() -> ExitCode {
         "prepare avg/p99 us",
         "post avg/p99 us",
         "transfer avg/p99 us",
-        "memcpy GB/s",
+        if args.file { "pio GB/s" } else { "memcpy GB/s" },
         "ratio"
     );
     let mut rows = Vec::new();
@@ -528,7 +618,11 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 }
-                memcpy.push(run_memcpy(&args, block, batch, iters));
+                memcpy.push(if args.file {
+                    run_pio(&args, block, batch, iters)
+                } else {
+                    run_memcpy(&args, block, batch, iters)
+                });
             }
             engine_rows.sort_by(|a, b| a.gbps.total_cmp(&b.gbps));
             memcpy.sort_by(f64::total_cmp);
