@@ -197,6 +197,36 @@ pub enum Error {
         /// The OS message.
         message: String,
     },
+    /// A key-value store is full: remove keys or create it with more blocks.
+    #[error("key-value store full: all {capacity} value blocks are in use")]
+    KvFull {
+        /// The store's fixed capacity.
+        capacity: usize,
+    },
+    /// A key is empty or longer than the store allows.
+    #[error("key of {len} bytes: keys must be 1 to {max} bytes")]
+    KeyTooLong {
+        /// The key's length.
+        len: usize,
+        /// The store's `max_key_len`.
+        max: usize,
+    },
+    /// A value does not fit (in a block on `set`, in the buffer on `get`).
+    #[error("value of {len} bytes does not fit in {max}")]
+    ValueTooLarge {
+        /// The value's length.
+        len: u64,
+        /// The room there is.
+        max: u64,
+    },
+    /// A transfer made on the caller's behalf (by the key-value store) failed.
+    #[error("transfer {handle} failed: {code}")]
+    TransferFailed {
+        /// The transfer (already released).
+        handle: Handle,
+        /// Why it failed.
+        code: crate::ring::FailCode,
+    },
     /// `wait` gave up before the transfer ended; the transfer goes on.
     #[error("timed out waiting for transfer {handle}")]
     Timeout {

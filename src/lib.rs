@@ -16,6 +16,7 @@
 //! - `notify`: the notification inbox and per-sender duplicate table.
 //! - [`backend`]: transports (`local` today).
 //! - [`Engine`]: configuration, control path and hot path, built on all of the above.
+//! - [`KvStore`]: string keys to value blocks in registered files, on the engine.
 //! - [`wire`]: formats that cross between engines (the metadata blob).
 //! - [`Error`]: the one error type, with messages a user can act on.
 //!
@@ -28,6 +29,7 @@
 pub mod backend;
 mod engine;
 mod error;
+mod kv;
 mod mem;
 mod notify;
 mod peer;
@@ -36,6 +38,7 @@ pub mod wire;
 
 pub use engine::{Config, Engine, EngineStats, ListId, MetadataServer, Op, PeerId, fetch_metadata};
 pub use error::{Error, Result};
+pub use kv::{KvConfig, KvStore};
 pub use mem::{Desc, FileOptions, RegionId};
 pub use notify::{Notification, SenderId};
 pub use ring::{CancelResult, FailCode, Handle, Outcome, Released, Status};
