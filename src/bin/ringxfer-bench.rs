@@ -426,6 +426,23 @@ fn run_engine(s: &Setup, args: &Args, block: u64, batch: u64, iters: u64) -> Res
     })
 }
 
+/// Where `fio` is installed, how to run the equivalent job for a comparison.
+fn print_fio_hint(args: &Args) {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("fio").is_file()));
+    if !on_path {
+        return;
+    }
+    let rw = if args.op == Op::Write { "write" } else { "read" };
+    println!(
+        "fio is installed; the same access pattern with it: fio --name=ringxfer --directory={} --rw={rw} \\\n    --bs={} --size={} --numjobs={} --ioengine=psync --invalidate=0 --group_reporting",
+        args.path.as_deref().unwrap_or("."),
+        args.start_block,
+        args.max_block * args.max_batch,
+        args.threads
+    );
+}
+
 /// The data file of `--backend file`.
 fn data_file(args: &Args) -> std::path::PathBuf {
     std::path::Path::new(args.path.as_deref().unwrap_or(".")).join(format!("ringxfer-bench-{}.dat", std::process::id()))
@@ -655,6 +672,9 @@ fn main() -> ExitCode {
     {
         eprintln!("ringxfer-bench: writing {path}: {e}");
         return ExitCode::FAILURE;
+    }
+    if args.file {
+        print_fio_hint(&args);
     }
     let st = s.initiator.stats();
     println!(
