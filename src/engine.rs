@@ -427,7 +427,26 @@ impl Engine {
     /// Move bytes to and from it with transfers to [`Engine::local_peer`], descriptors
     /// addressing it by (region, offset in the file, length).
     pub fn register_file(&self, path: impl AsRef<std::path::Path>, options: FileOptions) -> Result<RegionId> {
-        self.core.shared.registry.register_file(path.as_ref(), &options)
+        self.core.shared.registry.register_file(path.as_ref(), &options, false)
+    }
+
+    /// As [`register_file`](Engine::register_file), but the file is also mapped
+    /// (shared), and transfers copy to and from the mapping instead of calling
+    /// `pread`/`pwrite`: repeated reads of cached data skip a system call each. It is
+    /// slower for data not yet in the page cache (a page fault per 4 KiB instead of one
+    /// large read) and for one-off writes. Measure with `ringxfer-bench --backend file
+    /// --mapped`.
+    ///
+    /// # Safety
+    /// Nothing may truncate the file below the registered length while it is
+    /// registered: touching a mapped page past the end of a file raises SIGBUS, which
+    /// ends the process.
+    pub unsafe fn register_file_mapped(
+        &self,
+        path: impl AsRef<std::path::Path>,
+        options: FileOptions,
+    ) -> Result<RegionId> {
+        self.core.shared.registry.register_file(path.as_ref(), &options, true)
     }
 
     /// The peer id of this engine itself ([`PeerId::SELF`]), for transfers between its

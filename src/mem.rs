@@ -112,6 +112,8 @@ struct Region {
     /// A registered file: its descriptor, owned here and closed when the region goes,
     /// and whether writes to it are made durable (`fdatasync`) before they complete.
     file: Option<(std::fs::File, bool)>,
+    /// A mapped file's mapping (`addr` is its start), unmapped when the region goes.
+    _map: Option<memmap2::MmapRaw>,
 }
 
 struct Entry {
@@ -194,6 +196,7 @@ fn resolve(table: &Table, desc: &Desc) -> Result<Resolved> {
         entry: desc.region.index() as u32,
         fd: region.file.as_ref().map(|(f, _)| std::os::fd::AsRawFd::as_raw_fd(f)),
         sync: region.file.as_ref().is_some_and(|(_, sync)| *sync),
+        mapped: region._map.is_some(),
     })
 }
 
@@ -208,6 +211,8 @@ pub(crate) struct Resolved {
     pub fd: Option<i32>,
     /// Whether writes to this file are made durable before they complete.
     pub sync: bool,
+    /// A mapped file: `addr` is the address of the bytes in the mapping.
+    pub mapped: bool,
 }
 
 impl Registry {
@@ -260,6 +265,7 @@ impl Registry {
                 kind,
                 segment: None,
                 file: None,
+                _map: None,
             })
         })
     }
@@ -280,12 +286,18 @@ impl Registry {
                 kind: MemKind::Dram,
                 segment: Some(segment),
                 file: None,
+                _map: None,
             })
         })
     }
 
     /// Opens a file once and registers it (see [`FileOptions`]).
-    pub(crate) fn register_file(&self, path: &std::path::Path, options: &FileOptions) -> Result<RegionId> {
+    pub(crate) fn register_file(
+        &self,
+        path: &std::path::Path,
+        options: &FileOptions,
+        mapped: bool,
+    ) -> Result<RegionId> {
         use std::os::unix::fs::FileTypeExt;
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -321,13 +333,23 @@ impl Registry {
                 reason: "an empty file cannot be registered (give a length)",
             });
         }
+        let map = if mapped {
+            let map = memmap2::MmapOptions::new()
+                .len(len as usize)
+                .map_raw(&file)
+                .map_err(|e| Error::io("mapping a registered file", &e))?;
+            Some(map)
+        } else {
+            None
+        };
         self.insert(|_| {
             Ok(Region {
-                addr: 0,
+                addr: map.as_ref().map_or(0, |m| m.as_mut_ptr() as usize),
                 len,
                 kind: MemKind::File,
                 segment: None,
                 file: Some((file, options.sync)),
+                _map: map,
             })
         })
     }

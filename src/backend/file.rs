@@ -126,11 +126,18 @@ pub(crate) fn run(op: Op, local: &[Resolved], remote: &[Resolved]) -> Outcome {
             Op::Write => (l, r),
             Op::Read => (r, l),
         };
-        let result = match (src.fd, dst.fd) {
-            // SAFETY: both ranges are pinned registrations (memory regions) of `len` bytes.
+        // A mapped file is memory to copy to or from (its writes then synced if asked).
+        let fd = |r: &Resolved| if r.mapped { None } else { r.fd };
+        let result = match (fd(src), fd(dst)) {
+            // SAFETY: both ranges are pinned registrations of `len` bytes: memory, or
+            // a mapped file's mapping (which lives as long as the registration).
             (None, None) => unsafe {
                 std::ptr::copy(src.addr as *const u8, dst.addr as *mut u8, src.len);
-                Ok(())
+                match dst.fd {
+                    // SAFETY: a pinned file registration's descriptor.
+                    Some(f) if dst.sync && libc::fdatasync(f) != 0 => Err(errno()),
+                    _ => Ok(()),
+                }
             },
             (None, Some(fd)) => write_all(fd, src.addr, src.len, dst.addr as u64, dst.sync),
             (Some(fd), None) => read_all(fd, dst.addr, dst.len, src.addr as u64),

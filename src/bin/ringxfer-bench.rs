@@ -30,6 +30,8 @@ OPTIONS:
   --backend local|file       transport (default local); `file` moves blocks between
                              memory and a file, against a pread/pwrite baseline
   --path DIR                 with --backend file: the directory for the data file
+  --mapped                   with --backend file: register the file mapped (memcpy to
+                             and from the mapping instead of pread/pwrite)
   --op write|read            direction, initiator's view (default write)
   --start-block-size SIZE    first block size (default 4K; K, M, G suffixes)
   --max-block-size SIZE      last block size, doubling (default 64M)
@@ -61,6 +63,8 @@ struct Args {
     /// `--backend file`: transfers between memory and a file in `path`.
     file: bool,
     path: Option<String>,
+    /// `--mapped`: register the data file mapped.
+    mapped: bool,
     serve_target: Option<u64>,
     json: Option<String>,
 }
@@ -95,6 +99,7 @@ fn parse_args() -> Result<Args, String> {
         two_process: false,
         file: false,
         path: None,
+        mapped: false,
         serve_target: None,
         json: None,
     };
@@ -116,6 +121,7 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             Long("path") => a.path = Some(value(&mut parser)?),
+            Long("mapped") => a.mapped = true,
             Long("op") => {
                 a.op = match value(&mut parser)?.to_ascii_lowercase().as_str() {
                     "write" => Op::Write,
@@ -149,6 +155,9 @@ fn parse_args() -> Result<Args, String> {
     }
     if a.file && a.two_process {
         return Err("--two-process goes with --backend local".into());
+    }
+    if a.mapped && !a.file {
+        return Err("--mapped goes with --backend file".into());
     }
     if a.file && a.path.is_none() {
         return Err("--backend file needs --path DIR".into());
@@ -594,6 +603,7 @@ fn main() -> ExitCode {
     };
     let op = if args.op == Op::Write { "WRITE" } else { "READ" };
     let mode = match (args.file, args.two_process) {
+        (true, _) if args.mapped => "file (mapped), baseline pread/pwrite on the same file",
         (true, _) => "file, baseline pread/pwrite on the same file",
         (false, true) => "local, two processes",
         (false, false) => "local, in-process",
