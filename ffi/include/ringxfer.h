@@ -48,6 +48,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// `rx_register_file` flag: open for writing too (else a write transfer fails EBADF).
+#define RX_FILE_WRITABLE 1
+
+// `rx_register_file` flag: create the file if missing (with `RX_FILE_WRITABLE`).
+#define RX_FILE_CREATE 2
+
+// `rx_register_file` flag: `fdatasync` every write before it completes.
+#define RX_FILE_SYNC 4
+
+// The peer id of the engine itself, for transfers between its own registrations
+// (memory to and from registered files).
+#define RX_PEER_SELF UINT32_MAX
+
 // The result of every fallible `rx_*` function. `RX_OK` (0) is success; every other
 // value names a failure, and `rx_status_str` describes it. The calling thread's last
 // failure is described in detail by `rx_last_error`.
@@ -306,6 +319,8 @@ typedef struct {
   uint64_t peers;
   // Prepared lists alive.
   uint64_t prepared_lists;
+  // File descriptors held by file registrations.
+  uint64_t open_files;
   // Notifications waiting in this engine's inbox.
   uint64_t notifications_queued;
   // Notifications popped.
@@ -354,6 +369,17 @@ rx_status rx_alloc_region(const rx_engine *engine, size_t len, uint64_t *out_reg
 // not be touched while a transfer may use them, until `rx_deregister` succeeds or the
 // engine is freed.
 rx_status rx_register_dram(const rx_engine *engine, void *addr, size_t len, uint64_t *out_region);
+
+// Opens the file at `path` (NUL-terminated) once and registers it; `flags` is a
+// combination of `RX_FILE_*`, `len` the length to register (0: the file's size; a
+// shorter writable file is extended). The descriptor belongs to the registration and
+// is closed by `rx_deregister` or `rx_engine_free`, never per transfer. Move bytes
+// with transfers to `RX_PEER_SELF`, run by the engine's I/O workers.
+rx_status rx_register_file(const rx_engine *engine,
+                           const char *path,
+                           uint32_t flags,
+                           uint64_t len,
+                           uint64_t *out_region);
 
 // Removes a registration. `RX_BUSY` while a transfer not yet released uses it.
 rx_status rx_deregister(const rx_engine *engine, uint64_t region);

@@ -203,6 +203,8 @@ pub struct rx_stats {
     pub peers: u64,
     /// Prepared lists alive.
     pub prepared_lists: u64,
+    /// File descriptors held by file registrations.
+    pub open_files: u64,
     /// Notifications waiting in this engine's inbox.
     pub notifications_queued: u64,
     /// Notifications popped.
@@ -553,6 +555,57 @@ pub unsafe extern "C" fn rx_register_dram(
         }
         // SAFETY: the caller's contract above is `Engine::register_dram`'s.
         let id = rx!(unsafe { e.register_dram(addr.cast::<u8>(), len) });
+        // SAFETY: checked non-NULL.
+        unsafe { put(out_region, id.to_raw()) }
+    })
+}
+
+/// `rx_register_file` flag: open for writing too (else a write transfer fails EBADF).
+pub const RX_FILE_WRITABLE: u32 = 1;
+/// `rx_register_file` flag: create the file if missing (with `RX_FILE_WRITABLE`).
+pub const RX_FILE_CREATE: u32 = 2;
+/// `rx_register_file` flag: `fdatasync` every write before it completes.
+pub const RX_FILE_SYNC: u32 = 4;
+/// The peer id of the engine itself, for transfers between its own registrations
+/// (memory to and from registered files).
+pub const RX_PEER_SELF: u32 = u32::MAX;
+
+/// Opens the file at `path` (NUL-terminated) once and registers it; `flags` is a
+/// combination of `RX_FILE_*`, `len` the length to register (0: the file's size; a
+/// shorter writable file is extended). The descriptor belongs to the registration and
+/// is closed by `rx_deregister` or `rx_engine_free`, never per transfer. Move bytes
+/// with transfers to `RX_PEER_SELF`, run by the engine's I/O workers.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rx_register_file(
+    engine: *const rx_engine,
+    path: *const c_char,
+    flags: u32,
+    len: u64,
+    out_region: *mut u64,
+) -> rx_status {
+    guard(|| {
+        tri!(need(out_region));
+        // SAFETY: see `engine`.
+        let e = tri!(unsafe { self::engine(engine) });
+        if path.is_null() {
+            return invalid("path is NULL");
+        }
+        if flags & !(RX_FILE_WRITABLE | RX_FILE_CREATE | RX_FILE_SYNC) != 0 {
+            return invalid("unknown RX_FILE_* flag");
+        }
+        // SAFETY: the caller promises a NUL-terminated string.
+        let path = tri!(
+            unsafe { CStr::from_ptr(path) }
+                .to_str()
+                .map_err(|_| invalid("path is not UTF-8"))
+        );
+        let options = ringxfer::FileOptions {
+            writable: flags & RX_FILE_WRITABLE != 0,
+            create: flags & RX_FILE_CREATE != 0,
+            len: (len != 0).then_some(len),
+            sync: flags & RX_FILE_SYNC != 0,
+        };
+        let id = rx!(e.register_file(path, options));
         // SAFETY: checked non-NULL.
         unsafe { put(out_region, id.to_raw()) }
     })
@@ -994,6 +1047,7 @@ pub unsafe extern "C" fn rx_engine_stats(engine: *const rx_engine, out: *mut rx_
             pins: s.pins,
             peers: s.peers as u64,
             prepared_lists: s.prepared_lists as u64,
+            open_files: s.open_files as u64,
             notifications_queued: s.notifications_queued as u64,
             notifications_delivered: s.notifications_delivered,
             notifications_stale: s.notifications_stale,

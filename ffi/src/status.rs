@@ -138,6 +138,8 @@ impl From<&Error> for rx_status {
             Error::PeerLost { .. } => rx_status::RX_PEER_LOST,
             Error::Io { .. } => rx_status::RX_IO,
             Error::Timeout { .. } => rx_status::RX_TIMEOUT,
+            Error::KvFull { .. } => rx_status::RX_REGISTRY_FULL,
+            Error::KeyTooLong { .. } | Error::ValueTooLarge { .. } => rx_status::RX_INVALID_ARGUMENT,
             _ => rx_status::RX_UNSUPPORTED,
         }
     }

@@ -146,6 +146,12 @@ int main(void) {
   expect("last_error_zero_cap", rx_last_error(msg, 0, &msg_len), RX_INVALID_ARGUMENT);
   still_usable("other_errors");
 
+  expect("file_null_path", rx_register_file(a, NULL, 0, 0, &region), RX_INVALID_ARGUMENT);
+  expect("file_bad_flags", rx_register_file(a, "/tmp/x", 64, 0, &region), RX_INVALID_ARGUMENT);
+  expect("file_missing", rx_register_file(a, "/nonexistent/ringxfer/file", 0, 0, &region), RX_IO);
+  expect("file_directory", rx_register_file(a, "/tmp", 0, 0, &region), RX_INVALID_DESCRIPTOR);
+  still_usable("bad_file_registrations");
+
   rx_config bad;
   rx_config_default(&bad);
   bad.capacity = 3;

@@ -1,5 +1,6 @@
 /* Two engines in one process: metadata exchange, a batch write with a notification,
  * a read back, a prepared list, a standalone notification, and the ledger at 0. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,10 +120,31 @@ int main(void) {
   EXPECT(again == peer);
   rx_metadata_server_free(server);
 
+  /* A file, registered once: memory -> file -> memory through the engine itself. */
+  char path[128];
+  snprintf(path, sizeof path, "/tmp/ringxfer-c-file-%ld.bin", (long)rx_version() ^ (long)(uintptr_t)&path);
+  uint64_t file;
+  CHECK(rx_register_file(a, path, RX_FILE_WRITABLE | RX_FILE_CREATE, 1 << 20, &file));
+  rx_desc mem = {src, 0, BLOCK}, in_file = {file, 12345, BLOCK}, mem_back = {back, 0, BLOCK};
+  CHECK(rx_prepare(a, RX_OP_WRITE, &mem, 1, RX_PEER_SELF, &in_file, 1, NULL, 0, &h));
+  CHECK(rx_post(a, h));
+  CHECK(rx_wait(a, h, 5000000, &st));
+  EXPECT(st.state == RX_XFER_DONE);
+  CHECK(rx_release(a, h));
+  CHECK(rx_prepare(a, RX_OP_READ, &mem_back, 1, RX_PEER_SELF, &in_file, 1, NULL, 0, &h));
+  CHECK(rx_post(a, h));
+  CHECK(rx_wait(a, h, 5000000, &st));
+  EXPECT(st.state == RX_XFER_DONE);
+  CHECK(rx_release(a, h));
+  CHECK(rx_read_region(a, back, 0, out, BLOCK));
+  EXPECT(memcmp(out, pattern, BLOCK) == 0);
+  CHECK(rx_deregister(a, file));
+  remove(path);
+
   rx_stats stats;
   CHECK(rx_engine_stats(a, &stats));
   EXPECT(stats.live == 0 && stats.pins == 0 && stats.acquired == stats.freed);
-  EXPECT(stats.done == 103);
+  EXPECT(stats.done == 105 && stats.open_files == 0);
   printf("transfer.c: %llu transfers done, live %llu\n", (unsigned long long)stats.done,
          (unsigned long long)stats.live);
   rx_engine_free(a);
