@@ -235,6 +235,9 @@ fn config(name: &str, args: &Args) -> Config {
         name: name.into(),
         capacity: 1024,
         max_descs_per_xfer: args.max_batch as usize,
+        // One I/O worker per posting thread: more would only compete for the cores
+        // the posting threads and the baseline run on.
+        file_workers: args.threads,
         ..Config::default()
     }
 }
