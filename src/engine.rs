@@ -376,15 +376,23 @@ impl Engine {
             shared,
             files: FileQueue::new(capacity),
         });
-        let workers = (0..config.file_workers)
-            .map(|i| {
-                let core = Arc::clone(&core);
-                std::thread::Builder::new()
-                    .name(format!("ringxfer-io-{i}"))
-                    .spawn(move || core.work())
-                    .map_err(|e| Error::io("starting a file I/O worker", &e))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let mut workers = Vec::with_capacity(config.file_workers);
+        for i in 0..config.file_workers {
+            let worker_core = Arc::clone(&core);
+            match std::thread::Builder::new()
+                .name(format!("ringxfer-io-{i}"))
+                .spawn(move || worker_core.work())
+            {
+                Ok(worker) => workers.push(worker),
+                Err(e) => {
+                    // Undo: stop the workers already started, leave the directory.
+                    core.files.shut_down();
+                    workers.into_iter().for_each(|w| drop(w.join()));
+                    local::withdraw(engine_id);
+                    return Err(Error::io("starting a file I/O worker", &e));
+                }
+            }
+        }
         Ok(Engine {
             peers: RwLock::new(Vec::with_capacity(config.max_peers)),
             lists: RwLock::new(lists),
@@ -436,6 +444,10 @@ impl Engine {
     /// slower for data not yet in the page cache (a page fault per 4 KiB instead of one
     /// large read) and for one-off writes. Measure with `ringxfer-bench --backend file
     /// --mapped`.
+    ///
+    /// Only regular files are mapped; a writable one has its blocks allocated first
+    /// (`posix_fallocate`), so a full filesystem is an error here rather than a fault
+    /// later; a read-only one is mapped read-only and a WRITE into it fails `EBADF`.
     ///
     /// # Safety
     /// Nothing may truncate the file below the registered length while it is

@@ -126,6 +126,12 @@ impl<'e> KvStore<'e> {
         if config.files == 0 || config.blocks_per_file == 0 || config.block_size == 0 {
             return bad("kv", "files, blocks_per_file and block_size must be positive");
         }
+        if engine.config().file_workers == 0 {
+            return bad(
+                "file_workers",
+                "is 0: the key-value store needs the engine's I/O workers",
+            );
+        }
         if config.max_key_len == 0 || config.max_key_len > 1024 {
             return bad("kv.max_key_len", "must be 1 to 1024");
         }
@@ -191,29 +197,39 @@ impl<'e> KvStore<'e> {
     }
 
     /// One transfer to the engine itself, waited for.
+    /// One transfer to the engine itself, waited for until it has ended: a value
+    /// transfer is never left running behind the caller's back (it would write the
+    /// caller's buffer, or a block, after the call returned).
     fn transfer(&self, op: Op, memory: Desc, block: Desc) -> Result<()> {
         let e = self.engine;
         let h = e.prepare(op, &[memory], e.local_peer(), &[block], None)?;
         if let Err(err) = e.post(h) {
-            e.release(h)?;
+            let _ = e.release(h);
             return Err(err);
         }
-        let status = match e.wait(h, self.timeout) {
-            Ok(status) => status,
-            Err(err) => {
-                // Released while in flight: its completion frees the slot.
-                e.release(h)?;
-                return Err(err);
+        let mut timed_out = false;
+        let status = loop {
+            match e.wait(h, self.timeout) {
+                Ok(status) => break status,
+                Err(Error::Timeout { .. }) if !timed_out => {
+                    // Ask the worker to drop it if it has not started; either way wait
+                    // for its end (a started pread/pwrite is bounded).
+                    timed_out = true;
+                    let _ = e.cancel(h);
+                }
+                Err(Error::Timeout { .. }) => {}
+                Err(err) => {
+                    let _ = e.release(h);
+                    return Err(err);
+                }
             }
         };
         e.release(h)?;
         match status {
-            Status::Done => Ok(()),
+            Status::Done if !timed_out => Ok(()),
+            Status::Done | Status::Cancelled => Err(Error::Timeout { handle: h }),
             Status::Failed(code) => Err(Error::TransferFailed { handle: h, code }),
-            _ => Err(Error::TransferFailed {
-                handle: h,
-                code: crate::ring::FailCode::TRANSPORT,
-            }),
+            Status::Reserved | Status::Posted => unreachable!("wait returns terminal states only"),
         }
     }
 
@@ -238,16 +254,11 @@ impl<'e> KvStore<'e> {
             let capacity = index.key_lens.len();
             index.free.pop().ok_or(Error::KvFull { capacity })?
         };
-        match self.transfer(Op::Write, value, self.place(block, value.len)) {
-            Ok(()) => {}
-            // Still in flight: the block cannot be reused until the write ends, and
-            // nothing tracks that end here, so it stays out of service (counted as
-            // used capacity) rather than risk two writers in one block.
-            Err(e @ Error::Timeout { .. }) => return Err(e),
-            Err(e) => {
-                self.lock().free.push(block);
-                return Err(e);
-            }
+        // `transfer` returns only once the write has ended, so the block is free to
+        // reuse on any failure.
+        if let Err(e) = self.transfer(Op::Write, value, self.place(block, value.len)) {
+            self.lock().free.push(block);
+            return Err(e);
         }
         let mut index = self.lock();
         let h = hash(key);
@@ -316,6 +327,16 @@ impl<'e> KvStore<'e> {
         };
         let block = index.buckets[i].block;
         index.buckets[i].state = TOMBSTONE;
+        // A run of tombstones that ends at an empty bucket can be empty itself: no
+        // probe for a present key passes through it. Keeps lookups short under churn.
+        let mask = index.buckets.len() - 1;
+        if index.buckets[(i + 1) & mask].state == EMPTY {
+            let mut j = i;
+            while index.buckets[j].state == TOMBSTONE {
+                index.buckets[j].state = EMPTY;
+                j = j.wrapping_sub(1) & mask;
+            }
+        }
         index.len -= 1;
         index.drop_block(block);
         true

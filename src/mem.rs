@@ -114,6 +114,8 @@ struct Region {
     file: Option<(std::fs::File, bool)>,
     /// A mapped file's mapping (`addr` is its start), unmapped when the region goes.
     _map: Option<memmap2::MmapRaw>,
+    /// False for a file registered read-only.
+    writable: bool,
 }
 
 struct Entry {
@@ -197,6 +199,7 @@ fn resolve(table: &Table, desc: &Desc) -> Result<Resolved> {
         fd: region.file.as_ref().map(|(f, _)| std::os::fd::AsRawFd::as_raw_fd(f)),
         sync: region.file.as_ref().is_some_and(|(_, sync)| *sync),
         mapped: region._map.is_some(),
+        writable: region.writable,
     })
 }
 
@@ -213,6 +216,8 @@ pub(crate) struct Resolved {
     pub sync: bool,
     /// A mapped file: `addr` is the address of the bytes in the mapping.
     pub mapped: bool,
+    /// Whether the region may be written (a file registered read-only may not).
+    pub writable: bool,
 }
 
 impl Registry {
@@ -266,6 +271,7 @@ impl Registry {
                 segment: None,
                 file: None,
                 _map: None,
+                writable: true,
             })
         })
     }
@@ -287,6 +293,7 @@ impl Registry {
                 segment: Some(segment),
                 file: None,
                 _map: None,
+                writable: true,
             })
         })
     }
@@ -334,10 +341,29 @@ impl Registry {
             });
         }
         let map = if mapped {
-            let map = memmap2::MmapOptions::new()
-                .len(len as usize)
-                .map_raw(&file)
-                .map_err(|e| Error::io("mapping a registered file", &e))?;
+            if !meta.is_file() {
+                return Err(Error::InvalidDescriptor {
+                    reason: "mapped mode needs a regular file",
+                });
+            }
+            let mut map_options = memmap2::MmapOptions::new();
+            map_options.len(len as usize);
+            let map = if options.writable {
+                // Allocate the blocks now: a write into a hole of a mapping on a full
+                // filesystem would raise SIGBUS; here it fails with ENOSPC instead.
+                // SAFETY: a valid descriptor and an in-range length.
+                let r = unsafe { libc::posix_fallocate(std::os::fd::AsRawFd::as_raw_fd(&file), 0, len as libc::off_t) };
+                if r != 0 {
+                    return Err(Error::io(
+                        "allocating a mapped file's blocks",
+                        &std::io::Error::from_raw_os_error(r),
+                    ));
+                }
+                map_options.map_raw(&file)
+            } else {
+                map_options.map_raw_read_only(&file)
+            }
+            .map_err(|e| Error::io("mapping a registered file", &e))?;
             Some(map)
         } else {
             None
@@ -350,6 +376,7 @@ impl Registry {
                 segment: None,
                 file: Some((file, options.sync)),
                 _map: map,
+                writable: options.writable,
             })
         })
     }

@@ -483,6 +483,27 @@ fn mapped_files_move_the_same_bytes() {
         let on_disk = std::fs::read(dir.path("kv.bin")).unwrap();
         assert!(on_disk[offset as usize..][..len] == data[..]);
     }
+    // Read-only and mapped: reads work, a write fails like a pwrite would (EBADF).
+    // SAFETY: as above.
+    let ro = unsafe { e.register_file_mapped(dir.path("kv.bin"), FileOptions::default()) }.unwrap();
+    assert_eq!(
+        move_bytes(&e, Op::Read, &[Desc::new(back, 0, 4096)], &[Desc::new(ro, 0, 4096)]),
+        Status::Done
+    );
+    let ebadf = ringxfer::FailCode::new(ringxfer::ring::FailSource::Errno, 9);
+    assert_eq!(
+        move_bytes(&e, Op::Write, &[Desc::new(mem, 0, 4096)], &[Desc::new(ro, 0, 4096)]),
+        Status::Failed(ebadf)
+    );
+    // Devices are not mapped.
+    let device = FileOptions {
+        len: Some(4096),
+        ..Default::default()
+    };
+    // SAFETY: refused before anything is mapped.
+    let refused = unsafe { e.register_file_mapped("/dev/zero", device) };
+    assert!(matches!(refused, Err(Error::InvalidDescriptor { .. })));
+    e.deregister(ro).unwrap();
     let s = e.stats();
     assert_eq!((s.ring.live, s.pins, s.open_files), (0, 0, 1));
     e.deregister(file).unwrap();

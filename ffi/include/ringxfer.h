@@ -188,7 +188,8 @@ enum rx_fail_source
   : uint32_t
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
  {
-  // The engine: 1 deadline expired, 2 peer lost, 3 shut down, 4 transport error.
+  // The engine: 1 deadline expired, 2 peer lost, 3 shut down, 4 transport error,
+  // 5 the peer deregistered the region, 6 end of file.
   RX_FAIL_ENGINE = 0,
   // A POSIX errno.
   RX_FAIL_ERRNO = 1,
@@ -254,6 +255,8 @@ typedef struct {
   uint32_t max_prepared_lists;
   // Notifications queued per sender: a power of two, 1–2^20.
   uint32_t inbox_capacity;
+  // I/O worker threads for file transfers, 0–64 (0 disables them).
+  uint32_t file_workers;
 } rx_config;
 
 // One contiguous piece of a region: `len` bytes at `offset`. Same layout as the Rust

@@ -68,6 +68,8 @@ pub struct rx_config {
     pub max_prepared_lists: u32,
     /// Notifications queued per sender: a power of two, 1–2^20.
     pub inbox_capacity: u32,
+    /// I/O worker threads for file transfers, 0–64 (0 disables them).
+    pub file_workers: u32,
 }
 
 /// One contiguous piece of a region: `len` bytes at `offset`. Same layout as the Rust
@@ -121,7 +123,8 @@ pub enum rx_xfer_state {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum rx_fail_source {
-    /// The engine: 1 deadline expired, 2 peer lost, 3 shut down, 4 transport error.
+    /// The engine: 1 deadline expired, 2 peer lost, 3 shut down, 4 transport error,
+    /// 5 the peer deregistered the region, 6 end of file.
     RX_FAIL_ENGINE = 0,
     /// A POSIX errno.
     RX_FAIL_ERRNO = 1,
@@ -472,6 +475,7 @@ pub unsafe extern "C" fn rx_config_default(out: *mut rx_config) -> rx_status {
             max_notif_bytes: d.max_notif_bytes as u32,
             max_prepared_lists: d.max_prepared_lists as u32,
             inbox_capacity: d.inbox_capacity as u32,
+            file_workers: d.file_workers as u32,
         };
         // SAFETY: the caller promises a writable rx_config (NULL is refused).
         unsafe { put(out, c) }
@@ -499,6 +503,7 @@ pub unsafe extern "C" fn rx_engine_new(config: *const rx_config, out: *mut *mut 
             c.max_notif_bytes = cfg.max_notif_bytes as usize;
             c.max_prepared_lists = cfg.max_prepared_lists as usize;
             c.inbox_capacity = cfg.inbox_capacity as usize;
+            c.file_workers = cfg.file_workers as usize;
         }
         let engine = rx!(Engine::new(c));
         let ptr = Box::into_raw(Box::new(engine)).cast::<rx_engine>();

@@ -126,6 +126,11 @@ pub(crate) fn run(op: Op, local: &[Resolved], remote: &[Resolved]) -> Outcome {
             Op::Write => (l, r),
             Op::Read => (r, l),
         };
+        // A read-only mapping must not be written (it would fault): the same EBADF a
+        // pwrite into a read-only descriptor gives.
+        if dst.mapped && !dst.writable {
+            return Outcome::Failed(FailCode::new(FailSource::Errno, libc::EBADF as u32));
+        }
         // A mapped file is memory to copy to or from (its writes then synced if asked).
         let fd = |r: &Resolved| if r.mapped { None } else { r.fd };
         let result = match (fd(src), fd(dst)) {
