@@ -916,6 +916,22 @@ impl Engine {
         self.core.shared.inbox.pop(buf)
     }
 
+    /// Checks that the engine holds nothing for transfers: no slot held (reserved,
+    /// in flight, or ended but not released), no region pinned by a transfer. Prepared
+    /// lists hold pins of their own and count as holding until released. The error
+    /// names what is still held; registrations (the caller's to keep) are not counted.
+    pub fn check_quiescent(&self) -> Result<()> {
+        let s = self.stats();
+        if s.ring.live == 0 && s.pins == 0 && s.prepared_lists == 0 && s.ring.acquired == s.ring.freed {
+            return Ok(());
+        }
+        Err(Error::NotQuiescent {
+            live_slots: s.ring.live,
+            pins: s.pins,
+            prepared_lists: s.prepared_lists,
+        })
+    }
+
     /// Counters and the resource ledger.
     pub fn stats(&self) -> EngineStats {
         let (registrations, pins, open_files) = self.core.shared.registry.counts();

@@ -227,6 +227,18 @@ pub enum Error {
         /// Why it failed.
         code: crate::ring::FailCode,
     },
+    /// [`Engine::check_quiescent`](crate::Engine::check_quiescent): something is held.
+    #[error(
+        "not quiescent: {live_slots} transfer slot(s) held, {pins} region pin(s), {prepared_lists} prepared list(s)"
+    )]
+    NotQuiescent {
+        /// Slots not yet released (reserved, in flight, or ended).
+        live_slots: usize,
+        /// Region pins held by transfers and prepared lists.
+        pins: u64,
+        /// Prepared lists not yet released.
+        prepared_lists: usize,
+    },
     /// `wait` gave up before the transfer ended; the transfer goes on.
     #[error("timed out waiting for transfer {handle}")]
     Timeout {
