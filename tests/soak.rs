@@ -120,7 +120,7 @@ fn soak(threads: u64, per_thread: u64, seed: u64) {
                             _ => (peer, [Desc::new(stable, base + off, len)]),
                         };
                         let op = if r & 16 == 0 { Op::Write } else { Op::Read };
-                        let note: Option<&[u8]> = (target == peer && r % 5 == 0).then_some(b"soak");
+                        let note: Option<&[u8]> = (target == peer && r.is_multiple_of(5)).then_some(b"soak");
                         let h = match a.prepare(op, &local, target, &remote, note) {
                             Ok(h) => h,
                             // Stale metadata for the flaky region, or a full ring.
