@@ -160,28 +160,17 @@ fn errno() -> FailCode {
     FailCode::new(FailSource::Errno, e as u32)
 }
 
+/// Which way a file system call moves bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    ToFile,
+    FromFile,
+}
+
 /// `pwrite` until all `len` bytes from memory at `addr` are in the file at `offset`.
 fn write_all(fd: i32, addr: usize, len: usize, offset: u64, sync: bool) -> Result<(), FailCode> {
-    let mut done = 0;
-    while done < len {
-        // SAFETY: [addr, addr + len) is a pinned memory registration; the fd is a
-        // pinned file registration's, open until it is deregistered.
-        let n = unsafe {
-            libc::pwrite(
-                fd,
-                (addr + done) as *const libc::c_void,
-                len - done,
-                (offset + done as u64) as libc::off_t,
-            )
-        };
-        match n {
-            n if n > 0 => done += n as usize,
-            0 => return Err(FailCode::new(FailSource::Errno, libc::EIO as u32)),
-            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
-            _ => return Err(errno()),
-        }
-    }
-    // SAFETY: as above.
+    all(Direction::ToFile, fd, addr, len, offset)?;
+    // SAFETY: a pinned file registration's descriptor, open until it is deregistered.
     if sync && unsafe { libc::fdatasync(fd) } != 0 {
         return Err(errno());
     }
@@ -190,20 +179,28 @@ fn write_all(fd: i32, addr: usize, len: usize, offset: u64, sync: bool) -> Resul
 
 /// `pread` until all `len` bytes of the file at `offset` are in memory at `addr`.
 fn read_all(fd: i32, addr: usize, len: usize, offset: u64) -> Result<(), FailCode> {
+    all(Direction::FromFile, fd, addr, len, offset)
+}
+
+/// Repeats `pwrite`/`pread` until `len` bytes moved: short transfers are continued,
+/// EINTR retried; a read that reaches the end of the file is `END_OF_FILE`.
+fn all(direction: Direction, fd: i32, addr: usize, len: usize, offset: u64) -> Result<(), FailCode> {
     let mut done = 0;
     while done < len {
-        // SAFETY: as in `write_all`, with the memory written instead of read.
+        let (buf, rest, at) = (addr + done, len - done, (offset + done as u64) as libc::off_t);
+        // SAFETY: [addr, addr + len) is a pinned memory registration (or a pinned
+        // mapping), written only for a read; the fd is a pinned file registration's,
+        // open until it is deregistered.
         let n = unsafe {
-            libc::pread(
-                fd,
-                (addr + done) as *mut libc::c_void,
-                len - done,
-                (offset + done as u64) as libc::off_t,
-            )
+            match direction {
+                Direction::ToFile => libc::pwrite(fd, buf as *const libc::c_void, rest, at),
+                Direction::FromFile => libc::pread(fd, buf as *mut libc::c_void, rest, at),
+            }
         };
         match n {
             n if n > 0 => done += n as usize,
-            0 => return Err(FailCode::END_OF_FILE),
+            0 if direction == Direction::FromFile => return Err(FailCode::END_OF_FILE),
+            0 => return Err(FailCode::new(FailSource::Errno, libc::EIO as u32)),
             _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
             _ => return Err(errno()),
         }
