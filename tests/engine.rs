@@ -22,6 +22,34 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// Two engines, a region in each, the second loaded as the first's peer.
+fn connected(len: usize) -> (Engine, Engine, RegionId, RegionId, ringxfer::PeerId) {
+    let (a, b) = (engine("a"), engine("b"));
+    let src = a.alloc_region(len).unwrap();
+    let dst = b.alloc_region(len).unwrap();
+    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    (a, b, src, dst, peer)
+}
+
+/// Prepares a WRITE of `len` bytes from the start of `src` to the start of `dst`.
+fn write(
+    a: &Engine,
+    peer: ringxfer::PeerId,
+    src: RegionId,
+    dst: RegionId,
+    len: u64,
+    notif: Option<&[u8]>,
+) -> ringxfer::Handle {
+    a.prepare(
+        Op::Write,
+        &[Desc::new(src, 0, len)],
+        peer,
+        &[Desc::new(dst, 0, len)],
+        notif,
+    )
+    .unwrap()
+}
+
 /// Asserts the engine holds nothing: no live slot, no pin.
 fn assert_quiescent(e: &Engine) {
     let s = e.stats();
@@ -126,20 +154,9 @@ fn notifications_arrive_after_their_writes_and_on_their_own() {
 
 #[test]
 fn ten_times_capacity_transfers_without_notification_do_not_exhaust_anything() {
-    let (a, b) = (engine("a"), engine("b"));
-    let src = a.alloc_region(4096).unwrap();
-    let dst = b.alloc_region(4096).unwrap();
-    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    let (a, b, src, dst, peer) = connected(4096);
     for _ in 0..10 * a.config().capacity {
-        let h = a
-            .prepare(
-                Op::Write,
-                &[Desc::new(src, 0, 4096)],
-                peer,
-                &[Desc::new(dst, 0, 4096)],
-                None,
-            )
-            .unwrap();
+        let h = write(&a, peer, src, dst, 4096, None);
         a.post(h).unwrap();
         a.release(h).unwrap();
     }
@@ -154,15 +171,7 @@ fn a_released_handle_is_stale() {
     let src = a.alloc_region(64).unwrap();
     let dst = b.alloc_region(64).unwrap();
     let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
-    let h = a
-        .prepare(
-            Op::Write,
-            &[Desc::new(src, 0, 64)],
-            peer,
-            &[Desc::new(dst, 0, 64)],
-            None,
-        )
-        .unwrap();
+    let h = write(&a, peer, src, dst, 64, None);
     a.post(h).unwrap();
     a.release(h).unwrap();
     assert_eq!(a.status(h), Err(Error::StaleHandle { handle: h }));
@@ -226,13 +235,8 @@ fn bad_descriptors_are_rejected_at_prepare_with_nothing_held() {
 
 #[test]
 fn deregistering_a_region_in_use_is_busy() {
-    let (a, b) = (engine("a"), engine("b"));
-    let src = a.alloc_region(4096).unwrap();
-    let dst = b.alloc_region(4096).unwrap();
-    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
-    let h = a
-        .prepare(Op::Write, &[Desc::new(src, 0, 8)], peer, &[Desc::new(dst, 0, 8)], None)
-        .unwrap();
+    let (a, _b, src, dst, peer) = connected(4096);
+    let h = write(&a, peer, src, dst, 8, None);
     assert!(matches!(a.deregister(src), Err(Error::Busy { users: 1, .. })));
     a.post(h).unwrap();
     assert!(
@@ -253,19 +257,8 @@ fn deregistering_a_region_in_use_is_busy() {
 
 #[test]
 fn the_peer_deregistering_fails_the_transfer_not_the_process() {
-    let (a, b) = (engine("a"), engine("b"));
-    let src = a.alloc_region(4096).unwrap();
-    let dst = b.alloc_region(4096).unwrap();
-    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
-    let h = a
-        .prepare(
-            Op::Write,
-            &[Desc::new(src, 0, 8)],
-            peer,
-            &[Desc::new(dst, 0, 8)],
-            Some(b"x"),
-        )
-        .unwrap();
+    let (a, b, src, dst, peer) = connected(4096);
+    let h = write(&a, peer, src, dst, 8, Some(b"x"));
     b.deregister(dst).unwrap();
     a.post(h).unwrap();
     assert_eq!(a.wait(h, WAIT).unwrap(), Status::Failed(FailCode::PEER_LOST));
@@ -287,9 +280,7 @@ fn a_dropped_peer_fails_transfers_and_cannot_be_loaded() {
     let dst = b.alloc_region(4096).unwrap();
     let blob = b.local_metadata().unwrap();
     let peer = a.load_peer(&blob).unwrap();
-    let h = a
-        .prepare(Op::Write, &[Desc::new(src, 0, 8)], peer, &[Desc::new(dst, 0, 8)], None)
-        .unwrap();
+    let h = write(&a, peer, src, dst, 8, None);
     drop(b);
     a.post(h).unwrap();
     assert_eq!(a.wait(h, WAIT).unwrap(), Status::Failed(FailCode::PEER_LOST));
@@ -300,19 +291,8 @@ fn a_dropped_peer_fails_transfers_and_cannot_be_loaded() {
 
 #[test]
 fn cancel_before_post_returns_everything() {
-    let (a, b) = (engine("a"), engine("b"));
-    let src = a.alloc_region(4096).unwrap();
-    let dst = b.alloc_region(4096).unwrap();
-    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
-    let h = a
-        .prepare(
-            Op::Write,
-            &[Desc::new(src, 0, 8)],
-            peer,
-            &[Desc::new(dst, 0, 8)],
-            Some(b"n"),
-        )
-        .unwrap();
+    let (a, b, src, dst, peer) = connected(4096);
+    let h = write(&a, peer, src, dst, 8, Some(b"n"));
     assert_eq!(a.cancel(h).unwrap(), CancelResult::Cancelled);
     assert!(a.post(h).is_err(), "a cancelled transfer cannot be posted");
     assert_eq!(a.status(h).unwrap(), Status::Cancelled);

@@ -37,6 +37,25 @@ fn pair(capacity: usize, inbox: usize) -> (Engine, Engine, ringxfer::PeerId, rin
     (a, b, peer, src, dst)
 }
 
+/// Prepares a WRITE of `len` bytes from the start of `src` to the start of `dst`.
+fn write(
+    a: &Engine,
+    peer: ringxfer::PeerId,
+    src: ringxfer::RegionId,
+    dst: ringxfer::RegionId,
+    len: u64,
+    notif: Option<&[u8]>,
+) -> ringxfer::Handle {
+    a.prepare(
+        Op::Write,
+        &[Desc::new(src, 0, len)],
+        peer,
+        &[Desc::new(dst, 0, len)],
+        notif,
+    )
+    .unwrap()
+}
+
 /// NIXL #1722 (1): the libfabric backend's `releaseReqH()` never deleted the
 /// per-transfer request handle. Here a transfer owns no heap object at all: its slot
 /// is preallocated and `release` puts it back, so after 100 × capacity transfers the
@@ -46,15 +65,7 @@ fn nixl_1722_release_frees_the_transfer() {
     let _serial = serial();
     let (a, _b, peer, src, dst) = pair(16, 16);
     for _ in 0..100 * 16 {
-        let h = a
-            .prepare(
-                Op::Write,
-                &[Desc::new(src, 0, 64)],
-                peer,
-                &[Desc::new(dst, 0, 64)],
-                None,
-            )
-            .unwrap();
+        let h = write(&a, peer, src, dst, 64, None);
         a.post(h).unwrap();
         a.release(h).unwrap();
     }
@@ -73,15 +84,7 @@ fn nixl_1722_transfers_without_notification_drain_nothing() {
     let _serial = serial();
     let (a, b, peer, src, dst) = pair(16, 8);
     for _ in 0..10_000 {
-        let h = a
-            .prepare(
-                Op::Write,
-                &[Desc::new(src, 0, 64)],
-                peer,
-                &[Desc::new(dst, 0, 64)],
-                None,
-            )
-            .unwrap();
+        let h = write(&a, peer, src, dst, 64, None);
         a.post(h).unwrap();
         a.release(h).unwrap();
     }
@@ -162,29 +165,13 @@ fn nixl_1722_id_wraparound_never_matches() {
 fn nixl_1722_failed_transfers_return_everything() {
     let _serial = serial();
     let (a, b, peer, src, dst) = pair(16, 4);
-    let h0 = a
-        .prepare(
-            Op::Write,
-            &[Desc::new(src, 0, 64)],
-            peer,
-            &[Desc::new(dst, 0, 64)],
-            Some(b"x"),
-        )
-        .unwrap();
+    let h0 = write(&a, peer, src, dst, 64, Some(b"x"));
     b.deregister(dst).unwrap();
     a.post(h0).unwrap();
     assert_eq!(a.wait(h0, WAIT).unwrap(), Status::Failed(FailCode::PEER_LOST));
     a.release(h0).unwrap();
     for _ in 0..160 {
-        let h = a
-            .prepare(
-                Op::Write,
-                &[Desc::new(src, 0, 64)],
-                peer,
-                &[Desc::new(dst, 0, 64)],
-                Some(b"x"),
-            )
-            .unwrap();
+        let h = write(&a, peer, src, dst, 64, Some(b"x"));
         a.post(h).unwrap();
         assert!(matches!(a.wait(h, WAIT).unwrap(), Status::Failed(_)));
         a.release(h).unwrap();
@@ -205,15 +192,7 @@ fn nixl_1722_failed_transfers_return_everything() {
 fn mooncake_2507_a_failure_is_never_read_as_success() {
     let _serial = serial();
     let (a, b, peer, src, dst) = pair(16, 16);
-    let h = a
-        .prepare(
-            Op::Write,
-            &[Desc::new(src, 0, 64)],
-            peer,
-            &[Desc::new(dst, 0, 64)],
-            None,
-        )
-        .unwrap();
+    let h = write(&a, peer, src, dst, 64, None);
     drop(b);
     a.post(h).unwrap();
     let status = a.wait(h, WAIT).unwrap();
