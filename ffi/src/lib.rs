@@ -393,38 +393,7 @@ pub extern "C" fn rx_version() -> u32 {
 /// get "unknown status"). Never NULL; never free it.
 #[unsafe(no_mangle)]
 pub extern "C" fn rx_status_str(status: u32) -> *const c_char {
-    let all = [
-        S::RX_OK,
-        S::RX_INVALID_ARGUMENT,
-        S::RX_RING_FULL,
-        S::RX_STALE_HANDLE,
-        S::RX_INVALID_HANDLE,
-        S::RX_WRONG_STATE,
-        S::RX_INVALID_CONFIG,
-        S::RX_INVALID_DESCRIPTOR,
-        S::RX_UNKNOWN_REGION,
-        S::RX_OUT_OF_BOUNDS,
-        S::RX_BUSY,
-        S::RX_REGISTRY_FULL,
-        S::RX_OUT_OF_MEMORY,
-        S::RX_LENGTH_MISMATCH,
-        S::RX_TOO_MANY_DESCRIPTORS,
-        S::RX_UNKNOWN_PEER,
-        S::RX_PEER_TABLE_FULL,
-        S::RX_UNKNOWN_LIST,
-        S::RX_LIST_TABLE_FULL,
-        S::RX_NOTIFICATION_TOO_LARGE,
-        S::RX_INBOX_FULL,
-        S::RX_BUFFER_TOO_SMALL,
-        S::RX_METADATA,
-        S::RX_PEER_UNREACHABLE,
-        S::RX_PEER_LOST,
-        S::RX_IO,
-        S::RX_TIMEOUT,
-        S::RX_UNSUPPORTED,
-        S::RX_PANIC,
-    ];
-    match all.iter().find(|s| **s as u32 == status) {
+    match rx_status::ALL.iter().find(|s| **s as u32 == status) {
         Some(s) => s.describe().as_ptr(),
         None => c"unknown status".as_ptr(),
     }

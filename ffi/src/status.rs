@@ -75,6 +75,39 @@ pub enum rx_status {
 }
 
 impl rx_status {
+    /// Every status, for turning a number from C back into one.
+    pub(crate) const ALL: [rx_status; 29] = [
+        rx_status::RX_OK,
+        rx_status::RX_INVALID_ARGUMENT,
+        rx_status::RX_RING_FULL,
+        rx_status::RX_STALE_HANDLE,
+        rx_status::RX_INVALID_HANDLE,
+        rx_status::RX_WRONG_STATE,
+        rx_status::RX_INVALID_CONFIG,
+        rx_status::RX_INVALID_DESCRIPTOR,
+        rx_status::RX_UNKNOWN_REGION,
+        rx_status::RX_OUT_OF_BOUNDS,
+        rx_status::RX_BUSY,
+        rx_status::RX_REGISTRY_FULL,
+        rx_status::RX_OUT_OF_MEMORY,
+        rx_status::RX_LENGTH_MISMATCH,
+        rx_status::RX_TOO_MANY_DESCRIPTORS,
+        rx_status::RX_UNKNOWN_PEER,
+        rx_status::RX_PEER_TABLE_FULL,
+        rx_status::RX_UNKNOWN_LIST,
+        rx_status::RX_LIST_TABLE_FULL,
+        rx_status::RX_NOTIFICATION_TOO_LARGE,
+        rx_status::RX_INBOX_FULL,
+        rx_status::RX_BUFFER_TOO_SMALL,
+        rx_status::RX_METADATA,
+        rx_status::RX_PEER_UNREACHABLE,
+        rx_status::RX_PEER_LOST,
+        rx_status::RX_IO,
+        rx_status::RX_TIMEOUT,
+        rx_status::RX_UNSUPPORTED,
+        rx_status::RX_PANIC,
+    ];
+
     pub(crate) fn describe(self) -> &'static std::ffi::CStr {
         match self {
             rx_status::RX_OK => c"ok",
