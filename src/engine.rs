@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::backend::fabric::{Fabric, FabricConfig, FabricInfo, FabricStats, Sink};
 use crate::backend::file::{self, FileQueue};
 use crate::backend::local::{self, LocalInfo};
 use crate::error::{Error, Result};
@@ -60,6 +61,10 @@ pub struct Config {
     /// shared-memory segment of about `max_peers × inbox_capacity × (max_notif_bytes
     /// + 24)` bytes (2.3 MB with the defaults).
     pub inbox_capacity: usize,
+    /// The fabric transport (libfabric, loaded at run time): `None` (the default)
+    /// leaves it off; peers are then reached with the local transport only. With it
+    /// on, peers that offer a fabric endpoint are reached through it.
+    pub fabric: Option<FabricConfig>,
 }
 
 impl Default for Config {
@@ -74,6 +79,7 @@ impl Default for Config {
             max_prepared_lists: 64,
             file_workers: 2,
             inbox_capacity: 128,
+            fabric: None,
         }
     }
 }
@@ -139,19 +145,32 @@ pub(crate) struct Shared {
     pub(crate) inbox: Inbox,
     /// What peers need to reach us with the local transport.
     local_info: LocalInfo,
+    /// Our fabric endpoint (its keys are filled in when the metadata is built).
+    fabric_info: Option<FabricInfo>,
 }
 
 impl Shared {
     /// The metadata blob describing this engine now.
     pub(crate) fn metadata(&self) -> Result<Vec<u8>> {
+        let mut backends = vec![BackendInfo {
+            kind: BackendKind::Local,
+            conn: self.local_info.encode(),
+        }];
+        if let Some(info) = &self.fabric_info {
+            let info = FabricInfo {
+                keys: self.registry.fabric_keys(),
+                ..info.clone()
+            };
+            backends.push(BackendInfo {
+                kind: BackendKind::Fabric,
+                conn: info.encode(),
+            });
+        }
         let md = Metadata {
             engine_name: self.name.clone(),
             engine_id: self.engine_id,
             process_id: std::process::id(),
-            backends: vec![BackendInfo {
-                kind: BackendKind::Local,
-                conn: self.local_info.encode(),
-            }],
+            backends,
             regions: self.registry.regions(),
         };
         Ok(md.encode()?)
@@ -178,9 +197,20 @@ pub(crate) struct Core {
     pub(crate) ring: SlotRing<Transfer>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) files: FileQueue,
+    /// The fabric transport, if configured.
+    fabric: Option<Fabric>,
 }
 
 impl Core {
+    /// Drives the fabric transport: reads completions and ends finished transfers.
+    fn progress(&self) -> usize {
+        let Some(fabric) = &self.fabric else { return 0 };
+        let registry = &self.shared.registry;
+        fabric.progress(&mut |h, o| {
+            self.ring.complete_with(h, o, |t| reclaim(registry, t));
+        })
+    }
+
     /// A worker thread's loop: run file transfers until the engine shuts down.
     fn work(&self) {
         let registry = &self.shared.registry;
@@ -220,6 +250,8 @@ pub struct EngineStats {
     pub notifications_delivered: u64,
     /// Notifications dropped as duplicates or stale arrivals.
     pub notifications_stale: u64,
+    /// The fabric transport's receiver counters (all zero without it).
+    pub fabric: FabricStats,
 }
 
 /// A transfer engine. See the crate docs and the README for the whole picture.
@@ -253,6 +285,8 @@ pub struct Engine {
     engine_id: u64,
     core: Arc<Core>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    /// The progress thread (`FabricConfig::progress_thread`) and its stop flag.
+    progress_thread: Option<(Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>)>,
     peers: RwLock<Vec<Arc<Peer>>>,
     lists: RwLock<Vec<ListEntry>>,
 }
@@ -335,7 +369,8 @@ impl Engine {
         let prefix = format!("ringxfer-{engine_id:016x}");
         // Segments of engines killed before they could unlink them.
         crate::backend::shm::sweep_dead(&crate::backend::shm::dir());
-        let registry = Registry::new(config.max_registrations, prefix.clone())?;
+        let domain = config.fabric.as_ref().map(Fabric::open_domain).transpose()?;
+        let registry = Registry::new(config.max_registrations, prefix.clone(), domain.clone())?;
         let (dir, _) = registry.segments();
         let geometry = Geometry {
             lanes: config.max_peers,
@@ -346,6 +381,20 @@ impl Engine {
             InboxMap::create(dir, &local::inbox_name(&prefix), geometry)?,
             config.capacity,
         );
+        let fabric = match (&domain, &config.fabric) {
+            (Some(domain), Some(fc)) => Some(Fabric::open(
+                domain,
+                fc,
+                config.capacity,
+                m,
+                config.max_peers,
+                Arc::clone(inbox.map()),
+                engine_id,
+                &config.name,
+            )?),
+            _ => None,
+        };
+        let fabric_info = fabric.as_ref().map(|f| f.info(Vec::new()));
         let local_info = LocalInfo {
             capacity: config.capacity as u32,
             max_notif_bytes: m as u32,
@@ -362,6 +411,7 @@ impl Engine {
             registry,
             inbox,
             local_info,
+            fabric_info,
         });
         local::publish(engine_id, &shared);
         let lists = (0..config.max_prepared_lists)
@@ -375,6 +425,7 @@ impl Engine {
             ring,
             shared,
             files: FileQueue::new(capacity),
+            fabric,
         });
         let mut workers = Vec::with_capacity(config.file_workers);
         for i in 0..config.file_workers {
@@ -393,7 +444,27 @@ impl Engine {
                 }
             }
         }
+        let progress_thread = match &config.fabric {
+            Some(fc) if fc.progress_thread => {
+                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let (thread_core, thread_stop) = (Arc::clone(&core), Arc::clone(&stop));
+                let spawned = std::thread::Builder::new()
+                    .name(String::from("ringxfer-progress"))
+                    .spawn(move || progress_loop(&thread_core, &thread_stop));
+                match spawned {
+                    Ok(thread) => Some((stop, thread)),
+                    Err(e) => {
+                        core.files.shut_down();
+                        workers.into_iter().for_each(|w| drop(w.join()));
+                        local::withdraw(engine_id);
+                        return Err(Error::io("starting the fabric progress thread", &e));
+                    }
+                }
+            }
+            _ => None,
+        };
         Ok(Engine {
+            progress_thread,
             peers: RwLock::new(Vec::with_capacity(config.max_peers)),
             lists: RwLock::new(lists),
             config,
@@ -515,7 +586,17 @@ impl Engine {
             let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
             peers.iter().find(|p| p.engine_id == md.engine_id).map(Arc::clone)
         };
-        let peer = Arc::new(Peer::connect(md, &self.core.shared, previous.as_deref())?);
+        let via_fabric = self.core.fabric.is_some() && md.backends.iter().any(|b| b.kind == BackendKind::Fabric);
+        let peer = Arc::new(match &self.core.fabric {
+            Some(fabric) if via_fabric => {
+                let registry = &self.core.shared.registry;
+                let mut sink = |h, o| {
+                    self.core.ring.complete_with(h, o, |t| reclaim(registry, t));
+                };
+                Peer::connect_fabric(md, &self.core.shared, fabric, &mut sink)?
+            }
+            _ => Peer::connect(md, &self.core.shared, previous.as_deref())?,
+        });
         let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
         if let Some(i) = peers.iter().position(|p| p.engine_id == peer.engine_id) {
             let old = std::mem::replace(&mut peers[i], peer);
@@ -776,24 +857,34 @@ impl Engine {
         // stable.
         self.core.ring.post(handle)?;
         let registry = &self.core.shared.registry;
-        let outcome = {
+        let mut sink = |h, o| {
+            self.core.ring.complete_with(h, o, |t| reclaim(registry, t));
+        };
+        let started = {
             // SAFETY: our post succeeded and we complete, unpost or hand the transfer to
-            // a worker only after `t` is dropped at the end of this block.
+            // a worker or a transport only after `t` is dropped at the end of this block.
             let t = unsafe { self.core.ring.posted_context(handle) };
             if t.peer == PeerId::SELF.0 {
                 self.run_own(t)
             } else {
-                self.run_to_peer(t, handle)
+                self.run_to_peer(t, handle, &mut sink)
             }
         };
-        match outcome {
-            Ok(Some(outcome)) => {
-                self.core.ring.complete_with(handle, outcome, |t| reclaim(registry, t));
+        match started {
+            Ok(Started::Ended(outcome)) => {
+                sink(handle, outcome);
                 Ok(())
             }
-            Ok(None) => {
+            Ok(Started::ToWorkers) => {
                 // A worker ends it.
                 self.core.files.submit(handle);
+                Ok(())
+            }
+            Ok(Started::InFlight) => Ok(()),
+            Ok(Started::FabricDone) => {
+                if let Some(fabric) = &self.core.fabric {
+                    fabric.finish(handle, &mut sink);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -806,11 +897,11 @@ impl Engine {
     }
 
     /// A transfer between this engine's own registrations: memory to memory is copied
-    /// now; one with a file goes to the I/O workers (`Ok(None)`).
-    fn run_own(&self, t: &Transfer) -> Result<Option<Outcome>> {
+    /// now; one with a file goes to the I/O workers.
+    fn run_own(&self, t: &Transfer) -> Result<Started> {
         let (local, own) = (&t.local[..t.count], &t.own[..t.count]);
         if local.iter().chain(own).all(|r| r.fd.is_none()) {
-            return Ok(Some(file::run(t.op, local, own)));
+            return Ok(Started::Ended(file::run(t.op, local, own)));
         }
         if self.workers.is_empty() {
             return Err(Error::InvalidConfig {
@@ -818,11 +909,12 @@ impl Engine {
                 reason: "is 0: file transfers are disabled",
             });
         }
-        Ok(None)
+        Ok(Started::ToWorkers)
     }
 
-    /// A transfer to a peer: the bytes move now, then the notification is queued.
-    fn run_to_peer(&self, t: &Transfer, handle: Handle) -> Result<Option<Outcome>> {
+    /// A transfer to a peer: with the local transport the bytes move now, then the
+    /// notification is queued; with the fabric the operations are posted.
+    fn run_to_peer(&self, t: &Transfer, handle: Handle, sink: Sink<'_>) -> Result<Started> {
         // Take the peer (an Arc: no allocation) and let go of the peer table before
         // moving bytes.
         let peer = {
@@ -832,26 +924,58 @@ impl Engine {
         let Some(peer) = peer else {
             return Err(Error::UnknownPeer { peer: t.peer });
         };
-        if t.notif_len.is_some() && !peer.outbox.reserve() {
+        let remote = &t.remote[..t.count];
+        if let (Some(dest), Some(fabric)) = (peer.fabric_addr(), &self.core.fabric) {
+            if let Some(d) = remote.iter().find(|d| peer.fabric_target(d).is_none()) {
+                return Err(Error::UnknownRegion {
+                    region: d.region.to_raw(),
+                });
+            }
+            let notif = t.notif_len.map(|n| &t.notif[..n]);
+            let target = |i: usize| peer.fabric_target(&remote[i]).unwrap_or_default();
+            let all_done = fabric.post(handle, t.op, &t.local[..t.count], target, dest, notif, sink)?;
+            return Ok(if all_done {
+                Started::FabricDone
+            } else {
+                Started::InFlight
+            });
+        }
+        let Some(outbox) = &peer.outbox else {
+            return Err(Error::PeerUnreachable {
+                name: peer.name.clone(),
+                reason: String::from("it is a fabric peer and this engine has no fabric transport"),
+            });
+        };
+        if t.notif_len.is_some() && !outbox.reserve() {
             return Err(if peer.alive() {
                 Error::InboxFull { peer: t.peer }
             } else {
                 Error::PeerLost { peer: t.peer }
             });
         }
-        let outcome = peer.transfer(t.op, &t.local[..t.count], &t.remote[..t.count]);
+        let outcome = peer.transfer(t.op, &t.local[..t.count], remote);
         if let Some(len) = t.notif_len {
             if outcome == Outcome::Done {
-                peer.outbox.deliver(handle, &t.notif[..len]);
+                outbox.deliver(handle, &t.notif[..len]);
             } else {
-                peer.outbox.unreserve();
+                outbox.unreserve();
             }
         }
-        Ok(Some(outcome))
+        Ok(Started::Ended(outcome))
     }
 
-    /// Where a transfer is.
+    /// Drives the transports that need it (the fabric's data progress is manual with
+    /// the providers ringxfer uses): reads completions and ends finished transfers.
+    /// Returns the number of completion entries handled. `status`, `wait` and
+    /// `pop_notification` call it too; call it yourself when the engine only serves
+    /// others (or configure `FabricConfig::progress_thread`). Never allocates.
+    pub fn progress(&self) -> usize {
+        self.core.progress()
+    }
+
+    /// Where a transfer is (after driving progress once).
     pub fn status(&self, handle: Handle) -> Result<Status> {
+        self.core.progress();
         self.core.ring.status(handle)
     }
 
@@ -863,6 +987,7 @@ impl Engine {
         let backoff = crossbeam_utils::Backoff::new();
         let mut sleep = Duration::from_micros(10);
         loop {
+            self.core.progress();
             let status = self.core.ring.status(handle)?;
             if status.is_terminal() {
                 return Ok(status);
@@ -913,6 +1038,7 @@ impl Engine {
 
     /// Pops the oldest notification into `buf` (which must hold `max_notif_bytes`).
     pub fn pop_notification(&self, buf: &mut [u8]) -> Result<Option<Notification>> {
+        self.core.progress();
         self.core.shared.inbox.pop(buf)
     }
 
@@ -949,6 +1075,7 @@ impl Engine {
             notifications_queued,
             notifications_delivered,
             notifications_stale,
+            fabric: self.core.fabric.as_ref().map(Fabric::stats).unwrap_or_default(),
         }
     }
 }
@@ -1062,14 +1189,53 @@ fn reclaim(registry: &Registry, t: &mut Transfer) {
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        if let Some((stop, thread)) = self.progress_thread.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = thread.join();
+        }
         // The workers finish what is queued, then stop; only then can the files close.
         self.core.files.shut_down();
         for worker in self.workers.drain(..) {
             let _ = worker.join();
         }
+        // The endpoint closes before the memory registrations (and the caller's memory)
+        // go: no fabric operation can touch them afterwards.
+        if let Some(core) = Arc::get_mut(&mut self.core) {
+            drop(core.fabric.take());
+        }
         local::withdraw(self.engine_id);
         // Peers holding our shared half now find no regions: their transfers fail
         // instead of writing memory the caller may free after this.
         self.core.shared.registry.clear();
+    }
+}
+
+/// What `post` started.
+enum Started {
+    /// The transfer ended already.
+    Ended(Outcome),
+    /// Queued for the file I/O workers, which end it.
+    ToWorkers,
+    /// Posted to the fabric; its last completion ends it.
+    InFlight,
+    /// Posted to the fabric and every operation already completed: `Fabric::finish`.
+    FabricDone,
+}
+
+/// The progress thread's loop: progress, and sleep a little when there is nothing
+/// to do (up to 100 µs, so an idle engine costs little CPU).
+fn progress_loop(core: &Core, stop: &std::sync::atomic::AtomicBool) {
+    let mut idle = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        if core.progress() > 0 {
+            idle = 0;
+            continue;
+        }
+        idle = idle.saturating_add(1);
+        if idle < 64 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::sleep(Duration::from_micros(u64::from(idle.min(100))));
+        }
     }
 }

@@ -179,13 +179,30 @@ pub enum Error {
         /// The peer id.
         peer: u32,
     },
+    /// libfabric cannot be used: the library is not installed, or no provider offers
+    /// what the fabric transport needs. The message says which, and how to install it.
+    #[error("libfabric unavailable: {reason}")]
+    FabricUnavailable {
+        /// Why, with the fix.
+        reason: String,
+    },
+    /// A libfabric call of the control path (opening, registering, connecting) failed.
+    #[error("{what} failed: {message} (libfabric error {code})")]
+    Fabric {
+        /// The call.
+        what: &'static str,
+        /// libfabric's (positive) error number.
+        code: i32,
+        /// libfabric's text for it.
+        message: String,
+    },
     /// The peer's metadata names no transport this engine can reach it by.
     #[error("peer {name} unreachable: {reason}")]
     PeerUnreachable {
         /// The peer engine's name.
         name: String,
         /// Why.
-        reason: &'static str,
+        reason: String,
     },
     /// An operating-system call on the control path failed.
     #[error("{context}: {kind} ({message})")]

@@ -13,9 +13,10 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
 
+use crate::backend::fabric::{Domain, Mr};
 use crate::backend::regtable::RegTable;
 use crate::backend::shm::{self, Segment};
 use crate::error::{Error, Result};
@@ -114,6 +115,9 @@ struct Region {
     file: Option<(std::fs::File, bool)>,
     /// A mapped file's mapping (`addr` is its start), unmapped when the region goes.
     _map: Option<memmap2::MmapRaw>,
+    /// The region's libfabric registration, when the engine has the fabric transport
+    /// (memory regions only); closed when the region goes.
+    mr: Option<Mr>,
     /// False for a file registered read-only.
     writable: bool,
 }
@@ -138,6 +142,8 @@ pub(crate) struct Registry {
     /// Where engine-allocated regions' segments are created, and their name prefix.
     segment_dir: PathBuf,
     segment_prefix: String,
+    /// The fabric domain memory is registered with, when the engine has the transport.
+    fabric: Option<Arc<Domain>>,
 }
 
 /// The name of the registration-table segment of the engine whose prefix is `prefix`.
@@ -200,6 +206,7 @@ fn resolve(table: &Table, desc: &Desc) -> Result<Resolved> {
         sync: region.file.as_ref().is_some_and(|(_, sync)| *sync),
         mapped: region._map.is_some(),
         writable: region.writable,
+        mr_desc: region.mr.as_ref().map_or(0, |m| m.desc),
     })
 }
 
@@ -218,10 +225,12 @@ pub(crate) struct Resolved {
     pub mapped: bool,
     /// Whether the region may be written (a file registered read-only may not).
     pub writable: bool,
+    /// The region's libfabric descriptor (`fi_mr_desc`), 0 without one.
+    pub mr_desc: usize,
 }
 
 impl Registry {
-    pub(crate) fn new(capacity: usize, segment_prefix: String) -> Result<Registry> {
+    pub(crate) fn new(capacity: usize, segment_prefix: String, fabric: Option<Arc<Domain>>) -> Result<Registry> {
         let entries = (0..capacity)
             .map(|_| Entry {
                 generation: 1,
@@ -238,6 +247,7 @@ impl Registry {
             remote,
             segment_dir,
             segment_prefix,
+            fabric,
         })
     }
 
@@ -272,6 +282,7 @@ impl Registry {
                 file: None,
                 _map: None,
                 writable: true,
+                mr: self.register_mr(addr, len as usize)?,
             })
         })
     }
@@ -286,14 +297,16 @@ impl Registry {
         }
         self.insert(|id| {
             let segment = Segment::create(&self.segment_dir, &segment_name(&self.segment_prefix, id.to_raw()), len)?;
+            let addr = segment.as_ptr() as usize;
             Ok(Region {
-                addr: segment.as_ptr() as usize,
+                addr,
                 len: len as u64,
                 kind: MemKind::Dram,
                 segment: Some(segment),
                 file: None,
                 _map: None,
                 writable: true,
+                mr: self.register_mr(addr, len)?,
             })
         })
     }
@@ -376,6 +389,7 @@ impl Registry {
                 segment: None,
                 file: Some((file, options.sync)),
                 _map: map,
+                mr: None,
                 writable: options.writable,
             })
         })
@@ -529,6 +543,25 @@ impl Registry {
                 })
             })
             .collect()
+    }
+
+    /// (region id, libfabric remote key) of every memory region with a registration.
+    pub(crate) fn fabric_keys(&self) -> Vec<(u64, u64)> {
+        let table = self.read();
+        table
+            .entries
+            .iter()
+            .enumerate()
+            .filter_map(|(index, e)| {
+                let key = e.region.as_ref()?.mr.as_ref()?.key;
+                Some((e.generation << INDEX_BITS | index as u64, key))
+            })
+            .collect()
+    }
+
+    /// Registers memory with the fabric domain, if the engine has one.
+    fn register_mr(&self, addr: usize, len: usize) -> Result<Option<Mr>> {
+        self.fabric.as_ref().map(|d| d.register(addr, len)).transpose()
     }
 
     /// (live registrations, pins held, open file descriptors).

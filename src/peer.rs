@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::Op;
+use crate::backend::fabric::{Fabric, FabricInfo, Sink};
 use crate::backend::local::{self, LocalInfo};
 use crate::backend::regtable::RegTable;
 use crate::backend::shm::Segment;
@@ -39,14 +40,27 @@ pub(crate) struct Peer {
     /// The peer's regions as its metadata described them, sorted by id.
     regions: Vec<RegionInfo>,
     pub(crate) max_notif_bytes: usize,
-    /// The lane we claimed in the peer's inbox; kept across reloads of the same peer.
-    pub(crate) outbox: Arc<Outbox>,
+    /// The lane we claimed in the peer's inbox (local transport only; the fabric
+    /// carries notifications itself); kept across reloads of the same peer.
+    pub(crate) outbox: Option<Arc<Outbox>>,
     reach: Reach,
 }
 
 enum Reach {
     InProcess(Arc<Shared>),
     OtherProcess(Remote),
+    Fabric(FabricPeer),
+}
+
+/// A peer reached through the fabric transport.
+pub(crate) struct FabricPeer {
+    /// Its endpoint in our address vector.
+    pub(crate) addr: u64,
+    /// Remote key of each region, parallel to `Peer::regions` (`None`: the region
+    /// was not registered with the fabric).
+    keys: Vec<Option<u64>>,
+    /// Remote addresses are virtual addresses (else offsets in the region).
+    virt_addr: bool,
 }
 
 struct Remote {
@@ -75,9 +89,9 @@ impl Peer {
     /// Reaches the engine `md` describes, on behalf of `us` (control path).
     /// `previous` is this peer as loaded before (a reload): its inbox lane is kept.
     pub(crate) fn connect(md: Metadata, us: &Shared, previous: Option<&Peer>) -> Result<Peer> {
-        let unreachable = |reason| Error::PeerUnreachable {
+        let unreachable = |reason: &str| Error::PeerUnreachable {
             name: md.engine_name.clone(),
-            reason,
+            reason: reason.to_owned(),
         };
         let conn = md
             .backends
@@ -165,18 +179,90 @@ impl Peer {
             }
             (Reach::OtherProcess(remote), inbox)
         };
-        let outbox = match previous {
-            Some(p) if p.engine_id == md.engine_id => Arc::clone(&p.outbox),
-            _ => Arc::new(Outbox::claim(inbox, us.engine_id, &us.name)?),
+        let outbox = match previous.and_then(|p| p.outbox.as_ref().filter(|_| p.engine_id == md.engine_id)) {
+            Some(o) => Arc::clone(o),
+            None => Arc::new(Outbox::claim(inbox, us.engine_id, &us.name)?),
         };
         Ok(Peer {
             name: md.engine_name,
             engine_id: md.engine_id,
             regions,
             max_notif_bytes: info.max_notif_bytes as usize,
-            outbox,
+            outbox: Some(outbox),
             reach,
         })
+    }
+
+    /// Reaches the engine `md` describes through our fabric endpoint (control path):
+    /// inserts its address and introduces us with a HELLO.
+    pub(crate) fn connect_fabric(md: Metadata, us: &Shared, fabric: &Fabric, sink: Sink<'_>) -> Result<Peer> {
+        let unreachable = |reason: String| Error::PeerUnreachable {
+            name: md.engine_name.clone(),
+            reason,
+        };
+        let conn = md
+            .backends
+            .iter()
+            .find(|b| b.kind == BackendKind::Fabric)
+            .ok_or_else(|| unreachable("it has no fabric endpoint (build it with Config::fabric)".into()))?;
+        let info = FabricInfo::decode(&conn.conn).ok_or_else(|| unreachable("its fabric info is malformed".into()))?;
+        if info.provider != fabric.provider() {
+            return Err(unreachable(format!(
+                "it uses the libfabric provider {:?}, this engine {:?} (set the same RINGXFER_FI_PROVIDER)",
+                info.provider,
+                fabric.provider()
+            )));
+        }
+        if info.virt_addr != fabric.virt_addr() || info.max_notif_bytes > 1 << 16 {
+            return Err(unreachable("its fabric info is out of range".into()));
+        }
+        if us.capacity > info.capacity as usize {
+            return Err(unreachable(
+                "this engine has more slots than the peer tracks per sender (give both the same capacity)".into(),
+            ));
+        }
+        let mut regions = md.regions;
+        regions.sort_by_key(|r| r.id);
+        let keys = regions
+            .iter()
+            .map(|r| info.keys.iter().find(|(id, _)| *id == r.id).map(|(_, key)| *key))
+            .collect();
+        let (addr, _) = fabric.address(&info.address, md.engine_id)?;
+        fabric.hello(addr, us.capacity, std::time::Duration::from_secs(5), sink)?;
+        Ok(Peer {
+            name: md.engine_name,
+            engine_id: md.engine_id,
+            regions,
+            max_notif_bytes: info.max_notif_bytes as usize,
+            outbox: None,
+            reach: Reach::Fabric(FabricPeer {
+                addr,
+                keys,
+                virt_addr: info.virt_addr,
+            }),
+        })
+    }
+
+    /// The fabric address of a peer reached through the fabric.
+    pub(crate) fn fabric_addr(&self) -> Option<u64> {
+        match &self.reach {
+            Reach::Fabric(f) => Some(f.addr),
+            _ => None,
+        }
+    }
+
+    /// A remote descriptor's (address, key) on the fabric (checked by `check` at
+    /// prepare). `None` if the region is not registered with the peer's fabric.
+    pub(crate) fn fabric_target(&self, d: &Desc) -> Option<(u64, u64)> {
+        let Reach::Fabric(f) = &self.reach else { return None };
+        let i = self.regions.binary_search_by_key(&d.region.to_raw(), |r| r.id).ok()?;
+        let key = f.keys[i]?;
+        let addr = if f.virt_addr {
+            self.regions[i].addr.checked_add(d.offset)?
+        } else {
+            d.offset
+        };
+        Some((addr, key))
     }
 
     /// Checks a remote descriptor against the peer's metadata.
@@ -267,6 +353,8 @@ impl Peer {
                 }
                 Outcome::Done
             }
+            // The engine posts fabric transfers through the fabric transport.
+            Reach::Fabric(_) => Outcome::Failed(FailCode::TRANSPORT),
         }
     }
 
@@ -274,7 +362,7 @@ impl Peer {
     /// drop is seen through its registry instead).
     pub(crate) fn alive(&self) -> bool {
         match &self.reach {
-            Reach::InProcess(_) => true,
+            Reach::InProcess(_) | Reach::Fabric(_) => true,
             Reach::OtherProcess(r) => r.alive(),
         }
     }

@@ -72,11 +72,15 @@ pub enum rx_status {
     /// A bug inside ringxfer panicked; the call was abandoned and the panic stopped at
     /// the FFI boundary. The engine may be left with a slot held: report it.
     RX_PANIC = 28,
+    /// libfabric is not installed, or no provider offers what the fabric transport needs.
+    RX_FABRIC_UNAVAILABLE = 29,
+    /// A libfabric call failed (see `rx_last_error`).
+    RX_FABRIC = 30,
 }
 
 impl rx_status {
     /// Every status, for turning a number from C back into one.
-    pub(crate) const ALL: [rx_status; 29] = [
+    pub(crate) const ALL: [rx_status; 31] = [
         rx_status::RX_OK,
         rx_status::RX_INVALID_ARGUMENT,
         rx_status::RX_RING_FULL,
@@ -106,6 +110,8 @@ impl rx_status {
         rx_status::RX_TIMEOUT,
         rx_status::RX_UNSUPPORTED,
         rx_status::RX_PANIC,
+        rx_status::RX_FABRIC_UNAVAILABLE,
+        rx_status::RX_FABRIC,
     ];
 
     pub(crate) fn describe(self) -> &'static std::ffi::CStr {
@@ -139,6 +145,8 @@ impl rx_status {
             rx_status::RX_TIMEOUT => c"timed out",
             rx_status::RX_UNSUPPORTED => c"not supported by this build",
             rx_status::RX_PANIC => c"internal panic (a ringxfer bug)",
+            rx_status::RX_FABRIC_UNAVAILABLE => c"libfabric unavailable",
+            rx_status::RX_FABRIC => c"libfabric call failed",
         }
     }
 }
@@ -173,6 +181,8 @@ impl From<&Error> for rx_status {
             Error::Timeout { .. } => rx_status::RX_TIMEOUT,
             Error::KvFull { .. } => rx_status::RX_REGISTRY_FULL,
             Error::KeyTooLong { .. } | Error::ValueTooLarge { .. } => rx_status::RX_INVALID_ARGUMENT,
+            Error::FabricUnavailable { .. } => rx_status::RX_FABRIC_UNAVAILABLE,
+            Error::Fabric { .. } => rx_status::RX_FABRIC,
             _ => rx_status::RX_UNSUPPORTED,
         }
     }

@@ -4,8 +4,11 @@
 //!
 //! - [`local`]: engines in the same process, by `memcpy`, and across processes on one
 //!   host through shared memory.
+//! - [`fabric`]: libfabric RDM endpoints (tcp, shm, verbs, efa, …), loaded at run
+//!   time; on when `Config::fabric` is set.
 //! - `file`: registered memory to and from registered files, on I/O worker threads.
 
+pub mod fabric;
 pub(crate) mod file;
 pub mod local;
 pub(crate) mod regtable;

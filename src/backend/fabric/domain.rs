@@ -1,0 +1,378 @@
+//! Owned libfabric objects: the chosen provider (`fi_info`), fabric + domain, memory
+//! registrations, and the endpoint with its address vector and completion queue.
+//!
+//! Each type closes what it opened on drop, in dependency order: an [`Mr`] and the
+//! [`Endpoint`] hold an `Arc<Domain>`, so the domain (and fabric) close only after
+//! the last registration and endpoint are gone. A failed `fi_close` is counted
+//! ([`close_failures`]) and reported on stderr: there is no caller to return it to.
+
+use std::ffi::{CStr, CString, c_void};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::api::{self, Api};
+use super::sys;
+use crate::error::{Error, Result};
+
+static CLOSE_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// How many `fi_close` calls failed in this process (0 unless a provider misbehaves).
+pub fn close_failures() -> u64 {
+    CLOSE_FAILURES.load(Ordering::Relaxed)
+}
+
+/// Closes `fid`, counting a failure.
+///
+/// # Safety
+/// `fid` is a live object opened through `api`, closed exactly once, here.
+unsafe fn close(api: &Api, what: &str, fid: *mut sys::fid) {
+    // SAFETY: the caller's contract.
+    let ret = unsafe { api::close(fid) };
+    if ret != 0 {
+        CLOSE_FAILURES.fetch_add(1, Ordering::Relaxed);
+        eprintln!("ringxfer: fi_close({what}) failed: {}", api.strerror(ret as i32));
+    }
+}
+
+/// The `mr_mode` bits ringxfer honours. A provider asking for another bit is not chosen.
+const SUPPORTED_MR_MODE: u64 =
+    (sys::FI_MR_LOCAL | sys::FI_MR_VIRT_ADDR | sys::FI_MR_ALLOCATED | sys::FI_MR_PROV_KEY) as u64;
+
+/// Capabilities the transport needs.
+const CAPS: u64 = (sys::FI_MSG
+    | sys::FI_RMA
+    | sys::FI_READ
+    | sys::FI_WRITE
+    | sys::FI_REMOTE_READ
+    | sys::FI_REMOTE_WRITE
+    | sys::FI_SEND
+    | sys::FI_RECV) as u64
+    | sys::FI_SOURCE;
+
+/// A fabric and domain of one provider.
+pub(crate) struct Domain {
+    pub(crate) api: &'static Api,
+    info: *mut sys::fi_info,
+    fabric: *mut sys::fid_fabric,
+    pub(crate) domain: *mut sys::fid_domain,
+    /// The provider's name as libfabric reports it (e.g. `tcp;ofi_rxm`).
+    pub(crate) provider: String,
+    pub(crate) mr_mode: u64,
+    /// Bytes of immediate data a write carries (`cq_data_size`).
+    pub(crate) cq_data_size: usize,
+    pub(crate) max_msg_size: usize,
+    next_key: AtomicU64,
+}
+
+// SAFETY: the domain is opened with FI_THREAD_SAFE, so its objects may be used from
+// any thread; the raw pointers are only closed in Drop (one owner).
+unsafe impl Send for Domain {}
+// SAFETY: as above.
+unsafe impl Sync for Domain {}
+
+impl Domain {
+    /// Chooses a provider (`provider`, else the best RDM provider with RMA) and opens
+    /// its fabric and domain. `node` binds to a local address (e.g. an interface's IP).
+    pub(crate) fn open(provider: Option<&str>, node: Option<&str>) -> Result<Arc<Domain>> {
+        let api = api::api()?;
+        let provider_c = provider
+            .map(CString::new)
+            .transpose()
+            .map_err(|_| Error::InvalidConfig {
+                field: "fabric.provider",
+                reason: "contains a NUL byte",
+            })?;
+        let node_c = node.map(CString::new).transpose().map_err(|_| Error::InvalidConfig {
+            field: "fabric.node",
+            reason: "contains a NUL byte",
+        })?;
+        // SAFETY: fi_dupinfo(NULL) allocates zeroed hints with their attr structs.
+        let hints = unsafe { (api.dupinfo)(std::ptr::null()) };
+        if hints.is_null() {
+            return Err(Error::FabricUnavailable {
+                reason: "fi_allocinfo failed (out of memory)".into(),
+            });
+        }
+        // SAFETY: `hints` and its attr structs were allocated by fi_dupinfo; strings
+        // put in them are strdup'd, because fi_freeinfo frees them with free().
+        unsafe {
+            (*hints).caps = CAPS;
+            (*hints).mode = 0;
+            (*(*hints).ep_attr).type_ = sys::FI_EP_RDM;
+            let d = &mut *(*hints).domain_attr;
+            d.threading = sys::FI_THREAD_SAFE;
+            d.mr_mode = SUPPORTED_MR_MODE as i32;
+            d.av_type = sys::FI_AV_TABLE;
+            if let Some(p) = &provider_c {
+                (*(*hints).fabric_attr).prov_name = libc::strdup(p.as_ptr());
+            }
+        }
+        let mut list: *mut sys::fi_info = std::ptr::null_mut();
+        let flags = if node_c.is_some() { sys::FI_SOURCE } else { 0 };
+        // SAFETY: valid hints; `list` receives a list we free below.
+        let ret = unsafe {
+            (api.getinfo)(
+                api::VERSION,
+                node_c.as_ref().map_or(std::ptr::null(), |n| n.as_ptr()),
+                std::ptr::null(),
+                flags,
+                hints,
+                &mut list,
+            )
+        };
+        // SAFETY: hints came from fi_dupinfo.
+        unsafe { (api.freeinfo)(hints) };
+        if ret != 0 || list.is_null() {
+            return Err(Error::FabricUnavailable {
+                reason: format!(
+                    "no libfabric provider{} offers reliable datagram endpoints with RMA, \
+                     FI_SOURCE and thread safety with mr_mode ⊆ LOCAL|VIRT_ADDR|ALLOCATED|PROV_KEY: {} \
+                     (see `fi_info -l` for the providers installed)",
+                    provider.map(|p| format!(" named {p:?}")).unwrap_or_default(),
+                    api.strerror(ret)
+                ),
+            });
+        }
+        // Keep the first (best) entry alone.
+        // SAFETY: `list` is a valid list; fi_dupinfo copies one entry (next = NULL).
+        let info = unsafe { (api.dupinfo)(list) };
+        // SAFETY: `list` came from fi_getinfo and is not used after this.
+        unsafe { (api.freeinfo)(list) };
+        if info.is_null() {
+            return Err(Error::FabricUnavailable {
+                reason: "fi_dupinfo failed (out of memory)".into(),
+            });
+        }
+        // SAFETY: `info` is a complete fi_info with its attr structs.
+        let (provider, mr_mode, cq_data_size, max_msg_size) = unsafe {
+            let fa = &*(*info).fabric_attr;
+            let name = if fa.prov_name.is_null() {
+                String::from("?")
+            } else {
+                CStr::from_ptr(fa.prov_name).to_string_lossy().into_owned()
+            };
+            let d = &*(*info).domain_attr;
+            (name, d.mr_mode as u64, d.cq_data_size, (*(*info).ep_attr).max_msg_size)
+        };
+        let mut domain = Domain {
+            api,
+            info,
+            fabric: std::ptr::null_mut(),
+            domain: std::ptr::null_mut(),
+            provider,
+            mr_mode,
+            cq_data_size,
+            max_msg_size: max_msg_size.clamp(4096, 1 << 30),
+            next_key: AtomicU64::new(1),
+        };
+        // SAFETY: the attr struct belongs to `info`; `fabric` receives the new object
+        // (closed by Drop).
+        let ret = unsafe { (api.fabric)((*info).fabric_attr, &mut domain.fabric, std::ptr::null_mut()) } as isize;
+        if ret != 0 {
+            return Err(api.error("fi_fabric", ret));
+        }
+        // SAFETY: live fabric; `info` describes its domain; closed by Drop.
+        let ret = unsafe { api::domain(domain.fabric, info, &mut domain.domain) };
+        if ret != 0 {
+            return Err(api.error("fi_domain", ret));
+        }
+        if domain.cq_data_size < 4 {
+            return Err(Error::FabricUnavailable {
+                reason: format!(
+                    "provider {} carries {} bytes of immediate data; ringxfer needs at least 4",
+                    domain.provider, domain.cq_data_size
+                ),
+            });
+        }
+        Ok(Arc::new(domain))
+    }
+
+    /// The `fi_info` the domain was opened with.
+    pub(crate) fn info(&self) -> *mut sys::fi_info {
+        self.info
+    }
+
+    /// Whether remote addresses are virtual addresses (else offsets in the region).
+    pub(crate) fn virt_addr(&self) -> bool {
+        self.mr_mode & u64::from(sys::FI_MR_VIRT_ADDR) != 0
+    }
+
+    /// Registers `len` bytes at `addr` for local use and remote read and write.
+    pub(crate) fn register(self: &Arc<Domain>, addr: usize, len: usize) -> Result<Mr> {
+        let access =
+            (sys::FI_SEND | sys::FI_RECV | sys::FI_READ | sys::FI_WRITE | sys::FI_REMOTE_READ | sys::FI_REMOTE_WRITE)
+                as u64;
+        let requested_key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let mut mr: *mut sys::fid_mr = std::ptr::null_mut();
+        // SAFETY: live domain; the caller keeps the memory registered while the Mr lives.
+        let ret = unsafe { api::mr_reg(self.domain, addr as *const c_void, len, access, requested_key, &mut mr) };
+        if ret != 0 || mr.is_null() {
+            return Err(self.api.error("fi_mr_reg", ret));
+        }
+        // SAFETY: a registered MR; mem_desc and key are plain fields (fi_mr_desc,
+        // fi_mr_key).
+        let (desc, key) = unsafe { ((*mr).mem_desc as usize, (*mr).key) };
+        Ok(Mr {
+            domain: Arc::clone(self),
+            mr,
+            desc,
+            key,
+        })
+    }
+}
+
+impl Drop for Domain {
+    fn drop(&mut self) {
+        // SAFETY: opened in `open`, closed once here (children hold an Arc, so they are
+        // gone); the info was fi_dupinfo'd.
+        unsafe {
+            if !self.domain.is_null() {
+                close(self.api, "domain", &raw mut (*self.domain).fid);
+            }
+            if !self.fabric.is_null() {
+                close(self.api, "fabric", &raw mut (*self.fabric).fid);
+            }
+            (self.api.freeinfo)(self.info);
+        }
+    }
+}
+
+/// A memory registration: its local descriptor and remote key. Closed on drop.
+pub(crate) struct Mr {
+    domain: Arc<Domain>,
+    mr: *mut sys::fid_mr,
+    /// `fi_mr_desc`: passed with local buffers (needed under `FI_MR_LOCAL`).
+    pub(crate) desc: usize,
+    /// `fi_mr_key`: what a peer names this region with.
+    pub(crate) key: u64,
+}
+
+// SAFETY: an MR of a FI_THREAD_SAFE domain; closed only in Drop.
+unsafe impl Send for Mr {}
+// SAFETY: as above; shared access only reads `desc` and `key`.
+unsafe impl Sync for Mr {}
+
+impl Drop for Mr {
+    fn drop(&mut self) {
+        // SAFETY: opened by `register`, closed once here, before the domain (we hold it).
+        unsafe { close(self.domain.api, "mr", &raw mut (*self.mr).fid) };
+    }
+}
+
+/// An RDM endpoint bound to its own address vector and completion queue.
+pub(crate) struct Endpoint {
+    pub(crate) ep: *mut sys::fid_ep,
+    pub(crate) av: *mut sys::fid_av,
+    pub(crate) cq: *mut sys::fid_cq,
+    /// This endpoint's address (`fi_getname`), what peers insert in their AV.
+    pub(crate) name: Vec<u8>,
+    pub(crate) domain: Arc<Domain>,
+}
+
+// SAFETY: objects of a FI_THREAD_SAFE domain; closed only in Drop.
+unsafe impl Send for Endpoint {}
+// SAFETY: as above.
+unsafe impl Sync for Endpoint {}
+
+impl Endpoint {
+    /// Opens the endpoint, an AV of `av_count` entries and a CQ of `cq_size` entries.
+    pub(crate) fn open(domain: &Arc<Domain>, av_count: usize, cq_size: usize) -> Result<Endpoint> {
+        let api = domain.api;
+        let mut e = Endpoint {
+            ep: std::ptr::null_mut(),
+            av: std::ptr::null_mut(),
+            cq: std::ptr::null_mut(),
+            name: Vec::new(),
+            domain: Arc::clone(domain),
+        };
+        // SAFETY: zeroed attrs are valid "defaults" for every field not set.
+        let mut av_attr: sys::fi_av_attr = unsafe { std::mem::zeroed() };
+        av_attr.type_ = sys::FI_AV_TABLE;
+        av_attr.count = av_count;
+        // SAFETY: live domain; `e.av` is closed by Drop.
+        let ret = unsafe { api::av_open(domain.domain, &mut av_attr, &mut e.av) };
+        if ret != 0 {
+            return Err(api.error("fi_av_open", ret));
+        }
+        // SAFETY: as above.
+        let mut cq_attr: sys::fi_cq_attr = unsafe { std::mem::zeroed() };
+        cq_attr.format = sys::FI_CQ_FORMAT_DATA;
+        cq_attr.size = cq_size;
+        // SAFETY: live domain; `e.cq` is closed by Drop.
+        let ret = unsafe { api::cq_open(domain.domain, &mut cq_attr, &mut e.cq) };
+        if ret != 0 {
+            return Err(api.error("fi_cq_open", ret));
+        }
+        // SAFETY: live domain and info; `e.ep` is closed by Drop.
+        let ret = unsafe { api::endpoint(domain.domain, domain.info(), &mut e.ep) };
+        if ret != 0 {
+            return Err(api.error("fi_endpoint", ret));
+        }
+        // SAFETY: live endpoint, AV and CQ of the same domain.
+        let ret = unsafe { api::ep_bind(e.ep, &raw mut (*e.av).fid, 0) };
+        if ret != 0 {
+            return Err(api.error("fi_ep_bind(av)", ret));
+        }
+        // SAFETY: as above.
+        let ret = unsafe { api::ep_bind(e.ep, &raw mut (*e.cq).fid, (sys::FI_TRANSMIT | sys::FI_RECV) as u64) };
+        if ret != 0 {
+            return Err(api.error("fi_ep_bind(cq)", ret));
+        }
+        // SAFETY: bound endpoint.
+        let ret = unsafe { api::enable(e.ep) };
+        if ret != 0 {
+            return Err(api.error("fi_enable", ret));
+        }
+        let mut name = vec![0u8; 256];
+        let mut len = name.len();
+        // SAFETY: enabled endpoint; `name` has `len` bytes.
+        let ret = unsafe { api::getname(e.ep, name.as_mut_ptr().cast(), &mut len) };
+        if ret != 0 {
+            return Err(api.error("fi_getname", ret));
+        }
+        name.truncate(len);
+        e.name = name;
+        Ok(e)
+    }
+
+    /// Inserts a peer's address; its `fi_addr_t`.
+    pub(crate) fn insert(&self, addr: &[u8]) -> Result<sys::fi_addr_t> {
+        let mut out: sys::fi_addr_t = api::FI_ADDR_NOTAVAIL;
+        // SAFETY: live AV; `addr` is an address of this provider's format (from the
+        // peer's fi_getname; the provider rejects one it cannot parse).
+        let ret = unsafe { api::av_insert(self.av, addr.as_ptr().cast(), &mut out) };
+        if ret != 1 {
+            return Err(self.domain.api.error("fi_av_insert", if ret == 0 { -22 } else { ret }));
+        }
+        Ok(out)
+    }
+
+    /// Removes an address from the AV (its connection state goes with it).
+    pub(crate) fn remove(&self, mut addr: sys::fi_addr_t) -> Result<()> {
+        // SAFETY: live AV; `addr` came from `insert`.
+        let ret = unsafe { api::av_remove(self.av, &mut addr) };
+        if ret != 0 {
+            return Err(self.domain.api.error("fi_av_remove", ret));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        let api = self.domain.api;
+        // SAFETY: each opened in `open` (or null if it failed before), closed once,
+        // the endpoint before what it is bound to.
+        unsafe {
+            if !self.ep.is_null() {
+                close(api, "endpoint", &raw mut (*self.ep).fid);
+            }
+            if !self.av.is_null() {
+                close(api, "av", &raw mut (*self.av).fid);
+            }
+            if !self.cq.is_null() {
+                close(api, "cq", &raw mut (*self.cq).fid);
+            }
+        }
+    }
+}

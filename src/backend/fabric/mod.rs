@@ -1,0 +1,1205 @@
+//! The `fabric` transport: libfabric RDM endpoints, loaded at run time.
+//!
+//! One endpoint per engine, with one completion queue and one address vector. What a
+//! transfer needs belongs to its ring slot and is reused: a [`TxSlot`] (the
+//! `op_context` of every fabric operation the transfer posts, so each completion, and
+//! each error entry, maps back to exactly one slot) and a control buffer (its
+//! notification message). Nothing is taken from a pool at post time, so nothing can be
+//! forgotten on a path that does not send a notification.
+//!
+//! **Sender.** A WRITE posts one `fi_writedata` per descriptor (split at the
+//! provider's `max_msg_size`) carrying the slot's handle as immediate data; a READ one
+//! `fi_read` each. The slot counts its operations in flight (plus one held by the
+//! poster until every operation is posted). When the count reaches zero the transfer
+//! is DONE, or, if it has a notification, its `NOTIFY` control message is sent from the
+//! slot's buffer with `fi_send` and the transfer is DONE when that send completes. A
+//! transfer whose operations failed sends `ABORT` instead (so the receiver never waits
+//! for it) and ends FAILED with the first error.
+//!
+//! **Receiver.** A `HELLO` from a sender (sent when it loads us) inserts its address
+//! and gives it a fixed table, one entry per sender slot: (generation, writes seen,
+//! writes expected, held notification). Remote-write completions count into the entry
+//! their immediate data names; a `NOTIFY` says how many writes to expect and is
+//! delivered to the inbox once they are all seen. An entry of an older generation is
+//! never matched: its arrivals are dropped and counted (`stale`). Memory: senders ×
+//! capacity × 32 bytes, allocated at the `HELLO`.
+//!
+//! Data progress is manual with the providers ringxfer uses: [`Engine::progress`]
+//! drives it, and so do `status`, `wait` and `pop_notification`; a progress thread can
+//! be configured for engines that only serve.
+//!
+//! [`Engine::progress`]: crate::Engine::progress
+
+mod api;
+mod domain;
+#[allow(
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    dead_code,
+    missing_docs,
+    unsafe_op_in_unsafe_fn,
+    clippy::all,
+    clippy::undocumented_unsafe_blocks
+)]
+mod sys;
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use api::LIBRARY_ENV;
+pub use domain::close_failures;
+pub(crate) use domain::{Domain, Mr};
+
+use crate::Op;
+use crate::error::{Error, Result};
+use crate::mem::Resolved;
+use crate::notify::{InboxMap, Outbox};
+use crate::ring::{FailCode, FailSource, Handle, Outcome};
+use domain::Endpoint;
+
+/// The environment variable that chooses the provider, over [`FabricConfig::provider`].
+pub const PROVIDER_ENV: &str = "RINGXFER_FI_PROVIDER";
+
+/// How an engine uses libfabric. `Config::fabric = Some(..)` turns the transport on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FabricConfig {
+    /// The provider (`tcp`, `shm`, `verbs`, `efa`, …); `None` lets libfabric choose the
+    /// best. The environment variable `RINGXFER_FI_PROVIDER` overrides it.
+    pub provider: Option<String>,
+    /// A local address to bind to (an interface's IP for `tcp`); `None` for the
+    /// provider's default.
+    pub node: Option<String>,
+    /// Receive buffers kept posted for control messages, 4 ..= 4096. Default 64.
+    pub rx_buffers: usize,
+    /// Start a thread that drives progress (for an engine that only serves others'
+    /// READs and WRITEs and never calls `progress` itself). Default false.
+    pub progress_thread: bool,
+}
+
+impl Default for FabricConfig {
+    fn default() -> FabricConfig {
+        FabricConfig {
+            provider: None,
+            node: None,
+            rx_buffers: 64,
+            progress_thread: false,
+        }
+    }
+}
+
+/// Receiver-side counters of the fabric transport, in `EngineStats::fabric`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FabricStats {
+    /// Remote writes counted into a sender's table.
+    pub remote_writes: u64,
+    /// Arrivals (writes, notifications, aborts) of a generation older than the one
+    /// their table entry holds: dropped, never matched.
+    pub stale: u64,
+    /// Arrivals from an address no `HELLO` introduced, or naming a slot outside the
+    /// sender's table: dropped.
+    pub unattributed: u64,
+    /// Notifications delivered to the inbox.
+    pub notifications: u64,
+    /// `ABORT` messages received (a sender's WRITE failed).
+    pub aborts: u64,
+    /// Senders this engine keeps a table for.
+    pub senders: usize,
+    /// Control messages received that were malformed.
+    pub malformed: u64,
+}
+
+// ----- control messages -----
+//
+// A 32-byte header, little-endian: magic u32, kind u8, 3 bytes zero, payload length
+// u32, 4 bytes zero, handle u64, count u64; then the payload.
+
+const MAGIC: u32 = 0x5258_4631; // "RXF1"
+const HELLO: u8 = 1;
+const NOTIFY: u8 = 2;
+const ABORT: u8 = 3;
+const HEADER: usize = 32;
+/// engine id, capacity, name length, address length, name (≤ 255), address (≤ 256).
+const HELLO_MAX: usize = 8 + 4 + 2 + 2 + 255 + 256;
+
+/// What a peer's metadata says about its fabric endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct FabricInfo {
+    pub(crate) provider: String,
+    pub(crate) address: Vec<u8>,
+    pub(crate) capacity: u32,
+    pub(crate) max_notif_bytes: u32,
+    pub(crate) virt_addr: bool,
+    /// (region id, remote key) of every memory region.
+    pub(crate) keys: Vec<(u64, u64)>,
+}
+
+impl FabricInfo {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&self.capacity.to_le_bytes());
+        out.extend_from_slice(&self.max_notif_bytes.to_le_bytes());
+        out.push(u8::from(self.virt_addr));
+        out.extend_from_slice(&(self.provider.len() as u16).to_le_bytes());
+        out.extend_from_slice(self.provider.as_bytes());
+        out.extend_from_slice(&(self.address.len() as u16).to_le_bytes());
+        out.extend_from_slice(&self.address);
+        out.extend_from_slice(&(self.keys.len() as u32).to_le_bytes());
+        for (id, key) in &self.keys {
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&key.to_le_bytes());
+        }
+        out
+    }
+
+    /// Parses `conn`; `None` if malformed.
+    pub(crate) fn decode(conn: &[u8]) -> Option<FabricInfo> {
+        let mut r = Reader(conn);
+        let capacity = r.u32()?;
+        let max_notif_bytes = r.u32()?;
+        let virt_addr = match r.bytes(1)?[0] {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        let n = r.u16()? as usize;
+        let provider = std::str::from_utf8(r.bytes(n)?).ok()?.to_owned();
+        let n = r.u16()? as usize;
+        let address = r.bytes(n)?.to_vec();
+        let count = r.u32()? as usize;
+        if count > conn.len() / 16 {
+            return None;
+        }
+        let keys = (0..count)
+            .map(|_| Some((r.u64()?, r.u64()?)))
+            .collect::<Option<Vec<_>>>()?;
+        if !r.0.is_empty() || address.is_empty() || address.len() > 256 {
+            return None;
+        }
+        Some(FabricInfo {
+            provider,
+            address,
+            capacity,
+            max_notif_bytes,
+            virt_addr,
+            keys,
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.bytes(2).map(|b| u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.bytes(4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.bytes(8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+    }
+}
+
+// ----- per-slot state -----
+
+/// Data operations in flight (or being posted).
+const PHASE_DATA: u32 = 0;
+/// The NOTIFY message in flight.
+const PHASE_NOTIFY: u32 = 1;
+/// The ABORT message in flight after a failure.
+const PHASE_ABORT: u32 = 2;
+
+/// One slot's fabric state; its address is the `op_context` of the slot's operations.
+#[repr(align(64))]
+struct TxSlot {
+    handle: AtomicU64,
+    /// Operations in flight, plus one held by the poster while it posts.
+    pending: AtomicU32,
+    /// The first failure's `FailCode` bits; 0 while none.
+    error: AtomicU32,
+    phase: AtomicU32,
+    /// Length of the control message in the slot's buffer; 0 if no notification.
+    message_len: AtomicU32,
+    dest: AtomicU64,
+}
+
+/// A receiver's table entry for one sender slot.
+#[derive(Clone, Copy)]
+struct RxEntry {
+    /// The generation (as carried on the wire) the entry describes.
+    generation: u64,
+    seen: u64,
+    /// Writes the NOTIFY announced; `u64::MAX` before it arrived.
+    want: u64,
+    /// The receive buffer holding the NOTIFY until the writes are all seen.
+    held: u32,
+}
+
+const NONE: u32 = u32::MAX;
+
+impl RxEntry {
+    const EMPTY: RxEntry = RxEntry {
+        generation: 0,
+        seen: 0,
+        want: u64::MAX,
+        held: NONE,
+    };
+}
+
+/// A sender that introduced itself with a HELLO.
+struct RxPeer {
+    engine_id: u64,
+    addr: u64,
+    outbox: Outbox,
+    table: Box<[RxEntry]>,
+}
+
+/// Receiver state, touched only by whoever holds the progress lock.
+struct RxState {
+    peers: Vec<RxPeer>,
+    /// (sender, receive buffer) of notifications whose writes are all seen but whose
+    /// inbox lane was full; retried on every progress.
+    blocked: Vec<(u32, u32)>,
+    /// Receive buffers the provider refused to take back (EAGAIN); retried.
+    unposted: Vec<u32>,
+}
+
+/// Page-aligned memory for control messages: `capacity` send buffers, one for the
+/// HELLO, then the receive buffers. Registered with the provider when it asks
+/// (`FI_MR_LOCAL`).
+struct CtrlArea {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+impl CtrlArea {
+    fn new(bytes: usize) -> Result<CtrlArea> {
+        let layout = std::alloc::Layout::from_size_align(bytes.max(4096), 4096).map_err(|_| Error::InvalidConfig {
+            field: "fabric",
+            reason: "control buffers exceed the address space",
+        })?;
+        // SAFETY: a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Ok(CtrlArea { ptr, layout })
+    }
+}
+
+impl Drop for CtrlArea {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout; the endpoint that could touch
+        // it was closed first (field order of `Fabric`).
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
+    }
+}
+
+/// The sink the transport reports completions to: the engine's `complete`.
+pub(crate) type Sink<'a> = &'a mut dyn FnMut(Handle, Outcome);
+
+/// The fabric transport of one engine.
+pub(crate) struct Fabric {
+    // Field order is drop order: the endpoint closes before the memory its operations
+    // point into (slots, control buffers) is freed.
+    ep: Endpoint,
+    ctrl_mr: Option<Mr>,
+    ctrl: CtrlArea,
+    slots: Box<[TxSlot]>,
+    /// Bytes per control buffer.
+    msg_size: usize,
+    capacity: usize,
+    rx_count: usize,
+    max_notif_bytes: usize,
+    /// Generation bits carried in immediate data (44 with 8-byte CQ data).
+    gen_bits: u32,
+    rx: Mutex<RxState>,
+    /// Slots whose control message met EAGAIN; sent again on the next progress.
+    deferred: Mutex<Vec<u32>>,
+    /// Addresses inserted in the AV (control path).
+    /// (endpoint address, AV address, engine id) of every peer inserted.
+    addresses: Mutex<Vec<(Vec<u8>, u64, u64)>>,
+    /// Serialises HELLOs (the one HELLO buffer); the context of their sends.
+    hello: Mutex<()>,
+    hello_state: AtomicU32,
+    inbox: Arc<InboxMap>,
+    engine_id: u64,
+    name: String,
+    remote_writes: AtomicU64,
+    stale: AtomicU64,
+    unattributed: AtomicU64,
+    notifications: AtomicU64,
+    aborts: AtomicU64,
+    malformed: AtomicU64,
+}
+
+// SAFETY: the raw pointers (control area, endpoint) are used under the rules stated at
+// each use: a slot's buffer only by its owner, receive buffers only under the progress
+// lock, and the endpoint is FI_THREAD_SAFE.
+unsafe impl Send for Fabric {}
+// SAFETY: as above.
+unsafe impl Sync for Fabric {}
+
+/// How long a post keeps retrying a provider that says EAGAIN (driving progress in
+/// between) before the transfer fails.
+const EAGAIN_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Completions read per `fi_cq_read` call, and the most one progress call handles.
+const CQ_BATCH: usize = 16;
+const CQ_BUDGET: usize = 1024;
+
+impl Fabric {
+    /// Opens the domain (`Domain::open`) — done first, so the registry can register
+    /// memory with it.
+    pub(crate) fn open_domain(config: &FabricConfig) -> Result<Arc<Domain>> {
+        let env = std::env::var(PROVIDER_ENV).ok().filter(|p| !p.is_empty());
+        let provider = env.as_deref().or(config.provider.as_deref());
+        Domain::open(provider, config.node.as_deref())
+    }
+
+    /// Opens the endpoint and allocates every slot's state and control buffer.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn open(
+        domain: &Arc<Domain>,
+        config: &FabricConfig,
+        capacity: usize,
+        max_notif_bytes: usize,
+        max_peers: usize,
+        inbox: Arc<InboxMap>,
+        engine_id: u64,
+        name: &str,
+    ) -> Result<Fabric> {
+        if !(4..=4096).contains(&config.rx_buffers) {
+            return Err(Error::InvalidConfig {
+                field: "fabric.rx_buffers",
+                reason: "must be 4 to 4096",
+            });
+        }
+        let msg_size = (HEADER + max_notif_bytes.max(HELLO_MAX)).next_multiple_of(64);
+        let rx_count = config.rx_buffers;
+        let ctrl = CtrlArea::new((capacity + 1 + rx_count) * msg_size)?;
+        let cq_size = (capacity * 2 + rx_count).min(1 << 16);
+        let ep = Endpoint::open(domain, max_peers * 2 + 2, cq_size)?;
+        let ctrl_mr = if domain.mr_mode & u64::from(sys::FI_MR_LOCAL) != 0 {
+            Some(domain.register(ctrl.ptr as usize, ctrl.layout.size())?)
+        } else {
+            None
+        };
+        let slots = (0..capacity)
+            .map(|_| TxSlot {
+                handle: AtomicU64::new(0),
+                pending: AtomicU32::new(0),
+                error: AtomicU32::new(0),
+                phase: AtomicU32::new(PHASE_DATA),
+                message_len: AtomicU32::new(0),
+                dest: AtomicU64::new(0),
+            })
+            .collect();
+        let gen_bits = (domain.cq_data_size.min(8) as u32 * 8)
+            .saturating_sub(crate::ring::INDEX_BITS)
+            .min(44);
+        let fabric = Fabric {
+            ep,
+            ctrl_mr,
+            ctrl,
+            slots,
+            msg_size,
+            capacity,
+            rx_count,
+            max_notif_bytes,
+            gen_bits,
+            rx: Mutex::new(RxState {
+                peers: Vec::with_capacity(max_peers),
+                blocked: Vec::with_capacity(rx_count),
+                unposted: Vec::with_capacity(rx_count),
+            }),
+            deferred: Mutex::new(Vec::with_capacity(capacity)),
+            addresses: Mutex::new(Vec::with_capacity(max_peers)),
+            hello: Mutex::new(()),
+            hello_state: AtomicU32::new(0),
+            inbox,
+            engine_id,
+            name: name.to_owned(),
+            remote_writes: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
+            unattributed: AtomicU64::new(0),
+            notifications: AtomicU64::new(0),
+            aborts: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+        };
+        let mut rx = fabric.rx.lock().unwrap_or_else(|e| e.into_inner());
+        for i in 0..rx_count as u32 {
+            fabric.repost(&mut rx, i);
+        }
+        if !rx.unposted.is_empty() {
+            return Err(Error::FabricUnavailable {
+                reason: format!("the provider refused {} receive buffers", rx.unposted.len()),
+            });
+        }
+        drop(rx);
+        Ok(fabric)
+    }
+
+    /// This endpoint's description for the metadata blob.
+    pub(crate) fn info(&self, keys: Vec<(u64, u64)>) -> FabricInfo {
+        FabricInfo {
+            provider: self.ep.domain.provider.clone(),
+            address: self.ep.name.clone(),
+            capacity: self.capacity as u32,
+            max_notif_bytes: self.max_notif_bytes as u32,
+            virt_addr: self.ep.domain.virt_addr(),
+            keys,
+        }
+    }
+
+    /// The provider in use.
+    pub(crate) fn provider(&self) -> &str {
+        &self.ep.domain.provider
+    }
+
+    /// Whether remote addresses are virtual addresses (else offsets).
+    pub(crate) fn virt_addr(&self) -> bool {
+        self.ep.domain.virt_addr()
+    }
+
+    fn desc(&self) -> *mut c_void {
+        self.ctrl_mr
+            .as_ref()
+            .map_or(std::ptr::null_mut(), |m| m.desc as *mut c_void)
+    }
+
+    /// Control buffer `i` (slot `i`, the HELLO at `capacity`, then receive buffers).
+    fn buffer(&self, i: usize) -> *mut u8 {
+        debug_assert!(i < self.capacity + 1 + self.rx_count);
+        // SAFETY: inside the control area (checked above by construction of `i`).
+        unsafe { self.ctrl.ptr.add(i * self.msg_size) }
+    }
+
+    fn rx_buffer(&self, i: u32) -> *mut u8 {
+        self.buffer(self.capacity + 1 + i as usize)
+    }
+
+    // ----- control path -----
+
+    /// The AV address of engine `engine_id`'s endpoint address, inserting it once.
+    /// Another engine at an address we knew (a restarted peer) replaces the old
+    /// entry, whose connection state goes with it; the old `fi_addr_t` is returned too.
+    pub(crate) fn address(&self, addr: &[u8], engine_id: u64) -> Result<(u64, Option<u64>)> {
+        let mut book = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        let mut replaced = None;
+        if let Some(i) = book.iter().position(|(a, _, _)| a == addr) {
+            if book[i].2 == engine_id {
+                return Ok((book[i].1, None));
+            }
+            let (_, old, _) = book.swap_remove(i);
+            self.ep.remove(old)?;
+            replaced = Some(old);
+        }
+        let fi_addr = self.ep.insert(addr)?;
+        book.push((addr.to_vec(), fi_addr, engine_id));
+        Ok((fi_addr, replaced))
+    }
+
+    /// Introduces this engine to a peer: a HELLO, waited for (up to `timeout`).
+    pub(crate) fn hello(&self, dest: u64, capacity: usize, timeout: Duration, sink: Sink<'_>) -> Result<()> {
+        let _one = self.hello.lock().unwrap_or_else(|e| e.into_inner());
+        let name = &self.name.as_bytes()[..self.name.len().min(255)];
+        let addr = &self.ep.name;
+        let mut payload = Vec::with_capacity(HELLO_MAX);
+        payload.extend_from_slice(&self.engine_id.to_le_bytes());
+        payload.extend_from_slice(&(capacity as u32).to_le_bytes());
+        payload.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        payload.extend_from_slice(&(addr.len() as u16).to_le_bytes());
+        payload.extend_from_slice(name);
+        payload.extend_from_slice(addr);
+        let buf = self.buffer(self.capacity);
+        let len = write_message(buf, self.msg_size, HELLO, 0, 0, &payload);
+        self.hello_state.store(0, Ordering::Release);
+        let context = (&raw const self.hello_state).cast_mut().cast::<c_void>();
+        let start = Instant::now();
+        loop {
+            // SAFETY: the HELLO buffer is ours under the `hello` lock and stays untouched
+            // until the send completes (we wait for it below); the endpoint is live.
+            let ret = unsafe { api::send(self.ep.ep, buf.cast(), len, self.desc(), dest, context) };
+            if ret == 0 {
+                break;
+            }
+            if ret != api::EAGAIN || start.elapsed() > timeout {
+                return Err(self.ep.domain.api.error("fi_send(hello)", ret));
+            }
+            self.progress(sink);
+        }
+        loop {
+            match self.hello_state.load(Ordering::Acquire) {
+                0 => {}
+                1 => return Ok(()),
+                code => {
+                    return Err(Error::PeerUnreachable {
+                        name: String::from("(fabric peer)"),
+                        reason: format!("the HELLO failed: {}", self.ep.domain.api.strerror(code as i32 - 1)),
+                    });
+                }
+            }
+            if start.elapsed() > timeout {
+                // The send is still in flight and its buffer must stay untouched: the
+                // lock is kept until it completes (next HELLO waits on it).
+                while self.hello_state.load(Ordering::Acquire) == 0 && start.elapsed() < timeout * 4 {
+                    self.progress(sink);
+                    std::thread::yield_now();
+                }
+                return Err(Error::PeerUnreachable {
+                    name: String::from("(fabric peer)"),
+                    reason: format!("no completion for the HELLO within {timeout:?}"),
+                });
+            }
+            self.progress(sink);
+            std::thread::yield_now();
+        }
+    }
+
+    /// Receiver-side counters.
+    pub(crate) fn stats(&self) -> FabricStats {
+        let senders = self.rx.lock().map(|rx| rx.peers.len()).unwrap_or(0);
+        FabricStats {
+            remote_writes: self.remote_writes.load(Ordering::Relaxed),
+            stale: self.stale.load(Ordering::Relaxed),
+            unattributed: self.unattributed.load(Ordering::Relaxed),
+            notifications: self.notifications.load(Ordering::Relaxed),
+            aborts: self.aborts.load(Ordering::Relaxed),
+            senders,
+            malformed: self.malformed.load(Ordering::Relaxed),
+        }
+    }
+
+    // ----- hot path: post -----
+
+    /// Starts a transfer in slot `handle`: every local buffer with its remote address
+    /// and key (`remote(i)`), then, once they complete, the notification if any.
+    ///
+    /// `Err` means nothing was posted (the engine makes the transfer prepared again).
+    /// `Ok(false)`: the transfer will be reported to a sink exactly once, by whoever
+    /// reads its last completion. `Ok(true)`: every operation already completed; the
+    /// caller must call [`finish`](Fabric::finish). `sink` receives other transfers
+    /// that progress ends meanwhile, never this one.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn post(
+        &self,
+        handle: Handle,
+        op: Op,
+        local: &[Resolved],
+        remote: impl Fn(usize) -> (u64, u64),
+        dest: u64,
+        notif: Option<&[u8]>,
+        sink: Sink<'_>,
+    ) -> Result<bool> {
+        let index = handle.index() as usize;
+        let slot = &self.slots[index];
+        let context = (slot as *const TxSlot).cast_mut().cast::<c_void>();
+        slot.handle.store(handle.to_raw(), Ordering::Relaxed);
+        slot.error.store(0, Ordering::Relaxed);
+        slot.phase.store(PHASE_DATA, Ordering::Relaxed);
+        slot.dest.store(dest, Ordering::Relaxed);
+        let max = self.ep.domain.max_msg_size;
+        let ops: u64 = local.iter().map(|l| l.len.div_ceil(max).max(1) as u64).sum();
+        let message_len = match notif {
+            Some(payload) => {
+                let writes = if op == Op::Write { ops } else { 0 };
+                write_message(
+                    self.buffer(index),
+                    self.msg_size,
+                    NOTIFY,
+                    handle.to_raw(),
+                    writes,
+                    payload,
+                ) as u32
+            }
+            None => 0,
+        };
+        slot.message_len.store(message_len, Ordering::Relaxed);
+        // The poster's reference: completions cannot finish the slot while we post.
+        slot.pending.store(1, Ordering::Release);
+        let imm = self.immediate(handle);
+        let mut posted = false;
+        'descs: for (i, l) in local.iter().enumerate() {
+            let (raddr, key) = remote(i);
+            let mut done = 0;
+            while done < l.len {
+                let len = (l.len - done).min(max);
+                slot.pending.fetch_add(1, Ordering::AcqRel);
+                let start = Instant::now();
+                let ret = loop {
+                    let buf = (l.addr + done) as *mut c_void;
+                    // SAFETY: `l` is pinned by the transfer (its region cannot go before
+                    // the slot is freed, which waits for this completion); the remote
+                    // range was checked against the peer's metadata; `context` is the
+                    // slot's state, alive as long as the engine.
+                    let ret = unsafe {
+                        match op {
+                            Op::Write => api::writedata(
+                                self.ep.ep,
+                                buf,
+                                len,
+                                l.mr_desc as *mut c_void,
+                                imm,
+                                dest,
+                                raddr + done as u64,
+                                key,
+                                context,
+                            ),
+                            Op::Read => api::read(
+                                self.ep.ep,
+                                buf,
+                                len,
+                                l.mr_desc as *mut c_void,
+                                dest,
+                                raddr + done as u64,
+                                key,
+                                context,
+                            ),
+                        }
+                    };
+                    if ret != api::EAGAIN || start.elapsed() > EAGAIN_PATIENCE {
+                        break ret;
+                    }
+                    self.progress(sink);
+                };
+                if ret != 0 {
+                    slot.pending.fetch_sub(1, Ordering::AcqRel);
+                    if !posted {
+                        slot.pending.store(0, Ordering::Release);
+                        return Err(self.ep.domain.api.error(
+                            match op {
+                                Op::Write => "fi_writedata",
+                                Op::Read => "fi_read",
+                            },
+                            ret,
+                        ));
+                    }
+                    fail(slot, fail_code(ret.unsigned_abs() as i32));
+                    break 'descs;
+                }
+                posted = true;
+                done += len;
+            }
+        }
+        // The poster's reference goes last. If it was the last one, the caller moves
+        // the slot on with `finish` once it no longer borrows the transfer's context
+        // (finishing may complete the slot, which reclaims that context).
+        Ok(self.slots[index].pending.fetch_sub(1, Ordering::AcqRel) == 1)
+    }
+
+    /// Moves on a slot whose `post` returned `Ok(true)`.
+    pub(crate) fn finish(&self, handle: Handle, sink: Sink<'_>) {
+        self.finish_phase(handle.index() as usize, sink);
+    }
+
+    /// The immediate data a WRITE carries: the handle, or with less than 8 bytes of
+    /// CQ data the index and the low generation bits.
+    fn immediate(&self, handle: Handle) -> u64 {
+        let generation = handle.generation() & ((1u64 << self.gen_bits) - 1);
+        generation << crate::ring::INDEX_BITS | u64::from(handle.index())
+    }
+
+    /// Drops one reference to the slot's current phase; the last one moves it on.
+    fn release_ref(&self, index: usize, sink: Sink<'_>) {
+        if self.slots[index].pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.finish_phase(index, sink);
+        }
+    }
+
+    /// Every operation of the slot's phase completed.
+    fn finish_phase(&self, index: usize, sink: Sink<'_>) {
+        let slot = &self.slots[index];
+        let handle = Handle::from_raw(slot.handle.load(Ordering::Relaxed));
+        let error = slot.error.load(Ordering::Acquire);
+        match slot.phase.load(Ordering::Relaxed) {
+            PHASE_DATA if slot.message_len.load(Ordering::Relaxed) != 0 => {
+                if error != 0 {
+                    // Tell the receiver not to wait for writes that will not all come.
+                    let len = write_message(self.buffer(index), self.msg_size, ABORT, handle.to_raw(), 0, &[]);
+                    slot.message_len.store(len as u32, Ordering::Relaxed);
+                    slot.phase.store(PHASE_ABORT, Ordering::Relaxed);
+                } else {
+                    slot.phase.store(PHASE_NOTIFY, Ordering::Relaxed);
+                }
+                slot.pending.store(1, Ordering::Release);
+                self.send_control(index, sink);
+            }
+            PHASE_ABORT => {
+                // The ABORT's own outcome does not change the transfer's.
+                sink(handle, outcome(error));
+            }
+            _ => sink(handle, outcome(error)),
+        }
+    }
+
+    /// Sends slot `index`'s control message (its pending count is 1); false if the
+    /// provider said EAGAIN and the send was deferred.
+    fn send_control(&self, index: usize, sink: Sink<'_>) -> bool {
+        let slot = &self.slots[index];
+        let context = (slot as *const TxSlot).cast_mut().cast::<c_void>();
+        let len = slot.message_len.load(Ordering::Relaxed) as usize;
+        // SAFETY: the slot's buffer is written only by the slot's owner, before this
+        // send and not again until it completes; the endpoint is live.
+        let ret = unsafe {
+            api::send(
+                self.ep.ep,
+                self.buffer(index).cast(),
+                len,
+                self.desc(),
+                slot.dest.load(Ordering::Relaxed),
+                context,
+            )
+        };
+        if ret == 0 {
+            return true;
+        }
+        if ret == api::EAGAIN {
+            // Capacity is reserved: at most one entry per slot.
+            self.deferred
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(index as u32);
+            return false;
+        }
+        fail(slot, fail_code(ret.unsigned_abs() as i32));
+        self.release_ref(index, sink);
+        true
+    }
+
+    // ----- hot path: progress -----
+
+    /// Reads completions and reports finished transfers to `sink`. Returns how many
+    /// completion entries it handled. Another thread already progressing makes this a
+    /// no-op.
+    pub(crate) fn progress(&self, sink: Sink<'_>) -> usize {
+        let Ok(mut rx) = self.rx.try_lock() else {
+            return 0;
+        };
+        self.retry_deferred(sink);
+        self.retry_blocked(&mut rx);
+        let mut handled = 0;
+        // SAFETY: plain-old-data structs; all-zero is a valid value.
+        let mut entries: [sys::fi_cq_data_entry; CQ_BATCH] = unsafe { std::mem::zeroed() };
+        let mut sources = [api::FI_ADDR_NOTAVAIL; CQ_BATCH];
+        while handled < CQ_BUDGET {
+            // SAFETY: live CQ; the arrays hold CQ_BATCH entries of the CQ's format.
+            let n = unsafe { api::cq_readfrom(self.ep.cq, entries.as_mut_ptr(), CQ_BATCH, sources.as_mut_ptr()) };
+            if n > 0 {
+                for i in 0..n as usize {
+                    self.on_completion(&mut rx, &entries[i], sources[i], sink);
+                }
+                handled += n as usize;
+                continue;
+            }
+            if n == -(sys::FI_EAVAIL as isize) {
+                // SAFETY: as above.
+                let mut err: sys::fi_cq_err_entry = unsafe { std::mem::zeroed() };
+                // SAFETY: live CQ; `err` is a zeroed entry (err_data_size 0: no
+                // provider-specific error data is asked for).
+                if unsafe { api::cq_readerr(self.ep.cq, &mut err) } > 0 {
+                    self.on_error(&mut rx, &err, sink);
+                    handled += 1;
+                    continue;
+                }
+            }
+            break;
+        }
+        handled
+    }
+
+    fn retry_deferred(&self, sink: Sink<'_>) {
+        for _ in 0..self.capacity {
+            let next = self.deferred.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let Some(index) = next else { break };
+            if !self.send_control(index as usize, sink) {
+                break; // EAGAIN again: try on the next progress.
+            }
+        }
+    }
+
+    fn retry_blocked(&self, rx: &mut RxState) {
+        for i in (0..rx.unposted.len()).rev() {
+            let buf = rx.unposted.swap_remove(i);
+            self.repost(rx, buf);
+        }
+        let mut i = 0;
+        while i < rx.blocked.len() {
+            let (peer, buf) = rx.blocked[i];
+            if self.deliver(rx, peer as usize, buf) {
+                rx.blocked.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Which slot a context points at, if any.
+    fn slot_of(&self, context: *mut c_void) -> Option<usize> {
+        let base = self.slots.as_ptr() as usize;
+        let offset = (context as usize).checked_sub(base)?;
+        let size = std::mem::size_of::<TxSlot>();
+        (offset % size == 0 && offset / size < self.capacity).then_some(offset / size)
+    }
+
+    /// Which receive buffer a context points at, if any.
+    fn rx_of(&self, context: *mut c_void) -> Option<u32> {
+        let base = self.rx_buffer(0) as usize;
+        let offset = (context as usize).checked_sub(base)?;
+        (offset % self.msg_size == 0 && offset / self.msg_size < self.rx_count)
+            .then_some((offset / self.msg_size) as u32)
+    }
+
+    fn on_completion(&self, rx: &mut RxState, e: &sys::fi_cq_data_entry, source: u64, sink: Sink<'_>) {
+        if let Some(index) = self.slot_of(e.op_context) {
+            self.release_ref(index, sink);
+        } else if let Some(buf) = self.rx_of(e.op_context) {
+            self.on_message(rx, buf, e.len, source);
+        } else if e.op_context == (&raw const self.hello_state).cast_mut().cast() {
+            self.hello_state.store(1, Ordering::Release);
+        } else if e.flags & u64::from(sys::FI_REMOTE_WRITE) != 0 && e.flags & u64::from(sys::FI_REMOTE_CQ_DATA) != 0 {
+            self.on_remote_write(rx, e.data, source);
+        } else {
+            self.unattributed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn on_error(&self, rx: &mut RxState, e: &sys::fi_cq_err_entry, sink: Sink<'_>) {
+        if let Some(index) = self.slot_of(e.op_context) {
+            fail(&self.slots[index], fail_code(e.err));
+            self.release_ref(index, sink);
+        } else if let Some(buf) = self.rx_of(e.op_context) {
+            // A receive cancelled or truncated: the buffer goes back.
+            self.malformed.fetch_add(1, Ordering::Relaxed);
+            self.repost(rx, buf);
+        } else if e.op_context == (&raw const self.hello_state).cast_mut().cast() {
+            self.hello_state.store(e.err.unsigned_abs() + 1, Ordering::Release);
+        } else {
+            self.unattributed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn repost(&self, rx: &mut RxState, buf: u32) {
+        let ptr = self.rx_buffer(buf);
+        // SAFETY: receive buffer `buf` is not posted (it just completed, or was held)
+        // and is touched only under the progress lock; the endpoint is live.
+        let ret = unsafe { api::recv(self.ep.ep, ptr.cast(), self.msg_size, self.desc(), ptr.cast()) };
+        if ret != 0 {
+            rx.unposted.push(buf);
+        }
+    }
+
+    fn peer_index(&self, rx: &RxState, source: u64) -> Option<usize> {
+        rx.peers.iter().position(|p| p.addr == source)
+    }
+
+    /// Compares two wire generations (serial arithmetic over `gen_bits`).
+    fn newer(&self, a: u64, b: u64) -> std::cmp::Ordering {
+        if a == b {
+            return std::cmp::Ordering::Equal;
+        }
+        let mask = (1u64 << self.gen_bits) - 1;
+        if a.wrapping_sub(b) & mask < 1 << (self.gen_bits - 1) {
+            std::cmp::Ordering::Greater
+        } else {
+            std::cmp::Ordering::Less
+        }
+    }
+
+    /// The entry for (peer, wire handle) after moving it to the handle's generation;
+    /// `None` (counted) if the arrival is stale or names no slot.
+    fn entry(&self, rx: &mut RxState, peer: usize, raw: u64) -> Option<usize> {
+        let index = (raw & ((1 << crate::ring::INDEX_BITS) - 1)) as usize;
+        let generation = (raw >> crate::ring::INDEX_BITS) & ((1u64 << self.gen_bits) - 1);
+        let Some(entry) = rx.peers[peer].table.get(index).copied() else {
+            self.unattributed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        match self.newer(generation, entry.generation) {
+            std::cmp::Ordering::Less if entry.generation != 0 => {
+                self.stale.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            std::cmp::Ordering::Equal => Some(index),
+            _ => {
+                if entry.held != NONE {
+                    // A NOTIFY of an older generation never saw its writes: dropped.
+                    self.stale.fetch_add(1, Ordering::Relaxed);
+                    self.repost(rx, entry.held);
+                }
+                rx.peers[peer].table[index] = RxEntry {
+                    generation,
+                    ..RxEntry::EMPTY
+                };
+                Some(index)
+            }
+        }
+    }
+
+    fn on_remote_write(&self, rx: &mut RxState, data: u64, source: u64) {
+        let Some(peer) = self.peer_index(rx, source) else {
+            self.unattributed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Some(index) = self.entry(rx, peer, data) else {
+            return;
+        };
+        self.remote_writes.fetch_add(1, Ordering::Relaxed);
+        let e = &mut rx.peers[peer].table[index];
+        e.seen += 1;
+        if e.seen >= e.want && e.held != NONE {
+            let held = std::mem::replace(&mut e.held, NONE);
+            if !self.deliver(rx, peer, held) {
+                rx.blocked.push((peer as u32, held));
+            }
+        }
+    }
+
+    fn on_message(&self, rx: &mut RxState, buf: u32, len: usize, source: u64) {
+        let ptr = self.rx_buffer(buf);
+        let Some(h) = read_header(ptr, len.min(self.msg_size)) else {
+            self.malformed.fetch_add(1, Ordering::Relaxed);
+            self.repost(rx, buf);
+            return;
+        };
+        match h.kind {
+            HELLO => {
+                // SAFETY: the message is `len` bytes of this receive buffer, which the
+                // provider finished writing (its completion was read).
+                let payload = unsafe { std::slice::from_raw_parts(ptr.add(HEADER), h.len) };
+                if self.on_hello(rx, payload).is_err() {
+                    self.malformed.fetch_add(1, Ordering::Relaxed);
+                }
+                self.repost(rx, buf);
+            }
+            NOTIFY | ABORT => {
+                let Some(peer) = self.peer_index(rx, source) else {
+                    self.unattributed.fetch_add(1, Ordering::Relaxed);
+                    self.repost(rx, buf);
+                    return;
+                };
+                let wire = self.immediate(Handle::from_raw(h.handle));
+                let Some(index) = self.entry(rx, peer, wire) else {
+                    self.repost(rx, buf);
+                    return;
+                };
+                let e = &mut rx.peers[peer].table[index];
+                if e.held != NONE {
+                    // A second NOTIFY for the same generation: a duplicate.
+                    let old = std::mem::replace(&mut e.held, NONE);
+                    self.stale.fetch_add(1, Ordering::Relaxed);
+                    self.repost(rx, old);
+                }
+                let e = &mut rx.peers[peer].table[index];
+                if h.kind == ABORT {
+                    e.want = u64::MAX;
+                    self.aborts.fetch_add(1, Ordering::Relaxed);
+                    self.repost(rx, buf);
+                    return;
+                }
+                e.want = h.count;
+                if e.seen >= e.want {
+                    if !self.deliver(rx, peer, buf) {
+                        rx.blocked.push((peer as u32, buf));
+                    }
+                } else {
+                    e.held = buf;
+                }
+            }
+            _ => {
+                self.malformed.fetch_add(1, Ordering::Relaxed);
+                self.repost(rx, buf);
+            }
+        }
+    }
+
+    /// Puts the NOTIFY in receive buffer `buf` into the sender's inbox lane and
+    /// reposts the buffer; false (nothing done) if the lane is full.
+    fn deliver(&self, rx: &mut RxState, peer: usize, buf: u32) -> bool {
+        let ptr = self.rx_buffer(buf);
+        let Some(h) = read_header(ptr, self.msg_size) else {
+            self.repost(rx, buf);
+            return true;
+        };
+        let outbox = &rx.peers[peer].outbox;
+        if !outbox.reserve() {
+            return false;
+        }
+        // SAFETY: the buffer holds a complete message (checked header, len within it).
+        let payload = unsafe { std::slice::from_raw_parts(ptr.add(HEADER), h.len) };
+        outbox.deliver(Handle::from_raw(h.handle), payload);
+        self.notifications.fetch_add(1, Ordering::Relaxed);
+        self.repost(rx, buf);
+        true
+    }
+
+    /// A sender introduced itself: its address goes in the AV, and it gets a table
+    /// and a lane of our inbox (control path: allocates).
+    fn on_hello(&self, rx: &mut RxState, payload: &[u8]) -> Result<()> {
+        let mut r = Reader(payload);
+        let bad = || Error::InvalidDescriptor {
+            reason: "malformed HELLO",
+        };
+        let engine_id = r.u64().ok_or_else(bad)?;
+        let capacity = r.u32().ok_or_else(bad)? as usize;
+        let name_len = r.u16().ok_or_else(bad)? as usize;
+        let addr_len = r.u16().ok_or_else(bad)? as usize;
+        let name = String::from_utf8_lossy(r.bytes(name_len).ok_or_else(bad)?).into_owned();
+        let addr = r.bytes(addr_len).ok_or_else(bad)?;
+        if capacity == 0 || capacity > self.capacity || addr.is_empty() {
+            return Err(bad());
+        }
+        let (fi_addr, replaced) = self.address(addr, engine_id)?;
+        if let Some(p) = rx.peers.iter_mut().find(|p| p.engine_id == engine_id) {
+            // A reload: same engine, generations go on; only the address may move.
+            p.addr = fi_addr;
+            return Ok(());
+        }
+        if let Some(old) = replaced {
+            // The engine that was at this address is gone: so is its table and lane.
+            rx.peers.retain(|p| p.addr != old);
+        }
+        if rx.peers.len() == rx.peers.capacity() {
+            return Err(Error::PeerTableFull {
+                capacity: rx.peers.capacity(),
+            });
+        }
+        let outbox = Outbox::claim(Arc::clone(&self.inbox), engine_id, &name)?;
+        rx.peers.push(RxPeer {
+            engine_id,
+            addr: fi_addr,
+            outbox,
+            table: vec![RxEntry::EMPTY; capacity].into_boxed_slice(),
+        });
+        Ok(())
+    }
+}
+
+/// Records the slot's first failure.
+fn fail(slot: &TxSlot, code: FailCode) {
+    let _ = slot
+        .error
+        .compare_exchange(0, code.to_bits().max(1), Ordering::AcqRel, Ordering::Relaxed);
+}
+
+fn outcome(error: u32) -> Outcome {
+    match error {
+        0 => Outcome::Done,
+        bits => Outcome::Failed(FailCode::from_bits(bits)),
+    }
+}
+
+/// A libfabric error number as a transfer's failure: lost connections are `PEER_LOST`.
+fn fail_code(err: i32) -> FailCode {
+    let err = err.unsigned_abs();
+    let lost = [
+        sys::FI_ECONNRESET,
+        sys::FI_ENOTCONN,
+        sys::FI_ECONNREFUSED,
+        sys::FI_EHOSTUNREACH,
+        sys::FI_ECONNABORTED,
+        sys::FI_ENETUNREACH,
+        sys::FI_ENETDOWN,
+        sys::FI_ESHUTDOWN,
+        sys::FI_ETIMEDOUT,
+    ];
+    if lost.contains(&err) {
+        FailCode::PEER_LOST
+    } else {
+        FailCode::new(FailSource::Fabric, err.min(0x3fff))
+    }
+}
+
+struct Header {
+    kind: u8,
+    len: usize,
+    handle: u64,
+    count: u64,
+}
+
+/// Writes a control message into `buf` (`size` bytes); its length.
+fn write_message(buf: *mut u8, size: usize, kind: u8, handle: u64, count: u64, payload: &[u8]) -> usize {
+    let len = payload.len().min(size - HEADER);
+    let mut header = [0u8; HEADER];
+    header[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    header[4] = kind;
+    header[8..12].copy_from_slice(&(len as u32).to_le_bytes());
+    header[16..24].copy_from_slice(&handle.to_le_bytes());
+    header[24..32].copy_from_slice(&count.to_le_bytes());
+    // SAFETY: `buf` is a control buffer of `size` bytes owned by the caller (its slot,
+    // or the HELLO buffer under its lock); HEADER + len ≤ size.
+    unsafe {
+        std::ptr::copy_nonoverlapping(header.as_ptr(), buf, HEADER);
+        std::ptr::copy_nonoverlapping(payload.as_ptr(), buf.add(HEADER), len);
+    }
+    HEADER + len
+}
+
+/// Parses the header of a received message of `len` bytes at `buf`.
+fn read_header(buf: *const u8, len: usize) -> Option<Header> {
+    if len < HEADER {
+        return None;
+    }
+    let mut header = [0u8; HEADER];
+    // SAFETY: `buf` is a receive buffer of at least `len` ≥ HEADER bytes, written by
+    // the provider before its completion was read.
+    unsafe { std::ptr::copy_nonoverlapping(buf, header.as_mut_ptr(), HEADER) };
+    let word = |r: std::ops::Range<usize>| header[r].iter().rev().fold(0u64, |acc, b| acc << 8 | u64::from(*b));
+    let h = Header {
+        kind: header[4],
+        len: word(8..12) as usize,
+        handle: word(16..24),
+        count: word(24..32),
+    };
+    (word(0..4) as u32 == MAGIC && HEADER + h.len <= len).then_some(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_round_trips_and_rejects_garbage() {
+        let info = FabricInfo {
+            provider: "tcp;ofi_rxm".into(),
+            address: vec![1, 2, 3, 4],
+            capacity: 1024,
+            max_notif_bytes: 256,
+            virt_addr: true,
+            keys: vec![(1 << 20 | 3, 77), (2 << 20 | 4, 78)],
+        };
+        let blob = info.encode();
+        assert_eq!(FabricInfo::decode(&blob), Some(info));
+        for cut in 0..blob.len() {
+            assert_eq!(FabricInfo::decode(&blob[..cut]), None, "truncated at {cut}");
+        }
+        let mut long = blob.clone();
+        long.push(0);
+        assert_eq!(FabricInfo::decode(&long), None);
+    }
+
+    #[test]
+    fn messages_round_trip_and_bad_headers_are_refused() {
+        let mut buf = vec![0u8; 128];
+        let len = write_message(buf.as_mut_ptr(), buf.len(), NOTIFY, 42, 7, b"hello");
+        assert_eq!(len, HEADER + 5);
+        let h = read_header(buf.as_ptr(), len).unwrap();
+        assert_eq!((h.kind, h.len, h.handle, h.count), (NOTIFY, 5, 42, 7));
+        assert!(read_header(buf.as_ptr(), len - 1).is_none(), "payload cut short");
+        buf[0] ^= 1;
+        assert!(read_header(buf.as_ptr(), len).is_none(), "bad magic");
+    }
+}
