@@ -206,9 +206,12 @@ impl Core {
     fn progress(&self) -> usize {
         let Some(fabric) = &self.fabric else { return 0 };
         let registry = &self.shared.registry;
-        fabric.progress(&mut |h, o| {
-            self.ring.complete_with(h, o, |t| reclaim(registry, t));
-        })
+        fabric.progress(
+            &mut |h, o| {
+                self.ring.complete_with(h, o, |t| reclaim(registry, t));
+            },
+            Some(&|h, code| self.ring.expire(h, code)),
+        )
     }
 
     /// A worker thread's loop: run file transfers until the engine shuts down.
@@ -925,7 +928,7 @@ impl Engine {
             return Err(Error::UnknownPeer { peer: t.peer });
         };
         let remote = &t.remote[..t.count];
-        if let (Some(dest), Some(fabric)) = (peer.fabric_addr(), &self.core.fabric) {
+        if let (Some((dest, tag)), Some(fabric)) = (peer.fabric_addr(), &self.core.fabric) {
             if let Some(d) = remote.iter().find(|d| peer.fabric_target(d).is_none()) {
                 return Err(Error::UnknownRegion {
                     region: d.region.to_raw(),
@@ -933,7 +936,7 @@ impl Engine {
             }
             let notif = t.notif_len.map(|n| &t.notif[..n]);
             let target = |i: usize| peer.fabric_target(&remote[i]).unwrap_or_default();
-            let all_done = fabric.post(handle, t.op, &t.local[..t.count], target, dest, notif, sink)?;
+            let all_done = fabric.post(handle, t.op, &t.local[..t.count], target, dest, tag, notif, sink)?;
             return Ok(if all_done {
                 Started::FabricDone
             } else {

@@ -61,6 +61,8 @@ pub(crate) struct FabricPeer {
     keys: Vec<Option<u64>>,
     /// Remote addresses are virtual addresses (else offsets in the region).
     virt_addr: bool,
+    /// Our tag at the peer (its WELCOME), carried in every write and message.
+    tag: u16,
 }
 
 struct Remote {
@@ -228,7 +230,7 @@ impl Peer {
             .map(|r| info.keys.iter().find(|(id, _)| *id == r.id).map(|(_, key)| *key))
             .collect();
         let (addr, _) = fabric.address(&info.address, md.engine_id)?;
-        fabric.hello(addr, us.capacity, std::time::Duration::from_secs(5), sink)?;
+        let tag = fabric.hello(addr, md.engine_id, us.capacity, std::time::Duration::from_secs(5), sink)?;
         Ok(Peer {
             name: md.engine_name,
             engine_id: md.engine_id,
@@ -239,14 +241,15 @@ impl Peer {
                 addr,
                 keys,
                 virt_addr: info.virt_addr,
+                tag,
             }),
         })
     }
 
-    /// The fabric address of a peer reached through the fabric.
-    pub(crate) fn fabric_addr(&self) -> Option<u64> {
+    /// The fabric address of a peer reached through the fabric, and our tag there.
+    pub(crate) fn fabric_addr(&self) -> Option<(u64, u16)> {
         match &self.reach {
-            Reach::Fabric(f) => Some(f.addr),
+            Reach::Fabric(f) => Some((f.addr, f.tag)),
             _ => None,
         }
     }

@@ -13,12 +13,17 @@ const PROVIDERS: [&str; 2] = ["tcp", "shm"];
 /// An engine with the fabric transport on `provider`, or `None` when the user asked
 /// to skip fabric tests.
 fn engine(name: &str, provider: &str, progress_thread: bool) -> Option<Engine> {
+    engine_with(name, provider, progress_thread, FabricConfig::default().deadline)
+}
+
+fn engine_with(name: &str, provider: &str, progress_thread: bool, deadline: Duration) -> Option<Engine> {
     let config = Config {
         name: name.into(),
         capacity: 256,
         fabric: Some(FabricConfig {
             provider: Some(provider.into()),
             progress_thread,
+            deadline,
             ..FabricConfig::default()
         }),
         ..Config::default()
@@ -95,5 +100,407 @@ fn write_and_read_with_notification_in_one_process() {
         let s = b.stats().fabric;
         assert_eq!(s.notifications, 1);
         assert_eq!(s.stale, 0);
+    }
+}
+
+// ----- two processes -----
+//
+// The test re-runs its own binary as the target (`fabric_child`, ignored in normal
+// runs), which serves one 16 MiB region and answers commands on stdin.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Instant;
+
+use ringxfer::{Handle, PeerId, RegionId};
+
+const REGION: usize = 16 << 20;
+const WAIT: Duration = Duration::from_secs(20);
+
+/// One two-process test at a time: they measure the child's memory and count slots.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+#[ignore = "the child process of the two-process fabric tests; run by them"]
+fn fabric_child() {
+    let provider = std::env::var("RINGXFER_TEST_PROVIDER").unwrap();
+    let b = engine("target", &provider, true).unwrap();
+    let region = b.alloc_region(REGION).unwrap();
+    let server = b.serve_metadata("127.0.0.1:0").unwrap();
+    println!("ADDR {} {}", server.local_addr(), region.to_raw());
+    std::io::stdout().flush().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = [0u8; 256];
+    let mut notes: Vec<String> = Vec::new();
+    let mut waiting_for: Option<(usize, Instant)> = None;
+    loop {
+        while let Some(n) = b.pop_notification(&mut buf).unwrap() {
+            notes.push(String::from_utf8_lossy(&buf[..n.len]).into_owned());
+        }
+        if let Some((want, since)) = waiting_for
+            && (notes.len() >= want || since.elapsed() > WAIT)
+        {
+            let mut unique = notes.clone();
+            unique.sort();
+            unique.dedup();
+            println!("NOTES {} {}", notes.len(), notes.len() - unique.len());
+            std::io::stdout().flush().unwrap();
+            waiting_for = None;
+        }
+        let line = match rx.try_recv() {
+            Ok(line) => line,
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                std::thread::sleep(Duration::from_micros(50));
+                continue;
+            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+        };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["crc", offset, len] => {
+                let mut bytes = vec![0u8; len.parse().unwrap()];
+                b.read_region(region, offset.parse().unwrap(), &mut bytes).unwrap();
+                println!("CRC {}", crc32fast::hash(&bytes));
+            }
+            ["fill", seed] => {
+                b.write_region(region, 0, &pattern(REGION, seed.parse().unwrap()))
+                    .unwrap();
+                println!("FILLED");
+            }
+            ["notes", want] => waiting_for = Some((want.parse().unwrap(), Instant::now())),
+            ["deregister"] => {
+                b.deregister(region).unwrap();
+                println!("DEREGISTERED");
+            }
+            ["stats"] => {
+                let s = b.stats();
+                println!(
+                    "STATS {} {} {} {} {} {} {}",
+                    s.ring.live,
+                    s.fabric.notifications,
+                    s.fabric.stale,
+                    s.fabric.unattributed,
+                    s.fabric.remote_writes,
+                    s.fabric.aborts,
+                    rss_kib()
+                );
+            }
+            _ => panic!("unknown command {line:?}"),
+        }
+        std::io::stdout().flush().unwrap();
+    }
+    drop(server);
+}
+
+struct Target {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    addr: String,
+    region: RegionId,
+}
+
+impl Target {
+    fn spawn(provider: &str) -> Target {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "fabric_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+                "--quiet",
+            ])
+            .env("RINGXFER_TEST_PROVIDER", provider)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let line = read_tagged(&mut stdout, "ADDR ");
+        let mut parts = line.split_whitespace();
+        let addr = parts.next().unwrap().to_owned();
+        let region = RegionId::from_raw(parts.next().unwrap().parse().unwrap());
+        Target {
+            child,
+            stdin,
+            stdout,
+            addr,
+            region,
+        }
+    }
+
+    /// Sends a command and returns the reply line that starts with `tag`.
+    fn ask(&mut self, command: &str, tag: &str) -> Vec<u64> {
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+        read_tagged(&mut self.stdout, tag)
+            .split_whitespace()
+            .map(|w| w.parse().unwrap())
+            .collect()
+    }
+
+    fn crc(&mut self, offset: u64, len: u64) -> u32 {
+        self.ask(&format!("crc {offset} {len}"), "CRC ")[0] as u32
+    }
+
+    /// (live slots, notifications, stale, unattributed, remote writes, aborts, RSS KiB)
+    fn stats(&mut self) -> [u64; 7] {
+        self.ask("stats", "STATS ").try_into().unwrap()
+    }
+
+    /// Waits until `want` notifications arrived; (how many, duplicates).
+    fn notes(&mut self, want: usize) -> (u64, u64) {
+        let v = self.ask(&format!("notes {want}"), "NOTES ");
+        (v[0], v[1])
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_tagged(stdout: &mut BufReader<ChildStdout>, tag: &str) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the target exited before printing {tag:?}"
+        );
+        if let Some(rest) = line.trim_end().strip_prefix(tag) {
+            return rest.to_owned();
+        }
+    }
+}
+
+fn wait_done(a: &Engine, h: Handle) -> Status {
+    let status = a
+        .wait(h, WAIT)
+        .unwrap_or_else(|e| panic!("{e}; initiator stats {:?}", a.stats()));
+    a.release(h).unwrap();
+    status
+}
+
+/// An initiator connected to a fresh target.
+fn pair(provider: &str) -> Option<(Engine, Target, PeerId)> {
+    let a = engine("initiator", provider, false)?;
+    let t = Target::spawn(provider);
+    let peer = a.fetch_peer(t.addr.as_str()).unwrap();
+    Some((a, t, peer))
+}
+
+#[test]
+fn two_processes_write_and_read_every_shape() {
+    let _serial = serial();
+    for provider in PROVIDERS {
+        let Some((a, mut t, peer)) = pair(provider) else { return };
+        let src = a.alloc_region(REGION).unwrap();
+        let back = a.alloc_region(REGION).unwrap();
+        let mut notes = 0;
+        for (size, count) in [
+            (4096u64, 1u64),
+            (4096, 64),
+            (65536, 8),
+            (1 << 20, 4),
+            (1 << 20, 16),
+            (16 << 20, 1),
+        ] {
+            let data = pattern((size * count) as usize, notes as u8);
+            a.write_region(src, 0, &data).unwrap();
+            // Descriptors scattered: local in order, remote reversed.
+            let local: Vec<Desc> = (0..count).map(|i| Desc::new(src, i * size, size)).collect();
+            let remote: Vec<Desc> = (0..count)
+                .map(|i| Desc::new(t.region, (count - 1 - i) * size, size))
+                .collect();
+            let note = format!("write {size}x{count}");
+            let h = a
+                .prepare(Op::Write, &local, peer, &remote, Some(note.as_bytes()))
+                .unwrap();
+            a.post(h).unwrap();
+            assert_eq!(wait_done(&a, h), Status::Done, "{provider} {note}");
+            notes += 1;
+            assert_eq!(
+                t.notes(notes),
+                (notes as u64, 0),
+                "{provider}: notification once, after the data"
+            );
+            for i in 0..count {
+                let expect = crc32fast::hash(&data[(i * size) as usize..((i + 1) * size) as usize]);
+                assert_eq!(
+                    t.crc((count - 1 - i) * size, size),
+                    expect,
+                    "{provider} {note} desc {i}"
+                );
+            }
+            // And back with READ.
+            let local_back: Vec<Desc> = (0..count).map(|i| Desc::new(back, i * size, size)).collect();
+            let h = a.prepare(Op::Read, &local_back, peer, &remote, None).unwrap();
+            a.post(h).unwrap();
+            assert_eq!(wait_done(&a, h), Status::Done, "{provider} read {size}x{count}");
+            let mut out = vec![0u8; (size * count) as usize];
+            a.read_region(back, 0, &mut out).unwrap();
+            assert!(out == data, "{provider}: READ {size}x{count} brought other bytes");
+        }
+        a.check_quiescent().unwrap();
+        let [live, delivered, stale, unattributed, _, aborts, _] = t.stats();
+        assert_eq!(
+            (live, delivered, stale, unattributed, aborts),
+            (0, notes as u64, 0, 0, 0),
+            "{provider}"
+        );
+    }
+}
+
+/// NIXL #1722: a control request taken from a 256-entry pool at post time and
+/// returned only when a notification was sent drained the pool. Here the message
+/// buffer belongs to the slot; transfers without a notification never touch it.
+#[test]
+fn control_buffers_never_drain_without_notifications() {
+    let _serial = serial();
+    for provider in PROVIDERS {
+        let Some((a, mut t, peer)) = pair(provider) else { return };
+        let src = a.alloc_region(4096).unwrap();
+        let capacity = a.config().capacity;
+        let mut in_flight = std::collections::VecDeque::new();
+        for i in 0..100 * capacity {
+            let remote = Desc::new(t.region, (i % 4096) as u64 * 64, 64);
+            let h = a
+                .prepare(Op::Write, &[Desc::new(src, 0, 64)], peer, &[remote], None)
+                .unwrap();
+            a.post(h).unwrap();
+            in_flight.push_back(h);
+            if in_flight.len() == capacity / 2 {
+                let h = in_flight.pop_front().unwrap();
+                assert_eq!(wait_done(&a, h), Status::Done);
+            }
+        }
+        for h in in_flight {
+            assert_eq!(wait_done(&a, h), Status::Done);
+        }
+        // The pool is whole: a transfer with a notification still goes through.
+        let h = a
+            .prepare(
+                Op::Write,
+                &[Desc::new(src, 0, 64)],
+                peer,
+                &[Desc::new(t.region, 0, 64)],
+                Some(b"still here"),
+            )
+            .unwrap();
+        a.post(h).unwrap();
+        assert_eq!(wait_done(&a, h), Status::Done);
+        assert_eq!(t.notes(1), (1, 0));
+        a.check_quiescent().unwrap();
+        let s = a.stats();
+        assert_eq!(s.ring.live, 0);
+        assert_eq!(s.ring.failed, 0, "{provider}");
+        let [_, _, stale, unattributed, writes, _, _] = t.stats();
+        assert_eq!((stale, unattributed), (0, 0), "{provider}: {:?}", t.stats());
+        assert_eq!(
+            writes,
+            100 * capacity as u64 + 1,
+            "{provider}: every remote write counted"
+        );
+    }
+}
+
+/// NIXL #1722: the CQ error path logged the error and never returned the request.
+/// Here every error completion ends its slot FAILED. The target deregisters its
+/// region, so its key is gone: the tcp provider answers with real error completions
+/// (the first ECANCELED, then PEER_LOST, as it drops the connection after the
+/// protection error); shm never completes such an operation, so the deadline fails
+/// it (TIMEOUT) for its owner while the slot stays the provider's.
+#[test]
+fn error_completions_end_every_slot() {
+    let _serial = serial();
+    for provider in PROVIDERS {
+        let Some(a) = engine_with("initiator", provider, false, Duration::from_millis(300)) else {
+            return;
+        };
+        let mut t = Target::spawn(provider);
+        let peer = a.fetch_peer(t.addr.as_str()).unwrap();
+        let src = a.alloc_region(1 << 20).unwrap();
+        let h = a
+            .prepare(
+                Op::Write,
+                &[Desc::new(src, 0, 4096)],
+                peer,
+                &[Desc::new(t.region, 0, 4096)],
+                None,
+            )
+            .unwrap();
+        a.post(h).unwrap();
+        assert_eq!(wait_done(&a, h), Status::Done);
+        t.ask("deregister", "DEREGISTERED");
+        let mut codes = Vec::new();
+        let mut detached = 0;
+        let mut refused = 0;
+        for round in 0..8u64 {
+            let op = if round % 2 == 0 { Op::Write } else { Op::Read };
+            let note = format!("never {round}");
+            let h = a
+                .prepare(
+                    op,
+                    &[Desc::new(src, 0, 65536), Desc::new(src, 65536, 4096)],
+                    peer,
+                    &[Desc::new(t.region, 0, 65536), Desc::new(t.region, 1 << 20, 4096)],
+                    (round % 2 == 0).then_some(note.as_bytes()),
+                )
+                .unwrap();
+            if let Err(e) = a.post(h) {
+                // A wedged provider may refuse new operations (EAGAIN past the post's
+                // patience): the transfer stays prepared, nothing was posted.
+                assert!(matches!(e, Error::Fabric { code: 11, .. }), "{provider}: {e}");
+                refused += 1;
+                a.release(h).unwrap();
+                continue;
+            }
+            match a.wait(h, WAIT).unwrap() {
+                Status::Failed(code) => codes.push(code),
+                other => panic!("{provider}: a transfer to a deregistered key ended {other:?}"),
+            }
+            if a.release(h).unwrap() == ringxfer::Released::Detached {
+                detached += 1;
+            }
+        }
+        eprintln!("{provider}: failure codes {codes:?}, {detached} still held by the provider, {refused} refused");
+        assert_eq!(
+            codes.len() + refused,
+            8,
+            "{provider}: every transfer ended FAILED or was refused"
+        );
+        let s = a.stats();
+        // Only transfers the deadline failed may still be held (by the provider, which
+        // never gave them back); every other slot is free and unpinned.
+        assert_eq!(s.ring.live, detached, "{provider}");
+        assert!(detached as u64 <= s.fabric.expired, "{provider}");
+        if detached == 0 {
+            a.check_quiescent().unwrap();
+        }
+        // The target delivered none of those notifications.
+        let [live, delivered, ..] = t.stats();
+        assert_eq!((live, delivered), (0, 0), "{provider}");
     }
 }

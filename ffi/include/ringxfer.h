@@ -129,6 +129,10 @@ enum rx_status
   // A bug inside ringxfer panicked; the call was abandoned and the panic stopped at
   // the FFI boundary. The engine may be left with a slot held: report it.
   RX_PANIC = 28,
+  // libfabric is not installed, or no provider offers what the fabric transport needs.
+  RX_FABRIC_UNAVAILABLE = 29,
+  // A libfabric call failed (see `rx_last_error`).
+  RX_FABRIC = 30,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

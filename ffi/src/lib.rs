@@ -1045,13 +1045,14 @@ mod tests {
 
     #[test]
     fn every_status_has_a_description() {
-        for s in 0..=28u32 {
+        let count = crate::status::rx_status::ALL.len() as u32;
+        for s in 0..count {
             // SAFETY: rx_status_str returns a static NUL-terminated string.
             let text = unsafe { CStr::from_ptr(rx_status_str(s)) }.to_str().unwrap();
             assert!(!text.is_empty() && text != "unknown status", "{s}");
         }
         // SAFETY: as above.
-        let unknown = unsafe { CStr::from_ptr(rx_status_str(29)) };
+        let unknown = unsafe { CStr::from_ptr(rx_status_str(count)) };
         assert_eq!(unknown.to_str().unwrap(), "unknown status");
     }
 }

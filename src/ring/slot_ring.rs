@@ -369,8 +369,12 @@ impl<C> SlotRing<C> {
                 DETACHED => true,
                 _ => return self.reject_completion(),
             };
+            let expired = state::code(word);
             let next = if detached {
                 self.free_word(handle.generation())
+            } else if expired != 0 {
+                // Failed for its owner already (`expire`): that failure stands.
+                state::pack(handle.generation(), expired, FAILED)
             } else {
                 outcome.terminal_word(handle.generation())
             };
@@ -380,6 +384,7 @@ impl<C> SlotRing<C> {
             {
                 Ok(_) => {
                     let counter = match outcome {
+                        _ if expired != 0 && !detached => &slot.failed,
                         Outcome::Done => &slot.done,
                         Outcome::Failed(_) => &slot.failed,
                         Outcome::Cancelled => &slot.cancelled,
@@ -393,6 +398,30 @@ impl<C> SlotRing<C> {
                 Err(current) => word = current,
             }
         }
+    }
+
+    /// Fails a posted transfer for its owner while its transport still holds it: a
+    /// deadline passed, or its peer is lost, and the transport cannot take the
+    /// operation back. From now on [`status`](SlotRing::status) reports
+    /// `Failed(code)` and [`cancel`](SlotRing::cancel) says it already ended;
+    /// [`release`](SlotRing::release) detaches it (the slot is still the
+    /// transport's). Only the transport's own [`complete`](SlotRing::complete) frees
+    /// the slot, and whatever it reports then, the transfer's outcome stays `code`.
+    ///
+    /// False (nothing changed) if the handle is not posted, or already expired.
+    pub fn expire(&self, handle: Handle, code: FailCode) -> bool {
+        let Ok(slot) = self.slot(handle) else { return false };
+        let bits = code.to_bits();
+        debug_assert!(bits != 0, "an expiry needs a non-zero failure code");
+        let posted = state::pack(handle.generation(), 0, POSTED);
+        slot.word
+            .compare_exchange(
+                posted,
+                state::pack(handle.generation(), bits.max(1), POSTED),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
     }
 
     /// Gives the handle up. A RESERVED or ended transfer frees its slot at once
@@ -440,6 +469,7 @@ impl<C> SlotRing<C> {
         loop {
             self.check_generation(handle, word)?;
             match state::state(word) {
+                POSTED if state::code(word) != 0 => return Ok(CancelResult::AlreadyComplete),
                 POSTED => return Ok(CancelResult::InFlight),
                 DONE | FAILED | CANCELLED => return Ok(CancelResult::AlreadyComplete),
                 RESERVED => {}
@@ -465,6 +495,7 @@ impl<C> SlotRing<C> {
         self.check_generation(handle, word)?;
         match state::state(word) {
             RESERVED => Ok(Status::Reserved),
+            POSTED if state::code(word) != 0 => Ok(Status::Failed(FailCode::from_bits(state::code(word)))),
             POSTED => Ok(Status::Posted),
             DONE => Ok(Status::Done),
             FAILED => Ok(Status::Failed(FailCode::from_bits(state::code(word)))),

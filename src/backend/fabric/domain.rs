@@ -99,6 +99,10 @@ impl Domain {
             (*hints).caps = CAPS;
             (*hints).mode = 0;
             (*(*hints).ep_attr).type_ = sys::FI_EP_RDM;
+            // A transfer is DONE when its bytes are in the target's memory, not when
+            // they left ours: then DONE is a promise, and a target-side failure (a
+            // key deregistered meanwhile) comes back as this transfer's error.
+            (*(*hints).tx_attr).op_flags = u64::from(sys::FI_DELIVERY_COMPLETE);
             let d = &mut *(*hints).domain_attr;
             d.threading = sys::FI_THREAD_SAFE;
             d.mr_mode = SUPPORTED_MR_MODE as i32;

@@ -77,6 +77,11 @@ pub struct FabricConfig {
     /// Start a thread that drives progress (for an engine that only serves others'
     /// READs and WRITEs and never calls `progress` itself). Default false.
     pub progress_thread: bool,
+    /// How long a posted transfer may take. Past it the transfer reads as
+    /// `Failed(FailCode::TIMEOUT)` (`Engine::status`, `Engine::wait`); its slot stays
+    /// the provider's until the provider gives the operation back, so a late
+    /// completion can never touch a newer transfer. Default 30 s.
+    pub deadline: Duration,
 }
 
 impl Default for FabricConfig {
@@ -86,6 +91,7 @@ impl Default for FabricConfig {
             node: None,
             rx_buffers: 64,
             progress_thread: false,
+            deadline: Duration::from_secs(30),
         }
     }
 }
@@ -109,17 +115,23 @@ pub struct FabricStats {
     pub senders: usize,
     /// Control messages received that were malformed.
     pub malformed: u64,
+    /// Transfers failed by their deadline (`FailCode::TIMEOUT`) while the provider
+    /// still held them.
+    pub expired: u64,
 }
 
 // ----- control messages -----
 //
-// A 32-byte header, little-endian: magic u32, kind u8, 3 bytes zero, payload length
-// u32, 4 bytes zero, handle u64, count u64; then the payload.
+// A 32-byte header, little-endian: magic u32, kind u8, 1 byte zero, sender tag u16,
+// payload length u32, 4 bytes zero, handle u64, count u64; then the payload.
 
 const MAGIC: u32 = 0x5258_4631; // "RXF1"
 const HELLO: u8 = 1;
 const NOTIFY: u8 = 2;
 const ABORT: u8 = 3;
+const WELCOME: u8 = 4;
+/// Where the sender's tag sits in 8-byte immediate data.
+const TAG_SHIFT: u32 = 52;
 const HEADER: usize = 32;
 /// engine id, capacity, name length, address length, name (≤ 255), address (≤ 256).
 const HELLO_MAX: usize = 8 + 4 + 2 + 2 + 255 + 256;
@@ -234,6 +246,9 @@ struct TxSlot {
     /// Length of the control message in the slot's buffer; 0 if no notification.
     message_len: AtomicU32,
     dest: AtomicU64,
+    /// When the transfer expires (nanoseconds since `Fabric::epoch`); 0 while it is
+    /// not armed (being posted, or finished).
+    deadline: AtomicU64,
 }
 
 /// A receiver's table entry for one sender slot.
@@ -259,17 +274,24 @@ impl RxEntry {
     };
 }
 
-/// A sender that introduced itself with a HELLO.
+/// A sender that introduced itself with a HELLO. Its index in `RxState::peers` is
+/// its *tag*, which the WELCOME reply tells it and which it puts in the immediate
+/// data of its writes and the header of its messages.
 struct RxPeer {
     engine_id: u64,
     addr: u64,
     outbox: Outbox,
     table: Box<[RxEntry]>,
+    /// The WELCOME to this sender is in flight (its buffer is busy).
+    welcoming: bool,
+    /// A WELCOME is owed (the last attempt met EAGAIN or a busy buffer).
+    welcome_owed: bool,
 }
 
 /// Receiver state, touched only by whoever holds the progress lock.
 struct RxState {
-    peers: Vec<RxPeer>,
+    /// `max_peers` places, indexed by tag.
+    peers: Vec<Option<RxPeer>>,
     /// (sender, receive buffer) of notifications whose writes are all seen but whose
     /// inbox lane was full; retried on every progress.
     blocked: Vec<(u32, u32)>,
@@ -335,15 +357,26 @@ pub(crate) struct Fabric {
     /// Serialises HELLOs (the one HELLO buffer); the context of their sends.
     hello: Mutex<()>,
     hello_state: AtomicU32,
+    /// (receiver engine id, our tag there) from WELCOME replies.
+    welcomes: Mutex<Vec<(u64, u16)>>,
+    /// Whether immediate data has room for the sender's tag (8 bytes); else senders
+    /// are told apart by the completion's source address (`FI_SOURCE`).
+    tagged: bool,
+    max_peers: usize,
     inbox: Arc<InboxMap>,
     engine_id: u64,
     name: String,
     remote_writes: AtomicU64,
+    epoch: Instant,
+    deadline: Duration,
+    /// When progress last looked for expired transfers (nanoseconds since `epoch`).
+    scanned_at: AtomicU64,
     stale: AtomicU64,
     unattributed: AtomicU64,
     notifications: AtomicU64,
     aborts: AtomicU64,
     malformed: AtomicU64,
+    expired: AtomicU64,
 }
 
 // SAFETY: the raw pointers (control area, endpoint) are used under the rules stated at
@@ -390,7 +423,7 @@ impl Fabric {
         }
         let msg_size = (HEADER + max_notif_bytes.max(HELLO_MAX)).next_multiple_of(64);
         let rx_count = config.rx_buffers;
-        let ctrl = CtrlArea::new((capacity + 1 + rx_count) * msg_size)?;
+        let ctrl = CtrlArea::new((capacity + 1 + rx_count + max_peers) * msg_size)?;
         let cq_size = (capacity * 2 + rx_count).min(1 << 16);
         let ep = Endpoint::open(domain, max_peers * 2 + 2, cq_size)?;
         let ctrl_mr = if domain.mr_mode & u64::from(sys::FI_MR_LOCAL) != 0 {
@@ -406,11 +439,19 @@ impl Fabric {
                 phase: AtomicU32::new(PHASE_DATA),
                 message_len: AtomicU32::new(0),
                 dest: AtomicU64::new(0),
+                deadline: AtomicU64::new(0),
             })
             .collect();
-        let gen_bits = (domain.cq_data_size.min(8) as u32 * 8)
-            .saturating_sub(crate::ring::INDEX_BITS)
-            .min(44);
+        let tagged = domain.cq_data_size >= 8;
+        // 8 bytes: tag (12 bits), generation (32), index (20); 4 bytes: generation (12)
+        // and index.
+        let gen_bits = if tagged {
+            32
+        } else {
+            (domain.cq_data_size as u32 * 8)
+                .saturating_sub(crate::ring::INDEX_BITS)
+                .min(32)
+        };
         let fabric = Fabric {
             ep,
             ctrl_mr,
@@ -422,7 +463,7 @@ impl Fabric {
             max_notif_bytes,
             gen_bits,
             rx: Mutex::new(RxState {
-                peers: Vec::with_capacity(max_peers),
+                peers: (0..max_peers).map(|_| None).collect(),
                 blocked: Vec::with_capacity(rx_count),
                 unposted: Vec::with_capacity(rx_count),
             }),
@@ -430,15 +471,22 @@ impl Fabric {
             addresses: Mutex::new(Vec::with_capacity(max_peers)),
             hello: Mutex::new(()),
             hello_state: AtomicU32::new(0),
+            welcomes: Mutex::new(Vec::with_capacity(max_peers)),
+            tagged,
+            max_peers,
             inbox,
             engine_id,
             name: name.to_owned(),
             remote_writes: AtomicU64::new(0),
+            epoch: Instant::now(),
+            deadline: config.deadline,
+            scanned_at: AtomicU64::new(0),
             stale: AtomicU64::new(0),
             unattributed: AtomicU64::new(0),
             notifications: AtomicU64::new(0),
             aborts: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
         };
         let mut rx = fabric.rx.lock().unwrap_or_else(|e| e.into_inner());
         for i in 0..rx_count as u32 {
@@ -481,15 +529,20 @@ impl Fabric {
             .map_or(std::ptr::null_mut(), |m| m.desc as *mut c_void)
     }
 
-    /// Control buffer `i` (slot `i`, the HELLO at `capacity`, then receive buffers).
+    /// Control buffer `i` (slot `i`, the HELLO at `capacity`, then receive buffers,
+    /// then one WELCOME buffer per sender place).
     fn buffer(&self, i: usize) -> *mut u8 {
-        debug_assert!(i < self.capacity + 1 + self.rx_count);
+        debug_assert!(i < self.capacity + 1 + self.rx_count + self.max_peers);
         // SAFETY: inside the control area (checked above by construction of `i`).
         unsafe { self.ctrl.ptr.add(i * self.msg_size) }
     }
 
     fn rx_buffer(&self, i: u32) -> *mut u8 {
         self.buffer(self.capacity + 1 + i as usize)
+    }
+
+    fn welcome_buffer(&self, tag: usize) -> *mut u8 {
+        self.buffer(self.capacity + 1 + self.rx_count + tag)
     }
 
     // ----- control path -----
@@ -513,9 +566,21 @@ impl Fabric {
         Ok((fi_addr, replaced))
     }
 
-    /// Introduces this engine to a peer: a HELLO, waited for (up to `timeout`).
-    pub(crate) fn hello(&self, dest: u64, capacity: usize, timeout: Duration, sink: Sink<'_>) -> Result<()> {
+    /// Introduces this engine to the peer `peer_engine` at `dest`: a HELLO, then its
+    /// WELCOME, waited for (up to `timeout`). Returns our tag at the peer.
+    pub(crate) fn hello(
+        &self,
+        dest: u64,
+        peer_engine: u64,
+        capacity: usize,
+        timeout: Duration,
+        sink: Sink<'_>,
+    ) -> Result<u16> {
         let _one = self.hello.lock().unwrap_or_else(|e| e.into_inner());
+        self.welcomes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(engine, _)| *engine != peer_engine);
         let name = &self.name.as_bytes()[..self.name.len().min(255)];
         let addr = &self.ep.name;
         let mut payload = Vec::with_capacity(HELLO_MAX);
@@ -526,7 +591,7 @@ impl Fabric {
         payload.extend_from_slice(name);
         payload.extend_from_slice(addr);
         let buf = self.buffer(self.capacity);
-        let len = write_message(buf, self.msg_size, HELLO, 0, 0, &payload);
+        let len = write_message(buf, self.msg_size, HELLO, 0, 0, 0, &payload);
         self.hello_state.store(0, Ordering::Release);
         let context = (&raw const self.hello_state).cast_mut().cast::<c_void>();
         let start = Instant::now();
@@ -540,12 +605,23 @@ impl Fabric {
             if ret != api::EAGAIN || start.elapsed() > timeout {
                 return Err(self.ep.domain.api.error("fi_send(hello)", ret));
             }
-            self.progress(sink);
+            self.progress(sink, None);
         }
         loop {
+            let welcome = self
+                .welcomes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find(|(engine, _)| *engine == peer_engine)
+                .map(|(_, tag)| *tag);
             match self.hello_state.load(Ordering::Acquire) {
                 0 => {}
-                1 => return Ok(()),
+                1 => {
+                    if let Some(tag) = welcome {
+                        return Ok(tag);
+                    }
+                }
                 code => {
                     return Err(Error::PeerUnreachable {
                         name: String::from("(fabric peer)"),
@@ -557,22 +633,26 @@ impl Fabric {
                 // The send is still in flight and its buffer must stay untouched: the
                 // lock is kept until it completes (next HELLO waits on it).
                 while self.hello_state.load(Ordering::Acquire) == 0 && start.elapsed() < timeout * 4 {
-                    self.progress(sink);
+                    self.progress(sink, None);
                     std::thread::yield_now();
                 }
                 return Err(Error::PeerUnreachable {
                     name: String::from("(fabric peer)"),
-                    reason: format!("no completion for the HELLO within {timeout:?}"),
+                    reason: format!("no WELCOME reply to the HELLO within {timeout:?}"),
                 });
             }
-            self.progress(sink);
+            self.progress(sink, None);
             std::thread::yield_now();
         }
     }
 
     /// Receiver-side counters.
     pub(crate) fn stats(&self) -> FabricStats {
-        let senders = self.rx.lock().map(|rx| rx.peers.len()).unwrap_or(0);
+        let senders = self
+            .rx
+            .lock()
+            .map(|rx| rx.peers.iter().filter(|p| p.is_some()).count())
+            .unwrap_or(0);
         FabricStats {
             remote_writes: self.remote_writes.load(Ordering::Relaxed),
             stale: self.stale.load(Ordering::Relaxed),
@@ -581,6 +661,7 @@ impl Fabric {
             aborts: self.aborts.load(Ordering::Relaxed),
             senders,
             malformed: self.malformed.load(Ordering::Relaxed),
+            expired: self.expired.load(Ordering::Relaxed),
         }
     }
 
@@ -602,6 +683,7 @@ impl Fabric {
         local: &[Resolved],
         remote: impl Fn(usize) -> (u64, u64),
         dest: u64,
+        tag: u16,
         notif: Option<&[u8]>,
         sink: Sink<'_>,
     ) -> Result<bool> {
@@ -621,6 +703,7 @@ impl Fabric {
                     self.buffer(index),
                     self.msg_size,
                     NOTIFY,
+                    tag,
                     handle.to_raw(),
                     writes,
                     payload,
@@ -631,7 +714,7 @@ impl Fabric {
         slot.message_len.store(message_len, Ordering::Relaxed);
         // The poster's reference: completions cannot finish the slot while we post.
         slot.pending.store(1, Ordering::Release);
-        let imm = self.immediate(handle);
+        let imm = self.immediate(handle, tag);
         let mut posted = false;
         'descs: for (i, l) in local.iter().enumerate() {
             let (raddr, key) = remote(i);
@@ -674,7 +757,7 @@ impl Fabric {
                     if ret != api::EAGAIN || start.elapsed() > EAGAIN_PATIENCE {
                         break ret;
                     }
-                    self.progress(sink);
+                    self.progress(sink, None);
                 };
                 if ret != 0 {
                     slot.pending.fetch_sub(1, Ordering::AcqRel);
@@ -695,6 +778,9 @@ impl Fabric {
                 done += len;
             }
         }
+        let expires = self.epoch.elapsed().saturating_add(self.deadline).as_nanos().max(1);
+        slot.deadline
+            .store(u64::try_from(expires).unwrap_or(u64::MAX), Ordering::Release);
         // The poster's reference goes last. If it was the last one, the caller moves
         // the slot on with `finish` once it no longer borrows the transfer's context
         // (finishing may complete the slot, which reclaims that context).
@@ -706,11 +792,14 @@ impl Fabric {
         self.finish_phase(handle.index() as usize, sink);
     }
 
-    /// The immediate data a WRITE carries: the handle, or with less than 8 bytes of
-    /// CQ data the index and the low generation bits.
-    fn immediate(&self, handle: Handle) -> u64 {
+    /// The immediate data a WRITE carries: our tag at the receiver, the low 32 bits
+    /// of the generation and the index; with 4-byte CQ data the index and the low 12
+    /// generation bits only. The receiver compares generations serially, so the bits
+    /// that are cut never make an old generation look new.
+    fn immediate(&self, handle: Handle, tag: u16) -> u64 {
         let generation = handle.generation() & ((1u64 << self.gen_bits) - 1);
-        generation << crate::ring::INDEX_BITS | u64::from(handle.index())
+        let tag = if self.tagged { u64::from(tag) << TAG_SHIFT } else { 0 };
+        tag | generation << crate::ring::INDEX_BITS | u64::from(handle.index())
     }
 
     /// Drops one reference to the slot's current phase; the last one moves it on.
@@ -725,11 +814,13 @@ impl Fabric {
         let slot = &self.slots[index];
         let handle = Handle::from_raw(slot.handle.load(Ordering::Relaxed));
         let error = slot.error.load(Ordering::Acquire);
+        slot.deadline.store(0, Ordering::Release);
         match slot.phase.load(Ordering::Relaxed) {
             PHASE_DATA if slot.message_len.load(Ordering::Relaxed) != 0 => {
                 if error != 0 {
                     // Tell the receiver not to wait for writes that will not all come.
-                    let len = write_message(self.buffer(index), self.msg_size, ABORT, handle.to_raw(), 0, &[]);
+                    let tag = read_header(self.buffer(index), self.msg_size).map_or(0, |h| h.tag);
+                    let len = write_message(self.buffer(index), self.msg_size, ABORT, tag, handle.to_raw(), 0, &[]);
                     slot.message_len.store(len as u32, Ordering::Relaxed);
                     slot.phase.store(PHASE_ABORT, Ordering::Relaxed);
                 } else {
@@ -782,15 +873,20 @@ impl Fabric {
 
     // ----- hot path: progress -----
 
-    /// Reads completions and reports finished transfers to `sink`. Returns how many
-    /// completion entries it handled. Another thread already progressing makes this a
+    /// Reads completions and reports finished transfers to `sink`; with `expire`,
+    /// also fails overdue transfers through it (see `FabricConfig::deadline`).
+    /// Returns how many completion entries it handled. Another thread already progressing makes this a
     /// no-op.
-    pub(crate) fn progress(&self, sink: Sink<'_>) -> usize {
+    pub(crate) fn progress(&self, sink: Sink<'_>, expire: Option<&dyn Fn(Handle, FailCode) -> bool>) -> usize {
         let Ok(mut rx) = self.rx.try_lock() else {
             return 0;
         };
+        if let Some(expire) = expire {
+            self.expire_overdue(expire);
+        }
         self.retry_deferred(sink);
         self.retry_blocked(&mut rx);
+        self.retry_welcomes(&mut rx);
         let mut handled = 0;
         // SAFETY: plain-old-data structs; all-zero is a valid value.
         let mut entries: [sys::fi_cq_data_entry; CQ_BATCH] = unsafe { std::mem::zeroed() };
@@ -821,6 +917,34 @@ impl Fabric {
         handled
     }
 
+    /// At most once a millisecond: fails (for their owners) the transfers whose
+    /// deadline passed. Their slots stay posted until the provider completes them.
+    fn expire_overdue(&self, expire: &dyn Fn(Handle, FailCode) -> bool) {
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let last = self.scanned_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < 1_000_000 {
+            return;
+        }
+        self.scanned_at.store(now, Ordering::Relaxed);
+        for slot in self.slots.iter() {
+            let deadline = slot.deadline.load(Ordering::Acquire);
+            if deadline == 0 || deadline > now {
+                continue;
+            }
+            // Disarm first (the CAS fails if the slot finished or moved on meanwhile).
+            if slot
+                .deadline
+                .compare_exchange(deadline, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                let handle = Handle::from_raw(slot.handle.load(Ordering::Acquire));
+                if expire(handle, FailCode::TIMEOUT) {
+                    self.expired.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
     fn retry_deferred(&self, sink: Sink<'_>) {
         for _ in 0..self.capacity {
             let next = self.deferred.lock().unwrap_or_else(|e| e.into_inner()).pop();
@@ -847,6 +971,40 @@ impl Fabric {
         }
     }
 
+    fn retry_welcomes(&self, rx: &mut RxState) {
+        for tag in 0..rx.peers.len() {
+            if rx.peers[tag].as_ref().is_some_and(|p| p.welcome_owed && !p.welcoming) {
+                self.welcome(rx, tag);
+            }
+        }
+    }
+
+    /// Sends (or owes) the WELCOME that tells sender `tag` its tag.
+    fn welcome(&self, rx: &mut RxState, tag: usize) {
+        let Some(p) = rx.peers[tag].as_mut() else { return };
+        if p.welcoming {
+            p.welcome_owed = true;
+            return;
+        }
+        let buf = self.welcome_buffer(tag);
+        let mut payload = [0u8; 10];
+        payload[..8].copy_from_slice(&self.engine_id.to_le_bytes());
+        payload[8..].copy_from_slice(&(tag as u16).to_le_bytes());
+        let len = write_message(buf, self.msg_size, WELCOME, 0, 0, 0, &payload);
+        // SAFETY: the sender place's WELCOME buffer is not in flight (`welcoming` is
+        // false) and is touched only under the progress lock; the endpoint is live.
+        let ret = unsafe { api::send(self.ep.ep, buf.cast(), len, self.desc(), p.addr, buf.cast()) };
+        p.welcoming = ret == 0;
+        p.welcome_owed = ret == api::EAGAIN;
+    }
+
+    /// Which sender place a WELCOME buffer context is, if any.
+    fn welcome_of(&self, context: *mut c_void) -> Option<usize> {
+        let base = self.welcome_buffer(0) as usize;
+        let offset = (context as usize).checked_sub(base)?;
+        (offset % self.msg_size == 0 && offset / self.msg_size < self.max_peers).then_some(offset / self.msg_size)
+    }
+
     /// Which slot a context points at, if any.
     fn slot_of(&self, context: *mut c_void) -> Option<usize> {
         let base = self.slots.as_ptr() as usize;
@@ -870,6 +1028,10 @@ impl Fabric {
             self.on_message(rx, buf, e.len, source);
         } else if e.op_context == (&raw const self.hello_state).cast_mut().cast() {
             self.hello_state.store(1, Ordering::Release);
+        } else if let Some(tag) = self.welcome_of(e.op_context) {
+            if let Some(p) = rx.peers[tag].as_mut() {
+                p.welcoming = false;
+            }
         } else if e.flags & u64::from(sys::FI_REMOTE_WRITE) != 0 && e.flags & u64::from(sys::FI_REMOTE_CQ_DATA) != 0 {
             self.on_remote_write(rx, e.data, source);
         } else {
@@ -887,6 +1049,11 @@ impl Fabric {
             self.repost(rx, buf);
         } else if e.op_context == (&raw const self.hello_state).cast_mut().cast() {
             self.hello_state.store(e.err.unsigned_abs() + 1, Ordering::Release);
+        } else if let Some(tag) = self.welcome_of(e.op_context) {
+            // The sender's hello() times out and reports it.
+            if let Some(p) = rx.peers[tag].as_mut() {
+                p.welcoming = false;
+            }
         } else {
             self.unattributed.fetch_add(1, Ordering::Relaxed);
         }
@@ -902,8 +1069,24 @@ impl Fabric {
         }
     }
 
-    fn peer_index(&self, rx: &RxState, source: u64) -> Option<usize> {
-        rx.peers.iter().position(|p| p.addr == source)
+    /// The sender place of an arrival: by the tag it carries, or (without room for
+    /// tags) by its source address.
+    fn sender(&self, rx: &RxState, tag: u64, source: u64) -> Option<usize> {
+        if self.tagged {
+            let tag = tag as usize;
+            return rx.peers.get(tag)?.as_ref().map(|_| tag);
+        }
+        rx.peers
+            .iter()
+            .position(|p| p.as_ref().is_some_and(|p| p.addr == source))
+    }
+
+    /// The table of sender place `peer` (found by `sender`).
+    fn table(rx: &mut RxState, peer: usize) -> &mut [RxEntry] {
+        match rx.peers[peer].as_mut() {
+            Some(p) => &mut p.table,
+            None => &mut [],
+        }
     }
 
     /// Compares two wire generations (serial arithmetic over `gen_bits`).
@@ -924,7 +1107,7 @@ impl Fabric {
     fn entry(&self, rx: &mut RxState, peer: usize, raw: u64) -> Option<usize> {
         let index = (raw & ((1 << crate::ring::INDEX_BITS) - 1)) as usize;
         let generation = (raw >> crate::ring::INDEX_BITS) & ((1u64 << self.gen_bits) - 1);
-        let Some(entry) = rx.peers[peer].table.get(index).copied() else {
+        let Some(entry) = Self::table(rx, peer).get(index).copied() else {
             self.unattributed.fetch_add(1, Ordering::Relaxed);
             return None;
         };
@@ -940,7 +1123,7 @@ impl Fabric {
                     self.stale.fetch_add(1, Ordering::Relaxed);
                     self.repost(rx, entry.held);
                 }
-                rx.peers[peer].table[index] = RxEntry {
+                Self::table(rx, peer)[index] = RxEntry {
                     generation,
                     ..RxEntry::EMPTY
                 };
@@ -950,7 +1133,7 @@ impl Fabric {
     }
 
     fn on_remote_write(&self, rx: &mut RxState, data: u64, source: u64) {
-        let Some(peer) = self.peer_index(rx, source) else {
+        let Some(peer) = self.sender(rx, data >> TAG_SHIFT, source) else {
             self.unattributed.fetch_add(1, Ordering::Relaxed);
             return;
         };
@@ -958,7 +1141,7 @@ impl Fabric {
             return;
         };
         self.remote_writes.fetch_add(1, Ordering::Relaxed);
-        let e = &mut rx.peers[peer].table[index];
+        let e = &mut Self::table(rx, peer)[index];
         e.seen += 1;
         if e.seen >= e.want && e.held != NONE {
             let held = std::mem::replace(&mut e.held, NONE);
@@ -985,25 +1168,44 @@ impl Fabric {
                 }
                 self.repost(rx, buf);
             }
+            WELCOME => {
+                // SAFETY: as for HELLO.
+                let payload = unsafe { std::slice::from_raw_parts(ptr.add(HEADER), h.len) };
+                if let (Some(engine), Some(tag)) = (
+                    payload
+                        .get(..8)
+                        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default())),
+                    payload.get(8..10).map(|b| u16::from_le_bytes([b[0], b[1]])),
+                ) {
+                    let mut welcomes = self.welcomes.lock().unwrap_or_else(|e| e.into_inner());
+                    welcomes.retain(|(e, _)| *e != engine);
+                    if welcomes.len() < welcomes.capacity() {
+                        welcomes.push((engine, tag));
+                    }
+                } else {
+                    self.malformed.fetch_add(1, Ordering::Relaxed);
+                }
+                self.repost(rx, buf);
+            }
             NOTIFY | ABORT => {
-                let Some(peer) = self.peer_index(rx, source) else {
+                let Some(peer) = self.sender(rx, u64::from(h.tag), source) else {
                     self.unattributed.fetch_add(1, Ordering::Relaxed);
                     self.repost(rx, buf);
                     return;
                 };
-                let wire = self.immediate(Handle::from_raw(h.handle));
+                let wire = self.immediate(Handle::from_raw(h.handle), h.tag);
                 let Some(index) = self.entry(rx, peer, wire) else {
                     self.repost(rx, buf);
                     return;
                 };
-                let e = &mut rx.peers[peer].table[index];
+                let e = &mut Self::table(rx, peer)[index];
                 if e.held != NONE {
                     // A second NOTIFY for the same generation: a duplicate.
                     let old = std::mem::replace(&mut e.held, NONE);
                     self.stale.fetch_add(1, Ordering::Relaxed);
                     self.repost(rx, old);
                 }
-                let e = &mut rx.peers[peer].table[index];
+                let e = &mut Self::table(rx, peer)[index];
                 if h.kind == ABORT {
                     e.want = u64::MAX;
                     self.aborts.fetch_add(1, Ordering::Relaxed);
@@ -1034,7 +1236,11 @@ impl Fabric {
             self.repost(rx, buf);
             return true;
         };
-        let outbox = &rx.peers[peer].outbox;
+        let Some(sender) = rx.peers[peer].as_ref() else {
+            self.repost(rx, buf);
+            return true;
+        };
+        let outbox = &sender.outbox;
         if !outbox.reserve() {
             return false;
         }
@@ -1063,27 +1269,42 @@ impl Fabric {
             return Err(bad());
         }
         let (fi_addr, replaced) = self.address(addr, engine_id)?;
-        if let Some(p) = rx.peers.iter_mut().find(|p| p.engine_id == engine_id) {
-            // A reload: same engine, generations go on; only the address may move.
-            p.addr = fi_addr;
+        if let Some(tag) = rx
+            .peers
+            .iter()
+            .position(|p| p.as_ref().is_some_and(|p| p.engine_id == engine_id))
+        {
+            // A reload: same engine, same table (generations go on); the address may
+            // have moved.
+            if let Some(p) = rx.peers[tag].as_mut() {
+                p.addr = fi_addr;
+            }
+            self.welcome(rx, tag);
             return Ok(());
         }
         if let Some(old) = replaced {
-            // The engine that was at this address is gone: so is its table and lane.
-            rx.peers.retain(|p| p.addr != old);
+            // The engine that was at this address is gone: so are its table and lane.
+            for place in rx.peers.iter_mut() {
+                if place.as_ref().is_some_and(|p| p.addr == old && !p.welcoming) {
+                    *place = None;
+                }
+            }
         }
-        if rx.peers.len() == rx.peers.capacity() {
+        let Some(tag) = rx.peers.iter().position(Option::is_none) else {
             return Err(Error::PeerTableFull {
-                capacity: rx.peers.capacity(),
+                capacity: rx.peers.len(),
             });
-        }
+        };
         let outbox = Outbox::claim(Arc::clone(&self.inbox), engine_id, &name)?;
-        rx.peers.push(RxPeer {
+        rx.peers[tag] = Some(RxPeer {
             engine_id,
             addr: fi_addr,
             outbox,
             table: vec![RxEntry::EMPTY; capacity].into_boxed_slice(),
+            welcoming: false,
+            welcome_owed: false,
         });
+        self.welcome(rx, tag);
         Ok(())
     }
 }
@@ -1125,17 +1346,19 @@ fn fail_code(err: i32) -> FailCode {
 
 struct Header {
     kind: u8,
+    tag: u16,
     len: usize,
     handle: u64,
     count: u64,
 }
 
 /// Writes a control message into `buf` (`size` bytes); its length.
-fn write_message(buf: *mut u8, size: usize, kind: u8, handle: u64, count: u64, payload: &[u8]) -> usize {
+fn write_message(buf: *mut u8, size: usize, kind: u8, tag: u16, handle: u64, count: u64, payload: &[u8]) -> usize {
     let len = payload.len().min(size - HEADER);
     let mut header = [0u8; HEADER];
     header[0..4].copy_from_slice(&MAGIC.to_le_bytes());
     header[4] = kind;
+    header[6..8].copy_from_slice(&tag.to_le_bytes());
     header[8..12].copy_from_slice(&(len as u32).to_le_bytes());
     header[16..24].copy_from_slice(&handle.to_le_bytes());
     header[24..32].copy_from_slice(&count.to_le_bytes());
@@ -1160,6 +1383,7 @@ fn read_header(buf: *const u8, len: usize) -> Option<Header> {
     let word = |r: std::ops::Range<usize>| header[r].iter().rev().fold(0u64, |acc, b| acc << 8 | u64::from(*b));
     let h = Header {
         kind: header[4],
+        tag: word(6..8) as u16,
         len: word(8..12) as usize,
         handle: word(16..24),
         count: word(24..32),
@@ -1194,10 +1418,10 @@ mod tests {
     #[test]
     fn messages_round_trip_and_bad_headers_are_refused() {
         let mut buf = vec![0u8; 128];
-        let len = write_message(buf.as_mut_ptr(), buf.len(), NOTIFY, 42, 7, b"hello");
+        let len = write_message(buf.as_mut_ptr(), buf.len(), NOTIFY, 9, 42, 7, b"hello");
         assert_eq!(len, HEADER + 5);
         let h = read_header(buf.as_ptr(), len).unwrap();
-        assert_eq!((h.kind, h.len, h.handle, h.count), (NOTIFY, 5, 42, 7));
+        assert_eq!((h.kind, h.tag, h.len, h.handle, h.count), (NOTIFY, 9, 5, 42, 7));
         assert!(read_header(buf.as_ptr(), len - 1).is_none(), "payload cut short");
         buf[0] ^= 1;
         assert!(read_header(buf.as_ptr(), len).is_none(), "bad magic");
