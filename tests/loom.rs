@@ -139,3 +139,63 @@ fn a_detached_transfer_is_freed_once_by_its_completion() {
         assert_all_slots_free(&ring);
     });
 }
+
+/// A deadline (`expire`) racing the transport's completion and the owner's release:
+/// the slot is freed exactly once, only after the transport's completion, and an
+/// expired transfer never reads as DONE.
+#[test]
+fn an_expiry_races_completion_and_release() {
+    model(3, || {
+        let ring = Arc::new(SlotRing::<u32>::new(2).unwrap());
+        let h = ring.acquire().unwrap();
+        ring.post(h).unwrap();
+        let expirer = {
+            let ring = ring.clone();
+            thread::spawn(move || ring.expire(h, FailCode::TIMEOUT))
+        };
+        let completer = {
+            let ring = ring.clone();
+            thread::spawn(move || ring.complete(h, Outcome::Done))
+        };
+        let status = ring.status(h).unwrap();
+        let expired = expirer.join().unwrap();
+        assert!(completer.join().unwrap(), "the transport's completion is never refused");
+        let end = ring.status(h).unwrap();
+        if expired {
+            assert_eq!(end, Status::Failed(FailCode::TIMEOUT), "the expiry's failure stands");
+        } else {
+            assert_eq!(end, Status::Done);
+        }
+        assert!(matches!(status, Status::Posted | Status::Done | Status::Failed(_)));
+        assert_eq!(ring.release(h), Ok(Released::Freed));
+        assert_eq!(ring.stats().live, 0);
+        assert_all_slots_free(&ring);
+    });
+}
+
+/// An expired transfer released before the transport completes it stays held
+/// (detached) until that completion, which frees it once.
+#[test]
+fn an_expired_transfer_is_held_until_its_completion() {
+    model(3, || {
+        let ring = Arc::new(SlotRing::<u32>::new(2).unwrap());
+        let h = ring.acquire().unwrap();
+        ring.post(h).unwrap();
+        assert!(ring.expire(h, FailCode::TIMEOUT));
+        assert!(!ring.expire(h, FailCode::TIMEOUT), "once");
+        let completer = {
+            let ring = ring.clone();
+            thread::spawn(move || ring.complete(h, Outcome::Done))
+        };
+        let release = ring.release(h).unwrap();
+        assert!(completer.join().unwrap());
+        match release {
+            // Released first: detached, freed by the completion.
+            Released::Detached => assert!(ring.status(h).is_err()),
+            // Completed first: FAILED(timeout), freed by the release.
+            Released::Freed => {}
+        }
+        assert_eq!(ring.stats().live, 0);
+        assert_all_slots_free(&ring);
+    });
+}

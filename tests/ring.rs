@@ -275,3 +275,32 @@ fn unpost_takes_a_post_back_or_cancels_a_detached_one() {
     let s = r.stats();
     assert_eq!((s.live, s.cancelled), (0, 1));
 }
+
+#[test]
+fn an_expired_transfer_reads_failed_but_stays_held_until_its_completion() {
+    let ring = SlotRing::<u32>::new(4).unwrap();
+    let h = ring.acquire().unwrap();
+    assert!(!ring.expire(h, FailCode::TIMEOUT), "only a posted transfer expires");
+    ring.post(h).unwrap();
+    assert!(ring.expire(h, FailCode::TIMEOUT));
+    assert_eq!(ring.status(h).unwrap(), Status::Failed(FailCode::TIMEOUT));
+    assert_eq!(ring.cancel(h).unwrap(), CancelResult::AlreadyComplete);
+    assert_eq!(
+        ring.release(h).unwrap(),
+        Released::Detached,
+        "the transport still holds it"
+    );
+    assert_eq!(ring.stats().live, 1);
+    assert!(ring.complete(h, Outcome::Done), "its late completion frees it");
+    assert_eq!(ring.stats().live, 0);
+    assert!(!ring.complete(h, Outcome::Done), "and only once");
+
+    // Completed before its owner released it: FAILED with the expiry's code.
+    let h = ring.acquire().unwrap();
+    ring.post(h).unwrap();
+    assert!(ring.expire(h, FailCode::PEER_LOST));
+    assert!(ring.complete(h, Outcome::Done));
+    assert_eq!(ring.status(h).unwrap(), Status::Failed(FailCode::PEER_LOST));
+    assert_eq!(ring.release(h).unwrap(), Released::Freed);
+    assert_eq!(ring.stats().live, 0);
+}
