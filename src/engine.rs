@@ -967,6 +967,36 @@ impl Engine {
         Ok(Started::Ended(outcome))
     }
 
+    /// Test hook (not part of the API): sends one raw fabric write of `local` to
+    /// `remote` at `peer`, carrying `handle` in its immediate data as if it were a
+    /// transfer of this engine — a late completion of an old generation, say — for
+    /// the receiver to reject. Waits for it to complete.
+    #[doc(hidden)]
+    pub fn inject_fabric_write(&self, peer: PeerId, local: Desc, remote: Desc, handle: Handle) -> Result<()> {
+        let p = {
+            let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+            peers.get(peer.0 as usize).map(Arc::clone)
+        }
+        .ok_or(Error::UnknownPeer { peer: peer.0 })?;
+        let (Some(fabric), Some((dest, tag))) = (&self.core.fabric, p.fabric_addr()) else {
+            return Err(Error::InvalidDescriptor {
+                reason: "not a fabric peer",
+            });
+        };
+        p.check(&remote)?;
+        let (raddr, key) = p.fabric_target(&remote).ok_or(Error::UnknownRegion {
+            region: remote.region.to_raw(),
+        })?;
+        let registry = &self.core.shared.registry;
+        let resolved = registry.pin_memory(&local)?;
+        let mut sink = |h, o| {
+            self.core.ring.complete_with(h, o, |t| reclaim(registry, t));
+        };
+        let result = fabric.inject_write(dest, tag, &resolved, raddr, key, handle, &mut sink);
+        registry.unpin(resolved.entry);
+        result
+    }
+
     /// Drives the transports that need it (the fabric's data progress is manual with
     /// the providers ringxfer uses): reads completions and ends finished transfers.
     /// Returns the number of completion entries handled. `status`, `wait` and

@@ -118,6 +118,8 @@ pub struct FabricStats {
     /// Transfers failed by their deadline (`FailCode::TIMEOUT`) while the provider
     /// still held them.
     pub expired: u64,
+    /// Peers declared lost (a deadline passed).
+    pub lost_peers: u64,
 }
 
 // ----- control messages -----
@@ -357,6 +359,8 @@ pub(crate) struct Fabric {
     /// Serialises HELLOs (the one HELLO buffer); the context of their sends.
     hello: Mutex<()>,
     hello_state: AtomicU32,
+    /// The context of `inject_write`'s operation: 0 in flight, 1 done, else error + 1.
+    inject_state: AtomicU32,
     /// (receiver engine id, our tag there) from WELCOME replies.
     welcomes: Mutex<Vec<(u64, u16)>>,
     /// Whether immediate data has room for the sender's tag (8 bytes); else senders
@@ -377,6 +381,7 @@ pub(crate) struct Fabric {
     aborts: AtomicU64,
     malformed: AtomicU64,
     expired: AtomicU64,
+    lost_peers: AtomicU64,
 }
 
 // SAFETY: the raw pointers (control area, endpoint) are used under the rules stated at
@@ -471,6 +476,7 @@ impl Fabric {
             addresses: Mutex::new(Vec::with_capacity(max_peers)),
             hello: Mutex::new(()),
             hello_state: AtomicU32::new(0),
+            inject_state: AtomicU32::new(0),
             welcomes: Mutex::new(Vec::with_capacity(max_peers)),
             tagged,
             max_peers,
@@ -487,6 +493,7 @@ impl Fabric {
             aborts: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
             expired: AtomicU64::new(0),
+            lost_peers: AtomicU64::new(0),
         };
         let mut rx = fabric.rx.lock().unwrap_or_else(|e| e.into_inner());
         for i in 0..rx_count as u32 {
@@ -646,6 +653,60 @@ impl Fabric {
         }
     }
 
+    /// Test hook: one raw `fi_writedata` of `local` to (`raddr`, `key`) at `dest`,
+    /// carrying `handle` as if it were one of ours — a late or forged arrival for the
+    /// receiver to judge. Waits for its completion (control path; serialised with
+    /// HELLOs).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn inject_write(
+        &self,
+        dest: u64,
+        tag: u16,
+        local: &Resolved,
+        raddr: u64,
+        key: u64,
+        handle: Handle,
+        sink: Sink<'_>,
+    ) -> Result<()> {
+        let _one = self.hello.lock().unwrap_or_else(|e| e.into_inner());
+        self.inject_state.store(0, Ordering::Release);
+        let context = (&raw const self.inject_state).cast_mut().cast::<c_void>();
+        let start = Instant::now();
+        loop {
+            // SAFETY: `local` is pinned by the caller until this returns, and we wait
+            // for the operation's completion below; the endpoint is live.
+            let ret = unsafe {
+                api::writedata(
+                    self.ep.ep,
+                    local.addr as *const c_void,
+                    local.len,
+                    local.mr_desc as *mut c_void,
+                    self.immediate(handle, tag),
+                    dest,
+                    raddr,
+                    key,
+                    context,
+                )
+            };
+            if ret == 0 {
+                break;
+            }
+            if ret != api::EAGAIN || start.elapsed() > EAGAIN_PATIENCE {
+                return Err(self.ep.domain.api.error("fi_writedata", ret));
+            }
+            self.progress(sink, None);
+        }
+        loop {
+            match self.inject_state.load(Ordering::Acquire) {
+                0 => {}
+                1 => return Ok(()),
+                code => return Err(self.ep.domain.api.error("fi_writedata", -(code as isize - 1))),
+            }
+            self.progress(sink, None);
+            std::thread::yield_now();
+        }
+    }
+
     /// Receiver-side counters.
     pub(crate) fn stats(&self) -> FabricStats {
         let senders = self
@@ -662,6 +723,7 @@ impl Fabric {
             senders,
             malformed: self.malformed.load(Ordering::Relaxed),
             expired: self.expired.load(Ordering::Relaxed),
+            lost_peers: self.lost_peers.load(Ordering::Relaxed),
         }
     }
 
@@ -918,7 +980,10 @@ impl Fabric {
     }
 
     /// At most once a millisecond: fails (for their owners) the transfers whose
-    /// deadline passed. Their slots stay posted until the provider completes them.
+    /// deadline passed, with `TIMEOUT`. A peer that let a deadline pass is taken as
+    /// lost: its other transfers in flight fail too (`PEER_LOST`) and its address is
+    /// forgotten (a restarted peer is loaded again). Slots stay posted until the
+    /// provider completes them.
     fn expire_overdue(&self, expire: &dyn Fn(Handle, FailCode) -> bool) {
         let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let last = self.scanned_at.load(Ordering::Relaxed);
@@ -926,22 +991,69 @@ impl Fabric {
             return;
         }
         self.scanned_at.store(now, Ordering::Relaxed);
+        let mut lost = [u64::MAX; 8];
+        let mut lost_count = 0;
         for slot in self.slots.iter() {
             let deadline = slot.deadline.load(Ordering::Acquire);
             if deadline == 0 || deadline > now {
                 continue;
             }
-            // Disarm first (the CAS fails if the slot finished or moved on meanwhile).
-            if slot
-                .deadline
-                .compare_exchange(deadline, 0, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                let handle = Handle::from_raw(slot.handle.load(Ordering::Acquire));
-                if expire(handle, FailCode::TIMEOUT) {
-                    self.expired.fetch_add(1, Ordering::Relaxed);
+            if self.expire_slot(slot, deadline, FailCode::TIMEOUT, expire) {
+                let dest = slot.dest.load(Ordering::Relaxed);
+                if !lost[..lost_count].contains(&dest) && lost_count < lost.len() {
+                    lost[lost_count] = dest;
+                    lost_count += 1;
                 }
             }
+        }
+        if lost_count == 0 {
+            return;
+        }
+        let lost = &lost[..lost_count];
+        for slot in self.slots.iter() {
+            let deadline = slot.deadline.load(Ordering::Acquire);
+            if deadline != 0 && lost.contains(&slot.dest.load(Ordering::Relaxed)) {
+                self.expire_slot(slot, deadline, FailCode::PEER_LOST, expire);
+            }
+        }
+        for &dest in lost {
+            self.forget(dest);
+        }
+    }
+
+    /// Disarms `slot` (if its deadline is still `deadline`) and fails its transfer
+    /// for its owner.
+    fn expire_slot(
+        &self,
+        slot: &TxSlot,
+        deadline: u64,
+        code: FailCode,
+        expire: &dyn Fn(Handle, FailCode) -> bool,
+    ) -> bool {
+        // The CAS fails if the slot finished or moved on meanwhile.
+        if slot
+            .deadline
+            .compare_exchange(deadline, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        let handle = Handle::from_raw(slot.handle.load(Ordering::Acquire));
+        let expired = expire(handle, code);
+        if expired {
+            self.expired.fetch_add(1, Ordering::Relaxed);
+        }
+        expired
+    }
+
+    /// Forgets a lost peer's address: loading the peer again inserts it afresh.
+    /// The AV entry itself stays: the shm provider of libfabric 1.17 crashes later
+    /// when an address with operations still queued is removed.
+    fn forget(&self, dest: u64) {
+        let mut book = self.addresses.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = book.iter().position(|(_, a, _)| *a == dest) {
+            book.swap_remove(i);
+            self.lost_peers.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -1028,6 +1140,8 @@ impl Fabric {
             self.on_message(rx, buf, e.len, source);
         } else if e.op_context == (&raw const self.hello_state).cast_mut().cast() {
             self.hello_state.store(1, Ordering::Release);
+        } else if e.op_context == (&raw const self.inject_state).cast_mut().cast() {
+            self.inject_state.store(1, Ordering::Release);
         } else if let Some(tag) = self.welcome_of(e.op_context) {
             if let Some(p) = rx.peers[tag].as_mut() {
                 p.welcoming = false;
@@ -1049,6 +1163,8 @@ impl Fabric {
             self.repost(rx, buf);
         } else if e.op_context == (&raw const self.hello_state).cast_mut().cast() {
             self.hello_state.store(e.err.unsigned_abs() + 1, Ordering::Release);
+        } else if e.op_context == (&raw const self.inject_state).cast_mut().cast() {
+            self.inject_state.store(e.err.unsigned_abs() + 1, Ordering::Release);
         } else if let Some(tag) = self.welcome_of(e.op_context) {
             // The sender's hello() times out and reports it.
             if let Some(p) = rx.peers[tag].as_mut() {
