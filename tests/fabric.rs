@@ -565,8 +565,11 @@ fn old_generations_are_rejected_after(transfers: u64) {
         if in_flight.len() == window {
             assert_eq!(wait_done(&a, in_flight.pop_front().unwrap()), Status::Done);
         }
-        if i == 10_000.min(transfers / 2) {
+        if i == transfers / 4 {
             rss_after_warmup = t.stats()[6];
+        }
+        if i.is_power_of_two() && i >= 1024 {
+            eprintln!("after {i}: receiver RSS {} KiB", t.stats()[6]);
         }
     }
     let last = *in_flight.back().unwrap();
