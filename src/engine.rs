@@ -997,6 +997,12 @@ impl Engine {
         result
     }
 
+    /// The libfabric provider the fabric transport uses (e.g. `tcp;ofi_rxm`), if it
+    /// is on.
+    pub fn fabric_provider(&self) -> Option<String> {
+        self.core.fabric.as_ref().map(|f| f.provider().to_owned())
+    }
+
     /// Drives the transports that need it (the fabric's data progress is manual with
     /// the providers ringxfer uses): reads completions and ends finished transfers.
     /// Returns the number of completion entries handled. `status`, `wait` and
@@ -1013,8 +1019,9 @@ impl Engine {
     }
 
     /// Waits until the transfer ends or `timeout` passes ([`Error::Timeout`]; the
-    /// transfer goes on). Spins briefly, then yields, then sleeps in growing steps, so
-    /// a long wait does not hold a core.
+    /// transfer goes on), driving progress meanwhile. Spins briefly, then yields for
+    /// up to 2 ms, then sleeps in growing steps (up to 0.5 ms), so a long wait does
+    /// not hold a core.
     pub fn wait(&self, handle: Handle, timeout: Duration) -> Result<Status> {
         let start = Instant::now();
         let backoff = crossbeam_utils::Backoff::new();
@@ -1031,13 +1038,14 @@ impl Engine {
             }
             if !backoff.is_completed() {
                 backoff.snooze();
-            } else if waited < Duration::from_micros(200) {
-                // Most transfers end within this: yielding keeps the latency of a
+            } else if waited < Duration::from_millis(2) {
+                // Most transfers end within this (a fabric window of them too, and
+                // each turn drives progress): yielding keeps the latency of a
                 // sleep-and-wake (tens of microseconds) off them.
                 std::thread::yield_now();
             } else {
                 std::thread::sleep(sleep);
-                sleep = (sleep * 2).min(Duration::from_millis(1));
+                sleep = (sleep * 2).min(Duration::from_micros(500));
             }
         }
     }
@@ -1256,19 +1264,21 @@ enum Started {
 }
 
 /// The progress thread's loop: progress, and sleep a little when there is nothing
-/// to do (up to 100 µs, so an idle engine costs little CPU).
+/// to do, so an idle engine costs little CPU.
 fn progress_loop(core: &Core, stop: &std::sync::atomic::AtomicBool) {
-    let mut idle = 0u32;
+    let mut idle_since: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         if core.progress() > 0 {
-            idle = 0;
+            idle_since = None;
             continue;
         }
-        idle = idle.saturating_add(1);
-        if idle < 64 {
+        // Busy for 200 µs after the last completion (a burst's next operation comes
+        // within that), then 50 µs naps.
+        let since = *idle_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < Duration::from_micros(200) {
             std::hint::spin_loop();
         } else {
-            std::thread::sleep(Duration::from_micros(u64::from(idle.min(100))));
+            std::thread::sleep(Duration::from_micros(50));
         }
     }
 }

@@ -6,6 +6,7 @@
 //! ringxfer-bench                                  # a short default sweep (< 1 min)
 //! ringxfer-bench --op read --start-block-size 4K --max-block-size 1M --max-batch-size 32
 //! ringxfer-bench --threads 2 --json out.json
+//! ringxfer-bench --backend fabric --provider tcp --window 16   # against raw libfabric
 //! ```
 //!
 //! It ends by printing the initiator's ledger and exits non-zero if anything is left
@@ -16,6 +17,7 @@ use std::process::ExitCode;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
+use ringxfer::fabric::{FabricConfig, RawRma};
 use ringxfer::{Config, Desc, Engine, Op, PeerId, RegionId, Status};
 
 /// Rounds per configuration: engine and memcpy baseline alternate, medians reported.
@@ -27,8 +29,15 @@ ringxfer-bench: bandwidth and latency of ringxfer transfers against an in-run me
 USAGE: ringxfer-bench [OPTIONS]
 
 OPTIONS:
-  --backend local|file       transport (default local); `file` moves blocks between
-                             memory and a file, against a pread/pwrite baseline
+  --backend local|file|fabric  transport (default local); `file` moves blocks between
+                             memory and a file, against a pread/pwrite baseline;
+                             `fabric` moves them between two engines over libfabric,
+                             against a raw fi_writedata/fi_read loop on the same
+                             provider with the same window
+  --provider NAME            with --backend fabric: tcp, shm, verbs, efa, ... (default:
+                             libfabric's choice, or RINGXFER_FI_PROVIDER)
+  --window N                 transfers in flight per thread (default 1; 16 with
+                             --backend fabric)
   --path DIR                 with --backend file: the directory for the data file
   --mapped                   with --backend file: register the file mapped (memcpy to
                              and from the mapping instead of pread/pwrite)
@@ -69,6 +78,11 @@ struct Args {
     path: Option<String>,
     /// `--mapped`: register the data file mapped.
     mapped: bool,
+    /// `--backend fabric`: two engines over libfabric, against a raw RMA loop.
+    fabric: bool,
+    provider: Option<String>,
+    /// Transfers in flight per thread.
+    window: usize,
     serve_target: Option<u64>,
     json: Option<String>,
     /// `--soak SECONDS`: random transfers for that long, the ledger every 2 s.
@@ -106,6 +120,9 @@ fn parse_args() -> Result<Args, String> {
         file: false,
         path: None,
         mapped: false,
+        fabric: false,
+        provider: None,
+        window: 0,
         serve_target: None,
         json: None,
         soak: None,
@@ -121,12 +138,15 @@ fn parse_args() -> Result<Args, String> {
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
             Long("backend") => {
-                a.file = match value(&mut parser)?.as_str() {
-                    "local" => false,
-                    "file" => true,
-                    other => return Err(format!("backend {other:?} is not built yet (local or file)")),
+                (a.file, a.fabric) = match value(&mut parser)?.as_str() {
+                    "local" => (false, false),
+                    "file" => (true, false),
+                    "fabric" => (false, true),
+                    other => return Err(format!("backend {other:?} is not built yet (local, file or fabric)")),
                 }
             }
+            Long("provider") => a.provider = Some(value(&mut parser)?),
+            Long("window") => a.window = number(value(&mut parser)?)? as usize,
             Long("path") => a.path = Some(value(&mut parser)?),
             Long("mapped") => a.mapped = true,
             Long("op") => {
@@ -161,8 +181,17 @@ fn parse_args() -> Result<Args, String> {
     if a.start_batch == 0 || a.start_batch > a.max_batch || a.max_batch > 65536 {
         return Err("need 0 < --start-batch-size <= --max-batch-size <= 65536".into());
     }
-    if a.file && a.two_process {
+    if (a.file || a.fabric) && a.two_process {
         return Err("--two-process goes with --backend local".into());
+    }
+    if a.provider.is_some() && !a.fabric {
+        return Err("--provider goes with --backend fabric".into());
+    }
+    if a.window == 0 {
+        a.window = if a.fabric { 16 } else { 1 };
+    }
+    if a.window > 512 {
+        return Err("need --window <= 512".into());
     }
     if a.mapped && !a.file {
         return Err("--mapped goes with --backend file".into());
@@ -209,6 +238,8 @@ enum Target {
     /// Held only to keep the engine (and the memory being written) alive.
     InProcess(#[allow(dead_code)] Box<Engine>),
     Child(std::process::Child),
+    /// A fabric target engine, and the raw libfabric baseline.
+    Fabric(#[allow(dead_code)] Box<Engine>, Box<RawRma>),
     /// A data file, removed at the end.
     File(std::path::PathBuf),
 }
@@ -233,7 +264,7 @@ impl Drop for Setup {
             Target::File(path) => {
                 let _ = std::fs::remove_file(path);
             }
-            Target::InProcess(_) => {}
+            Target::InProcess(_) | Target::Fabric(..) => {}
         }
     }
 }
@@ -246,6 +277,12 @@ fn config(name: &str, args: &Args) -> Config {
         // One I/O worker per posting thread: more would only compete for the cores
         // the posting threads and the baseline run on.
         file_workers: args.threads,
+        fabric: args.fabric.then(|| FabricConfig {
+            provider: args.provider.clone(),
+            // The target only serves: a thread drives its progress.
+            progress_thread: name == "target",
+            ..FabricConfig::default()
+        }),
         ..Config::default()
     }
 }
@@ -328,9 +365,16 @@ fn setup(args: &Args) -> Result<Setup, String> {
     let dst = alloc_touched(&target, len)?;
     let blob = target.local_metadata().map_err(|e| e.to_string())?;
     let peer = initiator.load_peer(&blob).map_err(|e| e.to_string())?;
+    let target = if args.fabric {
+        let raw = RawRma::new(args.provider.as_deref(), (per_thread * args.threads as u64) as usize)
+            .map_err(|e| format!("raw libfabric baseline: {e}"))?;
+        Target::Fabric(Box::new(target), Box::new(raw))
+    } else {
+        Target::InProcess(Box::new(target))
+    };
     Ok(Setup {
         initiator,
-        target: Target::InProcess(Box::new(target)),
+        target,
         peer,
         src,
         dst,
@@ -376,7 +420,40 @@ fn run_engine(s: &Setup, args: &Args, block: u64, batch: u64, iters: u64) -> Res
                     let base = t as u64 * args.max_block * args.max_batch;
                     let local: Vec<Desc> = (0..batch).map(|i| Desc::new(s.src, base + i * block, block)).collect();
                     let remote: Vec<Desc> = (0..batch).map(|i| Desc::new(s.dst, base + i * block, block)).collect();
-                    let one = |record: Option<(&mut Samples, &mut Samples, &mut Samples)>| -> Result<(), String> {
+                    let (mut p, mut q, mut x) = (
+                        Samples(Vec::with_capacity(iters as usize)),
+                        Samples(Vec::with_capacity(iters as usize)),
+                        Samples(Vec::with_capacity(iters as usize)),
+                    );
+                    // Up to `window` transfers in flight; the oldest is waited for and
+                    // released when the window is full, and all of them at the end.
+                    let mut in_flight = std::collections::VecDeque::with_capacity(args.window);
+                    let finish =
+                        |(h, posted): (ringxfer::Handle, Instant), x: Option<&mut Samples>| -> Result<(), String> {
+                            let status = s
+                                .initiator
+                                .wait(h, Duration::from_secs(60))
+                                .map_err(|e| e.to_string())?;
+                            if let Some(x) = x {
+                                x.0.push(posted.elapsed().as_nanos() as u64);
+                            }
+                            s.initiator.release(h).map_err(|e| e.to_string())?;
+                            if status != Status::Done {
+                                return Err(format!("transfer ended {status:?}"));
+                            }
+                            Ok(())
+                        };
+                    let warmup = args.warmup_iter.min(iters);
+                    let mut start = Instant::now();
+                    for k in 0..warmup + iters {
+                        let timed = k >= warmup;
+                        if k == warmup {
+                            while let Some(f) = in_flight.pop_front() {
+                                finish(f, None)?;
+                            }
+                            barrier.wait();
+                            start = Instant::now();
+                        }
                         let t0 = Instant::now();
                         let h = s
                             .initiator
@@ -385,34 +462,18 @@ fn run_engine(s: &Setup, args: &Args, block: u64, batch: u64, iters: u64) -> Res
                         let t1 = Instant::now();
                         s.initiator.post(h).map_err(|e| e.to_string())?;
                         let t2 = Instant::now();
-                        let status = s
-                            .initiator
-                            .wait(h, Duration::from_secs(60))
-                            .map_err(|e| e.to_string())?;
-                        let t3 = Instant::now();
-                        s.initiator.release(h).map_err(|e| e.to_string())?;
-                        if status != Status::Done {
-                            return Err(format!("transfer ended {status:?}"));
-                        }
-                        if let Some((p, q, x)) = record {
+                        if timed {
                             p.0.push((t1 - t0).as_nanos() as u64);
                             q.0.push((t2 - t1).as_nanos() as u64);
-                            x.0.push((t3 - t1).as_nanos() as u64);
                         }
-                        Ok(())
-                    };
-                    for _ in 0..args.warmup_iter.min(iters) {
-                        one(None)?;
+                        in_flight.push_back((h, t1));
+                        if in_flight.len() >= args.window {
+                            let f = in_flight.pop_front().expect("a full window");
+                            finish(f, timed.then_some(&mut x))?;
+                        }
                     }
-                    let (mut p, mut q, mut x) = (
-                        Samples(Vec::with_capacity(iters as usize)),
-                        Samples(Vec::with_capacity(iters as usize)),
-                        Samples(Vec::with_capacity(iters as usize)),
-                    );
-                    barrier.wait();
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        one(Some((&mut p, &mut q, &mut x)))?;
+                    while let Some(f) = in_flight.pop_front() {
+                        finish(f, Some(&mut x))?;
                     }
                     Ok((start.elapsed(), p, q, x))
                 })
@@ -664,6 +725,23 @@ fn run_memcpy(args: &Args, block: u64, batch: u64, iters: u64) -> f64 {
     (block * batch * iters * args.threads as u64) as f64 / wall.as_secs_f64() / 1e9
 }
 
+/// The raw libfabric loop with the same shape (block, batch, window, iterations);
+/// GB/s. One thread: with `--threads N` it runs N× the iterations.
+fn run_raw(raw: &RawRma, args: &Args, block: u64, batch: u64, iters: u64) -> Result<f64, String> {
+    let total = iters * args.threads as u64;
+    let run = raw
+        .run(
+            args.op,
+            block as usize,
+            batch as usize,
+            total,
+            args.warmup_iter.min(iters),
+            args.window,
+        )
+        .map_err(|e| e.to_string())?;
+    Ok((block * batch * total) as f64 / run.elapsed.as_secs_f64() / 1e9)
+}
+
 fn size(n: u64) -> String {
     match n {
         n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{}G", n >> 30),
@@ -678,8 +756,17 @@ fn write_json(path: &str, args: &Args, rows: &[Row]) -> std::io::Result<()> {
     let op = if args.op == Op::Write { "write" } else { "read" };
     writeln!(
         f,
-        "{{\"backend\": \"local\", \"two_process\": {}, \"op\": \"{op}\", \"threads\": {}, \"results\": [",
-        args.two_process, args.threads
+        "{{\"backend\": \"{}\", \"two_process\": {}, \"op\": \"{op}\", \"threads\": {}, \"window\": {}, \"results\": [",
+        if args.fabric {
+            "fabric"
+        } else if args.file {
+            "file"
+        } else {
+            "local"
+        },
+        args.two_process,
+        args.threads,
+        args.window
     )?;
     for (i, r) in rows.iter().enumerate() {
         writeln!(
@@ -733,9 +820,17 @@ fn main() -> ExitCode {
         (true, _) if args.mapped => "file (mapped), baseline pread/pwrite on the same file",
         (true, _) => "file, baseline pread/pwrite on the same file",
         (false, true) => "local, two processes",
+        (false, false) if args.fabric => "fabric (two engines in this process), baseline a raw libfabric RMA loop",
         (false, false) => "local, in-process",
     };
-    println!("ringxfer-bench: backend {mode}, op {op}, threads {}", args.threads);
+    let provider = match &s.target {
+        Target::Fabric(..) => format!(", provider {}", s.initiator.fabric_provider().unwrap_or_default()),
+        _ => String::new(),
+    };
+    println!(
+        "ringxfer-bench: backend {mode}{provider}, op {op}, threads {}, window {}",
+        args.threads, args.window
+    );
     println!(
         "{:>8} {:>6} {:>7} {:>9} {:>9} {:>19} {:>19} {:>19} {:>10} {:>8}",
         "block",
@@ -746,7 +841,13 @@ fn main() -> ExitCode {
         "prepare avg/p99 us",
         "post avg/p99 us",
         "transfer avg/p99 us",
-        if args.file { "pio GB/s" } else { "memcpy GB/s" },
+        if args.file {
+            "pio GB/s"
+        } else if args.fabric {
+            "raw GB/s"
+        } else {
+            "memcpy GB/s"
+        },
         "ratio"
     );
     let mut rows = Vec::new();
@@ -772,10 +873,16 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 }
-                memcpy.push(if args.file {
-                    run_pio(&args, block, batch, iters)
-                } else {
-                    run_memcpy(&args, block, batch, iters)
+                memcpy.push(match &s.target {
+                    Target::Fabric(_, raw) => match run_raw(raw, &args, block, batch, iters) {
+                        Ok(gbps) => gbps,
+                        Err(e) => {
+                            eprintln!("\nringxfer-bench: raw baseline, block {block} batch {batch}: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    },
+                    _ if args.file => run_pio(&args, block, batch, iters),
+                    _ => run_memcpy(&args, block, batch, iters),
                 });
             }
             engine_rows.sort_by(|a, b| a.gbps.total_cmp(&b.gbps));

@@ -32,6 +32,7 @@
 
 mod api;
 mod domain;
+mod raw;
 #[allow(
     non_camel_case_types,
     non_snake_case,
@@ -52,6 +53,7 @@ use std::time::{Duration, Instant};
 pub use api::LIBRARY_ENV;
 pub use domain::close_failures;
 pub(crate) use domain::{Domain, Mr};
+pub use raw::{RawRma, RawRun};
 
 use crate::Op;
 use crate::error::{Error, Result};
