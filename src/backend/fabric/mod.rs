@@ -1,7 +1,7 @@
 //! The `fabric` transport: libfabric RDM endpoints, loaded at run time.
 //!
 //! One endpoint per engine, with one completion queue and one address vector. What a
-//! transfer needs belongs to its ring slot and is reused: a [`TxSlot`] (the
+//! transfer needs belongs to its ring slot and is reused: a `TxSlot` (the
 //! `op_context` of every fabric operation the transfer posts, so each completion, and
 //! each error entry, maps back to exactly one slot) and a control buffer (its
 //! notification message). Nothing is taken from a pool at post time, so nothing can be
@@ -301,6 +301,8 @@ struct RxState {
     blocked: Vec<(u32, u32)>,
     /// Receive buffers the provider refused to take back (EAGAIN); retried.
     unposted: Vec<u32>,
+    /// Some sender place owes a WELCOME.
+    welcomes_owed: bool,
 }
 
 /// Page-aligned memory for control messages: `capacity` send buffers, one for the
@@ -355,6 +357,8 @@ pub(crate) struct Fabric {
     rx: Mutex<RxState>,
     /// Slots whose control message met EAGAIN; sent again on the next progress.
     deferred: Mutex<Vec<u32>>,
+    /// `deferred.len()`, read without the lock on every progress.
+    deferred_count: std::sync::atomic::AtomicUsize,
     /// Addresses inserted in the AV (control path).
     /// (endpoint address, AV address, engine id) of every peer inserted.
     addresses: Mutex<Vec<(Vec<u8>, u64, u64)>>,
@@ -473,8 +477,10 @@ impl Fabric {
                 peers: (0..max_peers).map(|_| None).collect(),
                 blocked: Vec::with_capacity(rx_count),
                 unposted: Vec::with_capacity(rx_count),
+                welcomes_owed: false,
             }),
             deferred: Mutex::new(Vec::with_capacity(capacity)),
+            deferred_count: std::sync::atomic::AtomicUsize::new(0),
             addresses: Mutex::new(Vec::with_capacity(max_peers)),
             hello: Mutex::new(()),
             hello_state: AtomicU32::new(0),
@@ -924,10 +930,9 @@ impl Fabric {
         }
         if ret == api::EAGAIN {
             // Capacity is reserved: at most one entry per slot.
-            self.deferred
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(index as u32);
+            let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+            deferred.push(index as u32);
+            self.deferred_count.store(deferred.len(), Ordering::Release);
             return false;
         }
         fail(slot, fail_code(ret.unsigned_abs() as i32));
@@ -1060,8 +1065,16 @@ impl Fabric {
     }
 
     fn retry_deferred(&self, sink: Sink<'_>) {
+        if self.deferred_count.load(Ordering::Acquire) == 0 {
+            return;
+        }
         for _ in 0..self.capacity {
-            let next = self.deferred.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let next = {
+                let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+                let next = deferred.pop();
+                self.deferred_count.store(deferred.len(), Ordering::Release);
+                next
+            };
             let Some(index) = next else { break };
             if !self.send_control(index as usize, sink) {
                 break; // EAGAIN again: try on the next progress.
@@ -1086,6 +1099,10 @@ impl Fabric {
     }
 
     fn retry_welcomes(&self, rx: &mut RxState) {
+        if !rx.welcomes_owed {
+            return;
+        }
+        rx.welcomes_owed = false;
         for tag in 0..rx.peers.len() {
             if rx.peers[tag].as_ref().is_some_and(|p| p.welcome_owed && !p.welcoming) {
                 self.welcome(rx, tag);
@@ -1098,6 +1115,7 @@ impl Fabric {
         let Some(p) = rx.peers[tag].as_mut() else { return };
         if p.welcoming {
             p.welcome_owed = true;
+            rx.welcomes_owed = true;
             return;
         }
         let buf = self.welcome_buffer(tag);
@@ -1110,6 +1128,7 @@ impl Fabric {
         let ret = unsafe { api::send(self.ep.ep, buf.cast(), len, self.desc(), p.addr, buf.cast()) };
         p.welcoming = ret == 0;
         p.welcome_owed = ret == api::EAGAIN;
+        rx.welcomes_owed |= ret == api::EAGAIN;
     }
 
     /// Which sender place a WELCOME buffer context is, if any.

@@ -1,9 +1,9 @@
 //! A raw libfabric RMA loop with no engine: the baseline `ringxfer-bench --backend
 //! fabric` measures the engine against, on the same provider, in the same run.
 //!
-//! Two endpoints in this process (initiator and target, the target's completion
-//! queue drained by a thread of its own, as an engine's progress thread does), two
-//! registered buffers, and a loop that keeps `window` transfers of `batch` operations
+//! Two endpoints in this process, each in its own domain as two engines' are
+//! (initiator and target, the target's completion queue drained by a thread of its
+//! own, as an engine's progress thread does), two registered buffers, and a loop that keeps `window` transfers of `batch` operations
 //! in flight: `fi_writedata` (with immediate data) or `fi_read`, and `fi_cq_read`.
 //! No slots, no handles, no notifications: what is left is the provider's cost.
 
@@ -52,15 +52,19 @@ impl RawRma {
             provider: provider.map(str::to_owned),
             ..super::FabricConfig::default()
         };
-        let domain: Arc<Domain> = super::Fabric::open_domain(&config)?;
-        let initiator = Endpoint::open(&domain, 4, 4096)?;
-        let target = Arc::new(Endpoint::open(&domain, 4, 4096)?);
+        // Two domains, as two engines have: with the tcp provider progress is per
+        // domain, so one shared domain would let the initiator's CQ reads progress
+        // the target too, which no pair of engines (or hosts) gets.
+        let initiator_domain: Arc<Domain> = super::Fabric::open_domain(&config)?;
+        let target_domain: Arc<Domain> = super::Fabric::open_domain(&config)?;
+        let initiator = Endpoint::open(&initiator_domain, 4, 4096)?;
+        let target = Arc::new(Endpoint::open(&target_domain, 4, 4096)?);
         let dest = initiator.insert(&target.name)?;
         target.insert(&initiator.name)?;
         let src = vec![1u8; bytes.max(1)];
         let dst = vec![0u8; bytes.max(1)];
-        let src_mr = domain.register(src.as_ptr() as usize, src.len())?;
-        let dst_mr = domain.register(dst.as_ptr() as usize, dst.len())?;
+        let src_mr = initiator_domain.register(src.as_ptr() as usize, src.len())?;
+        let dst_mr = target_domain.register(dst.as_ptr() as usize, dst.len())?;
         let stop = Arc::new(AtomicBool::new(false));
         let running = Arc::new(AtomicBool::new(false));
         let drainer = {
