@@ -929,6 +929,9 @@ impl Engine {
         };
         let remote = &t.remote[..t.count];
         if let (Some((dest, tag)), Some(fabric)) = (peer.fabric_addr(), &self.core.fabric) {
+            if fabric.is_lost(dest) {
+                return Err(Error::PeerLost { peer: t.peer });
+            }
             if let Some(d) = remote.iter().find(|d| peer.fabric_target(d).is_none()) {
                 return Err(Error::UnknownRegion {
                     region: d.region.to_raw(),

@@ -173,8 +173,9 @@ pub enum Error {
     /// A metadata blob could not be read.
     #[error(transparent)]
     Metadata(#[from] crate::wire::metadata::MetadataError),
-    /// The peer's process has exited; transfers to it fail with `FailCode::PEER_LOST`.
-    #[error("peer {peer} is lost: its process has exited (load it again once it is back)")]
+    /// The peer is lost: its process has exited, its connection broke, or it let a
+    /// transfer's deadline pass. Transfers to it fail with `FailCode::PEER_LOST`.
+    #[error("peer {peer} is lost: its process exited or its connection broke (load it again once it is back)")]
     PeerLost {
         /// The peer id.
         peer: u32,

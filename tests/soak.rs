@@ -177,6 +177,23 @@ fn soak(threads: u64, per_thread: u64, seed: u64) {
     });
 
     // Detached transfers end on their own: wait for the last ones.
+    // One fault for certain, whatever the timing above hit: a transfer prepared against
+    // the flaky region, which its owner then deregisters before the post.
+    let old = RegionId::from_raw(flaky.load(Ordering::Acquire));
+    let h = a
+        .prepare(
+            Op::Write,
+            &[Desc::new(src, 0, 64)],
+            peer,
+            &[Desc::new(old, 0, 64)],
+            None,
+        )
+        .unwrap();
+    b.deregister(old).unwrap();
+    a.post(h).unwrap();
+    posted.fetch_add(1, Ordering::Relaxed);
+    assert!(matches!(a.wait(h, WAIT).unwrap(), Status::Failed(_)));
+    a.release(h).unwrap();
     let start = std::time::Instant::now();
     while a.stats().ring.live > 0 && start.elapsed() < WAIT {
         std::thread::sleep(Duration::from_millis(1));

@@ -48,6 +48,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// `rx_config::fabric_flags`: turn the fabric transport on.
+#define RX_FABRIC_ENABLE 1
+
+// `rx_config::fabric_flags`: start a thread that drives fabric progress.
+#define RX_FABRIC_PROGRESS_THREAD 2
+
 // `rx_register_file` flag: open for writing too (else a write transfer fails EBADF).
 #define RX_FILE_WRITABLE 1
 
@@ -118,7 +124,7 @@ enum rx_status
   RX_METADATA = 22,
   // The peer cannot be reached with any transport this engine has.
   RX_PEER_UNREACHABLE = 23,
-  // The peer's process has exited.
+  // The peer is lost: its process exited or its connection broke (load it again).
   RX_PEER_LOST = 24,
   // An operating-system call failed (see `rx_last_error`).
   RX_IO = 25,
@@ -261,6 +267,16 @@ typedef struct {
   uint32_t inbox_capacity;
   // I/O worker threads for file transfers, 0–64 (0 disables them).
   uint32_t file_workers;
+  // The fabric transport (libfabric): 0 leaves it off; `RX_FABRIC_ENABLE`, plus
+  // `RX_FABRIC_PROGRESS_THREAD` for an engine that only serves others.
+  uint32_t fabric_flags;
+  // A posted fabric transfer's deadline in milliseconds (0: the default, 30000).
+  uint32_t fabric_deadline_ms;
+  // The libfabric provider ("tcp", "shm", "verbs", "efa", …; NUL-terminated), or
+  // NULL for libfabric's choice. `RINGXFER_FI_PROVIDER` overrides it.
+  const char *fabric_provider;
+  // A local address to bind the fabric endpoint to (an interface's IP), or NULL.
+  const char *fabric_node;
 } rx_config;
 
 // One contiguous piece of a region: `len` bytes at `offset`. Same layout as the Rust
@@ -496,10 +512,11 @@ rx_status rx_pop_notification(const rx_engine *engine,
                               rx_notification *out,
                               bool *out_popped);
 
-// Drives transports that complete asynchronously and writes how many transfers it
-// completed to `*out_completed`. The `local` transport completes transfers inside
-// `rx_post`, so today this always reports 0; call it anyway where a loop polls, so
-// code keeps working as asynchronous transports land.
+// Drives transports that complete asynchronously (the fabric's progress is manual)
+// and writes how many completion entries it handled to `*out_completed`. The `local`
+// transport completes transfers inside `rx_post` (0 here). `rx_status`, `rx_wait`
+// and `rx_pop_notification` drive progress too; call this where an engine only
+// serves others, or set `RX_FABRIC_PROGRESS_THREAD`. Never allocates.
 rx_status rx_progress(const rx_engine *engine, size_t *out_completed);
 
 // Writes the engine's counters and ledger to `*out`.

@@ -30,6 +30,7 @@ use std::ffi::{CStr, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
+use ringxfer::fabric::FabricConfig;
 use ringxfer::ring::{CancelResult, FailSource, Handle, Status};
 use ringxfer::{Config, Desc, Engine, ListId, MetadataServer, Op, PeerId, RegionId};
 
@@ -70,7 +71,22 @@ pub struct rx_config {
     pub inbox_capacity: u32,
     /// I/O worker threads for file transfers, 0–64 (0 disables them).
     pub file_workers: u32,
+    /// The fabric transport (libfabric): 0 leaves it off; `RX_FABRIC_ENABLE`, plus
+    /// `RX_FABRIC_PROGRESS_THREAD` for an engine that only serves others.
+    pub fabric_flags: u32,
+    /// A posted fabric transfer's deadline in milliseconds (0: the default, 30000).
+    pub fabric_deadline_ms: u32,
+    /// The libfabric provider ("tcp", "shm", "verbs", "efa", …; NUL-terminated), or
+    /// NULL for libfabric's choice. `RINGXFER_FI_PROVIDER` overrides it.
+    pub fabric_provider: *const c_char,
+    /// A local address to bind the fabric endpoint to (an interface's IP), or NULL.
+    pub fabric_node: *const c_char,
 }
+
+/// `rx_config::fabric_flags`: turn the fabric transport on.
+pub const RX_FABRIC_ENABLE: u32 = 1;
+/// `rx_config::fabric_flags`: start a thread that drives fabric progress.
+pub const RX_FABRIC_PROGRESS_THREAD: u32 = 2;
 
 /// One contiguous piece of a region: `len` bytes at `offset`. Same layout as the Rust
 /// `ringxfer::Desc`.
@@ -445,6 +461,10 @@ pub unsafe extern "C" fn rx_config_default(out: *mut rx_config) -> rx_status {
             max_prepared_lists: d.max_prepared_lists as u32,
             inbox_capacity: d.inbox_capacity as u32,
             file_workers: d.file_workers as u32,
+            fabric_flags: 0,
+            fabric_deadline_ms: 0,
+            fabric_provider: std::ptr::null(),
+            fabric_node: std::ptr::null(),
         };
         // SAFETY: the caller promises a writable rx_config (NULL is refused).
         unsafe { put(out, c) }
@@ -473,6 +493,29 @@ pub unsafe extern "C" fn rx_engine_new(config: *const rx_config, out: *mut *mut 
             c.max_prepared_lists = cfg.max_prepared_lists as usize;
             c.inbox_capacity = cfg.inbox_capacity as usize;
             c.file_workers = cfg.file_workers as usize;
+            if cfg.fabric_flags & !(RX_FABRIC_ENABLE | RX_FABRIC_PROGRESS_THREAD) != 0 {
+                return invalid("unknown fabric_flags");
+            }
+            if cfg.fabric_flags & RX_FABRIC_ENABLE != 0 {
+                let text = |p: *const c_char, what: &'static str| -> Result<Option<String>, S> {
+                    if p.is_null() {
+                        return Ok(None);
+                    }
+                    // SAFETY: the caller promises NULL or a NUL-terminated string.
+                    let s = unsafe { CStr::from_ptr(p) };
+                    s.to_str().map(|s| Some(s.to_owned())).map_err(|_| invalid(what))
+                };
+                let mut f = FabricConfig {
+                    provider: tri!(text(cfg.fabric_provider, "fabric_provider is not UTF-8")),
+                    node: tri!(text(cfg.fabric_node, "fabric_node is not UTF-8")),
+                    progress_thread: cfg.fabric_flags & RX_FABRIC_PROGRESS_THREAD != 0,
+                    ..FabricConfig::default()
+                };
+                if cfg.fabric_deadline_ms != 0 {
+                    f.deadline = std::time::Duration::from_millis(u64::from(cfg.fabric_deadline_ms));
+                }
+                c.fabric = Some(f);
+            }
         }
         let engine = rx!(Engine::new(c));
         let ptr = Box::into_raw(Box::new(engine)).cast::<rx_engine>();
@@ -982,18 +1025,20 @@ pub unsafe extern "C" fn rx_pop_notification(
     })
 }
 
-/// Drives transports that complete asynchronously and writes how many transfers it
-/// completed to `*out_completed`. The `local` transport completes transfers inside
-/// `rx_post`, so today this always reports 0; call it anyway where a loop polls, so
-/// code keeps working as asynchronous transports land.
+/// Drives transports that complete asynchronously (the fabric's progress is manual)
+/// and writes how many completion entries it handled to `*out_completed`. The `local`
+/// transport completes transfers inside `rx_post` (0 here). `rx_status`, `rx_wait`
+/// and `rx_pop_notification` drive progress too; call this where an engine only
+/// serves others, or set `RX_FABRIC_PROGRESS_THREAD`. Never allocates.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn rx_progress(engine: *const rx_engine, out_completed: *mut usize) -> rx_status {
     guard(|| {
         tri!(need(out_completed));
         // SAFETY: see `engine`.
-        let _ = tri!(unsafe { self::engine(engine) });
+        let e = tri!(unsafe { self::engine(engine) });
+        let handled = e.progress();
         // SAFETY: checked non-NULL.
-        unsafe { put(out_completed, 0) }
+        unsafe { put(out_completed, handled) }
     })
 }
 

@@ -61,7 +61,7 @@ pub enum rx_status {
     RX_METADATA = 22,
     /// The peer cannot be reached with any transport this engine has.
     RX_PEER_UNREACHABLE = 23,
-    /// The peer's process has exited.
+    /// The peer is lost: its process exited or its connection broke (load it again).
     RX_PEER_LOST = 24,
     /// An operating-system call failed (see `rx_last_error`).
     RX_IO = 25,
@@ -140,7 +140,7 @@ impl rx_status {
             rx_status::RX_BUFFER_TOO_SMALL => c"buffer too small",
             rx_status::RX_METADATA => c"bad metadata blob",
             rx_status::RX_PEER_UNREACHABLE => c"peer unreachable",
-            rx_status::RX_PEER_LOST => c"peer lost: its process has exited",
+            rx_status::RX_PEER_LOST => c"peer lost: its process exited or its connection broke",
             rx_status::RX_IO => c"operating-system error",
             rx_status::RX_TIMEOUT => c"timed out",
             rx_status::RX_UNSUPPORTED => c"not supported by this build",

@@ -56,6 +56,11 @@ fn run(cmd: &mut Command) -> String {
 
 /// Builds `source` with sanitizers and runs it; returns its stdout.
 fn build_and_run(compiler: &str, std: &str, source: &str) -> String {
+    build_and_run_with(compiler, std, source, &[], &[])
+}
+
+/// As `build_and_run`, with arguments and environment for the client.
+fn build_and_run_with(compiler: &str, std: &str, source: &str, args: &[&str], env: &[(&str, &str)]) -> String {
     let lib = lib_dir();
     let exe = std::env::temp_dir().join(format!(
         "ringxfer-client-{}-{}",
@@ -81,7 +86,10 @@ fn build_and_run(compiler: &str, std: &str, source: &str) -> String {
         .arg("-pthread")
         .arg("-o")
         .arg(&exe));
-    let stdout = run(Command::new(&exe).env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1"));
+    let stdout = run(Command::new(&exe)
+        .args(args)
+        .envs(env.iter().copied())
+        .env("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=1"));
     let _ = std::fs::remove_file(&exe);
     stdout
 }
@@ -139,4 +147,22 @@ fn cxx_four_posters_and_a_poller() {
 fn cxx_readme_example_runs() {
     let out = build_and_run("g++", "c++17", "tests/cpp/minimal.cpp");
     assert!(out.contains("minimal.cpp: done"), "{out}");
+}
+
+/// The fabric transport through the C API, for real on the tcp and shm providers
+/// (libfabric is loaded at run time), and the typed error when libfabric is missing.
+#[test]
+fn c_client_over_libfabric() {
+    for provider in ["tcp", "shm"] {
+        let out = build_and_run_with("gcc", "c11", "tests/c/fabric.c", &[provider], &[]);
+        assert!(out.contains(&format!("fabric {provider}: ok")), "{out}");
+    }
+    let out = build_and_run_with(
+        "gcc",
+        "c11",
+        "tests/c/fabric.c",
+        &["unavailable"],
+        &[("RINGXFER_LIBFABRIC", "/nonexistent/libfabric.so.1")],
+    );
+    assert!(out.contains("fabric unavailable:"), "{out}");
 }

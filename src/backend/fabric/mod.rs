@@ -388,6 +388,10 @@ pub(crate) struct Fabric {
     malformed: AtomicU64,
     expired: AtomicU64,
     lost_peers: AtomicU64,
+    /// Per AV address: the peer there is lost (a deadline passed, or the provider
+    /// reported its connection gone); transfers to it fail at `post`. Addresses
+    /// beyond the table are never marked.
+    lost: Box<[std::sync::atomic::AtomicBool]>,
 }
 
 // SAFETY: the raw pointers (control area, endpoint) are used under the rules stated at
@@ -502,6 +506,9 @@ impl Fabric {
             malformed: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             lost_peers: AtomicU64::new(0),
+            lost: (0..max_peers * 4 + 16)
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
         };
         let mut rx = fabric.rx.lock().unwrap_or_else(|e| e.into_inner());
         for i in 0..rx_count as u32 {
@@ -1024,7 +1031,7 @@ impl Fabric {
             }
         }
         for &dest in lost {
-            self.forget(dest);
+            self.mark_lost(dest);
         }
     }
 
@@ -1051,6 +1058,21 @@ impl Fabric {
             self.expired.fetch_add(1, Ordering::Relaxed);
         }
         expired
+    }
+
+    /// Whether the peer at `dest` was declared lost.
+    pub(crate) fn is_lost(&self, dest: u64) -> bool {
+        self.lost.get(dest as usize).is_some_and(|l| l.load(Ordering::Acquire))
+    }
+
+    /// Declares the peer at `dest` lost: new transfers to it fail at `post`, and its
+    /// address is forgotten, so loading the peer again inserts it afresh (a new
+    /// `fi_addr_t`, a new connection).
+    fn mark_lost(&self, dest: u64) {
+        if let Some(l) = self.lost.get(dest as usize) {
+            l.store(true, Ordering::Release);
+        }
+        self.forget(dest);
     }
 
     /// Forgets a lost peer's address: loading the peer again inserts it afresh.
@@ -1176,7 +1198,11 @@ impl Fabric {
 
     fn on_error(&self, rx: &mut RxState, e: &sys::fi_cq_err_entry, sink: Sink<'_>) {
         if let Some(index) = self.slot_of(e.op_context) {
-            fail(&self.slots[index], fail_code(e.err));
+            let code = fail_code(e.err);
+            if code == FailCode::PEER_LOST {
+                self.mark_lost(self.slots[index].dest.load(Ordering::Relaxed));
+            }
+            fail(&self.slots[index], code);
             self.release_ref(index, sink);
         } else if let Some(buf) = self.rx_of(e.op_context) {
             // A receive cancelled or truncated: the buffer goes back.
