@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "cuda")]
+use crate::backend::cuda::Cuda;
+use crate::backend::cuda_config::CudaConfig;
 use crate::backend::fabric::{Fabric, FabricConfig, FabricInfo, FabricStats, Sink};
 use crate::backend::file::{self, FileQueue};
 use crate::backend::local::{self, LocalInfo};
@@ -65,6 +68,10 @@ pub struct Config {
     /// leaves it off; peers are then reached with the local transport only. With it
     /// on, peers that offer a fabric endpoint are reached through it.
     pub fabric: Option<FabricConfig>,
+    /// The cuda transport (cudarc, loaded at run time): `None` (the default) leaves
+    /// it off. With it on, `alloc_vram`/`register_vram` regions move to and from host
+    /// memory (and each other) in transfers with [`Engine::local_peer`].
+    pub cuda: Option<CudaConfig>,
 }
 
 impl Default for Config {
@@ -80,6 +87,7 @@ impl Default for Config {
             file_workers: 2,
             inbox_capacity: 128,
             fabric: None,
+            cuda: None,
         }
     }
 }
@@ -111,6 +119,11 @@ impl Config {
         }
         if self.max_prepared_lists == 0 || self.max_prepared_lists > 4096 {
             return bad("max_prepared_lists", "must be 1 to 4096");
+        }
+        if let Some(c) = &self.cuda
+            && (c.streams == 0 || c.streams > 64)
+        {
+            return bad("cuda.streams", "must be 1 to 64");
         }
         if !self.inbox_capacity.is_power_of_two() || self.inbox_capacity > 1 << 20 {
             return bad("inbox_capacity", "must be a power of two from 1 to 2^20");
@@ -199,11 +212,51 @@ pub(crate) struct Core {
     pub(crate) files: FileQueue,
     /// The fabric transport, if configured.
     fabric: Option<Fabric>,
+    /// The cuda transport, if configured (shared with device allocations, which free
+    /// through it).
+    #[cfg(feature = "cuda")]
+    cuda: Option<Arc<Cuda>>,
 }
 
 impl Core {
-    /// Drives the fabric transport: reads completions and ends finished transfers.
+    /// Drives the asynchronous transports (fabric, cuda): reads completions and ends
+    /// finished transfers.
     fn progress(&self) -> usize {
+        self.progress_cuda() + self.progress_fabric()
+    }
+
+    #[cfg(feature = "cuda")]
+    fn progress_cuda(&self) -> usize {
+        let Some(cuda) = &self.cuda else { return 0 };
+        let registry = &self.shared.registry;
+        cuda.progress(&mut |h, o| {
+            self.ring.complete_with(h, o, |t| reclaim(registry, t));
+        })
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn progress_cuda(&self) -> usize {
+        0
+    }
+
+    /// Whether a transport that completes asynchronously is on.
+    fn asynchronous(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        let cuda = self.cuda.is_some();
+        #[cfg(not(feature = "cuda"))]
+        let cuda = false;
+        cuda || self.fabric.is_some()
+    }
+
+    /// CUDA events alive (one per slot while the transport is on).
+    fn cuda_events(&self) -> usize {
+        #[cfg(feature = "cuda")]
+        return self.cuda.as_ref().map_or(0, |c| c.events_live());
+        #[cfg(not(feature = "cuda"))]
+        0
+    }
+
+    fn progress_fabric(&self) -> usize {
         let Some(fabric) = &self.fabric else { return 0 };
         let registry = &self.shared.registry;
         fabric.progress(
@@ -255,6 +308,9 @@ pub struct EngineStats {
     pub notifications_stale: u64,
     /// The fabric transport's receiver counters (all zero without it).
     pub fabric: FabricStats,
+    /// CUDA events alive: one per slot, created at `Engine::new` and destroyed at
+    /// drop, whatever the transfers did (0 without the cuda transport).
+    pub cuda_events: usize,
 }
 
 /// A transfer engine. See the crate docs and the README for the whole picture.
@@ -336,6 +392,19 @@ impl Engine {
     /// Builds an engine, allocating everything it will ever use.
     pub fn new(config: Config) -> Result<Engine> {
         config.validate()?;
+        // CUDA first: without a driver this fails before anything else is made.
+        #[cfg(feature = "cuda")]
+        let cuda = config
+            .cuda
+            .as_ref()
+            .map(|c| Cuda::open(c, config.capacity).map(Arc::new))
+            .transpose()?;
+        #[cfg(not(feature = "cuda"))]
+        if config.cuda.is_some() {
+            return Err(Error::CudaUnavailable {
+                reason: "this build of ringxfer has no `cuda` feature".into(),
+            });
+        }
         let d = config.max_descs_per_xfer;
         let m = config.max_notif_bytes;
         // A random first generation: a handle of another engine is refused as stale
@@ -429,6 +498,8 @@ impl Engine {
             shared,
             files: FileQueue::new(capacity),
             fabric,
+            #[cfg(feature = "cuda")]
+            cuda,
         });
         let mut workers = Vec::with_capacity(config.file_workers);
         for i in 0..config.file_workers {
@@ -501,6 +572,65 @@ impl Engine {
     /// freed by [`deregister`](Engine::deregister) or engine drop.
     pub fn alloc_region(&self, len: usize) -> Result<RegionId> {
         self.core.shared.registry.allocate(len)
+    }
+
+    /// Registers `len` bytes of GPU memory at device pointer `dev_ptr` (a
+    /// `CUdeviceptr` of the engine's device) that the caller allocated. It moves to and
+    /// from host memory and other GPU regions in transfers with
+    /// [`local_peer`](Engine::local_peer), through the cuda transport.
+    ///
+    /// # Safety
+    /// The memory stays allocated, and is not otherwise used while a transfer may
+    /// touch it, until [`deregister`](Engine::deregister) succeeds or the engine is
+    /// dropped.
+    pub unsafe fn register_vram(&self, dev_ptr: u64, len: usize) -> Result<RegionId> {
+        self.need_cuda()?;
+        self.core
+            .shared
+            .registry
+            .register_owned(dev_ptr as usize, len as u64, MemKind::Vram, None)
+    }
+
+    /// Allocates `len` bytes of GPU memory (`cuMemAlloc`) and registers them; freed
+    /// when the region is deregistered or the engine dropped. For tests, tools and
+    /// the bench: serving binaries usually register memory they own.
+    pub fn alloc_vram(&self, len: usize) -> Result<RegionId> {
+        #[cfg(feature = "cuda")]
+        {
+            self.need_cuda()?;
+            let Some(cuda) = &self.core.cuda else {
+                unreachable!("checked by need_cuda")
+            };
+            if len == 0 {
+                return Err(Error::InvalidDescriptor {
+                    reason: "a region cannot be empty",
+                });
+            }
+            let ptr = cuda.alloc(len)?;
+            let owner = DeviceAlloc {
+                cuda: Arc::clone(cuda),
+                ptr,
+            };
+            self.core
+                .shared
+                .registry
+                .register_owned(ptr as usize, len as u64, MemKind::Vram, Some(Box::new(owner)))
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = len;
+            self.need_cuda().map(|()| unreachable!("no cuda feature"))
+        }
+    }
+
+    fn need_cuda(&self) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if self.core.cuda.is_some() {
+            return Ok(());
+        }
+        Err(Error::CudaUnavailable {
+            reason: "the engine has no cuda transport (set Config::cuda)".into(),
+        })
     }
 
     /// Opens the file at `path` once and registers it: its descriptor belongs to the
@@ -752,12 +882,12 @@ impl Engine {
         if local_out[..local.len()]
             .iter()
             .zip(&own_out[..remote.len()])
-            .any(|(l, o)| l.fd.is_some() && o.fd.is_some())
+            .any(|(l, o)| (l.fd.is_some() || l.vram) && (o.fd.is_some() || o.vram) && !(l.vram && o.vram))
         {
             unpin_local();
             own_out[..remote.len()].iter().for_each(|r| registry.unpin(r.entry));
             return Err(Error::InvalidDescriptor {
-                reason: "a file moves to or from memory, not to another file",
+                reason: "a file moves to or from host memory, not to another file or GPU memory",
             });
         }
         Ok(())
@@ -868,7 +998,7 @@ impl Engine {
             // a worker or a transport only after `t` is dropped at the end of this block.
             let t = unsafe { self.core.ring.posted_context(handle) };
             if t.peer == PeerId::SELF.0 {
-                self.run_own(t)
+                self.run_own(t, handle)
             } else {
                 self.run_to_peer(t, handle, &mut sink)
             }
@@ -901,8 +1031,11 @@ impl Engine {
 
     /// A transfer between this engine's own registrations: memory to memory is copied
     /// now; one with a file goes to the I/O workers.
-    fn run_own(&self, t: &Transfer) -> Result<Started> {
+    fn run_own(&self, t: &Transfer, handle: Handle) -> Result<Started> {
         let (local, own) = (&t.local[..t.count], &t.own[..t.count]);
+        if local.iter().chain(own).any(|r| r.vram) {
+            return self.run_cuda(t, handle);
+        }
         if local.iter().chain(own).all(|r| r.fd.is_none()) {
             return Ok(Started::Ended(file::run(t.op, local, own)));
         }
@@ -913,6 +1046,28 @@ impl Engine {
             });
         }
         Ok(Started::ToWorkers)
+    }
+
+    /// A transfer with GPU memory: its copies go on a stream, its slot's event is
+    /// recorded after them, and progress ends it when the event completes.
+    #[cfg(feature = "cuda")]
+    fn run_cuda(&self, t: &Transfer, handle: Handle) -> Result<Started> {
+        let Some(cuda) = &self.core.cuda else {
+            return Err(Error::CudaUnavailable {
+                reason: "the engine has no cuda transport (Config::cuda)".into(),
+            });
+        };
+        Ok(match cuda.post(handle, t.op, &t.local[..t.count], &t.own[..t.count])? {
+            Some(outcome) => Started::Ended(outcome),
+            None => Started::InFlight,
+        })
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn run_cuda(&self, _t: &Transfer, _handle: Handle) -> Result<Started> {
+        Err(Error::CudaUnavailable {
+            reason: "this build of ringxfer has no `cuda` feature".into(),
+        })
     }
 
     /// A transfer to a peer: with the local transport the bytes move now, then the
@@ -1039,7 +1194,7 @@ impl Engine {
             if waited >= timeout {
                 return Err(Error::Timeout { handle });
             }
-            if self.core.fabric.is_some() && waited < Duration::from_micros(50) {
+            if self.core.asynchronous() && waited < Duration::from_micros(50) {
                 // Each turn reads the completion queue: spinning on it is the work.
                 std::hint::spin_loop();
             } else if !backoff.is_completed() {
@@ -1123,6 +1278,7 @@ impl Engine {
             notifications_delivered,
             notifications_stale,
             fabric: self.core.fabric.as_ref().map(Fabric::stats).unwrap_or_default(),
+            cuda_events: self.core.cuda_events(),
         }
     }
 }
@@ -1245,6 +1401,11 @@ impl Drop for Engine {
         for worker in self.workers.drain(..) {
             let _ = worker.join();
         }
+        // GPU copies in flight finish before device memory is freed with its region.
+        #[cfg(feature = "cuda")]
+        if let Some(cuda) = &self.core.cuda {
+            cuda.synchronize();
+        }
         // The endpoint closes before the memory registrations (and the caller's memory)
         // go: no fabric operation can touch them afterwards.
         if let Some(core) = Arc::get_mut(&mut self.core) {
@@ -1286,5 +1447,19 @@ fn progress_loop(core: &Core, stop: &std::sync::atomic::AtomicBool) {
         } else {
             std::thread::sleep(Duration::from_micros(50));
         }
+    }
+}
+
+/// Device memory from `Engine::alloc_vram`, freed when its region goes.
+#[cfg(feature = "cuda")]
+struct DeviceAlloc {
+    cuda: Arc<Cuda>,
+    ptr: u64,
+}
+
+#[cfg(feature = "cuda")]
+impl Drop for DeviceAlloc {
+    fn drop(&mut self) {
+        self.cuda.free(self.ptr);
     }
 }

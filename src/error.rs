@@ -180,6 +180,22 @@ pub enum Error {
         /// The peer id.
         peer: u32,
     },
+    /// CUDA cannot be used: no driver library, no device, or the crate was built
+    /// without the `cuda` feature. The message says which.
+    #[error("CUDA unavailable: {reason}")]
+    CudaUnavailable {
+        /// Why.
+        reason: String,
+    },
+    /// A CUDA driver call of the control path (context, streams, events, allocation)
+    /// failed.
+    #[error("{what} failed: CUDA error {code}")]
+    Cuda {
+        /// The call.
+        what: &'static str,
+        /// The `CUresult`.
+        code: i32,
+    },
     /// libfabric cannot be used: the library is not installed, or no provider offers
     /// what the fabric transport needs. The message says which, and how to install it.
     #[error("libfabric unavailable: {reason}")]

@@ -36,6 +36,7 @@ mod peer;
 pub mod ring;
 pub mod wire;
 
+pub use backend::cuda_config::CudaConfig;
 pub use backend::fabric;
 pub use engine::{Config, Engine, EngineStats, ListId, MetadataServer, Op, PeerId, fetch_metadata};
 pub use error::{Error, Result};

@@ -120,6 +120,10 @@ struct Region {
     mr: Option<Mr>,
     /// False for a file registered read-only.
     writable: bool,
+    /// What owns the memory, when the engine allocated it elsewhere than in a segment
+    /// (device memory from `Engine::alloc_vram`): dropped, and so freed, with the
+    /// region.
+    _owned: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 struct Entry {
@@ -166,8 +170,14 @@ impl Access<'_> {
     }
 }
 
-/// Refuses a file region where only memory will do (a peer's copy, a `memcpy`).
+/// Refuses a file or GPU region where only host memory will do (a peer's copy, a
+/// `memcpy`).
 fn memory_only(r: Resolved) -> Result<Resolved> {
+    if r.vram {
+        return Err(Error::InvalidDescriptor {
+            reason: "a VRAM region moves only in transfers with Engine::local_peer() (the cuda transport)",
+        });
+    }
     match r.fd {
         None => Ok(r),
         Some(_) => Err(Error::InvalidDescriptor {
@@ -207,6 +217,7 @@ fn resolve(table: &Table, desc: &Desc) -> Result<Resolved> {
         mapped: region._map.is_some(),
         writable: region.writable,
         mr_desc: region.mr.as_ref().map_or(0, |m| m.desc),
+        vram: region.kind == MemKind::Vram,
     })
 }
 
@@ -227,6 +238,8 @@ pub(crate) struct Resolved {
     pub writable: bool,
     /// The region's libfabric descriptor (`fi_mr_desc`), 0 without one.
     pub mr_desc: usize,
+    /// GPU memory: `addr` is a device pointer, reached only through the cuda transport.
+    pub vram: bool,
 }
 
 impl Registry {
@@ -263,6 +276,17 @@ impl Registry {
 
     /// Registers memory the caller owns.
     pub(crate) fn register(&self, addr: usize, len: u64, kind: MemKind) -> Result<RegionId> {
+        self.register_owned(addr, len, kind, None)
+    }
+
+    /// Registers memory, with what owns it (freed when the region goes), if anything.
+    pub(crate) fn register_owned(
+        &self,
+        addr: usize,
+        len: u64,
+        kind: MemKind,
+        owned: Option<Box<dyn std::any::Any + Send + Sync>>,
+    ) -> Result<RegionId> {
         if len == 0 || addr == 0 {
             return Err(Error::InvalidDescriptor {
                 reason: "a region needs a non-null address and a non-zero length",
@@ -282,7 +306,11 @@ impl Registry {
                 file: None,
                 _map: None,
                 writable: true,
-                mr: self.register_mr(addr, len as usize)?,
+                mr: match kind {
+                    MemKind::Vram => None,
+                    _ => self.register_mr(addr, len as usize)?,
+                },
+                _owned: owned,
             })
         })
     }
@@ -307,6 +335,7 @@ impl Registry {
                 _map: None,
                 writable: true,
                 mr: self.register_mr(addr, len)?,
+                _owned: None,
             })
         })
     }
@@ -391,6 +420,7 @@ impl Registry {
                 _map: map,
                 mr: None,
                 writable: options.writable,
+                _owned: None,
             })
         })
     }
@@ -529,8 +559,12 @@ impl Registry {
             .iter()
             .enumerate()
             .filter_map(|(index, e)| {
-                // Files are reached only by their own engine: not published.
-                let r = e.region.as_ref().filter(|r| r.file.is_none())?;
+                // Files and GPU memory are reached only by their own engine: not
+                // published.
+                let r = e
+                    .region
+                    .as_ref()
+                    .filter(|r| r.file.is_none() && r.kind != MemKind::Vram)?;
                 Some(RegionInfo {
                     id: e.generation << INDEX_BITS | index as u64,
                     addr: r.addr as u64,

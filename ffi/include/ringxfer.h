@@ -48,6 +48,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// `rx_config::cuda_flags`: turn the cuda transport on.
+#define RX_CUDA_ENABLE 1
+
 // `rx_config::fabric_flags`: turn the fabric transport on.
 #define RX_FABRIC_ENABLE 1
 
@@ -139,6 +142,10 @@ enum rx_status
   RX_FABRIC_UNAVAILABLE = 29,
   // A libfabric call failed (see `rx_last_error`).
   RX_FABRIC = 30,
+  // CUDA is not usable: no driver library, no device, or a build without it.
+  RX_CUDA_UNAVAILABLE = 31,
+  // A CUDA driver call failed (see `rx_last_error`).
+  RX_CUDA = 32,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -277,6 +284,16 @@ typedef struct {
   const char *fabric_provider;
   // A local address to bind the fabric endpoint to (an interface's IP), or NULL.
   const char *fabric_node;
+  // The cuda transport: 0 leaves it off; `RX_CUDA_ENABLE` turns it on (no driver
+  // or no device: `rx_engine_new` returns `RX_CUDA_UNAVAILABLE`).
+  uint32_t cuda_flags;
+  // The CUDA device ordinal.
+  uint32_t cuda_device;
+  // Streams the engine creates, 1–64 (ignored with `cuda_stream`).
+  uint32_t cuda_streams;
+  // A caller's `CUstream` to put every transfer on (borrowed, never destroyed; it
+  // must outlive the engine), or 0 for the engine's own streams.
+  size_t cuda_stream;
 } rx_config;
 
 // One contiguous piece of a region: `len` bytes at `offset`. Same layout as the Rust
@@ -387,6 +404,19 @@ void rx_engine_free(rx_engine *engine);
 // Allocates `len` zeroed bytes owned by the engine (in shared memory, reachable by
 // peers in other processes) and registers them; the region id goes to `*out_region`.
 rx_status rx_alloc_region(const rx_engine *engine, size_t len, uint64_t *out_region);
+
+// Allocates `len` bytes of GPU memory (`cuMemAlloc`, freed with the region) and
+// registers them. Needs the cuda transport (`RX_CUDA_UNAVAILABLE` otherwise).
+rx_status rx_alloc_vram(const rx_engine *engine, size_t len, uint64_t *out_region);
+
+// Registers `len` bytes of GPU memory at device pointer `dev_ptr` that the caller
+// owns (a `CUdeviceptr` of the engine's device). It moves to and from host memory in
+// transfers with `RX_PEER_SELF`. It must stay allocated, and not be touched while a
+// transfer may use it, until `rx_deregister` succeeds or the engine is freed.
+rx_status rx_register_vram(const rx_engine *engine,
+                           uint64_t dev_ptr,
+                           size_t len,
+                           uint64_t *out_region);
 
 // Registers `len` bytes at `addr` that the caller owns. They must stay allocated, and
 // not be touched while a transfer may use them, until `rx_deregister` succeeds or the

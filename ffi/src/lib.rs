@@ -30,6 +30,7 @@ use std::ffi::{CStr, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
+use ringxfer::CudaConfig;
 use ringxfer::fabric::FabricConfig;
 use ringxfer::ring::{CancelResult, FailSource, Handle, Status};
 use ringxfer::{Config, Desc, Engine, ListId, MetadataServer, Op, PeerId, RegionId};
@@ -81,7 +82,20 @@ pub struct rx_config {
     pub fabric_provider: *const c_char,
     /// A local address to bind the fabric endpoint to (an interface's IP), or NULL.
     pub fabric_node: *const c_char,
+    /// The cuda transport: 0 leaves it off; `RX_CUDA_ENABLE` turns it on (no driver
+    /// or no device: `rx_engine_new` returns `RX_CUDA_UNAVAILABLE`).
+    pub cuda_flags: u32,
+    /// The CUDA device ordinal.
+    pub cuda_device: u32,
+    /// Streams the engine creates, 1–64 (ignored with `cuda_stream`).
+    pub cuda_streams: u32,
+    /// A caller's `CUstream` to put every transfer on (borrowed, never destroyed; it
+    /// must outlive the engine), or 0 for the engine's own streams.
+    pub cuda_stream: usize,
 }
+
+/// `rx_config::cuda_flags`: turn the cuda transport on.
+pub const RX_CUDA_ENABLE: u32 = 1;
 
 /// `rx_config::fabric_flags`: turn the fabric transport on.
 pub const RX_FABRIC_ENABLE: u32 = 1;
@@ -465,6 +479,10 @@ pub unsafe extern "C" fn rx_config_default(out: *mut rx_config) -> rx_status {
             fabric_deadline_ms: 0,
             fabric_provider: std::ptr::null(),
             fabric_node: std::ptr::null(),
+            cuda_flags: 0,
+            cuda_device: 0,
+            cuda_streams: CudaConfig::default().streams as u32,
+            cuda_stream: 0,
         };
         // SAFETY: the caller promises a writable rx_config (NULL is refused).
         unsafe { put(out, c) }
@@ -516,6 +534,16 @@ pub unsafe extern "C" fn rx_engine_new(config: *const rx_config, out: *mut *mut 
                 }
                 c.fabric = Some(f);
             }
+            if cfg.cuda_flags & !RX_CUDA_ENABLE != 0 {
+                return invalid("unknown cuda_flags");
+            }
+            if cfg.cuda_flags & RX_CUDA_ENABLE != 0 {
+                c.cuda = Some(CudaConfig {
+                    device: cfg.cuda_device,
+                    streams: cfg.cuda_streams as usize,
+                    stream: (cfg.cuda_stream != 0).then_some(cfg.cuda_stream),
+                });
+            }
         }
         let engine = rx!(Engine::new(c));
         let ptr = Box::into_raw(Box::new(engine)).cast::<rx_engine>();
@@ -548,6 +576,42 @@ pub unsafe extern "C" fn rx_alloc_region(engine: *const rx_engine, len: usize, o
         // SAFETY: see `engine`.
         let e = tri!(unsafe { self::engine(engine) });
         let id = rx!(e.alloc_region(len));
+        // SAFETY: checked non-NULL.
+        unsafe { put(out_region, id.to_raw()) }
+    })
+}
+
+/// Allocates `len` bytes of GPU memory (`cuMemAlloc`, freed with the region) and
+/// registers them. Needs the cuda transport (`RX_CUDA_UNAVAILABLE` otherwise).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rx_alloc_vram(engine: *const rx_engine, len: usize, out_region: *mut u64) -> rx_status {
+    guard(|| {
+        tri!(need(out_region));
+        // SAFETY: see `engine`.
+        let e = tri!(unsafe { self::engine(engine) });
+        let id = rx!(e.alloc_vram(len));
+        // SAFETY: checked non-NULL.
+        unsafe { put(out_region, id.to_raw()) }
+    })
+}
+
+/// Registers `len` bytes of GPU memory at device pointer `dev_ptr` that the caller
+/// owns (a `CUdeviceptr` of the engine's device). It moves to and from host memory in
+/// transfers with `RX_PEER_SELF`. It must stay allocated, and not be touched while a
+/// transfer may use it, until `rx_deregister` succeeds or the engine is freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rx_register_vram(
+    engine: *const rx_engine,
+    dev_ptr: u64,
+    len: usize,
+    out_region: *mut u64,
+) -> rx_status {
+    guard(|| {
+        tri!(need(out_region));
+        // SAFETY: see `engine`.
+        let e = tri!(unsafe { self::engine(engine) });
+        // SAFETY: the caller's promise above is register_vram's contract.
+        let id = rx!(unsafe { e.register_vram(dev_ptr, len) });
         // SAFETY: checked non-NULL.
         unsafe { put(out_region, id.to_raw()) }
     })

@@ -76,11 +76,15 @@ pub enum rx_status {
     RX_FABRIC_UNAVAILABLE = 29,
     /// A libfabric call failed (see `rx_last_error`).
     RX_FABRIC = 30,
+    /// CUDA is not usable: no driver library, no device, or a build without it.
+    RX_CUDA_UNAVAILABLE = 31,
+    /// A CUDA driver call failed (see `rx_last_error`).
+    RX_CUDA = 32,
 }
 
 impl rx_status {
     /// Every status, for turning a number from C back into one.
-    pub(crate) const ALL: [rx_status; 31] = [
+    pub(crate) const ALL: [rx_status; 33] = [
         rx_status::RX_OK,
         rx_status::RX_INVALID_ARGUMENT,
         rx_status::RX_RING_FULL,
@@ -112,6 +116,8 @@ impl rx_status {
         rx_status::RX_PANIC,
         rx_status::RX_FABRIC_UNAVAILABLE,
         rx_status::RX_FABRIC,
+        rx_status::RX_CUDA_UNAVAILABLE,
+        rx_status::RX_CUDA,
     ];
 
     pub(crate) fn describe(self) -> &'static std::ffi::CStr {
@@ -147,6 +153,8 @@ impl rx_status {
             rx_status::RX_PANIC => c"internal panic (a ringxfer bug)",
             rx_status::RX_FABRIC_UNAVAILABLE => c"libfabric unavailable",
             rx_status::RX_FABRIC => c"libfabric call failed",
+            rx_status::RX_CUDA_UNAVAILABLE => c"CUDA unavailable",
+            rx_status::RX_CUDA => c"CUDA call failed",
         }
     }
 }
@@ -183,6 +191,8 @@ impl From<&Error> for rx_status {
             Error::KeyTooLong { .. } | Error::ValueTooLarge { .. } => rx_status::RX_INVALID_ARGUMENT,
             Error::FabricUnavailable { .. } => rx_status::RX_FABRIC_UNAVAILABLE,
             Error::Fabric { .. } => rx_status::RX_FABRIC,
+            Error::CudaUnavailable { .. } => rx_status::RX_CUDA_UNAVAILABLE,
+            Error::Cuda { .. } => rx_status::RX_CUDA,
             _ => rx_status::RX_UNSUPPORTED,
         }
     }

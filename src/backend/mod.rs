@@ -6,8 +6,13 @@
 //!   host through shared memory.
 //! - [`fabric`]: libfabric RDM endpoints (tcp, shm, verbs, efa, …), loaded at run
 //!   time; on when `Config::fabric` is set.
+//! - `cuda`: host ↔ GPU and GPU ↔ GPU copies on CUDA streams (cudarc, loaded at run
+//!   time), one event per slot; on when `Config::cuda` is set.
 //! - `file`: registered memory to and from registered files, on I/O worker threads.
 
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
+pub(crate) mod cuda_config;
 pub mod fabric;
 pub(crate) mod file;
 pub mod local;

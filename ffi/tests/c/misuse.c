@@ -161,6 +161,20 @@ int main(void) {
   expect("unknown_status_str", strcmp(rx_status_str(999), "unknown status") == 0 ? RX_OK : RX_PANIC, RX_OK);
   still_usable("invalid_config");
 
+  /* No CUDA driver on this machine: a typed status, never a crash. */
+  rx_config gpu;
+  rx_config_default(&gpu);
+  gpu.cuda_flags = RX_CUDA_ENABLE;
+  expect("cuda_no_driver", rx_engine_new(&gpu, &e), RX_CUDA_UNAVAILABLE);
+  expect("cuda_no_driver_no_output", e == NULL ? RX_OK : RX_PANIC, RX_OK);
+  expect("cuda_no_driver_text", rx_last_error(msg, sizeof msg, &msg_len) == RX_OK && strstr(msg, "libcuda") ? RX_OK : RX_PANIC, RX_OK);
+  gpu.cuda_flags = 4;
+  expect("cuda_bad_flags", rx_engine_new(&gpu, &e), RX_INVALID_ARGUMENT);
+  expect("vram_without_cuda", rx_alloc_vram(a, 4096, &region), RX_CUDA_UNAVAILABLE);
+  expect("register_vram_without_cuda", rx_register_vram(a, 0x1000, 4096, &region), RX_CUDA_UNAVAILABLE);
+  expect("vram_null_out", rx_alloc_vram(a, 4096, NULL), RX_INVALID_ARGUMENT);
+  still_usable("cuda_unavailable");
+
   rx_engine_free(a);
   rx_engine_free(b);
   if (failures) {

@@ -855,13 +855,18 @@ impl Fabric {
                 done += len;
             }
         }
-        let expires = self.epoch.elapsed().saturating_add(self.deadline).as_nanos().max(1);
-        slot.deadline
-            .store(u64::try_from(expires).unwrap_or(u64::MAX), Ordering::Release);
+        self.arm(slot);
         // The poster's reference goes last. If it was the last one, the caller moves
         // the slot on with `finish` once it no longer borrows the transfer's context
         // (finishing may complete the slot, which reclaims that context).
         Ok(self.slots[index].pending.fetch_sub(1, Ordering::AcqRel) == 1)
+    }
+
+    /// Sets the slot's deadline: `FabricConfig::deadline` from now.
+    fn arm(&self, slot: &TxSlot) {
+        let expires = self.epoch.elapsed().saturating_add(self.deadline).as_nanos().max(1);
+        slot.deadline
+            .store(u64::try_from(expires).unwrap_or(u64::MAX), Ordering::Release);
     }
 
     /// Moves on a slot whose `post` returned `Ok(true)`.
@@ -891,7 +896,6 @@ impl Fabric {
         let slot = &self.slots[index];
         let handle = Handle::from_raw(slot.handle.load(Ordering::Relaxed));
         let error = slot.error.load(Ordering::Acquire);
-        slot.deadline.store(0, Ordering::Release);
         match slot.phase.load(Ordering::Relaxed) {
             PHASE_DATA if slot.message_len.load(Ordering::Relaxed) != 0 => {
                 if error != 0 {
@@ -904,13 +908,19 @@ impl Fabric {
                     slot.phase.store(PHASE_NOTIFY, Ordering::Relaxed);
                 }
                 slot.pending.store(1, Ordering::Release);
+                // The control message has a deadline of its own.
+                self.arm(slot);
                 self.send_control(index, sink);
             }
             PHASE_ABORT => {
                 // The ABORT's own outcome does not change the transfer's.
+                slot.deadline.store(0, Ordering::Release);
                 sink(handle, outcome(error));
             }
-            _ => sink(handle, outcome(error)),
+            _ => {
+                slot.deadline.store(0, Ordering::Release);
+                sink(handle, outcome(error));
+            }
         }
     }
 

@@ -1,0 +1,337 @@
+//! The `cuda` transport: copies between host memory and GPU memory (and GPU to GPU)
+//! on CUDA streams, through the driver API, loaded at run time (cudarc's
+//! `dynamic-loading`: the crate builds and runs without CUDA).
+//!
+//! Everything a transfer needs is made at `Engine::new` and kept: the context, a
+//! fixed pool of streams, and **one event per slot**, reused by every transfer of
+//! that slot and destroyed only when the engine drops. No event is ever created or
+//! destroyed on the hot path, so none can leak (Mooncake's TENT created one per
+//! submit and never destroyed it).
+//!
+//! Every launch result is checked. A transfer is in flight only once its event was
+//! *recorded* after its copies: a failed `cuEventRecord` fails the transfer (after
+//! the stream drained what was enqueued), and an event is queried only if it was
+//! recorded — an unrecorded event reads as "complete", which is how the same engine's
+//! unchecked record turned into silent corruption.
+
+use std::cell::Cell;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use cudarc::driver::sys;
+
+use super::cuda_config::CudaConfig;
+use crate::Op;
+use crate::error::{Error, Result};
+use crate::mem::Resolved;
+use crate::ring::{FailCode, FailSource, Handle, Outcome};
+
+/// The sink the transport reports completions to: the engine's `complete`.
+pub(crate) type Sink<'a> = &'a mut dyn FnMut(Handle, Outcome);
+
+/// A failed driver call as a transfer's failure code.
+fn fail_code(r: sys::CUresult) -> FailCode {
+    FailCode::new(FailSource::Cuda, (r as u32).min(0x3fff))
+}
+
+fn check(r: sys::CUresult, what: &'static str) -> Result<()> {
+    if r == sys::CUresult::CUDA_SUCCESS {
+        Ok(())
+    } else {
+        Err(Error::Cuda { what, code: r as i32 })
+    }
+}
+
+thread_local! {
+    /// The context current on this thread (as an address), so it is set once per
+    /// thread rather than before every launch.
+    static CURRENT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The CUDA state of one engine.
+pub(crate) struct Cuda {
+    ctx: sys::CUcontext,
+    device: sys::CUdevice,
+    streams: Box<[sys::CUstream]>,
+    /// Whether the streams are ours to destroy (false for a caller's stream).
+    own_streams: bool,
+    /// One per slot, created at start, destroyed at drop.
+    events: Box<[sys::CUevent]>,
+    /// Per slot: the handle of the transfer whose recorded event is pending, or 0.
+    in_flight: Box<[AtomicU64]>,
+    /// Per slot: a failure already known (a copy that failed after others were
+    /// enqueued); the transfer ends with it once the event says the stream drained.
+    failed: Box<[AtomicU32]>,
+    pending: AtomicUsize,
+    progress: Mutex<()>,
+    events_live: AtomicUsize,
+}
+
+// SAFETY: the driver API is thread-safe; the raw handles are only destroyed in Drop
+// (one owner), and each slot's event is used by one transfer at a time (the ring's
+// slot ownership).
+unsafe impl Send for Cuda {}
+// SAFETY: as above.
+unsafe impl Sync for Cuda {}
+
+impl Cuda {
+    /// Probes the driver and creates the context, streams and `capacity` events.
+    pub(crate) fn open(config: &CudaConfig, capacity: usize) -> Result<Cuda> {
+        // cudarc panics when libcuda cannot be loaded: probe first.
+        // SAFETY: only tries to dlopen the library's candidate names.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(Error::CudaUnavailable {
+                reason: "no CUDA driver library (libcuda.so) could be loaded: install the NVIDIA driver, \
+                         or build the engine without Config::cuda"
+                    .into(),
+            });
+        }
+        // SAFETY: plain driver calls with valid out-pointers.
+        unsafe {
+            let r = sys::cuInit(0);
+            if r != sys::CUresult::CUDA_SUCCESS {
+                return Err(Error::CudaUnavailable {
+                    reason: format!("cuInit failed: {r:?} (no usable GPU or driver)"),
+                });
+            }
+            let mut count = 0;
+            let r = sys::cuDeviceGetCount(&mut count);
+            if r != sys::CUresult::CUDA_SUCCESS || count <= 0 {
+                return Err(Error::CudaUnavailable {
+                    reason: format!("no CUDA device ({r:?}, {count} devices)"),
+                });
+            }
+            if config.device as i32 >= count {
+                return Err(Error::CudaUnavailable {
+                    reason: format!("device {} asked for, {count} present", config.device),
+                });
+            }
+        }
+        let mut cuda = Cuda {
+            ctx: std::ptr::null_mut(),
+            device: 0,
+            streams: Box::new([]),
+            own_streams: config.stream.is_none(),
+            events: Box::new([]),
+            in_flight: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
+            failed: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
+            pending: AtomicUsize::new(0),
+            progress: Mutex::new(()),
+            events_live: AtomicUsize::new(0),
+        };
+        // SAFETY: valid out-pointers; everything created is released by Drop, which
+        // runs on the error paths below too.
+        unsafe {
+            check(sys::cuDeviceGet(&mut cuda.device, config.device as i32), "cuDeviceGet")?;
+            check(
+                sys::cuDevicePrimaryCtxRetain(&mut cuda.ctx, cuda.device),
+                "cuDevicePrimaryCtxRetain",
+            )?;
+            cuda.make_current()?;
+            let mut streams = Vec::with_capacity(config.streams.max(1));
+            match config.stream {
+                Some(raw) => streams.push(raw as sys::CUstream),
+                None => {
+                    for _ in 0..config.streams.max(1) {
+                        let mut s: sys::CUstream = std::ptr::null_mut();
+                        let r = sys::cuStreamCreate(&mut s, 1 /* CU_STREAM_NON_BLOCKING */);
+                        if r != sys::CUresult::CUDA_SUCCESS {
+                            cuda.streams = streams.into_boxed_slice();
+                            return Err(Error::Cuda {
+                                what: "cuStreamCreate",
+                                code: r as i32,
+                            });
+                        }
+                        streams.push(s);
+                    }
+                }
+            }
+            cuda.streams = streams.into_boxed_slice();
+            let mut events = Vec::with_capacity(capacity);
+            for _ in 0..capacity {
+                let mut e: sys::CUevent = std::ptr::null_mut();
+                let r = sys::cuEventCreate(&mut e, 2 /* CU_EVENT_DISABLE_TIMING */);
+                if r != sys::CUresult::CUDA_SUCCESS {
+                    cuda.events = events.into_boxed_slice();
+                    return Err(Error::Cuda {
+                        what: "cuEventCreate",
+                        code: r as i32,
+                    });
+                }
+                cuda.events_live.fetch_add(1, Ordering::Relaxed);
+                events.push(e);
+            }
+            cuda.events = events.into_boxed_slice();
+            // Resolve every hot-path symbol now (cudarc looks each up on first use):
+            // zero-byte copies, a record and a query of slot 0's event, a sync.
+            let s = cuda.streams[0];
+            let mut host = [0u8; 1];
+            let _ = sys::cuMemcpyHtoDAsync_v2(0, host.as_ptr().cast(), 0, s);
+            let _ = sys::cuMemcpyDtoHAsync_v2(host.as_mut_ptr().cast(), 0, 0, s);
+            let _ = sys::cuMemcpyDtoDAsync_v2(0, 0, 0, s);
+            if let Some(&e) = cuda.events.first() {
+                let _ = sys::cuEventRecord(e, s);
+                let _ = sys::cuEventQuery(e);
+            }
+            check(sys::cuStreamSynchronize(s), "cuStreamSynchronize")?;
+        }
+        Ok(cuda)
+    }
+
+    /// Makes the engine's context current on this thread (once per thread).
+    fn make_current(&self) -> Result<()> {
+        if CURRENT.with(Cell::get) == self.ctx as usize {
+            return Ok(());
+        }
+        // SAFETY: a retained context.
+        check(unsafe { sys::cuCtxSetCurrent(self.ctx) }, "cuCtxSetCurrent")?;
+        CURRENT.with(|c| c.set(self.ctx as usize));
+        Ok(())
+    }
+
+    /// Events alive (created at start, destroyed at drop): `capacity` all along.
+    pub(crate) fn events_live(&self) -> usize {
+        self.events_live.load(Ordering::Relaxed)
+    }
+
+    /// Allocates device memory (for `Engine::alloc_vram`).
+    pub(crate) fn alloc(&self, len: usize) -> Result<u64> {
+        self.make_current()?;
+        let mut ptr: sys::CUdeviceptr = 0;
+        // SAFETY: a valid out-pointer; freed by `free`.
+        check(unsafe { sys::cuMemAlloc_v2(&mut ptr, len) }, "cuMemAlloc")?;
+        Ok(ptr)
+    }
+
+    /// Frees device memory from `alloc`.
+    pub(crate) fn free(&self, ptr: u64) {
+        if self.make_current().is_ok() {
+            // SAFETY: `ptr` came from `alloc` and is freed once (its region's drop).
+            let _ = unsafe { sys::cuMemFree_v2(ptr) };
+        }
+    }
+
+    /// Waits for every stream to drain (engine drop).
+    pub(crate) fn synchronize(&self) {
+        if self.make_current().is_ok() {
+            for &s in self.streams.iter() {
+                // SAFETY: our (or the caller's) live stream.
+                let _ = unsafe { sys::cuStreamSynchronize(s) };
+            }
+        }
+    }
+
+    /// Enqueues a transfer's copies on its slot's stream and records the slot's event.
+    /// `Ok(None)`: in flight, `progress` ends it. `Ok(Some(outcome))`: it ended now
+    /// (a launch failed; whatever was enqueued before has drained).
+    pub(crate) fn post(&self, handle: Handle, op: Op, local: &[Resolved], own: &[Resolved]) -> Result<Option<Outcome>> {
+        self.make_current()?;
+        let index = handle.index() as usize;
+        let stream = self.streams[index % self.streams.len()];
+        let event = self.events[index];
+        let mut failure = None;
+        for (l, o) in local.iter().zip(own) {
+            let (src, dst) = match op {
+                Op::Write => (l, o),
+                Op::Read => (o, l),
+            };
+            // SAFETY: both sides are pinned by the transfer until its slot is freed,
+            // which waits for the event; lengths were checked equal at prepare.
+            let r = unsafe {
+                match (src.vram, dst.vram) {
+                    (false, true) => sys::cuMemcpyHtoDAsync_v2(dst.addr as u64, src.addr as *const _, src.len, stream),
+                    (true, false) => sys::cuMemcpyDtoHAsync_v2(dst.addr as *mut _, src.addr as u64, src.len, stream),
+                    (true, true) => sys::cuMemcpyDtoDAsync_v2(dst.addr as u64, src.addr as u64, src.len, stream),
+                    (false, false) => {
+                        std::ptr::copy(src.addr as *const u8, dst.addr as *mut u8, src.len);
+                        sys::CUresult::CUDA_SUCCESS
+                    }
+                }
+            };
+            if r != sys::CUresult::CUDA_SUCCESS {
+                failure = Some(fail_code(r));
+                break;
+            }
+        }
+        // SAFETY: the slot's own event, used by this transfer only.
+        let recorded = unsafe { sys::cuEventRecord(event, stream) };
+        if recorded != sys::CUresult::CUDA_SUCCESS {
+            // The event says nothing: never query it. Drain the stream so no copy
+            // enqueued above touches the regions after the slot is freed.
+            // SAFETY: our stream.
+            let _ = unsafe { sys::cuStreamSynchronize(stream) };
+            return Ok(Some(Outcome::Failed(failure.unwrap_or(fail_code(recorded)))));
+        }
+        self.failed[index].store(failure.map_or(0, FailCode::to_bits), Ordering::Relaxed);
+        self.in_flight[index].store(handle.to_raw(), Ordering::Release);
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        Ok(None)
+    }
+
+    /// Queries the events of transfers in flight; reports the ended ones to `sink`.
+    pub(crate) fn progress(&self, sink: Sink<'_>) -> usize {
+        if self.pending.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
+        let Ok(_one) = self.progress.try_lock() else { return 0 };
+        if self.make_current().is_err() {
+            return 0;
+        }
+        let mut ended = 0;
+        for (index, slot) in self.in_flight.iter().enumerate() {
+            let raw = slot.load(Ordering::Acquire);
+            if raw == 0 {
+                continue;
+            }
+            // SAFETY: the slot's event, recorded by the transfer now in flight.
+            let r = unsafe { sys::cuEventQuery(self.events[index]) };
+            let outcome = match r {
+                sys::CUresult::CUDA_ERROR_NOT_READY => continue,
+                sys::CUresult::CUDA_SUCCESS => match self.failed[index].load(Ordering::Relaxed) {
+                    0 => Outcome::Done,
+                    bits => Outcome::Failed(FailCode::from_bits(bits)),
+                },
+                error => {
+                    // The stream is in an error state; let it drain before the
+                    // transfer's regions can be released.
+                    // SAFETY: our stream.
+                    let _ = unsafe { sys::cuStreamSynchronize(self.streams[index % self.streams.len()]) };
+                    Outcome::Failed(fail_code(error))
+                }
+            };
+            slot.store(0, Ordering::Release);
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            sink(Handle::from_raw(raw), outcome);
+            ended += 1;
+        }
+        ended
+    }
+}
+
+impl Drop for Cuda {
+    fn drop(&mut self) {
+        if self.ctx.is_null() {
+            return;
+        }
+        let _ = self.make_current();
+        // SAFETY: each handle was created in `open` and is destroyed once, here, after
+        // the streams drained; a caller's stream is only synchronised.
+        unsafe {
+            for &s in self.streams.iter() {
+                let _ = sys::cuStreamSynchronize(s);
+            }
+            for &e in self.events.iter() {
+                if sys::cuEventDestroy_v2(e) == sys::CUresult::CUDA_SUCCESS {
+                    self.events_live.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            if self.own_streams {
+                for &s in self.streams.iter() {
+                    let _ = sys::cuStreamDestroy_v2(s);
+                }
+            }
+            let _ = sys::cuDevicePrimaryCtxRelease_v2(self.device);
+        }
+        CURRENT.with(|c| c.set(0));
+    }
+}

@@ -1,0 +1,27 @@
+//! `CudaConfig`: how an engine uses CUDA (always compiled, so configurations build
+//! with or without the `cuda` feature).
+
+/// How an engine uses CUDA. `Config::cuda = Some(..)` turns the transport on; with no
+/// driver or no device, `Engine::new` returns `Error::CudaUnavailable` (never a panic).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CudaConfig {
+    /// The device ordinal. Default 0.
+    pub device: u32,
+    /// Streams created for transfers (a slot uses stream `index % streams`), 1 ..= 64.
+    /// Default 4. Ignored with `stream`.
+    pub streams: usize,
+    /// A caller's `CUstream` (as an integer) to put every transfer on, so they run
+    /// after the caller's own kernels on it. Borrowed: never destroyed by ringxfer,
+    /// and it must outlive the engine. Default `None`.
+    pub stream: Option<usize>,
+}
+
+impl Default for CudaConfig {
+    fn default() -> CudaConfig {
+        CudaConfig {
+            device: 0,
+            streams: 4,
+            stream: None,
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! The cuda transport without a GPU.
+//!
+//! - With no driver (this machine), `Engine::new` with CUDA on returns
+//!   `CudaUnavailable`, never a panic.
+//! - With the fake driver (`tests/cuda_fake/libcuda.c`, built here with gcc and found
+//!   through `LD_LIBRARY_PATH` by cudarc's normal dynamic loading), the test re-runs
+//!   itself as a child (`fake_driver_child`): events are created once per slot and
+//!   never again over 100,000 transfers, injected record / copy / query failures end
+//!   their transfer FAILED with the CUDA code and leave the slot and its event
+//!   reusable, and the bytes arrive in the fake device memory.
+
+#![cfg(feature = "cuda")]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use ringxfer::ring::FailSource;
+use ringxfer::{Config, CudaConfig, Desc, Engine, Error, Op, Status};
+
+const CAPACITY: usize = 64;
+
+fn config() -> Config {
+    Config {
+        name: "gpu".into(),
+        capacity: CAPACITY,
+        cuda: Some(CudaConfig::default()),
+        ..Config::default()
+    }
+}
+
+#[test]
+fn no_driver_is_a_typed_error_not_a_panic() {
+    if std::env::var_os("RINGXFER_FAKE_CUDA").is_some() {
+        return; // the child runs with the fake driver on its library path
+    }
+    match Engine::new(config()) {
+        Err(Error::CudaUnavailable { reason }) => assert!(reason.contains("libcuda"), "{reason}"),
+        Ok(_) => panic!("a CUDA engine came up on a machine with no CUDA driver"),
+        Err(e) => panic!("expected CudaUnavailable, got {e}"),
+    }
+    // The rest of the engine is unaffected.
+    let e = Engine::new(Config::default()).unwrap();
+    assert!(matches!(e.alloc_vram(4096), Err(Error::CudaUnavailable { .. })));
+}
+
+/// Builds the fake driver into a fresh directory as `libcuda.so`.
+fn build_fake_driver() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringxfer-fake-cuda-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_fake/libcuda.c");
+    let status = Command::new("gcc")
+        .args([
+            "-shared", "-fPIC", "-O1", "-Wall", "-Wextra", "-Werror", "-pthread", "-o",
+        ])
+        .arg(dir.join("libcuda.so"))
+        .arg(&source)
+        .status()
+        .expect("gcc (apt-get install gcc) builds the fake CUDA driver");
+    assert!(status.success(), "building the fake driver failed");
+    dir
+}
+
+#[test]
+fn with_the_fake_driver() {
+    if std::env::var_os("RINGXFER_FAKE_CUDA").is_some() {
+        return;
+    }
+    let dir = build_fake_driver();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "fake_driver_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("LD_LIBRARY_PATH", &dir)
+        .env("RINGXFER_FAKE_CUDA", dir.join("libcuda.so"))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the fake-driver child failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "the child ran no test:\n{stdout}\n{stderr}"
+    );
+}
+
+/// The fake driver's control functions, found in the same library cudarc loaded.
+struct Fake {
+    _lib: libloading::Library,
+    live: unsafe extern "C" fn() -> i64,
+    created: unsafe extern "C" fn() -> i64,
+    fail: unsafe extern "C" fn(i32, i64),
+}
+
+impl Fake {
+    fn open() -> Fake {
+        let path = std::env::var_os("RINGXFER_FAKE_CUDA").unwrap();
+        // SAFETY: the fake driver's constructor-free library, already loaded by cudarc.
+        let lib = unsafe { libloading::Library::new(path) }.unwrap();
+        // SAFETY: the symbols' types are the fake's C prototypes.
+        unsafe {
+            Fake {
+                live: *lib.get(b"fake_cuda_events_live\0").unwrap(),
+                created: *lib.get(b"fake_cuda_events_created\0").unwrap(),
+                fail: *lib.get(b"fake_cuda_fail\0").unwrap(),
+                _lib: lib,
+            }
+        }
+    }
+    fn live(&self) -> i64 {
+        // SAFETY: a plain getter.
+        unsafe { (self.live)() }
+    }
+    fn created(&self) -> i64 {
+        // SAFETY: a plain getter.
+        unsafe { (self.created)() }
+    }
+    /// Makes the next call of `what` fail (1 record, 2 copy, 3 query).
+    fn fail_next(&self, what: i32) {
+        // SAFETY: a plain setter.
+        unsafe { (self.fail)(what, 1) }
+    }
+}
+
+#[test]
+#[ignore = "run by with_the_fake_driver, with the fake libcuda.so on LD_LIBRARY_PATH"]
+fn fake_driver_child() {
+    let e = Engine::new(config()).unwrap();
+    let fake = Fake::open();
+    // One event per slot, made at start.
+    assert_eq!(fake.live(), CAPACITY as i64);
+    assert_eq!(e.stats().cuda_events, CAPACITY);
+    let created_at_start = fake.created();
+
+    let host = e.alloc_region(1 << 20).unwrap();
+    let back = e.alloc_region(1 << 20).unwrap();
+    let gpu = e.alloc_vram(1 << 20).unwrap();
+    let me = e.local_peer();
+    let pattern: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7 + 3) as u8).collect();
+    e.write_region(host, 0, &pattern).unwrap();
+    // VRAM is not readable as host memory, nor reachable by peers or files.
+    let mut probe = [0u8; 8];
+    assert!(matches!(
+        e.read_region(gpu, 0, &mut probe),
+        Err(Error::InvalidDescriptor { .. })
+    ));
+
+    let run = |op: Op, local: Desc, remote: Desc| -> Status {
+        let h = e.prepare(op, &[local], me, &[remote], None).unwrap();
+        e.post(h).unwrap();
+        let s = e.wait(h, Duration::from_secs(10)).unwrap();
+        e.release(h).unwrap();
+        s
+    };
+
+    // H2D then D2H: the bytes went through the (fake) device.
+    assert_eq!(
+        run(Op::Write, Desc::new(host, 0, 1 << 20), Desc::new(gpu, 0, 1 << 20)),
+        Status::Done
+    );
+    assert_eq!(
+        run(Op::Read, Desc::new(back, 0, 1 << 20), Desc::new(gpu, 0, 1 << 20)),
+        Status::Done
+    );
+    let mut out = vec![0u8; 1 << 20];
+    e.read_region(back, 0, &mut out).unwrap();
+    assert!(out == pattern, "bytes arrive in device memory and come back");
+
+    // D2D within the device, then back to check.
+    let gpu2 = e.alloc_vram(1 << 20).unwrap();
+    let h = e
+        .prepare(
+            Op::Write,
+            &[Desc::new(gpu, 4096, 8192)],
+            me,
+            &[Desc::new(gpu2, 0, 8192)],
+            None,
+        )
+        .unwrap();
+    e.post(h).unwrap();
+    assert_eq!(e.wait(h, Duration::from_secs(10)).unwrap(), Status::Done);
+    e.release(h).unwrap();
+    assert_eq!(
+        run(Op::Read, Desc::new(back, 0, 8192), Desc::new(gpu2, 0, 8192)),
+        Status::Done
+    );
+    e.read_region(back, 0, &mut out[..8192]).unwrap();
+    assert_eq!(&out[..8192], &pattern[4096..4096 + 8192]);
+
+    // 100,000 transfers, a window of them in flight: not one event more.
+    let mut in_flight = std::collections::VecDeque::new();
+    for i in 0..100_000u64 {
+        let off = (i % 256) * 4096;
+        let op = if i % 2 == 0 { Op::Write } else { Op::Read };
+        let h = e
+            .prepare(
+                op,
+                &[Desc::new(host, off, 4096)],
+                me,
+                &[Desc::new(gpu, off, 4096)],
+                None,
+            )
+            .unwrap();
+        e.post(h).unwrap();
+        in_flight.push_back(h);
+        if in_flight.len() == CAPACITY / 2 {
+            let h = in_flight.pop_front().unwrap();
+            assert_eq!(e.wait(h, Duration::from_secs(10)).unwrap(), Status::Done);
+            e.release(h).unwrap();
+        }
+    }
+    for h in in_flight {
+        assert_eq!(e.wait(h, Duration::from_secs(10)).unwrap(), Status::Done);
+        e.release(h).unwrap();
+    }
+    assert_eq!(fake.created(), created_at_start, "no event created on the hot path");
+    assert_eq!(fake.live(), CAPACITY as i64);
+
+    // Injected failures: each ends its transfer FAILED with the CUDA code (never
+    // DONE from an unrecorded event), and the next transfer on the slots works.
+    for (what, name) in [(1, "cuEventRecord"), (2, "cuMemcpy*Async"), (3, "cuEventQuery")] {
+        fake.fail_next(what);
+        match run(Op::Write, Desc::new(host, 0, 4096), Desc::new(gpu, 0, 4096)) {
+            Status::Failed(code) => assert_eq!(code.source(), FailSource::Cuda, "{name}"),
+            other => panic!("a failed {name} ended the transfer {other:?}"),
+        }
+        for _ in 0..CAPACITY {
+            assert_eq!(
+                run(Op::Write, Desc::new(host, 0, 4096), Desc::new(gpu, 0, 4096)),
+                Status::Done,
+                "after {name}"
+            );
+        }
+    }
+    assert_eq!(fake.created(), created_at_start);
+    let s = e.stats();
+    assert_eq!(s.ring.failed, 3);
+    e.check_quiescent().unwrap();
+    drop(e);
+    assert_eq!(fake.live(), 0, "every event destroyed with the engine");
+}

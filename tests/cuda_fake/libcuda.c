@@ -1,0 +1,180 @@
+/* A fake CUDA driver for tests on machines without a GPU.
+ *
+ * Exports the cu* symbols ringxfer's cuda transport uses, backed by host memory:
+ * "device" pointers are malloc'd, copies happen at once, and an event recorded on a
+ * stream completes after a few queries (so completion is observed asynchronously).
+ * As with the real driver, querying an event that was never recorded says
+ * CUDA_SUCCESS — which is why a transport must never trust an unrecorded event.
+ *
+ * Control (found by the tests with dlsym on this library):
+ *   fake_cuda_events_live()     events created and not destroyed
+ *   fake_cuda_events_created()  events created since load
+ *   fake_cuda_fail(what, nth)   make the nth call from now of `what` fail
+ *                               (1 cuEventRecord, 2 any cuMemcpy*Async, 3 cuEventQuery)
+ *
+ * Built by tests/cuda.rs with `gcc -shared -fPIC`; never part of the library. */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int CUresult;
+typedef int CUdevice;
+typedef unsigned long long CUdeviceptr;
+typedef struct fake_ctx *CUcontext;
+typedef struct fake_stream *CUstream;
+typedef struct fake_event *CUevent;
+
+enum {
+  CUDA_SUCCESS = 0,
+  CUDA_ERROR_INVALID_VALUE = 1,
+  CUDA_ERROR_OUT_OF_MEMORY = 2,
+  CUDA_ERROR_NOT_INITIALIZED = 3,
+  CUDA_ERROR_INVALID_HANDLE = 400,
+  CUDA_ERROR_NOT_READY = 600,
+  CUDA_ERROR_ILLEGAL_ADDRESS = 700,
+  CUDA_ERROR_LAUNCH_FAILED = 719,
+};
+
+struct fake_ctx { int device; };
+struct fake_stream { int id; };
+struct fake_event { int recorded; int polls_left; unsigned magic; };
+
+#define EVENT_MAGIC 0xE7E7E7E7u
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static long events_live, events_created;
+static long fail_record, fail_copy, fail_query; /* countdowns; 0 = off */
+static int initialised;
+static struct fake_ctx the_ctx;
+
+long fake_cuda_events_live(void) { return __atomic_load_n(&events_live, __ATOMIC_SEQ_CST); }
+long fake_cuda_events_created(void) { return __atomic_load_n(&events_created, __ATOMIC_SEQ_CST); }
+
+void fake_cuda_fail(int what, long nth) {
+  pthread_mutex_lock(&lock);
+  if (what == 1) fail_record = nth;
+  if (what == 2) fail_copy = nth;
+  if (what == 3) fail_query = nth;
+  pthread_mutex_unlock(&lock);
+}
+
+/* Counts a call of a kind down; 1 when this call is the one to fail. */
+static int should_fail(long *countdown) {
+  int fail = 0;
+  pthread_mutex_lock(&lock);
+  if (*countdown > 0 && --*countdown == 0) fail = 1;
+  pthread_mutex_unlock(&lock);
+  return fail;
+}
+
+CUresult cuInit(unsigned flags) {
+  (void)flags;
+  initialised = 1;
+  return CUDA_SUCCESS;
+}
+CUresult cuDeviceGetCount(int *count) {
+  if (!initialised) return CUDA_ERROR_NOT_INITIALIZED;
+  *count = 1;
+  return CUDA_SUCCESS;
+}
+CUresult cuDeviceGet(CUdevice *device, int ordinal) {
+  if (ordinal != 0) return CUDA_ERROR_INVALID_VALUE;
+  *device = 0;
+  return CUDA_SUCCESS;
+}
+CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice device) {
+  the_ctx.device = device;
+  *ctx = &the_ctx;
+  return CUDA_SUCCESS;
+}
+CUresult cuDevicePrimaryCtxRelease_v2(CUdevice device) {
+  (void)device;
+  return CUDA_SUCCESS;
+}
+CUresult cuCtxSetCurrent(CUcontext ctx) { return ctx == &the_ctx || ctx == NULL ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE; }
+
+CUresult cuStreamCreate(CUstream *stream, unsigned flags) {
+  (void)flags;
+  *stream = calloc(1, sizeof **stream);
+  return *stream ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+CUresult cuStreamDestroy_v2(CUstream stream) {
+  free(stream);
+  return CUDA_SUCCESS;
+}
+CUresult cuStreamSynchronize(CUstream stream) {
+  (void)stream;
+  return CUDA_SUCCESS;
+}
+
+CUresult cuEventCreate(CUevent *event, unsigned flags) {
+  (void)flags;
+  struct fake_event *e = calloc(1, sizeof *e);
+  if (!e) return CUDA_ERROR_OUT_OF_MEMORY;
+  e->magic = EVENT_MAGIC;
+  __atomic_add_fetch(&events_live, 1, __ATOMIC_SEQ_CST);
+  __atomic_add_fetch(&events_created, 1, __ATOMIC_SEQ_CST);
+  *event = e;
+  return CUDA_SUCCESS;
+}
+CUresult cuEventDestroy_v2(CUevent event) {
+  if (!event || event->magic != EVENT_MAGIC) return CUDA_ERROR_INVALID_HANDLE;
+  event->magic = 0;
+  free(event);
+  __atomic_sub_fetch(&events_live, 1, __ATOMIC_SEQ_CST);
+  return CUDA_SUCCESS;
+}
+CUresult cuEventRecord(CUevent event, CUstream stream) {
+  (void)stream;
+  if (!event || event->magic != EVENT_MAGIC) return CUDA_ERROR_INVALID_HANDLE;
+  if (should_fail(&fail_record)) return CUDA_ERROR_LAUNCH_FAILED;
+  __atomic_store_n(&event->polls_left, 2, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&event->recorded, 1, __ATOMIC_SEQ_CST);
+  return CUDA_SUCCESS;
+}
+CUresult cuEventQuery(CUevent event) {
+  if (!event || event->magic != EVENT_MAGIC) return CUDA_ERROR_INVALID_HANDLE;
+  if (should_fail(&fail_query)) return CUDA_ERROR_ILLEGAL_ADDRESS;
+  /* Like the real driver: an event never recorded reads as complete. */
+  if (__atomic_load_n(&event->recorded, __ATOMIC_SEQ_CST) == 0) return CUDA_SUCCESS;
+  if (__atomic_load_n(&event->polls_left, __ATOMIC_SEQ_CST) > 0) {
+    __atomic_sub_fetch(&event->polls_left, 1, __ATOMIC_SEQ_CST);
+    return CUDA_ERROR_NOT_READY;
+  }
+  return CUDA_SUCCESS;
+}
+
+CUresult cuMemAlloc_v2(CUdeviceptr *ptr, size_t bytes) {
+  void *p = calloc(1, bytes ? bytes : 1);
+  if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
+  *ptr = (CUdeviceptr)(uintptr_t)p;
+  return CUDA_SUCCESS;
+}
+CUresult cuMemFree_v2(CUdeviceptr ptr) {
+  free((void *)(uintptr_t)ptr);
+  return CUDA_SUCCESS;
+}
+
+static CUresult copy(void *dst, const void *src, size_t n) {
+  if (should_fail(&fail_copy)) return CUDA_ERROR_ILLEGAL_ADDRESS;
+  if (n) memmove(dst, src, n);
+  return CUDA_SUCCESS;
+}
+CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, CUstream s) {
+  (void)s;
+  return copy((void *)(uintptr_t)dst, src, n);
+}
+CUresult cuMemcpyDtoHAsync_v2(void *dst, CUdeviceptr src, size_t n, CUstream s) {
+  (void)s;
+  return copy(dst, (const void *)(uintptr_t)src, n);
+}
+CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s) {
+  (void)s;
+  return copy((void *)(uintptr_t)dst, (const void *)(uintptr_t)src, n);
+}
+CUresult cuGetErrorString(CUresult error, const char **text) {
+  (void)error;
+  *text = "fake CUDA error";
+  return CUDA_SUCCESS;
+}
