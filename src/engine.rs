@@ -562,16 +562,44 @@ impl Engine {
     /// read it or read while a transfer may write it, until [`deregister`](Engine::deregister)
     /// succeeds or the engine is dropped.
     pub unsafe fn register_dram(&self, addr: *mut u8, len: usize) -> Result<RegionId> {
-        self.core
+        let id = self
+            .core
             .shared
             .registry
-            .register(addr as usize, len as u64, MemKind::Dram)
+            .register(addr as usize, len as u64, MemKind::Dram)?;
+        self.pin_for_gpu(id)
+    }
+
+    /// With the cuda transport and `CudaConfig::pin_host`: page-locks a new host
+    /// region for the GPU (`cuMemHostRegister`), undone when the region goes. On
+    /// failure the region is deregistered again.
+    fn pin_for_gpu(&self, id: RegionId) -> Result<RegionId> {
+        #[cfg(feature = "cuda")]
+        if let Some(cuda) = self.core.cuda.as_ref().filter(|c| c.pins_host()) {
+            let registry = &self.core.shared.registry;
+            let (addr, len) = registry.extent(id)?;
+            match cuda.host_register(addr, len) {
+                Ok(()) => {
+                    let pin = HostPin {
+                        cuda: Arc::clone(cuda),
+                        addr,
+                    };
+                    registry.attach(id, Box::new(pin))?;
+                }
+                Err(e) => {
+                    let _ = registry.deregister(id);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(id)
     }
 
     /// Allocates `len` zeroed bytes owned by the engine and registers them; they are
     /// freed by [`deregister`](Engine::deregister) or engine drop.
     pub fn alloc_region(&self, len: usize) -> Result<RegionId> {
-        self.core.shared.registry.allocate(len)
+        let id = self.core.shared.registry.allocate(len)?;
+        self.pin_for_gpu(id)
     }
 
     /// Registers `len` bytes of GPU memory at device pointer `dev_ptr` (a
@@ -1447,6 +1475,20 @@ fn progress_loop(core: &Core, stop: &std::sync::atomic::AtomicBool) {
         } else {
             std::thread::sleep(Duration::from_micros(50));
         }
+    }
+}
+
+/// A host region page-locked for the GPU, unlocked when its region goes.
+#[cfg(feature = "cuda")]
+struct HostPin {
+    cuda: Arc<Cuda>,
+    addr: usize,
+}
+
+#[cfg(feature = "cuda")]
+impl Drop for HostPin {
+    fn drop(&mut self) {
+        self.cuda.host_unregister(self.addr);
     }
 }
 

@@ -37,6 +37,8 @@ pub mod ring;
 pub mod wire;
 
 pub use backend::cuda_config::CudaConfig;
+#[cfg(feature = "cuda")]
+pub use backend::cuda_raw::CudaRawLoop;
 pub use backend::fabric;
 pub use engine::{Config, Engine, EngineStats, ListId, MetadataServer, Op, PeerId, fetch_metadata};
 pub use error::{Error, Result};

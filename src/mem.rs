@@ -274,6 +274,29 @@ impl Registry {
         self.table.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// (address, length) of a live region.
+    pub(crate) fn extent(&self, id: RegionId) -> Result<(usize, usize)> {
+        let table = self.read();
+        match table.entries.get(id.index()) {
+            Some(Entry {
+                generation,
+                region: Some(r),
+                ..
+            }) if *generation == id.generation() => Ok((r.addr, r.len as usize)),
+            _ => Err(Error::UnknownRegion { region: id.to_raw() }),
+        }
+    }
+
+    /// Gives a live region something to own (dropped with it).
+    pub(crate) fn attach(&self, id: RegionId, owned: Box<dyn std::any::Any + Send + Sync>) -> Result<()> {
+        let mut table = self.write();
+        let entry = Self::entry_mut(&mut table, id)?;
+        if let Some(r) = entry.region.as_mut() {
+            r._owned = Some(owned);
+        }
+        Ok(())
+    }
+
     /// Registers memory the caller owns.
     pub(crate) fn register(&self, addr: usize, len: u64, kind: MemKind) -> Result<RegionId> {
         self.register_owned(addr, len, kind, None)

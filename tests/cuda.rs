@@ -97,6 +97,7 @@ struct Fake {
     _lib: libloading::Library,
     live: unsafe extern "C" fn() -> i64,
     created: unsafe extern "C" fn() -> i64,
+    host_pins: unsafe extern "C" fn() -> i64,
     fail: unsafe extern "C" fn(i32, i64),
 }
 
@@ -110,6 +111,7 @@ impl Fake {
             Fake {
                 live: *lib.get(b"fake_cuda_events_live\0").unwrap(),
                 created: *lib.get(b"fake_cuda_events_created\0").unwrap(),
+                host_pins: *lib.get(b"fake_cuda_host_pins\0").unwrap(),
                 fail: *lib.get(b"fake_cuda_fail\0").unwrap(),
                 _lib: lib,
             }
@@ -118,6 +120,10 @@ impl Fake {
     fn live(&self) -> i64 {
         // SAFETY: a plain getter.
         unsafe { (self.live)() }
+    }
+    fn host_pins(&self) -> i64 {
+        // SAFETY: a plain getter.
+        unsafe { (self.host_pins)() }
     }
     fn created(&self) -> i64 {
         // SAFETY: a plain getter.
@@ -143,6 +149,12 @@ fn fake_driver_child() {
     let host = e.alloc_region(1 << 20).unwrap();
     let back = e.alloc_region(1 << 20).unwrap();
     let gpu = e.alloc_vram(1 << 20).unwrap();
+    // Host regions are page-locked for the GPU while registered.
+    assert_eq!(fake.host_pins(), 2);
+    let extra = e.alloc_region(4096).unwrap();
+    assert_eq!(fake.host_pins(), 3);
+    e.deregister(extra).unwrap();
+    assert_eq!(fake.host_pins(), 2);
     let me = e.local_peer();
     let pattern: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7 + 3) as u8).collect();
     e.write_region(host, 0, &pattern).unwrap();
@@ -246,4 +258,5 @@ fn fake_driver_child() {
     e.check_quiescent().unwrap();
     drop(e);
     assert_eq!(fake.live(), 0, "every event destroyed with the engine");
+    assert_eq!(fake.host_pins(), 0, "every host pin undone with its region");
 }

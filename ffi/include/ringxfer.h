@@ -51,6 +51,9 @@
 // `rx_config::cuda_flags`: turn the cuda transport on.
 #define RX_CUDA_ENABLE 1
 
+// `rx_config::cuda_flags`: do not page-lock host regions for the GPU.
+#define RX_CUDA_NO_PIN_HOST 2
+
 // `rx_config::fabric_flags`: turn the fabric transport on.
 #define RX_FABRIC_ENABLE 1
 
@@ -285,7 +288,8 @@ typedef struct {
   // A local address to bind the fabric endpoint to (an interface's IP), or NULL.
   const char *fabric_node;
   // The cuda transport: 0 leaves it off; `RX_CUDA_ENABLE` turns it on (no driver
-  // or no device: `rx_engine_new` returns `RX_CUDA_UNAVAILABLE`).
+  // or no device: `rx_engine_new` returns `RX_CUDA_UNAVAILABLE`), plus
+  // `RX_CUDA_NO_PIN_HOST` to leave host regions pageable.
   uint32_t cuda_flags;
   // The CUDA device ordinal.
   uint32_t cuda_device;

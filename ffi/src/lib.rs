@@ -83,7 +83,8 @@ pub struct rx_config {
     /// A local address to bind the fabric endpoint to (an interface's IP), or NULL.
     pub fabric_node: *const c_char,
     /// The cuda transport: 0 leaves it off; `RX_CUDA_ENABLE` turns it on (no driver
-    /// or no device: `rx_engine_new` returns `RX_CUDA_UNAVAILABLE`).
+    /// or no device: `rx_engine_new` returns `RX_CUDA_UNAVAILABLE`), plus
+    /// `RX_CUDA_NO_PIN_HOST` to leave host regions pageable.
     pub cuda_flags: u32,
     /// The CUDA device ordinal.
     pub cuda_device: u32,
@@ -96,6 +97,8 @@ pub struct rx_config {
 
 /// `rx_config::cuda_flags`: turn the cuda transport on.
 pub const RX_CUDA_ENABLE: u32 = 1;
+/// `rx_config::cuda_flags`: do not page-lock host regions for the GPU.
+pub const RX_CUDA_NO_PIN_HOST: u32 = 2;
 
 /// `rx_config::fabric_flags`: turn the fabric transport on.
 pub const RX_FABRIC_ENABLE: u32 = 1;
@@ -534,7 +537,7 @@ pub unsafe extern "C" fn rx_engine_new(config: *const rx_config, out: *mut *mut 
                 }
                 c.fabric = Some(f);
             }
-            if cfg.cuda_flags & !RX_CUDA_ENABLE != 0 {
+            if cfg.cuda_flags & !(RX_CUDA_ENABLE | RX_CUDA_NO_PIN_HOST) != 0 {
                 return invalid("unknown cuda_flags");
             }
             if cfg.cuda_flags & RX_CUDA_ENABLE != 0 {
@@ -542,6 +545,7 @@ pub unsafe extern "C" fn rx_engine_new(config: *const rx_config, out: *mut *mut 
                     device: cfg.cuda_device,
                     streams: cfg.cuda_streams as usize,
                     stream: (cfg.cuda_stream != 0).then_some(cfg.cuda_stream),
+                    pin_host: cfg.cuda_flags & RX_CUDA_NO_PIN_HOST == 0,
                 });
             }
         }

@@ -63,8 +63,11 @@ pub(crate) struct Cuda {
     /// enqueued); the transfer ends with it once the event says the stream drained.
     failed: Box<[AtomicU32]>,
     pending: AtomicUsize,
+    /// One bit per slot with a transfer in flight, so progress visits only those.
+    busy: Box<[AtomicU64]>,
     progress: Mutex<()>,
     events_live: AtomicUsize,
+    pin_host: bool,
 }
 
 // SAFETY: the driver API is thread-safe; the raw handles are only destroyed in Drop
@@ -116,8 +119,10 @@ impl Cuda {
             in_flight: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
             failed: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
             pending: AtomicUsize::new(0),
+            busy: (0..capacity.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
             progress: Mutex::new(()),
             events_live: AtomicUsize::new(0),
+            pin_host: config.pin_host,
         };
         // SAFETY: valid out-pointers; everything created is released by Drop, which
         // runs on the error paths below too.
@@ -194,6 +199,31 @@ impl Cuda {
         self.events_live.load(Ordering::Relaxed)
     }
 
+    /// Whether host regions are page-locked for the GPU.
+    pub(crate) fn pins_host(&self) -> bool {
+        self.pin_host
+    }
+
+    /// Page-locks a host range for the GPU (`cuMemHostRegister`, portable).
+    pub(crate) fn host_register(&self, addr: usize, len: usize) -> Result<()> {
+        self.make_current()?;
+        // SAFETY: a live registered host range; undone by `host_unregister`.
+        check(
+            unsafe {
+                sys::cuMemHostRegister_v2(addr as *mut _, len, 1 /* PORTABLE */)
+            },
+            "cuMemHostRegister",
+        )
+    }
+
+    /// Undoes `host_register`.
+    pub(crate) fn host_unregister(&self, addr: usize) {
+        if self.make_current().is_ok() {
+            // SAFETY: `addr` was registered by `host_register`, undone once.
+            let _ = unsafe { sys::cuMemHostUnregister(addr as *mut _) };
+        }
+    }
+
     /// Allocates device memory (for `Engine::alloc_vram`).
     pub(crate) fn alloc(&self, len: usize) -> Result<u64> {
         self.make_current()?;
@@ -265,6 +295,7 @@ impl Cuda {
         self.failed[index].store(failure.map_or(0, FailCode::to_bits), Ordering::Relaxed);
         self.in_flight[index].store(handle.to_raw(), Ordering::Release);
         self.pending.fetch_add(1, Ordering::AcqRel);
+        self.busy[index / 64].fetch_or(1 << (index % 64), Ordering::AcqRel);
         Ok(None)
     }
 
@@ -278,15 +309,33 @@ impl Cuda {
             return 0;
         }
         let mut ended = 0;
-        for (index, slot) in self.in_flight.iter().enumerate() {
+        for (word_index, word) in self.busy.iter().enumerate() {
+            let mut bits = word.load(Ordering::Acquire);
+            while bits != 0 {
+                let bit = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let index = word_index * 64 + bit;
+                if self.poll(index, sink) {
+                    ended += 1;
+                }
+            }
+        }
+        ended
+    }
+
+    /// Queries slot `index`'s event; true (and reported to `sink`) if its transfer
+    /// ended.
+    fn poll(&self, index: usize, sink: Sink<'_>) -> bool {
+        let slot = &self.in_flight[index];
+        {
             let raw = slot.load(Ordering::Acquire);
             if raw == 0 {
-                continue;
+                return false;
             }
             // SAFETY: the slot's event, recorded by the transfer now in flight.
             let r = unsafe { sys::cuEventQuery(self.events[index]) };
             let outcome = match r {
-                sys::CUresult::CUDA_ERROR_NOT_READY => continue,
+                sys::CUresult::CUDA_ERROR_NOT_READY => return false,
                 sys::CUresult::CUDA_SUCCESS => match self.failed[index].load(Ordering::Relaxed) {
                     0 => Outcome::Done,
                     bits => Outcome::Failed(FailCode::from_bits(bits)),
@@ -299,12 +348,14 @@ impl Cuda {
                     Outcome::Failed(fail_code(error))
                 }
             };
+            // Cleared before the slot can be reused (the sink frees it): a new
+            // transfer in the slot sets its own bit afterwards.
+            self.busy[index / 64].fetch_and(!(1 << (index % 64)), Ordering::AcqRel);
             slot.store(0, Ordering::Release);
             self.pending.fetch_sub(1, Ordering::AcqRel);
             sink(Handle::from_raw(raw), outcome);
-            ended += 1;
+            true
         }
-        ended
     }
 }
 

@@ -14,6 +14,10 @@ pub struct CudaConfig {
     /// after the caller's own kernels on it. Borrowed: never destroyed by ringxfer,
     /// and it must outlive the engine. Default `None`.
     pub stream: Option<usize>,
+    /// Page-lock every host region (`alloc_region`, `register_dram`) for the GPU with
+    /// `cuMemHostRegister` when it is registered (undone when it goes), so host ↔ GPU
+    /// copies are asynchronous DMA rather than staged. Default true.
+    pub pin_host: bool,
 }
 
 impl Default for CudaConfig {
@@ -22,6 +26,7 @@ impl Default for CudaConfig {
             device: 0,
             streams: 4,
             stream: None,
+            pin_host: true,
         }
     }
 }

@@ -13,6 +13,8 @@
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 pub(crate) mod cuda_config;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda_raw;
 pub mod fabric;
 pub(crate) mod file;
 pub mod local;

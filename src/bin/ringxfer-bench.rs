@@ -7,6 +7,7 @@
 //! ringxfer-bench --op read --start-block-size 4K --max-block-size 1M --max-batch-size 32
 //! ringxfer-bench --threads 2 --json out.json
 //! ringxfer-bench --backend fabric --provider tcp --window 16   # against raw libfabric
+//! ringxfer-bench --backend cuda --initiator-seg dram --target-seg vram   # against raw cudarc
 //! ```
 //!
 //! It ends by printing the initiator's ledger and exits non-zero if anything is left
@@ -19,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use ringxfer::fabric::{FabricConfig, RawRma};
 use ringxfer::{Config, Desc, Engine, Op, PeerId, RegionId, Status};
+#[cfg(feature = "cuda")]
+use ringxfer::{CudaConfig, CudaRawLoop};
 
 /// Rounds per configuration: engine and memcpy baseline alternate, medians reported.
 const ROUNDS: usize = 3;
@@ -29,15 +32,20 @@ ringxfer-bench: bandwidth and latency of ringxfer transfers against an in-run me
 USAGE: ringxfer-bench [OPTIONS]
 
 OPTIONS:
-  --backend local|file|fabric  transport (default local); `file` moves blocks between
+  --backend local|file|fabric|cuda  transport (default local); `file` moves blocks between
                              memory and a file, against a pread/pwrite baseline;
                              `fabric` moves them between two engines over libfabric,
                              against a raw fi_writedata/fi_read loop on the same
                              provider with the same window
+                             `cuda` moves them between host and GPU memory (or GPU
+                             and GPU) against a raw cudarc copy loop with the same
+                             window
+  --initiator-seg dram|vram  with --backend cuda: the initiator's memory (default dram)
+  --target-seg dram|vram     with --backend cuda: the target's memory (default vram)
   --provider NAME            with --backend fabric: tcp, shm, verbs, efa, ... (default:
                              libfabric's choice, or RINGXFER_FI_PROVIDER)
   --window N                 transfers in flight per thread (default 1; 16 with
-                             --backend fabric)
+                             --backend fabric or cuda)
   --path DIR                 with --backend file: the directory for the data file
   --mapped                   with --backend file: register the file mapped (memcpy to
                              and from the mapping instead of pread/pwrite)
@@ -83,6 +91,10 @@ struct Args {
     provider: Option<String>,
     /// Transfers in flight per thread.
     window: usize,
+    /// `--backend cuda`: host/GPU copies in one engine, against a raw cudarc loop.
+    cuda: bool,
+    initiator_vram: bool,
+    target_vram: bool,
     serve_target: Option<u64>,
     json: Option<String>,
     /// `--soak SECONDS`: random transfers for that long, the ledger every 2 s.
@@ -104,6 +116,15 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("not a size: {s:?} (use e.g. 4096, 4K, 64M)"))
 }
 
+/// `dram` or `vram`: whether a side is GPU memory.
+fn segment(s: &str) -> Result<bool, String> {
+    match s {
+        "dram" => Ok(false),
+        "vram" => Ok(true),
+        other => Err(format!("a segment is dram or vram, not {other:?}")),
+    }
+}
+
 fn parse_args() -> Result<Args, String> {
     use lexopt::prelude::*;
     let mut a = Args {
@@ -123,6 +144,9 @@ fn parse_args() -> Result<Args, String> {
         fabric: false,
         provider: None,
         window: 0,
+        cuda: false,
+        initiator_vram: false,
+        target_vram: true,
         serve_target: None,
         json: None,
         soak: None,
@@ -138,13 +162,20 @@ fn parse_args() -> Result<Args, String> {
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
             Long("backend") => {
-                (a.file, a.fabric) = match value(&mut parser)?.as_str() {
-                    "local" => (false, false),
-                    "file" => (true, false),
-                    "fabric" => (false, true),
-                    other => return Err(format!("backend {other:?} is not built yet (local, file or fabric)")),
+                (a.file, a.fabric, a.cuda) = match value(&mut parser)?.as_str() {
+                    "local" => (false, false, false),
+                    "file" => (true, false, false),
+                    "fabric" => (false, true, false),
+                    "cuda" if cfg!(feature = "cuda") => (false, false, true),
+                    other => {
+                        return Err(format!(
+                            "backend {other:?} is not available (local, file, fabric or cuda)"
+                        ));
+                    }
                 }
             }
+            Long("initiator-seg") => a.initiator_vram = segment(&value(&mut parser)?)?,
+            Long("target-seg") => a.target_vram = segment(&value(&mut parser)?)?,
             Long("provider") => a.provider = Some(value(&mut parser)?),
             Long("window") => a.window = number(value(&mut parser)?)? as usize,
             Long("path") => a.path = Some(value(&mut parser)?),
@@ -181,14 +212,14 @@ fn parse_args() -> Result<Args, String> {
     if a.start_batch == 0 || a.start_batch > a.max_batch || a.max_batch > 65536 {
         return Err("need 0 < --start-batch-size <= --max-batch-size <= 65536".into());
     }
-    if (a.file || a.fabric) && a.two_process {
+    if (a.file || a.fabric || a.cuda) && a.two_process {
         return Err("--two-process goes with --backend local".into());
     }
     if a.provider.is_some() && !a.fabric {
         return Err("--provider goes with --backend fabric".into());
     }
     if a.window == 0 {
-        a.window = if a.fabric { 16 } else { 1 };
+        a.window = if a.fabric || a.cuda { 16 } else { 1 };
     }
     if a.window > 512 {
         return Err("need --window <= 512".into());
@@ -240,6 +271,9 @@ enum Target {
     Child(std::process::Child),
     /// A fabric target engine, and the raw libfabric baseline.
     Fabric(#[allow(dead_code)] Box<Engine>, Box<RawRma>),
+    /// The raw cudarc baseline (the target memory is the initiator engine's own).
+    #[cfg(feature = "cuda")]
+    Cuda(Box<CudaRawLoop>),
     /// A data file, removed at the end.
     File(std::path::PathBuf),
 }
@@ -264,7 +298,7 @@ impl Drop for Setup {
             Target::File(path) => {
                 let _ = std::fs::remove_file(path);
             }
-            Target::InProcess(_) | Target::Fabric(..) => {}
+            _ => {}
         }
     }
 }
@@ -283,6 +317,8 @@ fn config(name: &str, args: &Args) -> Config {
             progress_thread: name == "target",
             ..FabricConfig::default()
         }),
+        #[cfg(feature = "cuda")]
+        cuda: args.cuda.then(CudaConfig::default),
         ..Config::default()
     }
 }
@@ -309,6 +345,27 @@ fn setup(args: &Args) -> Result<Setup, String> {
         .filter(|&l| l <= 16 << 30)
         .ok_or("max block × max batch × threads exceeds 16 GiB")?;
     let initiator = Engine::new(config("initiator", args)).map_err(|e| e.to_string())?;
+    #[cfg(feature = "cuda")]
+    if args.cuda {
+        let side = |vram: bool| -> Result<RegionId, String> {
+            if vram {
+                initiator.alloc_vram(len as usize).map_err(|e| e.to_string())
+            } else {
+                alloc_touched(&initiator, len)
+            }
+        };
+        let (src, dst) = (side(args.initiator_vram)?, side(args.target_vram)?);
+        let raw = CudaRawLoop::new(0, len as usize, args.initiator_vram, args.target_vram, args.window)
+            .map_err(|e| format!("raw cudarc baseline: {e}"))?;
+        let peer = initiator.local_peer();
+        return Ok(Setup {
+            initiator,
+            target: Target::Cuda(Box::new(raw)),
+            peer,
+            src,
+            dst,
+        });
+    }
     let src = alloc_touched(&initiator, len)?;
     if args.file {
         let path = data_file(args);
@@ -759,6 +816,8 @@ fn write_json(path: &str, args: &Args, rows: &[Row]) -> std::io::Result<()> {
         "{{\"backend\": \"{}\", \"two_process\": {}, \"op\": \"{op}\", \"threads\": {}, \"window\": {}, \"results\": [",
         if args.fabric {
             "fabric"
+        } else if args.cuda {
+            "cuda"
         } else if args.file {
             "file"
         } else {
@@ -821,10 +880,22 @@ fn main() -> ExitCode {
         (true, _) => "file, baseline pread/pwrite on the same file",
         (false, true) => "local, two processes",
         (false, false) if args.fabric => "fabric (two engines in this process), baseline a raw libfabric RMA loop",
+        (false, false) if args.cuda => "cuda, baseline a raw cudarc copy loop",
         (false, false) => "local, in-process",
     };
     let provider = match &s.target {
         Target::Fabric(..) => format!(", provider {}", s.initiator.fabric_provider().unwrap_or_default()),
+        #[cfg(feature = "cuda")]
+        Target::Cuda(raw) => format!(
+            ", {} -> {}{}",
+            if args.initiator_vram { "VRAM" } else { "DRAM" },
+            if args.target_vram { "VRAM" } else { "DRAM" },
+            if raw.fake {
+                " (FAKE DRIVER: host memcpy, a smoke test, not GPU figures)"
+            } else {
+                ""
+            }
+        ),
         _ => String::new(),
     };
     println!(
@@ -843,7 +914,7 @@ fn main() -> ExitCode {
         "transfer avg/p99 us",
         if args.file {
             "pio GB/s"
-        } else if args.fabric {
+        } else if args.fabric || args.cuda {
             "raw GB/s"
         } else {
             "memcpy GB/s"
@@ -881,6 +952,23 @@ fn main() -> ExitCode {
                             return ExitCode::FAILURE;
                         }
                     },
+                    #[cfg(feature = "cuda")]
+                    Target::Cuda(raw) => {
+                        let total = iters * args.threads as u64;
+                        match raw.run(
+                            args.op,
+                            block as usize,
+                            batch as usize,
+                            total,
+                            args.warmup_iter.min(iters),
+                        ) {
+                            Ok(elapsed) => (block * batch * total) as f64 / elapsed.as_secs_f64() / 1e9,
+                            Err(e) => {
+                                eprintln!("\nringxfer-bench: raw cudarc baseline, block {block} batch {batch}: {e}");
+                                return ExitCode::FAILURE;
+                            }
+                        }
+                    }
                     _ if args.file => run_pio(&args, block, batch, iters),
                     _ => run_memcpy(&args, block, batch, iters),
                 });

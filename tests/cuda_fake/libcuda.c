@@ -9,6 +9,8 @@
  * Control (found by the tests with dlsym on this library):
  *   fake_cuda_events_live()     events created and not destroyed
  *   fake_cuda_events_created()  events created since load
+ *   fake_cuda_host_pins()       host ranges registered (cuMemHostRegister) and not
+ *                               unregistered
  *   fake_cuda_fail(what, nth)   make the nth call from now of `what` fail
  *                               (1 cuEventRecord, 2 any cuMemcpy*Async, 3 cuEventQuery)
  *
@@ -172,6 +174,19 @@ CUresult cuMemcpyDtoHAsync_v2(void *dst, CUdeviceptr src, size_t n, CUstream s) 
 CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s) {
   (void)s;
   return copy((void *)(uintptr_t)dst, (const void *)(uintptr_t)src, n);
+}
+static long host_pins;
+long fake_cuda_host_pins(void) { return __atomic_load_n(&host_pins, __ATOMIC_SEQ_CST); }
+CUresult cuMemHostRegister_v2(void *p, size_t bytes, unsigned flags) {
+  (void)flags;
+  if (!p || !bytes) return CUDA_ERROR_INVALID_VALUE;
+  __atomic_add_fetch(&host_pins, 1, __ATOMIC_SEQ_CST);
+  return CUDA_SUCCESS;
+}
+CUresult cuMemHostUnregister(void *p) {
+  if (!p) return CUDA_ERROR_INVALID_VALUE;
+  __atomic_sub_fetch(&host_pins, 1, __ATOMIC_SEQ_CST);
+  return CUDA_SUCCESS;
 }
 CUresult cuGetErrorString(CUresult error, const char **text) {
   (void)error;

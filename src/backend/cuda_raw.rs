@@ -1,0 +1,216 @@
+//! A raw cudarc copy loop with no engine: the baseline `ringxfer-bench --backend
+//! cuda` measures the engine against, on the same device, in the same run.
+//!
+//! One stream, `window` events used round-robin, two buffers (host memory
+//! page-locked with `cuMemHostRegister`, or device memory from `cuMemAlloc`), and a
+//! loop of `cuMemcpy*Async` + `cuEventRecord`, waiting (by query) on an event only
+//! when its turn comes round again. No slots, handles or ledgers.
+
+use std::time::{Duration, Instant};
+
+use cudarc::driver::sys;
+
+use crate::Op;
+use crate::error::{Error, Result};
+
+fn check(r: sys::CUresult, what: &'static str) -> Result<()> {
+    if r == sys::CUresult::CUDA_SUCCESS {
+        Ok(())
+    } else {
+        Err(Error::Cuda { what, code: r as i32 })
+    }
+}
+
+/// One side's buffer of the raw loop.
+enum Buffer {
+    Host(Vec<u8>),
+    Device(sys::CUdeviceptr),
+}
+
+impl Buffer {
+    fn is_device(&self) -> bool {
+        matches!(self, Buffer::Device(_))
+    }
+
+    fn addr(&self) -> u64 {
+        match self {
+            Buffer::Host(v) => v.as_ptr() as u64,
+            Buffer::Device(p) => *p,
+        }
+    }
+}
+
+/// The raw loop's context, stream, events and buffers, set up once and run many times.
+pub struct CudaRawLoop {
+    device: sys::CUdevice,
+    ctx: sys::CUcontext,
+    stream: sys::CUstream,
+    events: Vec<sys::CUevent>,
+    initiator: Buffer,
+    target: Buffer,
+    /// Whether the loaded driver is the test suite's fake (host memcpy, not a GPU).
+    pub fake: bool,
+}
+
+// SAFETY: the driver API is thread-safe and the raw handles are destroyed only in
+// Drop; `run` makes the context current on the calling thread first.
+unsafe impl Send for CudaRawLoop {}
+// SAFETY: as above.
+unsafe impl Sync for CudaRawLoop {}
+
+impl CudaRawLoop {
+    /// Sets up `bytes` on each side: `initiator_vram`/`target_vram` choose device or
+    /// (page-locked) host memory. `window` events.
+    pub fn new(
+        device: u32,
+        bytes: usize,
+        initiator_vram: bool,
+        target_vram: bool,
+        window: usize,
+    ) -> Result<CudaRawLoop> {
+        // SAFETY: only tries to dlopen the driver's candidate names.
+        if !unsafe { sys::is_culib_present() } {
+            return Err(Error::CudaUnavailable {
+                reason: "no CUDA driver library (libcuda.so) could be loaded".into(),
+            });
+        }
+        // SAFETY: the library just loaded by cudarc; looking up a symbol reads nothing.
+        let fake = unsafe { sys::culib().get::<unsafe extern "C" fn() -> i64>(b"fake_cuda_events_live\0") }.is_ok();
+        let mut raw = CudaRawLoop {
+            device: 0,
+            ctx: std::ptr::null_mut(),
+            stream: std::ptr::null_mut(),
+            events: Vec::with_capacity(window),
+            initiator: Buffer::Host(Vec::new()),
+            target: Buffer::Host(Vec::new()),
+            fake,
+        };
+        // SAFETY: driver calls with valid out-pointers; everything made here is
+        // released by Drop, which also runs on the error paths.
+        unsafe {
+            check(sys::cuInit(0), "cuInit")?;
+            check(sys::cuDeviceGet(&mut raw.device, device as i32), "cuDeviceGet")?;
+            check(
+                sys::cuDevicePrimaryCtxRetain(&mut raw.ctx, raw.device),
+                "cuDevicePrimaryCtxRetain",
+            )?;
+            check(sys::cuCtxSetCurrent(raw.ctx), "cuCtxSetCurrent")?;
+            check(sys::cuStreamCreate(&mut raw.stream, 1), "cuStreamCreate")?;
+            for _ in 0..window.max(1) {
+                let mut e = std::ptr::null_mut();
+                check(sys::cuEventCreate(&mut e, 2), "cuEventCreate")?;
+                raw.events.push(e);
+            }
+            raw.initiator = Self::buffer(bytes, initiator_vram)?;
+            raw.target = Self::buffer(bytes, target_vram)?;
+        }
+        Ok(raw)
+    }
+
+    /// # Safety
+    /// The context is current.
+    unsafe fn buffer(bytes: usize, vram: bool) -> Result<Buffer> {
+        if vram {
+            let mut p = 0;
+            // SAFETY: a valid out-pointer; freed in Drop.
+            check(unsafe { sys::cuMemAlloc_v2(&mut p, bytes.max(1)) }, "cuMemAlloc")?;
+            Ok(Buffer::Device(p))
+        } else {
+            let mut v = vec![1u8; bytes.max(1)];
+            // SAFETY: a live host buffer, unregistered in Drop before it is freed.
+            let r = unsafe { sys::cuMemHostRegister_v2(v.as_mut_ptr().cast(), v.len(), 1) };
+            check(r, "cuMemHostRegister")?;
+            Ok(Buffer::Host(v))
+        }
+    }
+
+    /// Copies `iters` transfers of `batch` blocks of `block` bytes (initiator →
+    /// target for a WRITE), `window` in flight, after `warmup` untimed ones.
+    pub fn run(&self, op: Op, block: usize, batch: usize, iters: u64, warmup: u64) -> Result<Duration> {
+        // SAFETY: our context.
+        check(unsafe { sys::cuCtxSetCurrent(self.ctx) }, "cuCtxSetCurrent")?;
+        let (src, dst) = match op {
+            Op::Write => (&self.initiator, &self.target),
+            Op::Read => (&self.target, &self.initiator),
+        };
+        let window = self.events.len();
+        let mut recorded = vec![false; window];
+        let mut start = Instant::now();
+        for i in 0..warmup + iters {
+            if i == warmup {
+                // SAFETY: our stream.
+                check(unsafe { sys::cuStreamSynchronize(self.stream) }, "cuStreamSynchronize")?;
+                recorded.iter_mut().for_each(|r| *r = false);
+                start = Instant::now();
+            }
+            let e = (i as usize) % window;
+            if recorded[e] {
+                loop {
+                    // SAFETY: a recorded event of ours.
+                    match unsafe { sys::cuEventQuery(self.events[e]) } {
+                        sys::CUresult::CUDA_ERROR_NOT_READY => std::hint::spin_loop(),
+                        r => break check(r, "cuEventQuery")?,
+                    }
+                }
+            }
+            for j in 0..batch {
+                let (s, d) = (src.addr() + (j * block) as u64, dst.addr() + (j * block) as u64);
+                // SAFETY: both buffers hold block × batch bytes and live as long as
+                // `self`; the stream is synchronised before they go.
+                let r = unsafe {
+                    match (src.is_device(), dst.is_device()) {
+                        (false, true) => sys::cuMemcpyHtoDAsync_v2(d, s as *const _, block, self.stream),
+                        (true, false) => sys::cuMemcpyDtoHAsync_v2(d as *mut _, s, block, self.stream),
+                        (true, true) => sys::cuMemcpyDtoDAsync_v2(d, s, block, self.stream),
+                        (false, false) => {
+                            std::ptr::copy_nonoverlapping(s as *const u8, d as *mut u8, block);
+                            sys::CUresult::CUDA_SUCCESS
+                        }
+                    }
+                };
+                check(r, "cuMemcpyAsync")?;
+            }
+            // SAFETY: our event and stream.
+            let r = unsafe { sys::cuEventRecord(self.events[e], self.stream) };
+            check(r, "cuEventRecord")?;
+            recorded[e] = true;
+        }
+        // SAFETY: our stream.
+        check(unsafe { sys::cuStreamSynchronize(self.stream) }, "cuStreamSynchronize")?;
+        Ok(start.elapsed())
+    }
+}
+
+impl Drop for CudaRawLoop {
+    fn drop(&mut self) {
+        if self.ctx.is_null() {
+            return;
+        }
+        // SAFETY: everything was made in `new` and is released once, after the stream
+        // drained.
+        unsafe {
+            let _ = sys::cuCtxSetCurrent(self.ctx);
+            if !self.stream.is_null() {
+                let _ = sys::cuStreamSynchronize(self.stream);
+            }
+            for b in [&mut self.initiator, &mut self.target] {
+                match b {
+                    Buffer::Device(p) => {
+                        let _ = sys::cuMemFree_v2(*p);
+                    }
+                    Buffer::Host(v) if !v.is_empty() => {
+                        let _ = sys::cuMemHostUnregister(v.as_mut_ptr().cast());
+                    }
+                    Buffer::Host(_) => {}
+                }
+            }
+            for &e in &self.events {
+                let _ = sys::cuEventDestroy_v2(e);
+            }
+            if !self.stream.is_null() {
+                let _ = sys::cuStreamDestroy_v2(self.stream);
+            }
+            let _ = sys::cuDevicePrimaryCtxRelease_v2(self.device);
+        }
+    }
+}
