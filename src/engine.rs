@@ -17,9 +17,10 @@ use crate::backend::cuda_config::CudaConfig;
 use crate::backend::fabric::{Fabric, FabricConfig, FabricInfo, FabricStats, Sink};
 use crate::backend::file::{self, FileQueue};
 use crate::backend::local::{self, LocalInfo};
+use crate::backend::sim::{Sim, SimConfig, SimStats};
 use crate::error::{Error, Result};
 use crate::mem::{Desc, FileOptions, RegionId, Registry, Resolved};
-use crate::notify::{Geometry, Inbox, InboxMap, Notification, SenderId};
+use crate::notify::{Geometry, Inbox, InboxMap, Notification, Outbox, SenderId};
 use crate::peer::Peer;
 use crate::ring::{CancelResult, Handle, Outcome, Released, RingStats, SlotRing, Status};
 use crate::wire::metadata::{BackendInfo, BackendKind, MemKind, Metadata};
@@ -72,6 +73,9 @@ pub struct Config {
     /// it off. With it on, `alloc_vram`/`register_vram` regions move to and from host
     /// memory (and each other) in transfers with [`Engine::local_peer`].
     pub cuda: Option<CudaConfig>,
+    /// The fault-injecting sim transport, for tests and fuzzing: `None` (the
+    /// default) leaves it off; with it, [`Engine::sim_peer`] makes a peer it serves.
+    pub sim: Option<SimConfig>,
 }
 
 impl Default for Config {
@@ -88,6 +92,7 @@ impl Default for Config {
             inbox_capacity: 128,
             fabric: None,
             cuda: None,
+            sim: None,
         }
     }
 }
@@ -216,13 +221,24 @@ pub(crate) struct Core {
     /// through it).
     #[cfg(feature = "cuda")]
     cuda: Option<Arc<Cuda>>,
+    /// The sim transport, if configured.
+    sim: Option<Sim>,
 }
 
 impl Core {
     /// Drives the asynchronous transports (fabric, cuda): reads completions and ends
     /// finished transfers.
     fn progress(&self) -> usize {
-        self.progress_cuda() + self.progress_fabric()
+        self.progress_cuda() + self.progress_fabric() + self.progress_sim()
+    }
+
+    fn progress_sim(&self) -> usize {
+        let Some(sim) = &self.sim else { return 0 };
+        let registry = &self.shared.registry;
+        sim.progress(
+            &mut |h, o| self.ring.complete_with(h, o, |t| reclaim(registry, t)),
+            &|h, code| self.ring.expire(h, code),
+        )
     }
 
     #[cfg(feature = "cuda")]
@@ -245,7 +261,7 @@ impl Core {
         let cuda = self.cuda.is_some();
         #[cfg(not(feature = "cuda"))]
         let cuda = false;
-        cuda || self.fabric.is_some()
+        cuda || self.fabric.is_some() || self.sim.is_some()
     }
 
     /// CUDA events alive (one per slot while the transport is on).
@@ -311,6 +327,8 @@ pub struct EngineStats {
     /// CUDA events alive: one per slot, created at `Engine::new` and destroyed at
     /// drop, whatever the transfers did (0 without the cuda transport).
     pub cuda_events: usize,
+    /// What the sim transport did (all zero without it).
+    pub sim: SimStats,
 }
 
 /// A transfer engine. See the crate docs and the README for the whole picture.
@@ -500,6 +518,7 @@ impl Engine {
             fabric,
             #[cfg(feature = "cuda")]
             cuda,
+            sim: config.sim.clone().map(|c| Sim::new(c, capacity, m)),
         });
         let mut workers = Vec::with_capacity(config.file_workers);
         for i in 0..config.file_workers {
@@ -1111,6 +1130,13 @@ impl Engine {
             return Err(Error::UnknownPeer { peer: t.peer });
         };
         let remote = &t.remote[..t.count];
+        if peer.is_sim() {
+            let Some(sim) = &self.core.sim else {
+                return Err(Error::UnknownPeer { peer: t.peer });
+            };
+            sim.post(handle, t.notif_len.map(|n| &t.notif[..n]));
+            return Ok(Started::InFlight);
+        }
         if let (Some((dest, tag)), Some(fabric)) = (peer.fabric_addr(), &self.core.fabric) {
             if fabric.is_lost(dest) {
                 return Err(Error::PeerLost { peer: t.peer });
@@ -1181,6 +1207,50 @@ impl Engine {
         let result = fabric.inject_write(dest, tag, &resolved, raddr, key, handle, &mut sink);
         registry.unpin(resolved.entry);
         result
+    }
+
+    /// Adds a peer served by the sim transport (`Config::sim`): transfers to it move no
+    /// bytes and end as the sim's seeded faults decide (late, out of order, twice,
+    /// failed, stalled past their deadline, replayed after reuse); its notifications
+    /// arrive in this engine's own inbox, sometimes dropped or doubled. Any remote
+    /// descriptor is accepted. For tests, soaks and fuzzing.
+    pub fn sim_peer(&self) -> Result<PeerId> {
+        let Some(sim) = &self.core.sim else {
+            return Err(Error::InvalidConfig {
+                field: "sim",
+                reason: "is None: the engine has no sim transport",
+            });
+        };
+        // The sim "engine" id: our pid (alive), other low bits than ours.
+        let id = self.engine_id ^ 0x5A5A_0000 | 1;
+        let outbox = Outbox::claim(Arc::clone(self.core.shared.inbox.map()), id, "sim")?;
+        sim.set_outbox(outbox);
+        let peer = Arc::new(Peer::sim(id, self.config.max_notif_bytes));
+        let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        if peers.len() >= self.config.max_peers {
+            return Err(Error::PeerTableFull {
+                capacity: self.config.max_peers,
+            });
+        }
+        peers.push(peer);
+        Ok(PeerId(peers.len() as u32 - 1))
+    }
+
+    /// Sim transport: fails every transfer in flight with `PEER_LOST` at the next
+    /// progress (the peer is "lost mid-transfer").
+    pub fn sim_lose_peer(&self) {
+        if let Some(sim) = &self.core.sim {
+            sim.lose_peer();
+        }
+    }
+
+    /// Sim transport: ends everything it holds now and replays its kept handles (the
+    /// end of a run, before a quiescence check).
+    pub fn sim_drain(&self) {
+        if let Some(sim) = &self.core.sim {
+            let registry = &self.core.shared.registry;
+            sim.drain(&mut |h, o| self.core.ring.complete_with(h, o, |t| reclaim(registry, t)));
+        }
     }
 
     /// The libfabric provider the fabric transport uses (e.g. `tcp;ofi_rxm`), if it
@@ -1307,6 +1377,7 @@ impl Engine {
             notifications_stale,
             fabric: self.core.fabric.as_ref().map(Fabric::stats).unwrap_or_default(),
             cuda_events: self.core.cuda_events(),
+            sim: self.core.sim.as_ref().map(Sim::stats).unwrap_or_default(),
         }
     }
 }

@@ -40,6 +40,7 @@ pub use backend::cuda_config::CudaConfig;
 #[cfg(feature = "cuda")]
 pub use backend::cuda_raw::CudaRawLoop;
 pub use backend::fabric;
+pub use backend::sim::{SimConfig, SimStats};
 pub use engine::{Config, Engine, EngineStats, ListId, MetadataServer, Op, PeerId, fetch_metadata};
 pub use error::{Error, Result};
 pub use kv::{KvConfig, KvStore};

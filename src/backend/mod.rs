@@ -8,6 +8,7 @@
 //!   time; on when `Config::fabric` is set.
 //! - `cuda`: host ↔ GPU and GPU ↔ GPU copies on CUDA streams (cudarc, loaded at run
 //!   time), one event per slot; on when `Config::cuda` is set.
+//! - [`sim`]: a fault-injecting transport for tests, soaks and fuzzing.
 //! - `file`: registered memory to and from registered files, on I/O worker threads.
 
 #[cfg(feature = "cuda")]
@@ -20,3 +21,4 @@ pub(crate) mod file;
 pub mod local;
 pub(crate) mod regtable;
 pub(crate) mod shm;
+pub mod sim;

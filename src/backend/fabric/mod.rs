@@ -1482,6 +1482,35 @@ impl Fabric {
     }
 }
 
+/// Fuzzing entry point (not part of the API): parses `data` as a fabric endpoint
+/// description and as a control message, checking that what parses round-trips and
+/// stays inside the bytes it was given.
+#[doc(hidden)]
+pub fn fuzz_control(data: &[u8]) {
+    if let Some(info) = FabricInfo::decode(data) {
+        assert_eq!(FabricInfo::decode(&info.encode()), Some(info.clone()), "round trip");
+        assert!(info.address.len() <= 256 && !info.address.is_empty());
+    }
+    if let Some(h) = read_header(data.as_ptr(), data.len()) {
+        assert!(HEADER + h.len <= data.len(), "a header claims bytes it does not have");
+        let mut copy = vec![0u8; data.len().max(HEADER)];
+        let len = write_message(
+            copy.as_mut_ptr(),
+            copy.len(),
+            h.kind,
+            h.tag,
+            h.handle,
+            h.count,
+            &data[HEADER..HEADER + h.len],
+        );
+        let again = read_header(copy.as_ptr(), len).expect("a written message parses");
+        assert_eq!(
+            (again.kind, again.tag, again.len, again.handle, again.count),
+            (h.kind, h.tag, h.len, h.handle, h.count)
+        );
+    }
+}
+
 /// Records the slot's first failure.
 fn fail(slot: &TxSlot, code: FailCode) {
     let _ = slot
