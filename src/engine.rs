@@ -285,18 +285,24 @@ impl Core {
 
     /// A worker thread's loop: run file transfers until the engine shuts down.
     fn work(&self) {
-        let registry = &self.shared.registry;
         while let Some((handle, cancelled)) = self.files.next() {
-            let outcome = if cancelled {
-                Outcome::Cancelled
-            } else {
-                // SAFETY: `post` posted this handle and queued it; only this worker
-                // completes it, after `t` is dropped.
-                let t = unsafe { self.ring.posted_context(handle) };
-                file::run(t.op, &t.local[..t.count], &t.own[..t.count])
-            };
-            self.ring.complete_with(handle, outcome, |t| reclaim(registry, t));
+            self.run_file_job(handle, cancelled);
         }
+    }
+
+    /// Runs (or cancels) one file transfer taken from the queue, and ends it.
+    fn run_file_job(&self, handle: Handle, cancelled: bool) {
+        let registry = &self.shared.registry;
+        let outcome = if cancelled {
+            Outcome::Cancelled
+        } else {
+            // SAFETY: `post` posted this handle and queued it; the job was taken once
+            // (`FileQueue::next` or `steal`), and only its taker completes it, after
+            // `t` is dropped.
+            let t = unsafe { self.ring.posted_context(handle) };
+            file::run(t.op, &t.local[..t.count], &t.own[..t.count])
+        };
+        self.ring.complete_with(handle, outcome, |t| reclaim(registry, t));
     }
 }
 
@@ -1279,6 +1285,10 @@ impl Engine {
     /// up to 2 ms, then sleeps in growing steps (up to 0.5 ms), so a long wait does
     /// not hold a core.
     pub fn wait(&self, handle: Handle, timeout: Duration) -> Result<Status> {
+        // A file transfer still queued runs here, on the waiting thread.
+        if let Some(cancelled) = self.core.files.steal(handle) {
+            self.core.run_file_job(handle, cancelled);
+        }
         let start = Instant::now();
         let backoff = crossbeam_utils::Backoff::new();
         let mut sleep = Duration::from_micros(10);

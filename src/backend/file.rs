@@ -24,8 +24,9 @@ const SPIN_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(
 pub(crate) struct FileQueue {
     /// Slot indices of posted file transfers, oldest first.
     queue: FreeList,
-    /// Per slot: the handle of the file transfer posted in it (written before its
-    /// index is queued).
+    /// Per slot: the handle of the file transfer posted in it and not yet taken (written
+    /// before its index is queued); whoever takes the job (a worker, or the transfer's
+    /// own waiter, see `steal`) swaps it to 0, so a job runs once.
     handles: Box<[AtomicU64]>,
     /// Per slot: the handle whose cancellation was asked for.
     cancels: Box<[AtomicU64]>,
@@ -38,7 +39,8 @@ pub(crate) struct FileQueue {
 impl FileQueue {
     pub(crate) fn new(capacity: usize) -> FileQueue {
         FileQueue {
-            queue: FreeList::with_capacity(capacity),
+            // Room for a stolen job's stale entry besides a new one per slot.
+            queue: FreeList::with_capacity(capacity * 2),
             handles: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
             cancels: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
             sleepers: AtomicUsize::new(0),
@@ -82,12 +84,18 @@ impl FileQueue {
             let backoff = crossbeam_utils::Backoff::new();
             while std::time::Instant::now() < awake_until {
                 if let Some(index) = self.queue.pop() {
-                    return Some(self.job(index));
+                    match self.job(index) {
+                        Some(job) => return Some(job),
+                        None => continue, // taken by its waiter already
+                    }
                 }
                 backoff.snooze();
             }
             if let Some(index) = self.queue.pop() {
-                return Some(self.job(index));
+                if let Some(job) = self.job(index) {
+                    return Some(job);
+                }
+                continue;
             }
             let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             self.sleepers.fetch_add(1, Ordering::Relaxed);
@@ -105,10 +113,26 @@ impl FileQueue {
         }
     }
 
-    fn job(&self, index: u32) -> (Handle, bool) {
-        let handle = Handle::from_raw(self.handles[index as usize].load(Ordering::Acquire));
-        let cancelled = self.cancels[index as usize].swap(0, Ordering::AcqRel) == handle.to_raw();
-        (handle, cancelled)
+    /// Takes the job queued for slot `index`, if nobody took it yet.
+    fn job(&self, index: u32) -> Option<(Handle, bool)> {
+        let raw = self.handles[index as usize].swap(0, Ordering::AcqRel);
+        if raw == 0 {
+            return None;
+        }
+        let handle = Handle::from_raw(raw);
+        let cancelled = self.cancels[index as usize].swap(0, Ordering::AcqRel) == raw;
+        Some((handle, cancelled))
+    }
+
+    /// Takes `handle`'s job if it is still queued, for its waiter to run on its own
+    /// thread: a transfer waited for right after `post` then costs no hand-off to a
+    /// worker and back. `Some(cancelled)` if taken (its stale queue entry is skipped).
+    pub(crate) fn steal(&self, handle: Handle) -> Option<bool> {
+        let index = handle.index() as usize;
+        let slot = self.handles.get(index)?;
+        slot.compare_exchange(handle.to_raw(), 0, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()?;
+        Some(self.cancels[index].swap(0, Ordering::AcqRel) == handle.to_raw())
     }
 
     /// Tells the workers to finish the queue and stop.
