@@ -1501,6 +1501,22 @@ fn reclaim(registry: &Registry, t: &mut Transfer) {
 
 impl Drop for Engine {
     fn drop(&mut self) {
+        // Debug builds: let the asynchronous transports end what they still hold, then
+        // say (on stderr) if anything is left: a handle never released, a prepared
+        // list, a transfer a provider never gave back. Not a panic: a drop during
+        // unwinding, or with a provider holding slots, must still clean up.
+        if cfg!(debug_assertions) && !std::thread::panicking() {
+            self.sim_drain();
+            for _ in 0..1000 {
+                if self.core.ring.stats().live == 0 {
+                    break;
+                }
+                self.core.progress();
+            }
+            if let Err(e) = self.check_quiescent() {
+                eprintln!("ringxfer: engine {:?} dropped while {e}", self.config.name);
+            }
+        }
         if let Some((stop, thread)) = self.progress_thread.take() {
             stop.store(true, Ordering::Relaxed);
             let _ = thread.join();
