@@ -264,6 +264,16 @@ impl Core {
         cuda || self.fabric.is_some() || self.sim.is_some()
     }
 
+    /// Hands a recorded CUDA transfer to progress.
+    fn launch_cuda(&self, handle: Handle, failure: u32) {
+        #[cfg(feature = "cuda")]
+        if let Some(cuda) = &self.cuda {
+            cuda.launch(handle, failure);
+        }
+        #[cfg(not(feature = "cuda"))]
+        let _ = (handle, failure);
+    }
+
     /// CUDA events alive (one per slot while the transport is on).
     fn cuda_events(&self) -> usize {
         #[cfg(feature = "cuda")]
@@ -936,6 +946,14 @@ impl Engine {
             .iter()
             .zip(&own_out[..remote.len()])
             .any(|(l, o)| (l.fd.is_some() || l.vram) && (o.fd.is_some() || o.vram) && !(l.vram && o.vram))
+            || (local_out[..local.len()]
+                .iter()
+                .chain(&own_out[..remote.len()])
+                .any(|r| r.vram)
+                && local_out[..local.len()]
+                    .iter()
+                    .chain(&own_out[..remote.len()])
+                    .any(|r| r.fd.is_some()))
         {
             unpin_local();
             own_out[..remote.len()].iter().for_each(|r| registry.unpin(r.entry));
@@ -1047,8 +1065,9 @@ impl Engine {
             self.core.ring.complete_with(h, o, |t| reclaim(registry, t));
         };
         let started = {
-            // SAFETY: our post succeeded and we complete, unpost or hand the transfer to
-            // a worker or a transport only after `t` is dropped at the end of this block.
+            // SAFETY: our post succeeded, and the transfer is handed to whoever may end
+            // it (a worker, a transport's progress) only after `t` is dropped at the end
+            // of this block: until then nothing can complete it and reclaim `t`.
             let t = unsafe { self.core.ring.posted_context(handle) };
             if t.peer == PeerId::SELF.0 {
                 self.run_own(t, handle)
@@ -1066,11 +1085,20 @@ impl Engine {
                 self.core.files.submit(handle);
                 Ok(())
             }
-            Ok(Started::InFlight) => Ok(()),
-            Ok(Started::FabricDone) => {
+            Ok(Started::Fabric) => {
                 if let Some(fabric) = &self.core.fabric {
-                    fabric.finish(handle, &mut sink);
+                    fabric.launch(handle, &mut sink);
                 }
+                Ok(())
+            }
+            Ok(Started::Sim) => {
+                if let Some(sim) = &self.core.sim {
+                    sim.launch(handle);
+                }
+                Ok(())
+            }
+            Ok(Started::Cuda(failure)) => {
+                self.core.launch_cuda(handle, failure);
                 Ok(())
             }
             Err(e) => {
@@ -1111,8 +1139,8 @@ impl Engine {
             });
         };
         Ok(match cuda.post(handle, t.op, &t.local[..t.count], &t.own[..t.count])? {
-            Some(outcome) => Started::Ended(outcome),
-            None => Started::InFlight,
+            Err(outcome) => Started::Ended(outcome),
+            Ok(failure) => Started::Cuda(failure),
         })
     }
 
@@ -1140,8 +1168,8 @@ impl Engine {
             let Some(sim) = &self.core.sim else {
                 return Err(Error::UnknownPeer { peer: t.peer });
             };
-            sim.post(handle, t.notif_len.map(|n| &t.notif[..n]));
-            return Ok(Started::InFlight);
+            sim.stage(handle, t.notif_len.map(|n| &t.notif[..n]));
+            return Ok(Started::Sim);
         }
         if let (Some((dest, tag)), Some(fabric)) = (peer.fabric_addr(), &self.core.fabric) {
             if fabric.is_lost(dest) {
@@ -1154,12 +1182,8 @@ impl Engine {
             }
             let notif = t.notif_len.map(|n| &t.notif[..n]);
             let target = |i: usize| peer.fabric_target(&remote[i]).unwrap_or_default();
-            let all_done = fabric.post(handle, t.op, &t.local[..t.count], target, dest, tag, notif, sink)?;
-            return Ok(if all_done {
-                Started::FabricDone
-            } else {
-                Started::InFlight
-            });
+            fabric.post(handle, t.op, &t.local[..t.count], target, dest, tag, notif, sink)?;
+            return Ok(Started::Fabric);
         }
         let Some(outbox) = &peer.outbox else {
             return Err(Error::PeerUnreachable {
@@ -1543,16 +1567,20 @@ impl Drop for Engine {
     }
 }
 
-/// What `post` started.
+/// What `post` started; `post` hands it over (`launch`) once it no longer borrows the
+/// transfer's context.
 enum Started {
     /// The transfer ended already.
     Ended(Outcome),
-    /// Queued for the file I/O workers, which end it.
+    /// To queue for the file I/O workers, which end it.
     ToWorkers,
-    /// Posted to the fabric; its last completion ends it.
-    InFlight,
-    /// Posted to the fabric and every operation already completed: `Fabric::finish`.
-    FabricDone,
+    /// Posted to the fabric, the poster's reference still held: `Fabric::launch`.
+    Fabric,
+    /// Staged in the sim transport: `Sim::launch`.
+    Sim,
+    /// Copies enqueued and the slot's event recorded (with a failure already known,
+    /// as `FailCode` bits, or 0): `Cuda::launch`.
+    Cuda(u32),
 }
 
 /// The progress thread's loop: progress, and sleep a little when there is nothing

@@ -164,6 +164,25 @@ fn fake_driver_child() {
         e.read_region(gpu, 0, &mut probe),
         Err(Error::InvalidDescriptor { .. })
     ));
+    // Nor in a transfer that pairs other descriptors with a file.
+    let path = std::env::temp_dir().join(format!("ringxfer-cuda-mix-{}", std::process::id()));
+    let options = ringxfer::FileOptions {
+        writable: true,
+        create: true,
+        len: Some(4096),
+        sync: false,
+    };
+    let file = e.register_file(&path, options).unwrap();
+    let mixed = e.prepare(
+        Op::Write,
+        &[Desc::new(gpu, 0, 64), Desc::new(host, 0, 64)],
+        e.local_peer(),
+        &[Desc::new(host, 64, 64), Desc::new(file, 0, 64)],
+        None,
+    );
+    assert!(matches!(mixed, Err(Error::InvalidDescriptor { .. })), "{mixed:?}");
+    e.deregister(file).unwrap();
+    let _ = std::fs::remove_file(&path);
 
     let run = |op: Op, local: Desc, remote: Desc| -> Status {
         let h = e.prepare(op, &[local], me, &[remote], None).unwrap();

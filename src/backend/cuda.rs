@@ -14,7 +14,6 @@
 //! recorded — an unrecorded event reads as "complete", which is how the same engine's
 //! unchecked record turned into silent corruption.
 
-use std::cell::Cell;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -40,12 +39,6 @@ fn check(r: sys::CUresult, what: &'static str) -> Result<()> {
     } else {
         Err(Error::Cuda { what, code: r as i32 })
     }
-}
-
-thread_local! {
-    /// The context current on this thread (as an address), so it is set once per
-    /// thread rather than before every launch.
-    static CURRENT: Cell<usize> = const { Cell::new(0) };
 }
 
 /// The CUDA state of one engine.
@@ -183,15 +176,16 @@ impl Cuda {
         Ok(cuda)
     }
 
-    /// Makes the engine's context current on this thread (once per thread).
+    /// Makes the engine's context current on this thread. The driver is asked which
+    /// context is current (the caller's code may have switched it since).
     fn make_current(&self) -> Result<()> {
-        if CURRENT.with(Cell::get) == self.ctx as usize {
+        let mut current: sys::CUcontext = std::ptr::null_mut();
+        // SAFETY: a valid out-pointer.
+        if unsafe { sys::cuCtxGetCurrent(&mut current) } == sys::CUresult::CUDA_SUCCESS && current == self.ctx {
             return Ok(());
         }
         // SAFETY: a retained context.
-        check(unsafe { sys::cuCtxSetCurrent(self.ctx) }, "cuCtxSetCurrent")?;
-        CURRENT.with(|c| c.set(self.ctx as usize));
-        Ok(())
+        check(unsafe { sys::cuCtxSetCurrent(self.ctx) }, "cuCtxSetCurrent")
     }
 
     /// Events alive (created at start, destroyed at drop): `capacity` all along.
@@ -252,9 +246,17 @@ impl Cuda {
     }
 
     /// Enqueues a transfer's copies on its slot's stream and records the slot's event.
-    /// `Ok(None)`: in flight, `progress` ends it. `Ok(Some(outcome))`: it ended now
-    /// (a launch failed; whatever was enqueued before has drained).
-    pub(crate) fn post(&self, handle: Handle, op: Op, local: &[Resolved], own: &[Resolved]) -> Result<Option<Outcome>> {
+    /// `Ok(Ok(failure))`: recorded; the caller hands it to progress with `launch`
+    /// once it no longer borrows the transfer (`failure`: a copy that failed after
+    /// others were enqueued, as `FailCode` bits, or 0). `Ok(Err(outcome))`: it ended
+    /// now (the record failed; whatever was enqueued has drained).
+    pub(crate) fn post(
+        &self,
+        handle: Handle,
+        op: Op,
+        local: &[Resolved],
+        own: &[Resolved],
+    ) -> Result<std::result::Result<u32, Outcome>> {
         self.make_current()?;
         let index = handle.index() as usize;
         let stream = self.streams[index % self.streams.len()];
@@ -290,13 +292,18 @@ impl Cuda {
             // enqueued above touches the regions after the slot is freed.
             // SAFETY: our stream.
             let _ = unsafe { sys::cuStreamSynchronize(stream) };
-            return Ok(Some(Outcome::Failed(failure.unwrap_or(fail_code(recorded)))));
+            return Ok(Err(Outcome::Failed(failure.unwrap_or(fail_code(recorded)))));
         }
-        self.failed[index].store(failure.map_or(0, FailCode::to_bits), Ordering::Relaxed);
+        Ok(Ok(failure.map_or(0, FailCode::to_bits)))
+    }
+
+    /// Hands a recorded transfer to `progress`, which queries its event.
+    pub(crate) fn launch(&self, handle: Handle, failure: u32) {
+        let index = handle.index() as usize;
+        self.failed[index].store(failure, Ordering::Relaxed);
         self.in_flight[index].store(handle.to_raw(), Ordering::Release);
         self.pending.fetch_add(1, Ordering::AcqRel);
         self.busy[index / 64].fetch_or(1 << (index % 64), Ordering::AcqRel);
-        Ok(None)
     }
 
     /// Queries the events of transfers in flight; reports the ended ones to `sink`.
@@ -383,6 +390,5 @@ impl Drop for Cuda {
             }
             let _ = sys::cuDevicePrimaryCtxRelease_v2(self.device);
         }
-        CURRENT.with(|c| c.set(0));
     }
 }

@@ -103,8 +103,9 @@ struct State {
     pending: Vec<Pending>,
     /// Completed handles kept to replay later.
     ghosts: Vec<Handle>,
-    /// Per slot: the notification payload copied at post.
+    /// Per slot: the notification payload copied at post, and its length.
     notes: Box<[u8]>,
+    note_lens: Box<[Option<usize>]>,
     lose_peer: bool,
 }
 
@@ -153,6 +154,7 @@ impl Sim {
                 pending: Vec::with_capacity(capacity),
                 ghosts: Vec::with_capacity(GHOSTS),
                 notes: vec![0; capacity * max_notif_bytes].into_boxed_slice(),
+                note_lens: vec![None; capacity].into_boxed_slice(),
                 lose_peer: false,
             }),
             outbox: std::sync::OnceLock::new(),
@@ -176,15 +178,22 @@ impl Sim {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a posted transfer (never fails: the pending list has a place per slot).
-    pub(crate) fn post(&self, handle: Handle, notification: Option<&[u8]>) {
+    /// Copies a posted transfer's notification (while the poster still borrows it).
+    pub(crate) fn stage(&self, handle: Handle, notification: Option<&[u8]>) {
         let mut s = self.state();
-        let notification = notification.map(|n| {
+        let index = handle.index() as usize;
+        s.note_lens[index] = notification.map(|n| {
             let len = n.len().min(self.max_notif_bytes);
-            let at = handle.index() as usize * self.max_notif_bytes;
+            let at = index * self.max_notif_bytes;
             s.notes[at..at + len].copy_from_slice(&n[..len]);
             len
         });
+    }
+
+    /// Takes a staged transfer (never fails: the pending list has a place per slot).
+    pub(crate) fn launch(&self, handle: Handle) {
+        let mut s = self.state();
+        let notification = s.note_lens[handle.index() as usize];
         let stalled = s.chance(self.config.stall);
         let posted_at = s.tick;
         s.pending.push(Pending {

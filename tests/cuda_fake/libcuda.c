@@ -94,7 +94,16 @@ CUresult cuDevicePrimaryCtxRelease_v2(CUdevice device) {
   (void)device;
   return CUDA_SUCCESS;
 }
-CUresult cuCtxSetCurrent(CUcontext ctx) { return ctx == &the_ctx || ctx == NULL ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE; }
+static __thread CUcontext current;
+CUresult cuCtxSetCurrent(CUcontext ctx) {
+  if (ctx != &the_ctx && ctx != NULL) return CUDA_ERROR_INVALID_VALUE;
+  current = ctx;
+  return CUDA_SUCCESS;
+}
+CUresult cuCtxGetCurrent(CUcontext *ctx) {
+  *ctx = current;
+  return CUDA_SUCCESS;
+}
 
 CUresult cuStreamCreate(CUstream *stream, unsigned flags) {
   (void)flags;

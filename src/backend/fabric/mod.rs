@@ -290,6 +290,9 @@ struct RxPeer {
     welcoming: bool,
     /// A WELCOME is owed (the last attempt met EAGAIN or a busy buffer).
     welcome_owed: bool,
+    /// When it last sent anything (its place may go to a new sender after a long
+    /// silence when the table is full).
+    last_active: Instant,
 }
 
 /// Receiver state, touched only by whoever holds the progress lock.
@@ -365,6 +368,8 @@ pub(crate) struct Fabric {
     /// Serialises HELLOs (the one HELLO buffer); the context of their sends.
     hello: Mutex<()>,
     hello_state: AtomicU32,
+    /// A HELLO's send has not completed yet (its buffer is the provider's).
+    hello_in_flight: std::sync::atomic::AtomicBool,
     /// The context of `inject_write`'s operation: 0 in flight, 1 done, else error + 1.
     inject_state: AtomicU32,
     /// (receiver engine id, our tag there) from WELCOME replies.
@@ -488,6 +493,7 @@ impl Fabric {
             addresses: Mutex::new(Vec::with_capacity(max_peers)),
             hello: Mutex::new(()),
             hello_state: AtomicU32::new(0),
+            hello_in_flight: std::sync::atomic::AtomicBool::new(false),
             inject_state: AtomicU32::new(0),
             welcomes: Mutex::new(Vec::with_capacity(max_peers)),
             tagged,
@@ -584,6 +590,11 @@ impl Fabric {
             replaced = Some(old);
         }
         let fi_addr = self.ep.insert(addr)?;
+        // The AV may give back the address of a peer declared lost: loaded again, it
+        // is reachable again.
+        if let Some(l) = self.lost.get(fi_addr as usize) {
+            l.store(false, Ordering::Release);
+        }
         book.push((addr.to_vec(), fi_addr, engine_id));
         Ok((fi_addr, replaced))
     }
@@ -599,6 +610,23 @@ impl Fabric {
         sink: Sink<'_>,
     ) -> Result<u16> {
         let _one = self.hello.lock().unwrap_or_else(|e| e.into_inner());
+        // An earlier HELLO that timed out may still be in flight: its buffer and
+        // completion state are the provider's until it completes.
+        let start = Instant::now();
+        while self.hello_in_flight.load(Ordering::Acquire) {
+            if self.hello_state.load(Ordering::Acquire) != 0 {
+                self.hello_in_flight.store(false, Ordering::Release);
+                break;
+            }
+            if start.elapsed() > timeout {
+                return Err(Error::PeerUnreachable {
+                    name: String::from("(fabric peer)"),
+                    reason: String::from("an earlier HELLO (to another peer) is still in flight"),
+                });
+            }
+            self.progress(sink, None);
+            std::thread::yield_now();
+        }
         self.welcomes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -622,6 +650,7 @@ impl Fabric {
             // until the send completes (we wait for it below); the endpoint is live.
             let ret = unsafe { api::send(self.ep.ep, buf.cast(), len, self.desc(), dest, context) };
             if ret == 0 {
+                self.hello_in_flight.store(true, Ordering::Release);
                 break;
             }
             if ret != api::EAGAIN || start.elapsed() > timeout {
@@ -637,7 +666,11 @@ impl Fabric {
                 .iter()
                 .find(|(engine, _)| *engine == peer_engine)
                 .map(|(_, tag)| *tag);
-            match self.hello_state.load(Ordering::Acquire) {
+            let state = self.hello_state.load(Ordering::Acquire);
+            if state != 0 {
+                self.hello_in_flight.store(false, Ordering::Release);
+            }
+            match state {
                 0 => {}
                 1 => {
                     if let Some(tag) = welcome {
@@ -748,10 +781,9 @@ impl Fabric {
     /// and key (`remote(i)`), then, once they complete, the notification if any.
     ///
     /// `Err` means nothing was posted (the engine makes the transfer prepared again).
-    /// `Ok(false)`: the transfer will be reported to a sink exactly once, by whoever
-    /// reads its last completion. `Ok(true)`: every operation already completed; the
-    /// caller must call [`finish`](Fabric::finish). `sink` receives other transfers
-    /// that progress ends meanwhile, never this one.
+    /// `Ok`: the caller must call [`launch`](Fabric::launch) once it no longer borrows
+    /// the transfer's context; the transfer is then reported to a sink exactly once.
+    /// `sink` receives other transfers that progress ends meanwhile, never this one.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn post(
         &self,
@@ -763,7 +795,7 @@ impl Fabric {
         tag: u16,
         notif: Option<&[u8]>,
         sink: Sink<'_>,
-    ) -> Result<bool> {
+    ) -> Result<()> {
         let index = handle.index() as usize;
         let slot = &self.slots[index];
         let context = (slot as *const TxSlot).cast_mut().cast::<c_void>();
@@ -856,10 +888,10 @@ impl Fabric {
             }
         }
         self.arm(slot);
-        // The poster's reference goes last. If it was the last one, the caller moves
-        // the slot on with `finish` once it no longer borrows the transfer's context
-        // (finishing may complete the slot, which reclaims that context).
-        Ok(self.slots[index].pending.fetch_sub(1, Ordering::AcqRel) == 1)
+        // The poster's reference stays until `launch`, which the engine calls once it
+        // no longer borrows the transfer's context: until then no completion can end
+        // the slot (and reclaim that context).
+        Ok(())
     }
 
     /// Sets the slot's deadline: `FabricConfig::deadline` from now.
@@ -869,9 +901,10 @@ impl Fabric {
             .store(u64::try_from(expires).unwrap_or(u64::MAX), Ordering::Release);
     }
 
-    /// Moves on a slot whose `post` returned `Ok(true)`.
-    pub(crate) fn finish(&self, handle: Handle, sink: Sink<'_>) {
-        self.finish_phase(handle.index() as usize, sink);
+    /// Drops the poster's reference taken by a successful `post`; if every operation
+    /// already completed, moves the slot on (its notification, or its end).
+    pub(crate) fn launch(&self, handle: Handle, sink: Sink<'_>) {
+        self.release_ref(handle.index() as usize, sink);
     }
 
     /// The immediate data a WRITE carries: our tag at the receiver, the low 32 bits
@@ -1310,6 +1343,7 @@ impl Fabric {
             self.unattributed.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        self.touch(rx, peer);
         let Some(index) = self.entry(rx, peer, data) else {
             return;
         };
@@ -1366,6 +1400,7 @@ impl Fabric {
                     self.repost(rx, buf);
                     return;
                 };
+                self.touch(rx, peer);
                 let wire = self.immediate(Handle::from_raw(h.handle), h.tag);
                 let Some(index) = self.entry(rx, peer, wire) else {
                     self.repost(rx, buf);
@@ -1457,10 +1492,25 @@ impl Fabric {
         }
         if let Some(old) = replaced {
             // The engine that was at this address is gone: so are its table and lane.
-            for place in rx.peers.iter_mut() {
-                if place.as_ref().is_some_and(|p| p.addr == old && !p.welcoming) {
-                    *place = None;
+            for tag in 0..rx.peers.len() {
+                if rx.peers[tag].as_ref().is_some_and(|p| p.addr == old && !p.welcoming) {
+                    self.free_place(rx, tag);
                 }
+            }
+        }
+        if !rx.peers.iter().any(Option::is_none) {
+            // Full: the sender idle longest goes, if it has been idle for a while (a
+            // restarted sender's old self). A busy table stays full.
+            let idle = rx
+                .peers
+                .iter()
+                .enumerate()
+                .filter_map(|(tag, p)| p.as_ref().filter(|p| !p.welcoming).map(|p| (tag, p.last_active)))
+                .min_by_key(|(_, at)| *at);
+            if let Some((tag, at)) = idle
+                && at.elapsed() > IDLE_SENDER
+            {
+                self.free_place(rx, tag);
             }
         }
         let Some(tag) = rx.peers.iter().position(Option::is_none) else {
@@ -1476,11 +1526,41 @@ impl Fabric {
             table: vec![RxEntry::EMPTY; capacity].into_boxed_slice(),
             welcoming: false,
             welcome_owed: false,
+            last_active: Instant::now(),
         });
         self.welcome(rx, tag);
         Ok(())
     }
+
+    /// Notes that sender place `tag` is alive.
+    fn touch(&self, rx: &mut RxState, tag: usize) {
+        if let Some(p) = rx.peers[tag].as_mut() {
+            p.last_active = Instant::now();
+        }
+    }
+
+    /// Empties sender place `tag`: the receive buffers its table or the blocked list
+    /// hold go back to the provider, and its inbox lane is given up.
+    fn free_place(&self, rx: &mut RxState, tag: usize) {
+        let Some(p) = rx.peers[tag].take() else { return };
+        for e in p.table.iter().filter(|e| e.held != NONE) {
+            self.repost(rx, e.held);
+        }
+        let mut i = 0;
+        while i < rx.blocked.len() {
+            if rx.blocked[i].0 as usize == tag {
+                let (_, buf) = rx.blocked.swap_remove(i);
+                self.repost(rx, buf);
+            } else {
+                i += 1;
+            }
+        }
+    }
 }
+
+/// How long a sender must have been silent before a full table gives its place to a
+/// new one.
+const IDLE_SENDER: Duration = Duration::from_secs(60);
 
 /// Fuzzing entry point (not part of the API): parses `data` as a fabric endpoint
 /// description and as a control message, checking that what parses round-trips and
