@@ -345,6 +345,10 @@ pub struct EngineStats {
     pub cuda_events: usize,
     /// What the sim transport did (all zero without it).
     pub sim: SimStats,
+    /// Bytes the engine holds: what `Engine::new` allocated (slot contexts, the
+    /// inbox segment, transports' per-slot state and buffers), fixed for its life,
+    /// plus the regions it allocated (`alloc_region`, `alloc_vram`).
+    pub bytes: u64,
 }
 
 /// A transfer engine. See the crate docs and the README for the whole picture.
@@ -378,6 +382,8 @@ pub struct Engine {
     engine_id: u64,
     core: Arc<Core>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    /// Bytes allocated by `Engine::new` (see `EngineStats::bytes`).
+    fixed_bytes: u64,
     /// The progress thread (`FabricConfig::progress_thread`) and its stop flag.
     progress_thread: Option<(Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>)>,
     peers: RwLock<Vec<Arc<Peer>>>,
@@ -572,7 +578,26 @@ impl Engine {
             }
             _ => None,
         };
+        // What `new` allocated, by its largest parts: the slot contexts, the inbox, the
+        // registration table, the file queue, and the transports' per-slot state.
+        let fixed_bytes = {
+            let per_slot = d * (2 * std::mem::size_of::<Resolved>() + std::mem::size_of::<Desc>()) + m + 64;
+            let fabric_bytes = config.fabric.as_ref().map_or(0, |f| {
+                (capacity + 1 + f.rx_buffers + config.max_peers) * (m.max(528) + 32).next_multiple_of(64)
+                    + capacity * 64
+            });
+            let cuda_bytes = if config.cuda.is_some() { capacity * 24 } else { 0 };
+            let sim_bytes = if config.sim.is_some() { capacity * (m + 48) } else { 0 };
+            (capacity * per_slot
+                + geometry.segment_bytes()
+                + config.max_registrations * 64
+                + capacity * 24
+                + fabric_bytes
+                + cuda_bytes
+                + sim_bytes) as u64
+        };
         Ok(Engine {
+            fixed_bytes,
             progress_thread,
             peers: RwLock::new(Vec::with_capacity(config.max_peers)),
             lists: RwLock::new(lists),
@@ -1412,6 +1437,7 @@ impl Engine {
             fabric: self.core.fabric.as_ref().map(Fabric::stats).unwrap_or_default(),
             cuda_events: self.core.cuda_events(),
             sim: self.core.sim.as_ref().map(Sim::stats).unwrap_or_default(),
+            bytes: self.fixed_bytes + self.core.shared.registry.owned_bytes(),
         }
     }
 }

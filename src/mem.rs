@@ -638,6 +638,19 @@ impl Registry {
         (live, pins, fds)
     }
 
+    /// Bytes of memory the engine allocated for regions (`alloc_region` segments and
+    /// `alloc_vram` device memory), as opposed to memory callers registered.
+    pub(crate) fn owned_bytes(&self) -> u64 {
+        let table = self.read();
+        table
+            .entries
+            .iter()
+            .filter_map(|e| e.region.as_ref())
+            .filter(|r| r.segment.is_some() || r._owned.is_some() && r.kind == MemKind::Vram)
+            .map(|r| r.len)
+            .sum()
+    }
+
     /// Copies bytes out of a region (control path: tests and tools).
     pub(crate) fn read_bytes(&self, id: RegionId, offset: u64, out: &mut [u8]) -> Result<()> {
         let r = self.pin_memory(&Desc::new(id, offset, out.len() as u64))?;

@@ -27,6 +27,11 @@ fn soak(seed: u64, threads: u64, per_thread: u64) {
     .unwrap();
     let peer = e.sim_peer().unwrap();
     let src = e.alloc_region(threads as usize * 4096).unwrap();
+    let bytes_at_start = e.stats().bytes;
+    assert!(
+        bytes_at_start >= threads * 4096,
+        "the ledger counts the engine's memory"
+    );
     let posted = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let seen = Mutex::new(HashSet::new());
@@ -115,6 +120,7 @@ fn soak(seed: u64, threads: u64, per_thread: u64) {
     });
     e.check_quiescent().unwrap();
     let s = e.stats();
+    assert_eq!(s.bytes, bytes_at_start, "the engine's memory did not grow: {s:?}");
     let posted = posted.load(Ordering::Relaxed);
     assert_eq!(
         s.ring.done + s.ring.failed + s.ring.cancelled,
