@@ -47,6 +47,11 @@ fn claiming(owner: u64) -> bool {
     owner & CLAIMING_MARK == CLAIMING_MARK
 }
 
+/// Marks a lane claimed on behalf of a sender on another host (a fabric peer): its pid
+/// says nothing about this host, so the lane is never reclaimed by a pid check; it is
+/// handed back when its receiver drops the sender.
+pub(crate) const REMOTE_OWNER: u64 = 1 << 63;
+
 /// One lane's header, at a 64-byte-aligned offset of the segment.
 #[repr(C, align(64))]
 struct Lane {
@@ -282,7 +287,7 @@ impl Inbox {
                     self.delivered.fetch_add(1, Ordering::Relaxed);
                     return Ok(Some(Notification {
                         sender: SenderId(lane_index as u32),
-                        sender_engine: owner,
+                        sender_engine: owner & !REMOTE_OWNER,
                         handle,
                         len,
                     }));
@@ -356,7 +361,7 @@ impl Outbox {
                 let current = map.lane(i).owner.load(Ordering::Acquire);
                 let takeable = match pass {
                     0 => current == 0,
-                    _ => current != 0 && !process_alive(current >> 32),
+                    _ => current != 0 && current & REMOTE_OWNER == 0 && !process_alive(current >> 32),
                 };
                 if takeable
                     && map
@@ -558,5 +563,34 @@ mod tests {
         let live = Outbox::claim(Arc::clone(inbox.map()), u64::from(std::process::id()) << 32 | 5, "live").unwrap();
         send(&live, Handle::new(0, 1).unwrap(), b"hi");
         assert_eq!(inbox.pop(&mut [0u8; 16]).unwrap().unwrap().len, 2);
+    }
+
+    #[test]
+    fn a_remote_senders_lane_is_never_reclaimed_by_pid() {
+        let (inbox, _dir) = inbox(1, 4);
+        // A fabric sender on another host: its pid does not exist here.
+        let remote = REMOTE_OWNER | (i32::MAX as u64) << 32 | 1;
+        let held = Outbox::claim(Arc::clone(inbox.map()), remote, "remote").unwrap();
+        let other = Outbox::claim(
+            Arc::clone(inbox.map()),
+            u64::from(std::process::id()) << 32 | 5,
+            "local",
+        );
+        assert!(
+            matches!(other, Err(Error::PeerTableFull { .. })),
+            "the lane stays the remote sender's"
+        );
+        send(&held, Handle::new(0, 1).unwrap(), b"hi");
+        let n = inbox.pop(&mut [0u8; 16]).unwrap().unwrap();
+        assert_eq!(n.sender_engine, remote & !REMOTE_OWNER, "reported without the mark");
+        drop(held);
+        assert!(
+            Outbox::claim(
+                Arc::clone(inbox.map()),
+                u64::from(std::process::id()) << 32 | 5,
+                "local"
+            )
+            .is_ok()
+        );
     }
 }

@@ -58,7 +58,7 @@ pub use raw::{RawRma, RawRun};
 use crate::Op;
 use crate::error::{Error, Result};
 use crate::mem::Resolved;
-use crate::notify::{InboxMap, Outbox};
+use crate::notify::{InboxMap, Outbox, REMOTE_OWNER};
 use crate::ring::{FailCode, FailSource, Handle, Outcome};
 use domain::Endpoint;
 
@@ -1518,7 +1518,8 @@ impl Fabric {
                 capacity: rx.peers.len(),
             });
         };
-        let outbox = Outbox::claim(Arc::clone(&self.inbox), engine_id, &name)?;
+        // Marked remote: no pid check on this host may take the lane over.
+        let outbox = Outbox::claim(Arc::clone(&self.inbox), engine_id | REMOTE_OWNER, &name)?;
         rx.peers[tag] = Some(RxPeer {
             engine_id,
             addr: fi_addr,
