@@ -14,14 +14,16 @@
 //!   Everything above is built on it.
 //! - `mem`: memory registration ([`RegionId`], [`Desc`]).
 //! - `notify`: the notification inbox and per-sender duplicate table.
-//! - [`backend`]: transports (`local` today).
+//! - [`backend`]: transports — `local` (memcpy and shared memory), [`fabric`]
+//!   (libfabric, loaded at run time), `cuda` (cudarc, loaded at run time), `file`
+//!   (I/O workers) and [`sim`](backend::sim) (faults on purpose, for tests).
 //! - [`Engine`]: configuration, control path and hot path, built on all of the above.
 //! - [`KvStore`]: string keys to value blocks in registered files, on the engine.
 //! - [`wire`]: formats that cross between engines (the metadata blob).
 //! - [`Error`]: the one error type, with messages a user can act on.
 //!
-//! The engine, memory registration, wire formats and transports (local, libfabric,
-//! CUDA, file) build on the ring; see the README for what is implemented today.
+//! The engine, memory registration, wire formats and transports build on the ring;
+//! the README says what each covers and what it does not yet.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
