@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::backend::Sink;
 #[cfg(feature = "cuda")]
 use crate::backend::cuda::Cuda;
 use crate::backend::cuda_config::CudaConfig;
-use crate::backend::fabric::{Fabric, FabricConfig, FabricInfo, FabricStats, Sink};
+use crate::backend::fabric::{Fabric, FabricConfig, FabricInfo, FabricStats};
 use crate::backend::file::{self, FileQueue};
 use crate::backend::local::{self, LocalInfo};
 use crate::backend::sim::{Sim, SimConfig, SimStats};
@@ -226,6 +227,14 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    /// The ring's one exit function for this engine's transfers: ends `handle` with
+    /// `outcome` and, if that frees its slot, unpins its regions. False if refused
+    /// (a duplicate or stale completion).
+    fn complete(&self, handle: Handle, outcome: Outcome) -> bool {
+        let registry = &self.shared.registry;
+        self.ring.complete_with(handle, outcome, |t| reclaim(registry, t))
+    }
+
     /// Drives the asynchronous transports (fabric, cuda): reads completions and ends
     /// finished transfers.
     fn progress(&self) -> usize {
@@ -234,20 +243,13 @@ impl Core {
 
     fn progress_sim(&self) -> usize {
         let Some(sim) = &self.sim else { return 0 };
-        let registry = &self.shared.registry;
-        sim.progress(
-            &mut |h, o| self.ring.complete_with(h, o, |t| reclaim(registry, t)),
-            &|h, code| self.ring.expire(h, code),
-        )
+        sim.progress(&mut |h, o| self.complete(h, o), &|h, code| self.ring.expire(h, code))
     }
 
     #[cfg(feature = "cuda")]
     fn progress_cuda(&self) -> usize {
         let Some(cuda) = &self.cuda else { return 0 };
-        let registry = &self.shared.registry;
-        cuda.progress(&mut |h, o| {
-            self.ring.complete_with(h, o, |t| reclaim(registry, t));
-        })
+        cuda.progress(&mut |h, o| self.complete(h, o))
     }
 
     #[cfg(not(feature = "cuda"))]
@@ -284,11 +286,8 @@ impl Core {
 
     fn progress_fabric(&self) -> usize {
         let Some(fabric) = &self.fabric else { return 0 };
-        let registry = &self.shared.registry;
         fabric.progress(
-            &mut |h, o| {
-                self.ring.complete_with(h, o, |t| reclaim(registry, t));
-            },
+            &mut |h, o| self.complete(h, o),
             Some(&|h, code| self.ring.expire(h, code)),
         )
     }
@@ -302,7 +301,6 @@ impl Core {
 
     /// Runs (or cancels) one file transfer taken from the queue, and ends it.
     fn run_file_job(&self, handle: Handle, cancelled: bool) {
-        let registry = &self.shared.registry;
         let outcome = if cancelled {
             Outcome::Cancelled
         } else {
@@ -312,7 +310,7 @@ impl Core {
             let t = unsafe { self.ring.posted_context(handle) };
             file::run(t.op, &t.local[..t.count], &t.own[..t.count])
         };
-        self.ring.complete_with(handle, outcome, |t| reclaim(registry, t));
+        self.complete(handle, outcome);
     }
 }
 
@@ -810,11 +808,7 @@ impl Engine {
         let via_fabric = self.core.fabric.is_some() && md.backends.iter().any(|b| b.kind == BackendKind::Fabric);
         let peer = Arc::new(match &self.core.fabric {
             Some(fabric) if via_fabric => {
-                let registry = &self.core.shared.registry;
-                let mut sink = |h, o| {
-                    self.core.ring.complete_with(h, o, |t| reclaim(registry, t));
-                };
-                Peer::connect_fabric(md, &self.core.shared, fabric, &mut sink)?
+                Peer::connect_fabric(md, &self.core.shared, fabric, &mut |h, o| self.core.complete(h, o))?
             }
             _ => Peer::connect(md, &self.core.shared, previous.as_deref())?,
         });
@@ -1086,9 +1080,7 @@ impl Engine {
         // stable.
         self.core.ring.post(handle)?;
         let registry = &self.core.shared.registry;
-        let mut sink = |h, o| {
-            self.core.ring.complete_with(h, o, |t| reclaim(registry, t));
-        };
+        let mut sink = |h, o| self.core.complete(h, o);
         let started = {
             // SAFETY: our post succeeded, and the transfer is handed to whoever may end
             // it (a worker, a transport's progress) only after `t` is dropped at the end
@@ -1256,10 +1248,9 @@ impl Engine {
         })?;
         let registry = &self.core.shared.registry;
         let resolved = registry.pin_memory(&local)?;
-        let mut sink = |h, o| {
-            self.core.ring.complete_with(h, o, |t| reclaim(registry, t));
-        };
-        let result = fabric.inject_write(dest, tag, &resolved, raddr, key, handle, &mut sink);
+        let result = fabric.inject_write(dest, tag, &resolved, raddr, key, handle, &mut |h, o| {
+            self.core.complete(h, o)
+        });
         registry.unpin(resolved.entry);
         result
     }
@@ -1303,8 +1294,7 @@ impl Engine {
     /// end of a run, before a quiescence check).
     pub fn sim_drain(&self) {
         if let Some(sim) = &self.core.sim {
-            let registry = &self.core.shared.registry;
-            sim.drain(&mut |h, o| self.core.ring.complete_with(h, o, |t| reclaim(registry, t)));
+            sim.drain(&mut |h, o| self.core.complete(h, o));
         }
     }
 

@@ -25,8 +25,7 @@ use crate::error::{Error, Result};
 use crate::mem::Resolved;
 use crate::ring::{FailCode, FailSource, Handle, Outcome};
 
-/// The sink the transport reports completions to: the engine's `complete`.
-pub(crate) type Sink<'a> = &'a mut dyn FnMut(Handle, Outcome);
+use super::Sink;
 
 /// A failed driver call as a transfer's failure code.
 fn fail_code(r: sys::CUresult) -> FailCode {

@@ -22,3 +22,10 @@ pub mod local;
 pub(crate) mod regtable;
 pub(crate) mod shm;
 pub mod sim;
+
+use crate::ring::{Handle, Outcome};
+
+/// Where an asynchronous transport reports a transfer's end: the engine's call of the
+/// ring's one exit function, `SlotRing::complete`, which says whether it took it
+/// (false: a duplicate or stale completion, refused).
+pub(crate) type Sink<'a> = &'a mut dyn FnMut(Handle, Outcome) -> bool;

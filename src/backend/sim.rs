@@ -85,8 +85,7 @@ pub struct SimStats {
     pub misattributed: u64,
 }
 
-/// Where completions go: the ring's `complete`, which says whether it took one.
-pub(crate) type Sink<'a> = &'a mut dyn FnMut(Handle, Outcome) -> bool;
+use super::Sink;
 
 struct Pending {
     handle: Handle,

@@ -339,8 +339,7 @@ impl Drop for CtrlArea {
     }
 }
 
-/// The sink the transport reports completions to: the engine's `complete`.
-pub(crate) type Sink<'a> = &'a mut dyn FnMut(Handle, Outcome);
+pub(crate) use super::Sink;
 
 /// The fabric transport of one engine.
 pub(crate) struct Fabric {
@@ -645,19 +644,16 @@ impl Fabric {
         self.hello_state.store(0, Ordering::Release);
         let context = (&raw const self.hello_state).cast_mut().cast::<c_void>();
         let start = Instant::now();
-        loop {
-            // SAFETY: the HELLO buffer is ours under the `hello` lock and stays untouched
-            // until the send completes (we wait for it below); the endpoint is live.
-            let ret = unsafe { api::send(self.ep.ep, buf.cast(), len, self.desc(), dest, context) };
-            if ret == 0 {
-                self.hello_in_flight.store(true, Ordering::Release);
-                break;
-            }
-            if ret != api::EAGAIN || start.elapsed() > timeout {
-                return Err(self.ep.domain.api.error("fi_send(hello)", ret));
-            }
-            self.progress(sink, None);
+        // SAFETY: the HELLO buffer is ours under the `hello` lock and stays untouched
+        // until the send completes (this or the next HELLO waits for it); the endpoint
+        // is live.
+        let ret = self.retry_eagain(timeout, sink, || unsafe {
+            api::send(self.ep.ep, buf.cast(), len, self.desc(), dest, context)
+        });
+        if ret != 0 {
+            return Err(self.ep.domain.api.error("fi_send(hello)", ret));
         }
+        self.hello_in_flight.store(true, Ordering::Release);
         loop {
             let welcome = self
                 .welcomes
@@ -685,12 +681,8 @@ impl Fabric {
                 }
             }
             if start.elapsed() > timeout {
-                // The send is still in flight and its buffer must stay untouched: the
-                // lock is kept until it completes (next HELLO waits on it).
-                while self.hello_state.load(Ordering::Acquire) == 0 && start.elapsed() < timeout * 4 {
-                    self.progress(sink, None);
-                    std::thread::yield_now();
-                }
+                // A send still in flight keeps its buffer: the next HELLO waits for it
+                // (`hello_in_flight`).
                 return Err(Error::PeerUnreachable {
                     name: String::from("(fabric peer)"),
                     reason: format!("no WELCOME reply to the HELLO within {timeout:?}"),
@@ -719,30 +711,23 @@ impl Fabric {
         let _one = self.hello.lock().unwrap_or_else(|e| e.into_inner());
         self.inject_state.store(0, Ordering::Release);
         let context = (&raw const self.inject_state).cast_mut().cast::<c_void>();
-        let start = Instant::now();
-        loop {
-            // SAFETY: `local` is pinned by the caller until this returns, and we wait
-            // for the operation's completion below; the endpoint is live.
-            let ret = unsafe {
-                api::writedata(
-                    self.ep.ep,
-                    local.addr as *const c_void,
-                    local.len,
-                    local.mr_desc as *mut c_void,
-                    self.immediate(handle, tag),
-                    dest,
-                    raddr,
-                    key,
-                    context,
-                )
-            };
-            if ret == 0 {
-                break;
-            }
-            if ret != api::EAGAIN || start.elapsed() > EAGAIN_PATIENCE {
-                return Err(self.ep.domain.api.error("fi_writedata", ret));
-            }
-            self.progress(sink, None);
+        // SAFETY: `local` is pinned by the caller until this returns, and we wait for
+        // the operation's completion below; the endpoint is live.
+        let ret = self.retry_eagain(EAGAIN_PATIENCE, sink, || unsafe {
+            api::writedata(
+                self.ep.ep,
+                local.addr as *const c_void,
+                local.len,
+                local.mr_desc as *mut c_void,
+                self.immediate(handle, tag),
+                dest,
+                raddr,
+                key,
+                context,
+            )
+        });
+        if ret != 0 {
+            return Err(self.ep.domain.api.error("fi_writedata", ret));
         }
         loop {
             match self.inject_state.load(Ordering::Acquire) {
@@ -831,14 +816,13 @@ impl Fabric {
             while done < l.len {
                 let len = (l.len - done).min(max);
                 slot.pending.fetch_add(1, Ordering::AcqRel);
-                let start = Instant::now();
-                let ret = loop {
+                let ret = self.retry_eagain(EAGAIN_PATIENCE, sink, || {
                     let buf = (l.addr + done) as *mut c_void;
                     // SAFETY: `l` is pinned by the transfer (its region cannot go before
                     // the slot is freed, which waits for this completion); the remote
                     // range was checked against the peer's metadata; `context` is the
                     // slot's state, alive as long as the engine.
-                    let ret = unsafe {
+                    unsafe {
                         match op {
                             Op::Write => api::writedata(
                                 self.ep.ep,
@@ -862,12 +846,8 @@ impl Fabric {
                                 context,
                             ),
                         }
-                    };
-                    if ret != api::EAGAIN || start.elapsed() > EAGAIN_PATIENCE {
-                        break ret;
                     }
-                    self.progress(sink, None);
-                };
+                });
                 if ret != 0 {
                     slot.pending.fetch_sub(1, Ordering::AcqRel);
                     if !posted {
@@ -1196,27 +1176,38 @@ impl Fabric {
         rx.welcomes_owed |= ret == api::EAGAIN;
     }
 
+    /// Calls `op` (a post to the provider) until it says anything but `-FI_EAGAIN`, or
+    /// `patience` runs out, driving progress in between so the provider's queues
+    /// drain. Returns `op`'s last result.
+    fn retry_eagain(&self, patience: Duration, sink: Sink<'_>, mut op: impl FnMut() -> isize) -> isize {
+        let start = Instant::now();
+        loop {
+            let ret = op();
+            if ret != api::EAGAIN || start.elapsed() > patience {
+                return ret;
+            }
+            self.progress(sink, None);
+        }
+    }
+
     /// Which sender place a WELCOME buffer context is, if any.
     fn welcome_of(&self, context: *mut c_void) -> Option<usize> {
-        let base = self.welcome_buffer(0) as usize;
-        let offset = (context as usize).checked_sub(base)?;
-        (offset % self.msg_size == 0 && offset / self.msg_size < self.max_peers).then_some(offset / self.msg_size)
+        element_of(context, self.welcome_buffer(0) as usize, self.msg_size, self.max_peers)
     }
 
     /// Which slot a context points at, if any.
     fn slot_of(&self, context: *mut c_void) -> Option<usize> {
-        let base = self.slots.as_ptr() as usize;
-        let offset = (context as usize).checked_sub(base)?;
-        let size = std::mem::size_of::<TxSlot>();
-        (offset % size == 0 && offset / size < self.capacity).then_some(offset / size)
+        element_of(
+            context,
+            self.slots.as_ptr() as usize,
+            std::mem::size_of::<TxSlot>(),
+            self.capacity,
+        )
     }
 
     /// Which receive buffer a context points at, if any.
     fn rx_of(&self, context: *mut c_void) -> Option<u32> {
-        let base = self.rx_buffer(0) as usize;
-        let offset = (context as usize).checked_sub(base)?;
-        (offset % self.msg_size == 0 && offset / self.msg_size < self.rx_count)
-            .then_some((offset / self.msg_size) as u32)
+        element_of(context, self.rx_buffer(0) as usize, self.msg_size, self.rx_count).map(|i| i as u32)
     }
 
     fn on_completion(&self, rx: &mut RxState, e: &sys::fi_cq_data_entry, source: u64, sink: Sink<'_>) {
@@ -1590,6 +1581,13 @@ pub fn fuzz_control(data: &[u8]) {
             (h.kind, h.tag, h.len, h.handle, h.count)
         );
     }
+}
+
+/// The index of the element `context` points at in an array of `count` elements of
+/// `size` bytes at `base`, if it points exactly at one.
+fn element_of(context: *mut c_void, base: usize, size: usize, count: usize) -> Option<usize> {
+    let offset = (context as usize).checked_sub(base)?;
+    (offset % size == 0 && offset / size < count).then_some(offset / size)
 }
 
 /// Records the slot's first failure.
