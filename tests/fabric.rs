@@ -8,6 +8,13 @@ use std::time::Duration;
 use ringxfer::fabric::FabricConfig;
 use ringxfer::{Config, Desc, Engine, Error, Op, Status};
 
+#[path = "support/child.rs"]
+mod child;
+use child::read_tagged;
+
+#[path = "support/fabric_engine.rs"]
+mod fabric_engine;
+
 const PROVIDERS: [&str; 2] = ["tcp", "shm"];
 
 /// An engine with the fabric transport on `provider`, or `None` when the user asked
@@ -27,7 +34,7 @@ fn engine_at(
     deadline: Duration,
     node: Option<String>,
 ) -> Option<Engine> {
-    let config = Config {
+    fabric_engine::fabric_engine(Config {
         name: name.into(),
         capacity: 256,
         fabric: Some(FabricConfig {
@@ -38,15 +45,7 @@ fn engine_at(
             ..FabricConfig::default()
         }),
         ..Config::default()
-    };
-    match Engine::new(config) {
-        Ok(e) => Some(e),
-        Err(e @ Error::FabricUnavailable { .. }) if std::env::var_os("RINGXFER_SKIP_FABRIC").is_some() => {
-            eprintln!("skipped (RINGXFER_SKIP_FABRIC is set): {e}");
-            None
-        }
-        Err(e) => panic!("fabric engine on {provider}: {e}"),
-    }
+    })
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -119,7 +118,7 @@ fn write_and_read_with_notification_in_one_process() {
 // The test re-runs its own binary as the target (`fabric_child`, ignored in normal
 // runs), which serves one 16 MiB region and answers commands on stdin.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
@@ -155,14 +154,7 @@ fn fabric_child() {
         .unwrap();
     println!("ADDR {} {}", server.local_addr(), region.to_raw());
     std::io::stdout().flush().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            if tx.send(line.unwrap_or_default()).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = child::stdin_lines();
     let mut buf = [0u8; 256];
     let mut notes: Vec<String> = Vec::new();
     let mut waiting_for: Option<(usize, Instant)> = None;
@@ -308,20 +300,6 @@ impl Drop for Target {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn read_tagged(stdout: &mut BufReader<ChildStdout>, tag: &str) -> String {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "the target exited before printing {tag:?}"
-        );
-        if let Some(rest) = line.trim_end().strip_prefix(tag) {
-            return rest.to_owned();
-        }
     }
 }
 

@@ -4,36 +4,21 @@
 //! C allocator and are not counted here: they are the provider's, bounded by its
 //! pools.)
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ringxfer::fabric::FabricConfig;
-use ringxfer::{Config, Desc, Engine, Error, Op, Status};
+use ringxfer::{Config, Desc, Engine, Op, Status};
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: every call is forwarded unchanged to `System`; the counter is an atomic.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller's contract for `alloc` is passed on.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: `ptr` came from `System.alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+#[path = "support/counting.rs"]
+mod counting;
+#[path = "support/fabric_engine.rs"]
+mod fabric_engine;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 fn engine(name: &str, provider: &str, progress_thread: bool) -> Option<Engine> {
-    let config = Config {
+    fabric_engine::fabric_engine(Config {
         name: name.into(),
         capacity: 64,
         fabric: Some(FabricConfig {
@@ -42,15 +27,7 @@ fn engine(name: &str, provider: &str, progress_thread: bool) -> Option<Engine> {
             ..FabricConfig::default()
         }),
         ..Config::default()
-    };
-    match Engine::new(config) {
-        Ok(e) => Some(e),
-        Err(e @ Error::FabricUnavailable { .. }) if std::env::var_os("RINGXFER_SKIP_FABRIC").is_some() => {
-            eprintln!("skipped (RINGXFER_SKIP_FABRIC is set): {e}");
-            None
-        }
-        Err(e) => panic!("fabric engine on {provider}: {e}"),
-    }
+    })
 }
 
 #[test]
@@ -90,11 +67,11 @@ fn fabric_transfers_allocate_nothing_on_any_thread() {
         for i in 0..300 {
             cycle(i);
         }
-        let before = ALLOCS.load(Ordering::Relaxed);
+        let before = counting::allocations();
         for i in 300..3300 {
             cycle(i);
         }
-        let allocations = ALLOCS.load(Ordering::Relaxed) - before;
+        let allocations = counting::allocations() - before;
         assert_eq!(allocations, 0, "{provider}: allocations over 3000 fabric transfers");
         assert_eq!(delivered, 1100);
         a.check_quiescent().unwrap();

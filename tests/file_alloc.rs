@@ -2,32 +2,15 @@
 //! allocator counts every thread's allocations (the I/O workers' included), so it holds
 //! this one test only.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ringxfer::{Config, Desc, Engine, FileOptions, Op, Status};
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: every call is forwarded unchanged to `System`; the counter is an atomic.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the caller's contract for `alloc` is passed on.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: `ptr` came from `System.alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+#[path = "support/counting.rs"]
+mod counting;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 #[test]
 fn file_transfers_allocate_nothing_on_any_thread() {
@@ -69,9 +52,9 @@ fn file_transfers_allocate_nothing_on_any_thread() {
     };
     // Warm up: the workers' first wake-ups, the first page faults.
     (0..1000).for_each(cycle);
-    let before = ALLOCS.load(Ordering::SeqCst);
+    let before = counting::allocations();
     (0..100_000).for_each(cycle);
-    let after = ALLOCS.load(Ordering::SeqCst);
+    let after = counting::allocations();
     assert_eq!(
         after,
         before,

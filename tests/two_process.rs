@@ -1,11 +1,15 @@
 //! Two processes on one host: the test re-runs its own binary as the target
 //! (`child_target`, ignored in normal runs) and drives transfers into it.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ringxfer::{Config, Desc, Engine, Error, FailCode, Op, RegionId, Status};
+
+#[path = "support/child.rs"]
+mod child;
+use child::read_tagged;
 
 const SMALL: u64 = 4096;
 const SMALL_SLOTS: u64 = 256;
@@ -50,14 +54,7 @@ fn child_target() {
     );
     std::io::stdout().flush().unwrap();
 
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            if tx.send(line.unwrap_or_default()).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = child::stdin_lines();
     let mut buf = [0u8; 256];
     let mut notifications = 0u64;
     let mut expected = None;
@@ -147,20 +144,6 @@ fn spawn_target() -> Target {
         small,
         large,
         own,
-    }
-}
-
-fn read_tagged(stdout: &mut BufReader<ChildStdout>, tag: &str) -> String {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "the target exited before printing {tag:?}"
-        );
-        if let Some(rest) = line.trim_end().strip_prefix(tag) {
-            return rest.to_owned();
-        }
     }
 }
 
