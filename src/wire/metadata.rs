@@ -485,8 +485,8 @@ impl Metadata {
     }
 }
 
-/// A bounds-checked cursor over a blob.
-struct Reader<'a> {
+/// A bounds-checked cursor over a blob (also the fabric transport's wire formats).
+pub(crate) struct Reader<'a> {
     /// Length of the whole blob, for error reports.
     total: usize,
     /// What is left to read.
@@ -494,7 +494,7 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn new(blob: &'a [u8]) -> Self {
+    pub(crate) fn new(blob: &'a [u8]) -> Self {
         Reader {
             total: blob.len(),
             rest: blob,
@@ -511,14 +511,14 @@ impl<'a> Reader<'a> {
     }
 
     /// Fails unless `count` items of at least `each` bytes can fit in what is left.
-    fn ensure_room(&self, count: usize, each: usize) -> Result<(), MetadataError> {
+    pub(crate) fn ensure_room(&self, count: usize, each: usize) -> Result<(), MetadataError> {
         match count.checked_mul(each) {
             Some(need) if need <= self.rest.len() => Ok(()),
             need => Err(self.short(need.unwrap_or(usize::MAX))),
         }
     }
 
-    fn bytes(&mut self, n: usize) -> Result<&'a [u8], MetadataError> {
+    pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], MetadataError> {
         let (head, rest) = self.rest.split_at_checked(n).ok_or_else(|| self.short(n))?;
         self.rest = rest;
         Ok(head)
@@ -530,19 +530,24 @@ impl<'a> Reader<'a> {
         Ok(*head)
     }
 
-    fn u8(&mut self) -> Result<u8, MetadataError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, MetadataError> {
         self.array().map(u8::from_le_bytes)
     }
 
-    fn u16(&mut self) -> Result<u16, MetadataError> {
+    pub(crate) fn u16(&mut self) -> Result<u16, MetadataError> {
         self.array().map(u16::from_le_bytes)
     }
 
-    fn u32(&mut self) -> Result<u32, MetadataError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, MetadataError> {
         self.array().map(u32::from_le_bytes)
     }
 
-    fn u64(&mut self) -> Result<u64, MetadataError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, MetadataError> {
         self.array().map(u64::from_le_bytes)
+    }
+
+    /// Whether everything was read.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rest.is_empty()
     }
 }

@@ -60,6 +60,7 @@ use crate::error::{Error, Result};
 use crate::mem::Resolved;
 use crate::notify::{InboxMap, Outbox, REMOTE_OWNER};
 use crate::ring::{FailCode, FailSource, Handle, Outcome};
+use crate::wire::metadata::Reader;
 use domain::Endpoint;
 
 /// The environment variable that chooses the provider, over [`FabricConfig::provider`].
@@ -172,26 +173,24 @@ impl FabricInfo {
 
     /// Parses `conn`; `None` if malformed.
     pub(crate) fn decode(conn: &[u8]) -> Option<FabricInfo> {
-        let mut r = Reader(conn);
-        let capacity = r.u32()?;
-        let max_notif_bytes = r.u32()?;
-        let virt_addr = match r.bytes(1)?[0] {
+        let mut r = Reader::new(conn);
+        let capacity = r.u32().ok()?;
+        let max_notif_bytes = r.u32().ok()?;
+        let virt_addr = match r.u8().ok()? {
             0 => false,
             1 => true,
             _ => return None,
         };
-        let n = r.u16()? as usize;
-        let provider = std::str::from_utf8(r.bytes(n)?).ok()?.to_owned();
-        let n = r.u16()? as usize;
-        let address = r.bytes(n)?.to_vec();
-        let count = r.u32()? as usize;
-        if count > conn.len() / 16 {
-            return None;
-        }
+        let n = r.u16().ok()? as usize;
+        let provider = std::str::from_utf8(r.bytes(n).ok()?).ok()?.to_owned();
+        let n = r.u16().ok()? as usize;
+        let address = r.bytes(n).ok()?.to_vec();
+        let count = r.u32().ok()? as usize;
+        r.ensure_room(count, 16).ok()?;
         let keys = (0..count)
-            .map(|_| Some((r.u64()?, r.u64()?)))
+            .map(|_| Some((r.u64().ok()?, r.u64().ok()?)))
             .collect::<Option<Vec<_>>>()?;
-        if !r.0.is_empty() || address.is_empty() || address.len() > 256 {
+        if !r.is_empty() || address.is_empty() || address.len() > 256 {
             return None;
         }
         Some(FabricInfo {
@@ -202,30 +201,6 @@ impl FabricInfo {
             virt_addr,
             keys,
         })
-    }
-}
-
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, tail) = self.0.split_at(n);
-        self.0 = tail;
-        Some(head)
-    }
-    fn u16(&mut self) -> Option<u16> {
-        self.bytes(2).map(|b| u16::from_le_bytes([b[0], b[1]]))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        self.bytes(4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        self.bytes(8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
     }
 }
 
@@ -1454,16 +1429,16 @@ impl Fabric {
     /// A sender introduced itself: its address goes in the AV, and it gets a table
     /// and a lane of our inbox (control path: allocates).
     fn on_hello(&self, rx: &mut RxState, payload: &[u8]) -> Result<()> {
-        let mut r = Reader(payload);
+        let mut r = Reader::new(payload);
         let bad = || Error::InvalidDescriptor {
             reason: "malformed HELLO",
         };
-        let engine_id = r.u64().ok_or_else(bad)?;
-        let capacity = r.u32().ok_or_else(bad)? as usize;
-        let name_len = r.u16().ok_or_else(bad)? as usize;
-        let addr_len = r.u16().ok_or_else(bad)? as usize;
-        let name = String::from_utf8_lossy(r.bytes(name_len).ok_or_else(bad)?).into_owned();
-        let addr = r.bytes(addr_len).ok_or_else(bad)?;
+        let engine_id = r.u64().map_err(|_| bad())?;
+        let capacity = r.u32().map_err(|_| bad())? as usize;
+        let name_len = r.u16().map_err(|_| bad())? as usize;
+        let addr_len = r.u16().map_err(|_| bad())? as usize;
+        let name = String::from_utf8_lossy(r.bytes(name_len).map_err(|_| bad())?).into_owned();
+        let addr = r.bytes(addr_len).map_err(|_| bad())?;
         if capacity == 0 || capacity > self.capacity || addr.is_empty() {
             return Err(bad());
         }
