@@ -577,22 +577,20 @@ impl Engine {
             _ => None,
         };
         // What `new` allocated, by its largest parts: the slot contexts, the inbox, the
-        // registration table, the file queue, and the transports' per-slot state.
+        // registration table, and what each transport reports of its own.
         let fixed_bytes = {
-            let per_slot = d * (2 * std::mem::size_of::<Resolved>() + std::mem::size_of::<Desc>()) + m + 64;
-            let fabric_bytes = config.fabric.as_ref().map_or(0, |f| {
-                (capacity + 1 + f.rx_buffers + config.max_peers) * (m.max(528) + 32).next_multiple_of(64)
-                    + capacity * 64
-            });
-            let cuda_bytes = if config.cuda.is_some() { capacity * 24 } else { 0 };
-            let sim_bytes = if config.sim.is_some() { capacity * (m + 48) } else { 0 };
+            let per_slot = d * (2 * std::mem::size_of::<Resolved>() + std::mem::size_of::<Desc>()) + m;
+            #[cfg(feature = "cuda")]
+            let cuda_bytes = core.cuda.as_ref().map_or(0, |c| c.bytes());
+            #[cfg(not(feature = "cuda"))]
+            let cuda_bytes = 0;
             (capacity * per_slot
                 + geometry.segment_bytes()
-                + config.max_registrations * 64
-                + capacity * 24
-                + fabric_bytes
-                + cuda_bytes
-                + sim_bytes) as u64
+                + config.max_registrations * std::mem::size_of::<usize>() * 8
+                + core.files.bytes()
+                + core.fabric.as_ref().map_or(0, Fabric::bytes)
+                + core.sim.as_ref().map_or(0, Sim::bytes)
+                + cuda_bytes) as u64
         };
         Ok(Engine {
             fixed_bytes,

@@ -187,6 +187,15 @@ impl Cuda {
         check(unsafe { sys::cuCtxSetCurrent(self.ctx) }, "cuCtxSetCurrent")
     }
 
+    /// Bytes of host memory it allocated at start (its per-slot tables; the events
+    /// themselves are the driver's).
+    pub(crate) fn bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.in_flight)
+            + std::mem::size_of_val(&*self.failed)
+            + std::mem::size_of_val(&*self.busy)
+            + std::mem::size_of_val(&*self.events)
+    }
+
     /// Events alive (created at start, destroyed at drop): `capacity` all along.
     pub(crate) fn events_live(&self) -> usize {
         self.events_live.load(Ordering::Relaxed)

@@ -67,6 +67,11 @@ impl FileQueue {
         }
     }
 
+    /// Bytes it allocated: the queue and the per-slot words.
+    pub(crate) fn bytes(&self) -> usize {
+        self.queue.capacity() * 16 + std::mem::size_of_val(&*self.handles) + std::mem::size_of_val(&*self.cancels)
+    }
+
     /// Asks that a queued transfer end CANCELLED instead of running.
     pub(crate) fn cancel(&self, handle: Handle) {
         if let Some(c) = self.cancels.get(handle.index() as usize) {

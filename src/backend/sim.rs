@@ -315,6 +315,13 @@ impl Sim {
         }
     }
 
+    /// Bytes it allocated at construction: the per-slot notification copies and the
+    /// pending list.
+    pub(crate) fn bytes(&self) -> usize {
+        let s = self.state();
+        s.notes.len() + s.pending.capacity() * std::mem::size_of::<Pending>()
+    }
+
     pub(crate) fn stats(&self) -> SimStats {
         SimStats {
             posted: self.posted.load(Ordering::Relaxed),

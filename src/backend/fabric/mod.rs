@@ -715,6 +715,12 @@ impl Fabric {
         }
     }
 
+    /// Bytes it allocated when opened: the control buffers and the per-slot state
+    /// (sender tables come later, one per sender, at its HELLO).
+    pub(crate) fn bytes(&self) -> usize {
+        self.ctrl.layout.size() + std::mem::size_of_val(&*self.slots) + self.lost.len()
+    }
+
     /// Receiver-side counters.
     pub(crate) fn stats(&self) -> FabricStats {
         let senders = self
