@@ -18,6 +18,14 @@ use std::time::Duration;
 use ringxfer::ring::FailSource;
 use ringxfer::{Config, CudaConfig, Desc, Engine, Error, Op, Status};
 
+#[path = "support/counting.rs"]
+mod counting;
+
+// Counts every thread's allocations: the hot path through the cuda transport must
+// make none.
+#[global_allocator]
+static GLOBAL: counting::Counting = counting::Counting;
+
 const CAPACITY: usize = 64;
 
 fn config() -> Config {
@@ -226,8 +234,10 @@ fn fake_driver_child() {
     e.read_region(back, 0, &mut out[..8192]).unwrap();
     assert_eq!(&out[..8192], &pattern[4096..4096 + 8192]);
 
-    // 100,000 transfers, a window of them in flight: not one event more.
-    let mut in_flight = std::collections::VecDeque::new();
+    // 100,000 transfers, a window of them in flight: not one event more, and not one
+    // allocation.
+    let mut in_flight = std::collections::VecDeque::with_capacity(CAPACITY);
+    let allocations_before = counting::allocations();
     for i in 0..100_000u64 {
         let off = (i % 256) * 4096;
         let op = if i % 2 == 0 { Op::Write } else { Op::Read };
@@ -248,10 +258,13 @@ fn fake_driver_child() {
             e.release(h).unwrap();
         }
     }
-    for h in in_flight {
+    // Drained in place: dropping the deque would free its buffer (a count of its own).
+    while let Some(h) = in_flight.pop_front() {
         assert_eq!(e.wait(h, Duration::from_secs(10)).unwrap(), Status::Done);
         e.release(h).unwrap();
     }
+    let allocations = counting::allocations() - allocations_before;
+    assert_eq!(allocations, 0, "allocations over 100,000 cuda transfers");
     assert_eq!(fake.created(), created_at_start, "no event created on the hot path");
     assert_eq!(fake.live(), CAPACITY as i64);
 

@@ -159,8 +159,10 @@ impl Cuda {
                 events.push(e);
             }
             cuda.events = events.into_boxed_slice();
-            // Resolve every hot-path symbol now (cudarc looks each up on first use):
-            // zero-byte copies, a record and a query of slot 0's event, a sync.
+            // Resolve every hot-path symbol now (cudarc looks each up on first use, and
+            // a lookup allocates): zero-byte copies, a record and a query of slot 0's
+            // event, a sync; `make_current` above resolved cuCtxGetCurrent and
+            // cuCtxSetCurrent.
             let s = cuda.streams[0];
             let mut host = [0u8; 1];
             let _ = sys::cuMemcpyHtoDAsync_v2(0, host.as_ptr().cast(), 0, s);
