@@ -171,7 +171,7 @@ fn a_hundred_thousand_transfers_open_no_descriptor() {
         let with_fds = open_fds();
         assert_eq!(with_fds, unregistered + 4, "one descriptor per registered file");
 
-        let (mut done, mut failed, mut cancelled) = (0u64, 0u64, 0u64);
+        let (mut done, mut failed, mut cancelled, mut backpressure) = (0u64, 0u64, 0u64, 0u64);
         for i in 0..100_000u64 {
             let off = (i % 16) * 4096;
             let (op, target, expect): (Op, RegionId, Option<FailCode>) = match i % 10 {
@@ -182,7 +182,20 @@ fn a_hundred_thousand_transfers_open_no_descriptor() {
                 _ => (Op::Read, file, None),
             };
             let (local, remote) = ([Desc::new(mem, off, 4096)], [Desc::new(target, off, 4096)]);
-            let h = e.prepare(op, &local, e.local_peer(), &remote, None).unwrap();
+            // `post` never waits for the workers, so a loop that leaves transfers to
+            // them can fill the ring (on a busy 2-core VM the workers can go unscheduled
+            // for milliseconds): RingFull is the back-pressure, and it passes.
+            let since = std::time::Instant::now();
+            let h = loop {
+                match e.prepare(op, &local, e.local_peer(), &remote, None) {
+                    Ok(h) => break h,
+                    Err(Error::RingFull { .. }) if since.elapsed() < WAIT => {
+                        backpressure += 1;
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                    Err(err) => panic!("transfer {i}: {err}"),
+                }
+            };
             e.post(h).unwrap();
             match i % 7 {
                 // Cancelled while queued, or found already done.
@@ -229,7 +242,9 @@ fn a_hundred_thousand_transfers_open_no_descriptor() {
             done > 0 && failed > 0,
             "done {done}, failed {failed}, cancelled {cancelled}"
         );
-        eprintln!("file ledger: {done} done, {failed} failed, {cancelled} cancelled (+ detached)");
+        eprintln!(
+            "file ledger: {done} done, {failed} failed, {cancelled} cancelled (+ detached), ring full {backpressure} times"
+        );
     }
     assert_eq!(open_fds(), before, "engine drop closed every registered file");
 }

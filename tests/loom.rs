@@ -199,3 +199,97 @@ fn an_expired_transfer_is_held_until_its_completion() {
         assert_all_slots_free(&ring);
     });
 }
+
+mod job_queue {
+    use super::*;
+    use ringxfer::ring::{JobQueue, Popped};
+
+    fn h(generation: u64) -> Handle {
+        Handle::new(0, generation).unwrap()
+    }
+
+    /// Pops until the queue is empty; the jobs found.
+    fn drain(q: &JobQueue) -> Vec<Handle> {
+        let mut jobs = Vec::new();
+        loop {
+            match q.pop() {
+                Popped::Job(h) => jobs.push(h),
+                Popped::Taken => {}
+                Popped::Empty => return jobs,
+            }
+        }
+    }
+
+    #[test]
+    fn a_waiter_and_a_worker_race_for_a_job_and_exactly_one_runs_it() {
+        model(3, || {
+            let q = Arc::new(JobQueue::new(1));
+            q.push(h(1));
+            let worker = {
+                let q = q.clone();
+                thread::spawn(move || q.pop())
+            };
+            let taken = q.take(h(1));
+            let popped = worker.join().unwrap();
+            let by_worker = popped == Popped::Job(h(1));
+            assert!(taken != by_worker, "run exactly once: taken {taken}, popped {popped:?}");
+            // The entry a take leaves behind serves the slot's next job.
+            q.push(h(2));
+            assert!(q.len() <= 1, "one entry per slot");
+            assert_eq!(drain(&q), vec![h(2)]);
+        });
+    }
+
+    #[test]
+    fn a_push_while_the_old_entry_is_being_popped_is_neither_lost_nor_doubled() {
+        model(3, || {
+            let q = Arc::new(JobQueue::new(1));
+            // Posted, then taken by its waiter: the slot's entry is queued but empty.
+            q.push(h(1));
+            assert!(q.take(h(1)));
+            let worker = {
+                let q = q.clone();
+                thread::spawn(move || q.pop())
+            };
+            // The slot is reused and posted again, and its waiter tries to take it.
+            q.push(h(2));
+            let taken = q.take(h(2));
+            let popped = worker.join().unwrap();
+            let mut runs = drain(&q);
+            if let Popped::Job(j) = popped {
+                runs.push(j);
+            }
+            if taken {
+                runs.push(h(2));
+            }
+            assert_eq!(runs, vec![h(2)], "popped {popped:?}, taken {taken}");
+            assert!(q.is_empty());
+        });
+    }
+
+    #[test]
+    fn two_workers_and_a_waiter_over_two_posts_run_each_job_once() {
+        model(2, || {
+            let q = Arc::new(JobQueue::new(1));
+            q.push(h(1));
+            let workers: Vec<_> = (0..2)
+                .map(|_| {
+                    let q = q.clone();
+                    thread::spawn(move || q.pop())
+                })
+                .collect();
+            let mut runs = Vec::new();
+            if q.take(h(1)) {
+                runs.push(h(1));
+            }
+            let popped: Vec<Popped> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+            runs.extend(popped.iter().filter_map(|p| match p {
+                Popped::Job(j) => Some(*j),
+                _ => None,
+            }));
+            runs.extend(drain(&q));
+            assert_eq!(runs, vec![h(1)], "popped {popped:?}");
+            assert!(q.is_empty());
+        });
+    }
+}

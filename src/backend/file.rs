@@ -12,22 +12,27 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::Op;
 use crate::mem::Resolved;
-use crate::ring::{FailCode, FailSource, FreeList, Handle, Outcome};
+use crate::ring::{FailCode, FailSource, Handle, JobQueue, Outcome, Popped};
 
 /// How long an idle worker keeps looking for work before it sleeps.
-const SPIN_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(100);
+const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(100);
+
+/// How long a worker stays off the queue after popping its last entry and finding the
+/// job taken by its waiter. The waiters are running their own transfers then, and a
+/// worker popping right behind them only pulls the queue's cache lines away from their
+/// next `post` (measured: 64 KiB reads went from about 0.85× to 0.93× the raw `pread`
+/// loop). A transfer posted meanwhile and not waited for starts up to this much later.
+const AFTER_TAKEN: Duration = Duration::from_micros(10);
 
 /// The queue between `post` and the workers, and the per-slot words they share.
 pub(crate) struct FileQueue {
-    /// Slot indices of posted file transfers, oldest first.
-    queue: FreeList,
-    /// Per slot: the handle of the file transfer posted in it and not yet taken (written
-    /// before its index is queued); whoever takes the job (a worker, or the transfer's
-    /// own waiter, see `steal`) swaps it to 0, so a job runs once.
-    handles: Box<[AtomicU64]>,
+    /// Posted file transfers, oldest first; a job is taken once, by a worker or by
+    /// the transfer's own waiter (see `steal`).
+    jobs: JobQueue,
     /// Per slot: the handle whose cancellation was asked for.
     cancels: Box<[AtomicU64]>,
     sleepers: AtomicUsize,
@@ -39,9 +44,7 @@ pub(crate) struct FileQueue {
 impl FileQueue {
     pub(crate) fn new(capacity: usize) -> FileQueue {
         FileQueue {
-            // Room for a stolen job's stale entry besides a new one per slot.
-            queue: FreeList::with_capacity(capacity * 2),
-            handles: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
+            jobs: JobQueue::new(capacity),
             cancels: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
             sleepers: AtomicUsize::new(0),
             lock: Mutex::new(()),
@@ -52,12 +55,7 @@ impl FileQueue {
 
     /// Hands a posted transfer to the workers.
     pub(crate) fn submit(&self, handle: Handle) {
-        let index = handle.index();
-        self.handles[index as usize].store(handle.to_raw(), Ordering::Release);
-        // Room is guaranteed: one entry per slot, and a slot is queued at most once.
-        while !self.queue.push(index) {
-            std::hint::spin_loop();
-        }
+        self.jobs.push(handle);
         // Pairs with the fence in `next`: either the sleeper sees the job, or we see
         // the sleeper and wake it.
         fence(Ordering::SeqCst);
@@ -69,7 +67,7 @@ impl FileQueue {
 
     /// Bytes it allocated: the queue and the per-slot words.
     pub(crate) fn bytes(&self) -> usize {
-        self.queue.capacity() * 16 + std::mem::size_of_val(&*self.handles) + std::mem::size_of_val(&*self.cancels)
+        self.jobs.bytes() + std::mem::size_of_val(&*self.cancels)
     }
 
     /// Asks that a queued transfer end CANCELLED instead of running.
@@ -85,27 +83,35 @@ impl FileQueue {
         loop {
             // Stay awake a little before sleeping: waking a sleeping thread costs tens
             // of microseconds, longer than many a transfer, and transfers come in runs.
-            let awake_until = std::time::Instant::now() + SPIN_BEFORE_SLEEP;
+            let mut awake_until = Instant::now() + SPIN_BEFORE_SLEEP;
             let backoff = crossbeam_utils::Backoff::new();
-            while std::time::Instant::now() < awake_until {
-                if let Some(index) = self.queue.pop() {
-                    match self.job(index) {
-                        Some(job) => return Some(job),
-                        None => continue, // taken by its waiter already
+            while Instant::now() < awake_until {
+                match self.jobs.pop() {
+                    Popped::Job(handle) => return Some(self.job(handle)),
+                    // Taken by its waiter already: transfers are still coming, so stay
+                    // awake (a sleeping worker costs the next `post` a wake); if it was
+                    // the last entry, stay off the queue for a while.
+                    Popped::Taken => {
+                        let now = Instant::now();
+                        awake_until = now + SPIN_BEFORE_SLEEP;
+                        if self.jobs.is_empty() {
+                            while Instant::now() < now + AFTER_TAKEN {
+                                std::hint::spin_loop();
+                            }
+                        }
                     }
+                    Popped::Empty => backoff.snooze(),
                 }
-                backoff.snooze();
             }
-            if let Some(index) = self.queue.pop() {
-                if let Some(job) = self.job(index) {
-                    return Some(job);
-                }
-                continue;
+            match self.jobs.pop() {
+                Popped::Job(handle) => return Some(self.job(handle)),
+                Popped::Taken => continue,
+                Popped::Empty => {}
             }
             let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             self.sleepers.fetch_add(1, Ordering::Relaxed);
             fence(Ordering::SeqCst);
-            if self.queue.is_empty() {
+            if self.jobs.is_empty() {
                 if self.shutdown.load(Ordering::Acquire) {
                     self.sleepers.fetch_sub(1, Ordering::Relaxed);
                     return None;
@@ -118,26 +124,26 @@ impl FileQueue {
         }
     }
 
-    /// Takes the job queued for slot `index`, if nobody took it yet.
-    fn job(&self, index: u32) -> Option<(Handle, bool)> {
-        let raw = self.handles[index as usize].swap(0, Ordering::AcqRel);
-        if raw == 0 {
-            return None;
-        }
-        let handle = Handle::from_raw(raw);
-        let cancelled = self.cancels[index as usize].swap(0, Ordering::AcqRel) == raw;
-        Some((handle, cancelled))
+    /// A popped job, and whether its cancellation was asked for.
+    fn job(&self, handle: Handle) -> (Handle, bool) {
+        (handle, self.take_cancel(handle.index() as usize, handle.to_raw()))
+    }
+
+    /// Whether the cancellation of the transfer `raw` in slot `index` was asked for
+    /// (and clears it). A request left for an older generation never matches a newer
+    /// handle, so it need not be cleared: the common, uncancelled case costs a load.
+    fn take_cancel(&self, index: usize, raw: u64) -> bool {
+        let c = &self.cancels[index];
+        c.load(Ordering::Acquire) == raw && c.compare_exchange(raw, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
 
     /// Takes `handle`'s job if it is still queued, for its waiter to run on its own
     /// thread: a transfer waited for right after `post` then costs no hand-off to a
     /// worker and back. `Some(cancelled)` if taken (its stale queue entry is skipped).
     pub(crate) fn steal(&self, handle: Handle) -> Option<bool> {
-        let index = handle.index() as usize;
-        let slot = self.handles.get(index)?;
-        slot.compare_exchange(handle.to_raw(), 0, Ordering::AcqRel, Ordering::Relaxed)
-            .ok()?;
-        Some(self.cancels[index].swap(0, Ordering::AcqRel) == handle.to_raw())
+        self.jobs
+            .take(handle)
+            .then(|| self.take_cancel(handle.index() as usize, handle.to_raw()))
     }
 
     /// Tells the workers to finish the queue and stop.
@@ -235,4 +241,73 @@ fn all(direction: Direction, fd: i32, addr: usize, len: usize, offset: u64) -> R
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A poster cycling through the slots of a small ring (each slot reused only once
+    /// its job ran), taking most of its jobs back as a waiter would and leaving the
+    /// rest to two workers: every job runs exactly once, and none waits long in the
+    /// queue while the workers sleep.
+    #[test]
+    fn stolen_and_left_jobs_all_run_once_and_promptly() {
+        const SLOTS: usize = 64;
+        const ROUNDS: u64 = 200_000;
+        let q = FileQueue::new(SLOTS);
+        let runs: Vec<AtomicU64> = (0..SLOTS).map(|_| AtomicU64::new(0)).collect();
+        let work = || {
+            let until = Instant::now() + Duration::from_micros(2);
+            while Instant::now() < until {}
+        };
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    while let Some((h, _)) = q.next() {
+                        work();
+                        let prev = runs[h.index() as usize].swap(h.generation(), Ordering::AcqRel);
+                        assert!(prev < h.generation(), "job {h:?} ran twice");
+                    }
+                });
+            }
+            let mut generation = [0u64; SLOTS];
+            for round in 0..ROUNDS {
+                let index = (round % SLOTS as u64) as usize;
+                // The slot's previous job must have run before the slot is reused.
+                let since = Instant::now();
+                while runs[index].load(Ordering::Acquire) != generation[index] {
+                    assert!(
+                        since.elapsed() < Duration::from_secs(2),
+                        "round {round}: slot {index}'s job {} never ran (queued {}, sleepers {})",
+                        generation[index],
+                        q.jobs.len(),
+                        q.sleepers.load(Ordering::Relaxed)
+                    );
+                    std::hint::spin_loop();
+                }
+                generation[index] += 1;
+                let h = Handle::new(index as u32, generation[index]).unwrap();
+                q.submit(h);
+                if round % 7 != 5 && q.steal(h).is_some() {
+                    work();
+                    runs[index].store(generation[index], Ordering::Release);
+                }
+                if round % 7 == 5 {
+                    // Left to the workers, with no other post to wake them.
+                    let since = Instant::now();
+                    while runs[index].load(Ordering::Acquire) != generation[index] {
+                        assert!(
+                            since.elapsed() < Duration::from_secs(1),
+                            "round {round}: a job left to the workers never ran (queued {}, sleepers {})",
+                            q.jobs.len(),
+                            q.sleepers.load(Ordering::Relaxed)
+                        );
+                        std::hint::spin_loop();
+                    }
+                }
+            }
+            q.shut_down();
+        });
+    }
 }

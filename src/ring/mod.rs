@@ -10,17 +10,21 @@
 //! - [`SlotRing`]: the slots, the free list, and the state machine that moves a slot
 //!   from FREE to RESERVED, POSTED, an ended state, and back, one compare-and-swap per
 //!   step. [`SlotRing::complete`] is the only way a posted transfer ends.
+//! - [`JobQueue`]: posted slots waiting for worker threads, each queued at most once,
+//!   whose jobs their waiters may take out of the slot instead.
 //! - `sync`: the atomics the above are built on, swapped for loom's under `cfg(loom)`.
 //!
 //! See `DESIGN.md` §2 for why it has this shape.
 
 mod free_list;
 mod handle;
+mod job_queue;
 mod slot_ring;
 mod state;
 mod sync;
 
 pub use free_list::FreeList;
 pub use handle::{FIRST_GENERATION, GENERATION_BITS, Handle, INDEX_BITS, MAX_CAPACITY, MAX_GENERATION};
+pub use job_queue::{JobQueue, Popped};
 pub use slot_ring::{CancelResult, HIGH_WATER_SAMPLE, Released, RingStats, SlotRing};
 pub use state::{FailCode, FailSource, Outcome, Status};
