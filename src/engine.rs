@@ -917,27 +917,6 @@ impl Engine {
         remote.iter().try_for_each(|d| p.check(d))
     }
 
-    /// Pins every descriptor into `out` (memory regions only unless `files_too`); on
-    /// failure unpins what it pinned.
-    fn pin_all(&self, descs: &[Desc], out: &mut [Resolved], files_too: bool) -> Result<()> {
-        let registry = &self.core.shared.registry;
-        for (i, d) in descs.iter().enumerate() {
-            let pinned = if files_too {
-                registry.pin(d)
-            } else {
-                registry.pin_memory(d)
-            };
-            match pinned {
-                Ok(r) => out[i] = r,
-                Err(e) => {
-                    out[..i].iter().for_each(|r| registry.unpin(r.entry));
-                    return Err(e);
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Pins a transfer's local descriptors, and for a transfer to [`PeerId::SELF`] its
     /// "remote" ones too (files allowed on either side, never on both of a pair).
     fn pin_sides(
@@ -949,13 +928,13 @@ impl Engine {
         own_out: &mut [Resolved],
     ) -> Result<()> {
         let to_self = peer == PeerId::SELF;
-        self.pin_all(local, local_out, to_self)?;
+        let pinner = self.core.shared.registry.pinner();
+        pinner.pin_all(local, local_out, to_self)?;
         if !to_self {
             return Ok(());
         }
-        let registry = &self.core.shared.registry;
-        let unpin_local = || local_out[..local.len()].iter().for_each(|r| registry.unpin(r.entry));
-        if let Err(e) = self.pin_all(remote, own_out, true) {
+        let unpin_local = || pinner.unpin_all(&local_out[..local.len()]);
+        if let Err(e) = pinner.pin_all(remote, own_out, true) {
             unpin_local();
             return Err(e);
         }
@@ -973,7 +952,7 @@ impl Engine {
                     .any(|r| r.fd.is_some()))
         {
             unpin_local();
-            own_out[..remote.len()].iter().for_each(|r| registry.unpin(r.entry));
+            pinner.unpin_all(&own_out[..remote.len()]);
             return Err(Error::InvalidDescriptor {
                 reason: "a file moves to or from host memory, not to another file or GPU memory",
             });
@@ -1326,7 +1305,9 @@ impl Engine {
         if let Some(cancelled) = self.core.files.steal(handle) {
             self.core.run_file_job(handle, cancelled);
         }
-        let start = Instant::now();
+        // The clock is read only once the transfer is found unfinished: a stolen
+        // file transfer (or a quick one) ends without a clock read.
+        let mut start = None;
         let backoff = crossbeam_utils::Backoff::new();
         let mut sleep = Duration::from_micros(10);
         loop {
@@ -1335,7 +1316,7 @@ impl Engine {
             if status.is_terminal() {
                 return Ok(status);
             }
-            let waited = start.elapsed();
+            let waited = start.get_or_insert_with(Instant::now).elapsed();
             if waited >= timeout {
                 return Err(Error::Timeout { handle });
             }

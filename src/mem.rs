@@ -129,8 +129,6 @@ struct Region {
 struct Entry {
     generation: u64,
     region: Option<Region>,
-    /// Transfers (and prepared lists) holding descriptors into this region.
-    pins: AtomicU32,
 }
 
 struct Table {
@@ -141,6 +139,10 @@ struct Table {
 /// The registration table (see the module docs).
 pub(crate) struct Registry {
     table: RwLock<Table>,
+    /// Per entry: transfers (and prepared lists) holding descriptors into its region.
+    /// Taken under the table's read lock (so deregistration, under the write lock,
+    /// sees every pin); dropped without it.
+    pins: Box<[AtomicU32]>,
     /// What peers in other processes see of each entry (see `backend::regtable`).
     remote: RegTable,
     /// Where engine-allocated regions' segments are created, and their name prefix.
@@ -242,13 +244,55 @@ pub(crate) struct Resolved {
     pub vram: bool,
 }
 
+/// The table's read lock, held while a transfer's descriptors are resolved and
+/// pinned (see [`Registry::pinner`]).
+pub(crate) struct Pinner<'a> {
+    table: std::sync::RwLockReadGuard<'a, Table>,
+    pins: &'a [AtomicU32],
+}
+
+impl Pinner<'_> {
+    /// Checks `desc` against its region and pins the region (memory regions only
+    /// unless `files_too`). On error nothing is pinned.
+    pub(crate) fn pin(&self, desc: &Desc, files_too: bool) -> Result<Resolved> {
+        let mut resolved = resolve(&self.table, desc)?;
+        if !files_too {
+            resolved = memory_only(resolved)?;
+        }
+        // Pinned under the read lock: deregistration (write lock) sees the pin.
+        self.pins[resolved.entry as usize].fetch_add(1, Ordering::Relaxed);
+        Ok(resolved)
+    }
+
+    /// Pins every descriptor into `out` (memory regions only unless `files_too`); on
+    /// failure unpins what it pinned.
+    pub(crate) fn pin_all(&self, descs: &[Desc], out: &mut [Resolved], files_too: bool) -> Result<()> {
+        for (i, d) in descs.iter().enumerate() {
+            match self.pin(d, files_too) {
+                Ok(r) => out[i] = r,
+                Err(e) => {
+                    self.unpin_all(&out[..i]);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the pins of `resolved` (pinned by this pinner, on an error path).
+    pub(crate) fn unpin_all(&self, resolved: &[Resolved]) {
+        for r in resolved {
+            self.pins[r.entry as usize].fetch_sub(1, Ordering::Release);
+        }
+    }
+}
+
 impl Registry {
     pub(crate) fn new(capacity: usize, segment_prefix: String, fabric: Option<Arc<Domain>>) -> Result<Registry> {
         let entries = (0..capacity)
             .map(|_| Entry {
                 generation: 1,
                 region: None,
-                pins: AtomicU32::new(0),
             })
             .collect();
         // Popped from the back: reversed so ids are handed out from index 0 up.
@@ -257,6 +301,7 @@ impl Registry {
         let remote = RegTable::create(&segment_dir, &regtable_name(&segment_prefix), capacity)?;
         Ok(Registry {
             table: RwLock::new(Table { entries, free }),
+            pins: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
             remote,
             segment_dir,
             segment_prefix,
@@ -479,7 +524,9 @@ impl Registry {
     pub(crate) fn deregister(&self, id: RegionId) -> Result<()> {
         let mut table = self.write();
         let entry = Self::entry_mut(&mut table, id)?;
-        let pins = entry.pins.load(Ordering::Acquire);
+        // Acquire: pairs with `unpin`'s release, so the last transfer's accesses to the
+        // region happen before it goes.
+        let pins = self.pins[id.index()].load(Ordering::Acquire);
         if pins > 0 {
             return Err(Error::Busy {
                 what: "region",
@@ -510,27 +557,19 @@ impl Registry {
         }
     }
 
-    /// Checks `desc` against its region and pins the region. On error nothing is pinned.
-    pub(crate) fn pin(&self, desc: &Desc) -> Result<Resolved> {
-        self.pin_kind(desc, true)
-    }
-
-    /// As [`pin`](Registry::pin), but memory regions only.
-    pub(crate) fn pin_memory(&self, desc: &Desc) -> Result<Resolved> {
-        self.pin_kind(desc, false)
-    }
-
-    fn pin_kind(&self, desc: &Desc, files_too: bool) -> Result<Resolved> {
-        let table = self.read();
-        let mut resolved = resolve(&table, desc)?;
-        if !files_too {
-            resolved = memory_only(resolved)?;
+    /// Holds the table's read lock to pin descriptors: one lock for all of a
+    /// transfer's pins.
+    pub(crate) fn pinner(&self) -> Pinner<'_> {
+        Pinner {
+            table: self.read(),
+            pins: &self.pins,
         }
-        // Pinned under the read lock: deregistration (write lock) sees the pin.
-        table.entries[resolved.entry as usize]
-            .pins
-            .fetch_add(1, Ordering::AcqRel);
-        Ok(resolved)
+    }
+
+    /// Checks `desc` (a memory region: no file, no VRAM) against its region and pins
+    /// the region. On error nothing is pinned.
+    pub(crate) fn pin_memory(&self, desc: &Desc) -> Result<Resolved> {
+        self.pinner().pin(desc, false)
     }
 
     /// Holds the table's read lock so descriptors can be resolved and used without
@@ -558,18 +597,20 @@ impl Registry {
     /// Adds one pin to each entry of descriptors already resolved and pinned (a
     /// prepared list handing its descriptors to a transfer): no re-validation.
     pub(crate) fn add_pins(&self, resolved: &[Resolved]) {
-        let table = self.read();
         for r in resolved {
-            let before = table.entries[r.entry as usize].pins.fetch_add(1, Ordering::AcqRel);
+            // No lock needed: the region is pinned already, so it cannot go.
+            let before = self.pins[r.entry as usize].fetch_add(1, Ordering::Relaxed);
             debug_assert!(before > 0, "add_pins on an unpinned region");
         }
     }
 
-    /// Drops one pin taken by [`pin`](Registry::pin).
+    /// Drops one pin taken by [`Pinner::pin`]. Takes no lock: a pin only ever keeps
+    /// a region, so dropping one early is never unsafe for the table.
     pub(crate) fn unpin(&self, entry: u32) {
-        let table = self.read();
-        if let Some(e) = table.entries.get(entry as usize) {
-            let before = e.pins.fetch_sub(1, Ordering::AcqRel);
+        if let Some(p) = self.pins.get(entry as usize) {
+            // Release: the transfer's accesses to the region happen before a
+            // deregistration that sees the count drop (its load is Acquire).
+            let before = p.fetch_sub(1, Ordering::Release);
             debug_assert!(before > 0, "unpin without pin");
         }
     }
@@ -625,11 +666,7 @@ impl Registry {
     pub(crate) fn counts(&self) -> (usize, u64, usize) {
         let table = self.read();
         let live = table.entries.iter().filter(|e| e.region.is_some()).count();
-        let pins = table
-            .entries
-            .iter()
-            .map(|e| u64::from(e.pins.load(Ordering::Relaxed)))
-            .sum();
+        let pins = self.pins.iter().map(|p| u64::from(p.load(Ordering::Relaxed))).sum();
         let fds = table
             .entries
             .iter()
