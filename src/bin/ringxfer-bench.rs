@@ -24,7 +24,7 @@ use ringxfer::{Config, Desc, Engine, Op, PeerId, RegionId, Status};
 use ringxfer::{CudaConfig, CudaRawLoop};
 
 /// Rounds per configuration: engine and memcpy baseline alternate, medians reported.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 const USAGE: &str = "\
 ringxfer-bench: bandwidth and latency of ringxfer transfers against an in-run memcpy baseline
@@ -239,6 +239,9 @@ fn parse_args() -> Result<Args, String> {
 /// Latency samples of one kind, in nanoseconds.
 struct Samples(Vec<u64>);
 
+/// One timed transfer in this many has its prepare, post and transfer times taken.
+const SAMPLE_EVERY: u64 = 8;
+
 impl Samples {
     fn avg_us(&self) -> f64 {
         self.0.iter().sum::<u64>() as f64 / self.0.len().max(1) as f64 / 1e3
@@ -262,6 +265,8 @@ struct Row {
     post: (f64, f64),
     transfer: (f64, f64),
     memcpy_gbps: f64,
+    /// The median of the rounds' engine/baseline ratios.
+    ratio: f64,
 }
 
 /// The other side of the transfers: an engine in this process, or a child process.
@@ -478,32 +483,37 @@ fn run_engine(s: &Setup, args: &Args, block: u64, batch: u64, iters: u64) -> Res
                     let local: Vec<Desc> = (0..batch).map(|i| Desc::new(s.src, base + i * block, block)).collect();
                     let remote: Vec<Desc> = (0..batch).map(|i| Desc::new(s.dst, base + i * block, block)).collect();
                     let (mut p, mut q, mut x) = (
-                        Samples(Vec::with_capacity(iters as usize)),
-                        Samples(Vec::with_capacity(iters as usize)),
-                        Samples(Vec::with_capacity(iters as usize)),
+                        Samples(Vec::with_capacity(iters.div_ceil(SAMPLE_EVERY) as usize)),
+                        Samples(Vec::with_capacity(iters.div_ceil(SAMPLE_EVERY) as usize)),
+                        Samples(Vec::with_capacity(iters.div_ceil(SAMPLE_EVERY) as usize)),
                     );
                     // Up to `window` transfers in flight; the oldest is waited for and
                     // released when the window is full, and all of them at the end.
                     let mut in_flight = std::collections::VecDeque::with_capacity(args.window);
-                    let finish =
-                        |(h, posted): (ringxfer::Handle, Instant), x: Option<&mut Samples>| -> Result<(), String> {
-                            let status = s
-                                .initiator
-                                .wait(h, Duration::from_secs(60))
-                                .map_err(|e| e.to_string())?;
-                            if let Some(x) = x {
-                                x.0.push(posted.elapsed().as_nanos() as u64);
-                            }
-                            s.initiator.release(h).map_err(|e| e.to_string())?;
-                            if status != Status::Done {
-                                return Err(format!("transfer ended {status:?}"));
-                            }
-                            Ok(())
-                        };
+                    let finish = |(h, posted): (ringxfer::Handle, Option<Instant>),
+                                  x: Option<&mut Samples>|
+                     -> Result<(), String> {
+                        let status = s
+                            .initiator
+                            .wait(h, Duration::from_secs(60))
+                            .map_err(|e| e.to_string())?;
+                        if let (Some(x), Some(posted)) = (x, posted) {
+                            x.0.push(posted.elapsed().as_nanos() as u64);
+                        }
+                        s.initiator.release(h).map_err(|e| e.to_string())?;
+                        if status != Status::Done {
+                            return Err(format!("transfer ended {status:?}"));
+                        }
+                        Ok(())
+                    };
                     let warmup = args.warmup_iter.min(iters);
                     let mut start = Instant::now();
                     for k in 0..warmup + iters {
                         let timed = k >= warmup;
+                        // Only one transfer in SAMPLE_EVERY reads the clock: the
+                        // baselines read none, and four clock reads a transfer would
+                        // be charged to the engine.
+                        let sampled = timed && (k - warmup).is_multiple_of(SAMPLE_EVERY);
                         if k == warmup {
                             while let Some(f) = in_flight.pop_front() {
                                 finish(f, None)?;
@@ -511,17 +521,16 @@ fn run_engine(s: &Setup, args: &Args, block: u64, batch: u64, iters: u64) -> Res
                             barrier.wait();
                             start = Instant::now();
                         }
-                        let t0 = Instant::now();
+                        let t0 = sampled.then(Instant::now);
                         let h = s
                             .initiator
                             .prepare(args.op, &local, s.peer, &remote, None)
                             .map_err(|e| e.to_string())?;
-                        let t1 = Instant::now();
+                        let t1 = sampled.then(Instant::now);
                         s.initiator.post(h).map_err(|e| e.to_string())?;
-                        let t2 = Instant::now();
-                        if timed {
+                        if let (Some(t0), Some(t1)) = (t0, t1) {
                             p.0.push((t1 - t0).as_nanos() as u64);
-                            q.0.push((t2 - t1).as_nanos() as u64);
+                            q.0.push(t1.elapsed().as_nanos() as u64);
                         }
                         in_flight.push_back((h, t1));
                         if in_flight.len() >= args.window {
@@ -561,6 +570,7 @@ fn run_engine(s: &Setup, args: &Args, block: u64, batch: u64, iters: u64) -> Res
         post: (q.avg_us(), q.p99_us()),
         transfer: (x.avg_us(), x.p99_us()),
         memcpy_gbps: 0.0,
+        ratio: 0.0,
     })
 }
 
@@ -845,7 +855,7 @@ fn write_json(path: &str, args: &Args, rows: &[Row]) -> std::io::Result<()> {
             r.transfer.0,
             r.transfer.1,
             r.memcpy_gbps,
-            r.gbps / r.memcpy_gbps,
+            r.ratio,
             if i + 1 < rows.len() { "," } else { "" }
         )?;
     }
@@ -932,8 +942,10 @@ fn main() -> ExitCode {
                 cap => args.num_iter.min((cap / per_iter).max(10)),
             };
             eprint!("\r  block {} batch {batch} ...      ", size(block));
-            // Engine and baseline alternate for ROUNDS rounds and the median round of
-            // each is reported, so drift on a shared machine hits both alike.
+            // Engine and baseline alternate for ROUNDS rounds; the median round of each
+            // is reported, and the ratio is the median of the rounds' own ratios (each
+            // engine round against the baseline round right after it), so drift on a
+            // shared machine hits both sides of every ratio alike.
             let mut engine_rows = Vec::with_capacity(ROUNDS);
             let mut memcpy = Vec::with_capacity(ROUNDS);
             for _ in 0..ROUNDS {
@@ -973,10 +985,13 @@ fn main() -> ExitCode {
                     _ => run_memcpy(&args, block, batch, iters),
                 });
             }
+            let mut ratios: Vec<f64> = engine_rows.iter().zip(&memcpy).map(|(e, m)| e.gbps / m).collect();
+            ratios.sort_by(f64::total_cmp);
             engine_rows.sort_by(|a, b| a.gbps.total_cmp(&b.gbps));
             memcpy.sort_by(f64::total_cmp);
             let mut row = engine_rows.swap_remove(ROUNDS / 2);
             row.memcpy_gbps = memcpy[ROUNDS / 2];
+            row.ratio = ratios[ROUNDS / 2];
             eprint!("\r");
             println!(
                 "{:>8} {:>6} {:>7} {:>9.3} {:>9.2} {:>9.3}/{:<9.3} {:>9.3}/{:<9.3} {:>9.3}/{:<9.3} {:>10.3} {:>7.2}x",
@@ -992,7 +1007,7 @@ fn main() -> ExitCode {
                 row.transfer.0,
                 row.transfer.1,
                 row.memcpy_gbps,
-                row.gbps / row.memcpy_gbps
+                row.ratio
             );
             rows.push(row);
             batch *= 2;
