@@ -20,7 +20,7 @@ use crate::backend::file::{self, FileQueue};
 use crate::backend::local::{self, LocalInfo};
 use crate::backend::sim::{Sim, SimConfig, SimStats};
 use crate::error::{Error, Result};
-use crate::mem::{Desc, FileOptions, RegionId, Registry, Resolved};
+use crate::mem::{Allowed, Desc, FileOptions, RegionId, Registry, Resolved};
 use crate::notify::{Geometry, Inbox, InboxMap, Notification, Outbox, SenderId};
 use crate::peer::Peer;
 use crate::ring::{CancelResult, Handle, Outcome, Released, RingStats, SlotRing, Status};
@@ -479,7 +479,14 @@ impl Engine {
         let prefix = format!("ringxfer-{engine_id:016x}");
         // Segments of engines killed before they could unlink them.
         crate::backend::shm::sweep_dead(&crate::backend::shm::dir());
-        let domain = config.fabric.as_ref().map(Fabric::open_domain).transpose()?;
+        // With a cuda transport, the fabric is asked for FI_HMEM, so GPU memory can be
+        // a fabric transfer's source or target where the provider allows.
+        let hmem = cfg!(feature = "cuda") && config.cuda.is_some();
+        let domain = config
+            .fabric
+            .as_ref()
+            .map(|fc| Fabric::open_domain(fc, hmem))
+            .transpose()?;
         let registry = Registry::new(config.max_registrations, prefix.clone(), domain.clone())?;
         let (dir, _) = registry.segments();
         let geometry = Geometry {
@@ -663,6 +670,13 @@ impl Engine {
     /// from host memory and other GPU regions in transfers with
     /// [`local_peer`](Engine::local_peer), through the cuda transport.
     ///
+    /// With the fabric transport too, it is registered with libfabric
+    /// (`fi_mr_regattr`, `FI_HMEM_CUDA`) where the provider offers `FI_HMEM`: then it
+    /// is published to peers and can be a fabric transfer's source or target. Where
+    /// the provider or libfabric cannot, it is still registered for local use, and a
+    /// fabric transfer naming it fails at prepare with [`Error::NotOnFabric`] saying
+    /// why.
+    ///
     /// # Safety
     /// The memory stays allocated, and is not otherwise used while a transfer may
     /// touch it, until [`deregister`](Engine::deregister) succeeds or the engine is
@@ -672,7 +686,7 @@ impl Engine {
         self.core
             .shared
             .registry
-            .register_owned(dev_ptr as usize, len as u64, MemKind::Vram, None)
+            .register_vram(dev_ptr as usize, len as u64, self.cuda_device(), None)
     }
 
     /// Allocates `len` bytes of GPU memory (`cuMemAlloc`) and registers them; freed
@@ -698,13 +712,18 @@ impl Engine {
             self.core
                 .shared
                 .registry
-                .register_owned(ptr as usize, len as u64, MemKind::Vram, Some(Box::new(owner)))
+                .register_vram(ptr as usize, len as u64, self.cuda_device(), Some(Box::new(owner)))
         }
         #[cfg(not(feature = "cuda"))]
         {
             let _ = len;
             self.need_cuda().map(|()| unreachable!("no cuda feature"))
         }
+    }
+
+    /// The cuda transport's device ordinal.
+    fn cuda_device(&self) -> u32 {
+        self.config.cuda.as_ref().map_or(0, |c| c.device)
     }
 
     fn need_cuda(&self) -> Result<()> {
@@ -854,9 +873,9 @@ impl Engine {
         remote: &[Desc],
         notif: Option<&[u8]>,
     ) -> Result<Handle> {
-        self.validate(local, peer, remote, notif)?;
+        let allowed = self.validate(local, peer, remote, notif)?;
         self.core.ring.acquire_try(|t: &mut Transfer| {
-            self.pin_sides(local, peer, remote, &mut t.local, &mut t.own)?;
+            self.pin_sides(local, allowed, remote, &mut t.local, &mut t.own)?;
             t.op = op;
             t.peer = peer.0;
             t.count = local.len();
@@ -869,8 +888,9 @@ impl Engine {
         })
     }
 
-    /// Every check of [`prepare`](Engine::prepare) that does not touch the registry.
-    fn validate(&self, local: &[Desc], peer: PeerId, remote: &[Desc], notif: Option<&[u8]>) -> Result<()> {
+    /// Every check of [`prepare`](Engine::prepare) that does not touch the registry;
+    /// says what the local descriptors may name, given how the peer is reached.
+    fn validate(&self, local: &[Desc], peer: PeerId, remote: &[Desc], notif: Option<&[u8]>) -> Result<Allowed> {
         let max = self.config.max_descs_per_xfer;
         if local.len() > max {
             return Err(Error::TooManyDescriptors {
@@ -903,7 +923,7 @@ impl Engine {
                 Some(_) => Err(Error::InvalidDescriptor {
                     reason: "a transfer to this engine itself has no peer to notify",
                 }),
-                None => Ok(()),
+                None => Ok(Allowed::Anything),
             };
         }
         let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
@@ -914,7 +934,12 @@ impl Engine {
                 return Err(Error::NotificationTooLarge { len: n.len(), max });
             }
         }
-        remote.iter().try_for_each(|d| p.check(d))
+        remote.iter().try_for_each(|d| p.check(d))?;
+        // GPU memory moves to a peer only over the fabric (registered with FI_HMEM).
+        Ok(match (p.fabric_addr(), &self.core.fabric) {
+            (Some(_), Some(_)) => Allowed::Fabric,
+            _ => Allowed::Memory,
+        })
     }
 
     /// Pins a transfer's local descriptors, and for a transfer to [`PeerId::SELF`] its
@@ -922,19 +947,19 @@ impl Engine {
     fn pin_sides(
         &self,
         local: &[Desc],
-        peer: PeerId,
+        allowed: Allowed,
         remote: &[Desc],
         local_out: &mut [Resolved],
         own_out: &mut [Resolved],
     ) -> Result<()> {
-        let to_self = peer == PeerId::SELF;
+        let to_self = allowed == Allowed::Anything;
         let pinner = self.core.shared.registry.pinner();
-        pinner.pin_all(local, local_out, to_self)?;
+        pinner.pin_all(local, local_out, allowed)?;
         if !to_self {
             return Ok(());
         }
         let unpin_local = || pinner.unpin_all(&local_out[..local.len()]);
-        if let Err(e) = pinner.pin_all(remote, own_out, true) {
+        if let Err(e) = pinner.pin_all(remote, own_out, Allowed::Anything) {
             unpin_local();
             return Err(e);
         }
@@ -969,10 +994,10 @@ impl Engine {
                 reason: "a prepared list needs descriptors",
             });
         }
-        self.validate(local, peer, remote, None)?;
+        let allowed = self.validate(local, peer, remote, None)?;
         let mut resolved = vec![Resolved::default(); local.len()].into_boxed_slice();
         let mut own = vec![Resolved::default(); if peer == PeerId::SELF { local.len() } else { 0 }].into_boxed_slice();
-        self.pin_sides(local, peer, remote, &mut resolved, &mut own)?;
+        self.pin_sides(local, allowed, remote, &mut resolved, &mut own)?;
         let mut lists = self.lists.write().unwrap_or_else(|e| e.into_inner());
         let Some(index) = lists.iter().position(|e| e.list.is_none()) else {
             drop(lists);

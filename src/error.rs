@@ -196,6 +196,15 @@ pub enum Error {
         /// The `CUresult`.
         code: i32,
     },
+    /// GPU memory named in a transfer to a fabric peer that the fabric could not
+    /// register (no `FI_HMEM` in the provider, or no CUDA support in libfabric).
+    #[error("GPU memory region {region:#x} cannot move over the fabric: {reason}")]
+    NotOnFabric {
+        /// The region.
+        region: u64,
+        /// Why (the provider, or libfabric's error).
+        reason: String,
+    },
     /// libfabric cannot be used: the library is not installed, or no provider offers
     /// what the fabric transport needs. The message says which, and how to install it.
     #[error("libfabric unavailable: {reason}")]

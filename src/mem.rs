@@ -115,9 +115,15 @@ struct Region {
     file: Option<(std::fs::File, bool)>,
     /// A mapped file's mapping (`addr` is its start), unmapped when the region goes.
     _map: Option<memmap2::MmapRaw>,
-    /// The region's libfabric registration, when the engine has the fabric transport
-    /// (memory regions only); closed when the region goes.
+    /// The region's libfabric registration, when the engine has the fabric transport;
+    /// closed when the region goes. GPU memory has one only where the provider offers
+    /// `FI_HMEM` and libfabric can register the device's memory.
     mr: Option<Mr>,
+    /// GPU memory the fabric could not register: why (said when a transfer to a
+    /// fabric peer names it).
+    off_fabric: Option<Box<str>>,
+    /// The GPU ordinal of GPU memory (0 otherwise).
+    device: u32,
     /// False for a file registered read-only.
     writable: bool,
     /// What owns the memory, when the engine allocated it elsewhere than in a segment
@@ -170,6 +176,18 @@ impl Access<'_> {
     pub(crate) fn resolve(&self, desc: &Desc) -> Result<Resolved> {
         resolve(&self.0, desc).and_then(memory_only)
     }
+}
+
+/// What a transfer's side may name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Allowed {
+    /// Host memory only: a peer's copy (the local transport), a `memcpy`.
+    Memory,
+    /// Host memory, and GPU memory registered with the fabric (`FI_HMEM`): a transfer
+    /// to a fabric peer.
+    Fabric,
+    /// Memory, files and GPU memory: a transfer between the engine's own regions.
+    Anything,
 }
 
 /// Refuses a file or GPU region where only host memory will do (a peer's copy, a
@@ -252,23 +270,36 @@ pub(crate) struct Pinner<'a> {
 }
 
 impl Pinner<'_> {
-    /// Checks `desc` against its region and pins the region (memory regions only
-    /// unless `files_too`). On error nothing is pinned.
-    pub(crate) fn pin(&self, desc: &Desc, files_too: bool) -> Result<Resolved> {
+    /// Checks `desc` against its region, and the region against what the transfer
+    /// allows, and pins the region. On error nothing is pinned.
+    pub(crate) fn pin(&self, desc: &Desc, allowed: Allowed) -> Result<Resolved> {
         let mut resolved = resolve(&self.table, desc)?;
-        if !files_too {
-            resolved = memory_only(resolved)?;
-        }
+        resolved = match allowed {
+            Allowed::Anything => resolved,
+            Allowed::Fabric if resolved.vram => match self.table.entries[resolved.entry as usize].region.as_ref() {
+                Some(r) if r.mr.is_some() => resolved,
+                r => {
+                    return Err(Error::NotOnFabric {
+                        region: desc.region.to_raw(),
+                        reason: r
+                            .and_then(|r| r.off_fabric.as_deref())
+                            .unwrap_or("it is not registered with the fabric")
+                            .into(),
+                    });
+                }
+            },
+            Allowed::Fabric | Allowed::Memory => memory_only(resolved)?,
+        };
         // Pinned under the read lock: deregistration (write lock) sees the pin.
         self.pins[resolved.entry as usize].fetch_add(1, Ordering::Relaxed);
         Ok(resolved)
     }
 
-    /// Pins every descriptor into `out` (memory regions only unless `files_too`); on
-    /// failure unpins what it pinned.
-    pub(crate) fn pin_all(&self, descs: &[Desc], out: &mut [Resolved], files_too: bool) -> Result<()> {
+    /// Pins every descriptor into `out` (see [`pin`](Pinner::pin)); on failure unpins
+    /// what it pinned.
+    pub(crate) fn pin_all(&self, descs: &[Desc], out: &mut [Resolved], allowed: Allowed) -> Result<()> {
         for (i, d) in descs.iter().enumerate() {
-            match self.pin(d, files_too) {
+            match self.pin(d, allowed) {
                 Ok(r) => out[i] = r,
                 Err(e) => {
                     self.unpin_all(&out[..i]);
@@ -378,6 +409,61 @@ impl Registry {
                     MemKind::Vram => None,
                     _ => self.register_mr(addr, len as usize)?,
                 },
+                off_fabric: None,
+                device: 0,
+                _owned: owned,
+            })
+        })
+    }
+
+    /// Registers GPU memory (a CUDA device pointer on device `device`), with what
+    /// owns it, if anything. With the fabric transport it is registered with the
+    /// fabric too (`FI_HMEM`), so it can be a fabric transfer's source or target; if
+    /// the provider or libfabric cannot, the region is still registered for the cuda
+    /// transport, and a fabric transfer naming it is refused with the reason.
+    pub(crate) fn register_vram(
+        &self,
+        addr: usize,
+        len: u64,
+        device: u32,
+        owned: Option<Box<dyn std::any::Any + Send + Sync>>,
+    ) -> Result<RegionId> {
+        if len == 0 || addr == 0 || (addr as u64).checked_add(len).is_none() {
+            return Err(Error::InvalidDescriptor {
+                reason: "a region needs a non-null address and a non-zero length that does not wrap",
+            });
+        }
+        let (mr, off_fabric) = match &self.fabric {
+            None => (None, None),
+            Some(domain) if !domain.hmem => {
+                let reason = format!("provider {} does not offer FI_HMEM (device memory)", domain.provider);
+                (None, Some(reason.into_boxed_str()))
+            }
+            Some(domain) => match domain.register_cuda(addr as u64, len as usize, device as i32) {
+                Ok(mr) => (Some(mr), None),
+                Err(e) => {
+                    let hint = match e {
+                        Error::Fabric { code, .. } if code == libc::ENOSYS => {
+                            "; this libfabric has no CUDA support built in (configure --with-cuda)"
+                        }
+                        _ => "",
+                    };
+                    (None, Some(format!("{e}{hint}").into_boxed_str()))
+                }
+            },
+        };
+        self.insert(|_| {
+            Ok(Region {
+                addr,
+                len,
+                kind: MemKind::Vram,
+                segment: None,
+                file: None,
+                _map: None,
+                writable: true,
+                mr,
+                off_fabric,
+                device,
                 _owned: owned,
             })
         })
@@ -403,6 +489,8 @@ impl Registry {
                 _map: None,
                 writable: true,
                 mr: self.register_mr(addr, len)?,
+                off_fabric: None,
+                device: 0,
                 _owned: None,
             })
         })
@@ -488,6 +576,8 @@ impl Registry {
                 _map: map,
                 mr: None,
                 writable: options.writable,
+                off_fabric: None,
+                device: 0,
                 _owned: None,
             })
         })
@@ -569,7 +659,7 @@ impl Registry {
     /// Checks `desc` (a memory region: no file, no VRAM) against its region and pins
     /// the region. On error nothing is pinned.
     pub(crate) fn pin_memory(&self, desc: &Desc) -> Result<Resolved> {
-        self.pinner().pin(desc, false)
+        self.pinner().pin(desc, Allowed::Memory)
     }
 
     /// Holds the table's read lock so descriptors can be resolved and used without
@@ -623,18 +713,18 @@ impl Registry {
             .iter()
             .enumerate()
             .filter_map(|(index, e)| {
-                // Files and GPU memory are reached only by their own engine: not
-                // published.
+                // Files are reached only by their own engine, and GPU memory too unless
+                // it is registered with the fabric: those are not published.
                 let r = e
                     .region
                     .as_ref()
-                    .filter(|r| r.file.is_none() && r.kind != MemKind::Vram)?;
+                    .filter(|r| r.file.is_none() && (r.kind != MemKind::Vram || r.mr.is_some()))?;
                 Some(RegionInfo {
                     id: e.generation << INDEX_BITS | index as u64,
                     addr: r.addr as u64,
                     len: r.len,
                     kind: r.kind,
-                    device: 0,
+                    device: r.device,
                     // The local transport's key: 1 = in a shared-memory segment named
                     // after the region, 0 = process memory (reached with process_vm_*).
                     remote_key: u64::from(r.segment.is_some()),

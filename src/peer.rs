@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::mem::{Desc, Resolved, regtable_name, segment_name};
 use crate::notify::{Geometry, InboxMap, Outbox};
 use crate::ring::{FailCode, FailSource, Outcome};
-use crate::wire::metadata::{BackendKind, Metadata, RegionInfo};
+use crate::wire::metadata::{BackendKind, MemKind, Metadata, RegionInfo};
 
 /// How often, at most, a peer process's liveness is asked of the kernel.
 const LIVENESS_CHECK_NANOS: u64 = 1_000_000;
@@ -298,6 +298,13 @@ impl Peer {
                 region: d.region.to_raw(),
             });
         };
+        if self.regions[i].kind == MemKind::Vram && !matches!(self.reach, Reach::Fabric(_)) {
+            // Published only when registered with the peer's fabric (FI_HMEM): no
+            // memcpy or process_vm_writev reaches GPU memory.
+            return Err(Error::InvalidDescriptor {
+                reason: "a peer's GPU memory is reached only over the fabric",
+            });
+        }
         let len = self.regions[i].len;
         if d.len == 0 || d.offset.checked_add(d.len).is_none_or(|end| end > len) {
             return Err(Error::OutOfBounds {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ringxfer::wire::metadata::{BackendInfo, BackendKind, Metadata};
+use ringxfer::wire::metadata::{BackendInfo, BackendKind, MemKind, Metadata, RegionInfo};
 use ringxfer::{CancelResult, Config, Desc, Engine, Error, FailCode, Op, RegionId, Released, Status};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -401,6 +401,36 @@ fn bad_metadata_is_a_typed_error() {
         Err(Error::PeerUnreachable { .. })
     ));
     assert_eq!(a.stats().peers, 0);
+}
+
+#[test]
+fn a_peers_gpu_memory_is_refused_off_the_fabric() {
+    // An engine publishes GPU memory only when the fabric registered it (FI_HMEM);
+    // metadata that names GPU memory for a peer reached by the local transport is
+    // refused at prepare, before any copy could touch a device pointer.
+    let (a, b) = (engine("a"), engine("b"));
+    let host = b.alloc_region(4096).unwrap();
+    let mut meta = Metadata::decode(&b.local_metadata().unwrap()).unwrap();
+    let gpu = RegionInfo {
+        id: host.to_raw() + 1,
+        kind: MemKind::Vram,
+        ..meta.regions[0]
+    };
+    meta.regions.push(gpu);
+    let peer = a.load_peer(&meta.encode().unwrap()).unwrap();
+    let src = a.alloc_region(4096).unwrap();
+    let to_gpu = a.prepare(
+        Op::Write,
+        &[Desc::new(src, 0, 64)],
+        peer,
+        &[Desc::new(RegionId::from_raw(gpu.id), 0, 64)],
+        None,
+    );
+    match to_gpu {
+        Err(Error::InvalidDescriptor { reason }) => assert!(reason.contains("fabric"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(a.stats().ring.live, 0);
 }
 
 #[test]

@@ -167,7 +167,7 @@ impl From<&Error> for rx_status {
             Error::InvalidHandle { .. } => rx_status::RX_INVALID_HANDLE,
             Error::WrongState { .. } => rx_status::RX_WRONG_STATE,
             Error::InvalidCapacity { .. } | Error::InvalidConfig { .. } => rx_status::RX_INVALID_CONFIG,
-            Error::InvalidDescriptor { .. } => rx_status::RX_INVALID_DESCRIPTOR,
+            Error::InvalidDescriptor { .. } | Error::NotOnFabric { .. } => rx_status::RX_INVALID_DESCRIPTOR,
             Error::UnknownRegion { .. } => rx_status::RX_UNKNOWN_REGION,
             Error::OutOfBounds { .. } => rx_status::RX_OUT_OF_BOUNDS,
             Error::Busy { .. } => rx_status::RX_BUSY,

@@ -232,6 +232,16 @@ pub(crate) unsafe fn mr_reg(
     }
 }
 
+/// `fi_mr_regattr`.
+pub(crate) unsafe fn mr_regattr(
+    domain: *mut sys::fid_domain,
+    attr: *const sys::fi_mr_attr,
+    out: *mut *mut sys::fid_mr,
+) -> isize {
+    // SAFETY: see the block comment above.
+    unsafe { call!((*domain).mr, regattr(&raw mut (*domain).fid, attr, 0, out)) }
+}
+
 /// `fi_writedata`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn writedata(

@@ -58,6 +58,10 @@ pub(crate) struct Domain {
     /// The provider's name as libfabric reports it (e.g. `tcp;ofi_rxm`).
     pub(crate) provider: String,
     pub(crate) mr_mode: u64,
+    /// Whether the domain was opened with `FI_HMEM`: device memory may be registered
+    /// (and then be a transfer's source or target) if libfabric has the device's
+    /// support built in.
+    pub(crate) hmem: bool,
     /// Bytes of immediate data a write carries (`cq_data_size`).
     pub(crate) cq_data_size: usize,
     pub(crate) max_msg_size: usize,
@@ -73,8 +77,35 @@ unsafe impl Sync for Domain {}
 impl Domain {
     /// Chooses a provider (`provider`, else the best RDM provider with RMA) and opens
     /// its fabric and domain. `node` binds to a local address (e.g. an interface's IP).
-    pub(crate) fn open(provider: Option<&str>, node: Option<&str>) -> Result<Arc<Domain>> {
+    /// With `hmem`, the chosen provider is asked again with `FI_HMEM` (and
+    /// `FI_MR_HMEM`), so GPU memory can be registered with it; a provider without
+    /// `FI_HMEM` is still opened, without it. Asking for `FI_HMEM` only after the
+    /// choice keeps it from changing which provider is chosen.
+    pub(crate) fn open(provider: Option<&str>, node: Option<&str>, hmem: bool) -> Result<Arc<Domain>> {
         let api = api::api()?;
+        let info = Self::getinfo(api, provider, node, false)?;
+        let info = match hmem {
+            true => {
+                // SAFETY: `info` is a complete fi_info with its fabric attr.
+                let chosen = unsafe { CStr::from_ptr((*(*info).fabric_attr).prov_name) }
+                    .to_string_lossy()
+                    .into_owned();
+                match Self::getinfo(api, Some(&chosen), node, true) {
+                    Ok(with_hmem) => {
+                        // SAFETY: from fi_dupinfo, not used after this.
+                        unsafe { (api.freeinfo)(info) };
+                        with_hmem
+                    }
+                    Err(_) => info,
+                }
+            }
+            false => info,
+        };
+        Self::open_info(api, info)
+    }
+
+    /// One provider's `fi_info` (fi_dupinfo'd: the caller frees it).
+    fn getinfo(api: &'static Api, provider: Option<&str>, node: Option<&str>, hmem: bool) -> Result<*mut sys::fi_info> {
         let provider_c = provider
             .map(CString::new)
             .transpose()
@@ -96,7 +127,7 @@ impl Domain {
         // SAFETY: `hints` and its attr structs were allocated by fi_dupinfo; strings
         // put in them are strdup'd, because fi_freeinfo frees them with free().
         unsafe {
-            (*hints).caps = CAPS;
+            (*hints).caps = CAPS | if hmem { sys::FI_HMEM } else { 0 };
             (*hints).mode = 0;
             (*(*hints).ep_attr).type_ = sys::FI_EP_RDM;
             // A transfer is DONE when its bytes are in the target's memory, not when
@@ -105,7 +136,7 @@ impl Domain {
             (*(*hints).tx_attr).op_flags = u64::from(sys::FI_DELIVERY_COMPLETE);
             let d = &mut *(*hints).domain_attr;
             d.threading = sys::FI_THREAD_SAFE;
-            d.mr_mode = SUPPORTED_MR_MODE as i32;
+            d.mr_mode = (SUPPORTED_MR_MODE | if hmem { u64::from(sys::FI_MR_HMEM) } else { 0 }) as i32;
             d.av_type = sys::FI_AV_TABLE;
             if let Some(p) = &provider_c {
                 (*(*hints).fabric_attr).prov_name = libc::strdup(p.as_ptr());
@@ -147,8 +178,13 @@ impl Domain {
                 reason: "fi_dupinfo failed (out of memory)".into(),
             });
         }
+        Ok(info)
+    }
+
+    /// Opens the fabric and domain `info` describes (taking `info`).
+    fn open_info(api: &'static Api, info: *mut sys::fi_info) -> Result<Arc<Domain>> {
         // SAFETY: `info` is a complete fi_info with its attr structs.
-        let (provider, mr_mode, cq_data_size, max_msg_size) = unsafe {
+        let (provider, mr_mode, hmem, cq_data_size, max_msg_size) = unsafe {
             let fa = &*(*info).fabric_attr;
             let name = if fa.prov_name.is_null() {
                 String::from("?")
@@ -156,7 +192,14 @@ impl Domain {
                 CStr::from_ptr(fa.prov_name).to_string_lossy().into_owned()
             };
             let d = &*(*info).domain_attr;
-            (name, d.mr_mode as u64, d.cq_data_size, (*(*info).ep_attr).max_msg_size)
+            let hmem = (*info).caps & sys::FI_HMEM != 0;
+            (
+                name,
+                d.mr_mode as u64,
+                hmem,
+                d.cq_data_size,
+                (*(*info).ep_attr).max_msg_size,
+            )
         };
         let mut domain = Domain {
             api,
@@ -165,6 +208,7 @@ impl Domain {
             domain: std::ptr::null_mut(),
             provider,
             mr_mode,
+            hmem,
             cq_data_size,
             max_msg_size: max_msg_size.clamp(4096, 1 << 30),
             next_key: AtomicU64::new(1),
@@ -196,6 +240,11 @@ impl Domain {
         self.info
     }
 
+    /// What a registration allows: local use, and remote read and write.
+    const ACCESS: u64 =
+        (sys::FI_SEND | sys::FI_RECV | sys::FI_READ | sys::FI_WRITE | sys::FI_REMOTE_READ | sys::FI_REMOTE_WRITE)
+            as u64;
+
     /// Whether remote addresses are virtual addresses (else offsets in the region).
     pub(crate) fn virt_addr(&self) -> bool {
         self.mr_mode & u64::from(sys::FI_MR_VIRT_ADDR) != 0
@@ -203,9 +252,7 @@ impl Domain {
 
     /// Registers `len` bytes at `addr` for local use and remote read and write.
     pub(crate) fn register(self: &Arc<Domain>, addr: usize, len: usize) -> Result<Mr> {
-        let access =
-            (sys::FI_SEND | sys::FI_RECV | sys::FI_READ | sys::FI_WRITE | sys::FI_REMOTE_READ | sys::FI_REMOTE_WRITE)
-                as u64;
+        let access = Self::ACCESS;
         let requested_key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let mut mr: *mut sys::fid_mr = std::ptr::null_mut();
         // SAFETY: live domain; the caller keeps the memory registered while the Mr lives.
@@ -215,6 +262,51 @@ impl Domain {
         }
         // SAFETY: a registered MR; mem_desc and key are plain fields (fi_mr_desc,
         // fi_mr_key).
+        let (desc, key) = unsafe { ((*mr).mem_desc as usize, (*mr).key) };
+        Ok(Mr {
+            domain: Arc::clone(self),
+            mr,
+            desc,
+            key,
+        })
+    }
+}
+
+impl Domain {
+    /// Registers `len` bytes of CUDA device memory at `dev_ptr` on device `device`
+    /// (`fi_mr_regattr` with `FI_HMEM_CUDA`) for local use and remote read and write.
+    /// Refused when the domain has no `FI_HMEM`; libfabric itself refuses it when it
+    /// was built without CUDA support.
+    pub(crate) fn register_cuda(self: &Arc<Domain>, dev_ptr: u64, len: usize, device: i32) -> Result<Mr> {
+        if !self.hmem {
+            return Err(Error::FabricUnavailable {
+                reason: format!("provider {} does not offer FI_HMEM (device memory)", self.provider),
+            });
+        }
+        let iov = libc::iovec {
+            iov_base: dev_ptr as *mut c_void,
+            iov_len: len,
+        };
+        let attr = sys::fi_mr_attr {
+            mr_iov: (&raw const iov).cast(),
+            iov_count: 1,
+            access: Self::ACCESS,
+            offset: 0,
+            requested_key: self.next_key.fetch_add(1, Ordering::Relaxed),
+            context: std::ptr::null_mut(),
+            auth_key_size: 0,
+            auth_key: std::ptr::null_mut(),
+            iface: sys::FI_HMEM_CUDA,
+            device: sys::fi_mr_attr__bindgen_ty_1 { cuda: device },
+        };
+        let mut mr: *mut sys::fid_mr = std::ptr::null_mut();
+        // SAFETY: live domain; `attr` and the iovec it points to outlive the call; the
+        // caller keeps the device memory allocated while the Mr lives.
+        let ret = unsafe { api::mr_regattr(self.domain, &attr, &mut mr) };
+        if ret != 0 || mr.is_null() {
+            return Err(self.api.error("fi_mr_regattr(FI_HMEM_CUDA)", ret));
+        }
+        // SAFETY: a registered MR; mem_desc and key are plain fields.
         let (desc, key) = unsafe { ((*mr).mem_desc as usize, (*mr).key) };
         Ok(Mr {
             domain: Arc::clone(self),

@@ -390,11 +390,12 @@ const CQ_BUDGET: usize = 1024;
 
 impl Fabric {
     /// Opens the domain (`Domain::open`) — done first, so the registry can register
-    /// memory with it.
-    pub(crate) fn open_domain(config: &FabricConfig) -> Result<Arc<Domain>> {
+    /// memory with it. With `hmem` (the engine has a cuda transport), the provider is
+    /// asked for `FI_HMEM` too.
+    pub(crate) fn open_domain(config: &FabricConfig, hmem: bool) -> Result<Arc<Domain>> {
         let env = std::env::var(PROVIDER_ENV).ok().filter(|p| !p.is_empty());
         let provider = env.as_deref().or(config.provider.as_deref());
-        Domain::open(provider, config.node.as_deref())
+        Domain::open(provider, config.node.as_deref(), hmem)
     }
 
     /// Opens the endpoint and allocates every slot's state and control buffer.

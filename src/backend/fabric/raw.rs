@@ -55,8 +55,8 @@ impl RawRma {
         // Two domains, as two engines have: with the tcp provider progress is per
         // domain, so one shared domain would let the initiator's CQ reads progress
         // the target too, which no pair of engines (or hosts) gets.
-        let initiator_domain: Arc<Domain> = super::Fabric::open_domain(&config)?;
-        let target_domain: Arc<Domain> = super::Fabric::open_domain(&config)?;
+        let initiator_domain: Arc<Domain> = super::Fabric::open_domain(&config, false)?;
+        let target_domain: Arc<Domain> = super::Fabric::open_domain(&config, false)?;
         let initiator = Endpoint::open(&initiator_domain, 4, 4096)?;
         let target = Arc::new(Endpoint::open(&target_domain, 4, 4096)?);
         let dest = initiator.insert(&target.name)?;
