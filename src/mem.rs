@@ -375,45 +375,9 @@ impl Registry {
 
     /// Registers memory the caller owns.
     pub(crate) fn register(&self, addr: usize, len: u64, kind: MemKind) -> Result<RegionId> {
-        self.register_owned(addr, len, kind, None)
-    }
-
-    /// Registers memory, with what owns it (freed when the region goes), if anything.
-    pub(crate) fn register_owned(
-        &self,
-        addr: usize,
-        len: u64,
-        kind: MemKind,
-        owned: Option<Box<dyn std::any::Any + Send + Sync>>,
-    ) -> Result<RegionId> {
-        if len == 0 || addr == 0 {
-            return Err(Error::InvalidDescriptor {
-                reason: "a region needs a non-null address and a non-zero length",
-            });
-        }
-        if (addr as u64).checked_add(len).is_none() {
-            return Err(Error::InvalidDescriptor {
-                reason: "region wraps around the address space",
-            });
-        }
-        self.insert(|_| {
-            Ok(Region {
-                addr,
-                len,
-                kind,
-                segment: None,
-                file: None,
-                _map: None,
-                writable: true,
-                mr: match kind {
-                    MemKind::Vram => None,
-                    _ => self.register_mr(addr, len as usize)?,
-                },
-                off_fabric: None,
-                device: 0,
-                _owned: owned,
-            })
-        })
+        Self::check_range(addr, len)?;
+        let mr = self.register_mr(addr, len as usize)?;
+        self.insert_memory(addr, len, kind, (mr, None), 0, None)
     }
 
     /// Registers GPU memory (a CUDA device pointer on device `device`), with what
@@ -428,12 +392,8 @@ impl Registry {
         device: u32,
         owned: Option<Box<dyn std::any::Any + Send + Sync>>,
     ) -> Result<RegionId> {
-        if len == 0 || addr == 0 || (addr as u64).checked_add(len).is_none() {
-            return Err(Error::InvalidDescriptor {
-                reason: "a region needs a non-null address and a non-zero length that does not wrap",
-            });
-        }
-        let (mr, off_fabric) = match &self.fabric {
+        Self::check_range(addr, len)?;
+        let fabric = match &self.fabric {
             None => (None, None),
             Some(domain) if !domain.hmem => {
                 let reason = format!("provider {} does not offer FI_HMEM (device memory)", domain.provider);
@@ -452,11 +412,40 @@ impl Registry {
                 }
             },
         };
+        self.insert_memory(addr, len, MemKind::Vram, fabric, device, owned)
+    }
+
+    /// A non-null, non-empty range that does not wrap.
+    fn check_range(addr: usize, len: u64) -> Result<()> {
+        if len == 0 || addr == 0 {
+            return Err(Error::InvalidDescriptor {
+                reason: "a region needs a non-null address and a non-zero length",
+            });
+        }
+        if (addr as u64).checked_add(len).is_none() {
+            return Err(Error::InvalidDescriptor {
+                reason: "region wraps around the address space",
+            });
+        }
+        Ok(())
+    }
+
+    /// Inserts memory the caller (or `owned`) owns, with its fabric registration or
+    /// why it has none.
+    fn insert_memory(
+        &self,
+        addr: usize,
+        len: u64,
+        kind: MemKind,
+        (mr, off_fabric): (Option<Mr>, Option<Box<str>>),
+        device: u32,
+        owned: Option<Box<dyn std::any::Any + Send + Sync>>,
+    ) -> Result<RegionId> {
         self.insert(|_| {
             Ok(Region {
                 addr,
                 len,
-                kind: MemKind::Vram,
+                kind,
                 segment: None,
                 file: None,
                 _map: None,

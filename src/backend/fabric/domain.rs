@@ -257,22 +257,9 @@ impl Domain {
         let mut mr: *mut sys::fid_mr = std::ptr::null_mut();
         // SAFETY: live domain; the caller keeps the memory registered while the Mr lives.
         let ret = unsafe { api::mr_reg(self.domain, addr as *const c_void, len, access, requested_key, &mut mr) };
-        if ret != 0 || mr.is_null() {
-            return Err(self.api.error("fi_mr_reg", ret));
-        }
-        // SAFETY: a registered MR; mem_desc and key are plain fields (fi_mr_desc,
-        // fi_mr_key).
-        let (desc, key) = unsafe { ((*mr).mem_desc as usize, (*mr).key) };
-        Ok(Mr {
-            domain: Arc::clone(self),
-            mr,
-            desc,
-            key,
-        })
+        self.adopt_mr("fi_mr_reg", ret, mr)
     }
-}
 
-impl Domain {
     /// Registers `len` bytes of CUDA device memory at `dev_ptr` on device `device`
     /// (`fi_mr_regattr` with `FI_HMEM_CUDA`) for local use and remote read and write.
     /// Refused when the domain has no `FI_HMEM`; libfabric itself refuses it when it
@@ -303,10 +290,16 @@ impl Domain {
         // SAFETY: live domain; `attr` and the iovec it points to outlive the call; the
         // caller keeps the device memory allocated while the Mr lives.
         let ret = unsafe { api::mr_regattr(self.domain, &attr, &mut mr) };
+        self.adopt_mr("fi_mr_regattr(FI_HMEM_CUDA)", ret, mr)
+    }
+
+    /// The owned `Mr` of a registration call `what` that returned `ret` and `mr`.
+    fn adopt_mr(self: &Arc<Domain>, what: &'static str, ret: isize, mr: *mut sys::fid_mr) -> Result<Mr> {
         if ret != 0 || mr.is_null() {
-            return Err(self.api.error("fi_mr_regattr(FI_HMEM_CUDA)", ret));
+            return Err(self.api.error(what, ret));
         }
-        // SAFETY: a registered MR; mem_desc and key are plain fields.
+        // SAFETY: a registered MR; mem_desc and key are plain fields (fi_mr_desc,
+        // fi_mr_key).
         let (desc, key) = unsafe { ((*mr).mem_desc as usize, (*mr).key) };
         Ok(Mr {
             domain: Arc::clone(self),
