@@ -1326,7 +1326,9 @@ impl Engine {
     /// up to 2 ms, then sleeps in growing steps (up to 0.5 ms), so a long wait does
     /// not hold a core.
     pub fn wait(&self, handle: Handle, timeout: Duration) -> Result<Status> {
-        // A file transfer still queued runs here, on the waiting thread.
+        // A file transfer still queued runs here, on the waiting thread (a released
+        // handle's is left to the workers: the status check refuses it first).
+        self.core.ring.status(handle)?;
         if let Some(cancelled) = self.core.files.steal(handle) {
             self.core.run_file_job(handle, cancelled);
         }

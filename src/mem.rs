@@ -107,6 +107,17 @@ struct Region {
     addr: usize,
     len: u64,
     kind: MemKind,
+    /// The region's libfabric registration, when the engine has the fabric transport;
+    /// closed when the region goes. GPU memory has one only where the provider offers
+    /// `FI_HMEM` and libfabric can register the device's memory. Declared (so dropped)
+    /// before what holds the memory — the segment, the mapping, the owner — so the
+    /// key stops working before the memory is unmapped or freed: a peer's write
+    /// arriving meanwhile fails instead of landing in unmapped memory.
+    mr: Option<Mr>,
+    /// What the region owns besides: device memory from `Engine::alloc_vram` (freed
+    /// with the region, after `mr` let go of it), or the page-locking of host memory
+    /// for the GPU (undone before `segment` unmaps the memory).
+    _owned: Option<Box<dyn std::any::Any + Send + Sync>>,
     /// The shared-memory segment an engine-allocated region lives in (peers in other
     /// processes map it by name); `None` for memory the caller registered.
     segment: Option<Segment>,
@@ -115,10 +126,6 @@ struct Region {
     file: Option<(std::fs::File, bool)>,
     /// A mapped file's mapping (`addr` is its start), unmapped when the region goes.
     _map: Option<memmap2::MmapRaw>,
-    /// The region's libfabric registration, when the engine has the fabric transport;
-    /// closed when the region goes. GPU memory has one only where the provider offers
-    /// `FI_HMEM` and libfabric can register the device's memory.
-    mr: Option<Mr>,
     /// GPU memory the fabric could not register: why (said when a transfer to a
     /// fabric peer names it).
     off_fabric: Option<Box<str>>,
@@ -126,10 +133,6 @@ struct Region {
     device: u32,
     /// False for a file registered read-only.
     writable: bool,
-    /// What owns the memory, when the engine allocated it elsewhere than in a segment
-    /// (device memory from `Engine::alloc_vram`): dropped, and so freed, with the
-    /// region.
-    _owned: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 struct Entry {

@@ -203,9 +203,11 @@ fn a_hundred_thousand_transfers_open_no_descriptor() {
                     CancelResult::InFlight | CancelResult::AlreadyComplete => {}
                     CancelResult::Cancelled => unreachable!("it was posted"),
                 },
-                // Released while in flight: the worker's completion frees the slot.
+                // Released while in flight: the worker's completion frees the slot,
+                // and the handle is no longer the caller's to wait for.
                 5 => {
                     e.release(h).unwrap();
+                    assert!(matches!(e.wait(h, WAIT), Err(Error::StaleHandle { .. })));
                     continue;
                 }
                 _ => {}

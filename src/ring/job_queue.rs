@@ -6,8 +6,15 @@
 //! it on its own thread rather than wait for a worker. That leaves the slot's queue
 //! entry behind with no job in it; if the slot is reused and posted again before a
 //! worker pops that entry, the entry serves the new job instead of a second entry
-//! being added. So the queue never holds two entries for one slot, a queue as large
-//! as the ring never fills, and pushing never waits for a worker.
+//! being added. So the queue never holds two entries for one slot and never fills,
+//! and pushing never waits for a worker to take or finish a job.
+//!
+//! The queue is a bounded array queue of twice the ring's size. Its one wait: a push
+//! into a cell whose previous consumer has claimed it but not yet handed it back (a
+//! worker preempted between the two stores of a pop) spins until that worker runs.
+//! With one entry per slot, that consumer must have stalled there while a whole
+//! ring's worth of later entries was pushed and popped; the old queue (a new entry
+//! per post) could block `post` whenever the workers fell behind.
 //!
 //! Each slot has one word: the generation of the job posted in it and not yet taken
 //! (0: none), and a `QUEUED` bit that says an entry for the slot is in the queue (or
@@ -53,13 +60,16 @@ impl JobQueue {
     /// An empty queue for the slots `0..capacity` of one ring.
     pub fn new(capacity: usize) -> JobQueue {
         JobQueue {
-            queue: FreeList::with_capacity(capacity.next_power_of_two()),
+            // Twice the entries there can be, so a push reaches a cell a stalled
+            // popper still holds only after a ring's worth of entries (module docs).
+            queue: FreeList::with_capacity(capacity.next_power_of_two() * 2),
             words: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
     /// Queues the job of `handle`, whose slot holds no job now (the slot's previous
-    /// job was popped or taken). Never waits and never fails.
+    /// job was popped or taken). Never fails; waits only in the case the module docs
+    /// describe.
     pub fn push(&self, handle: Handle) {
         let index = handle.index();
         // Release: the popper or taker (Acquire) sees the transfer posted in the slot.

@@ -77,35 +77,33 @@ unsafe impl Sync for Domain {}
 impl Domain {
     /// Chooses a provider (`provider`, else the best RDM provider with RMA) and opens
     /// its fabric and domain. `node` binds to a local address (e.g. an interface's IP).
-    /// With `hmem`, the chosen provider is asked again with `FI_HMEM` (and
-    /// `FI_MR_HMEM`), so GPU memory can be registered with it; a provider without
-    /// `FI_HMEM` is still opened, without it. Asking for `FI_HMEM` only after the
-    /// choice keeps it from changing which provider is chosen.
+    /// With `hmem`, the same provider, fabric and domain (so the same NIC) are asked
+    /// for again with `FI_HMEM` and `FI_MR_HMEM`, so GPU memory can be registered
+    /// with them; if that is refused, or the domain it gives does not open, the
+    /// domain is opened without it. Asking only after the choice keeps `FI_HMEM` from
+    /// changing which provider or NIC is chosen.
     pub(crate) fn open(provider: Option<&str>, node: Option<&str>, hmem: bool) -> Result<Arc<Domain>> {
         let api = api::api()?;
-        let info = Self::getinfo(api, provider, node, false)?;
-        let info = match hmem {
-            true => {
-                // SAFETY: `info` is a complete fi_info with its fabric attr.
-                let chosen = unsafe { CStr::from_ptr((*(*info).fabric_attr).prov_name) }
-                    .to_string_lossy()
-                    .into_owned();
-                match Self::getinfo(api, Some(&chosen), node, true) {
-                    Ok(with_hmem) => {
-                        // SAFETY: from fi_dupinfo, not used after this.
-                        unsafe { (api.freeinfo)(info) };
-                        with_hmem
-                    }
-                    Err(_) => info,
-                }
-            }
-            false => info,
-        };
+        let info = Self::getinfo(api, provider, node, None)?;
+        if hmem
+            && let Ok(with_hmem) = Self::getinfo(api, provider, node, Some(info))
+            && let Ok(domain) = Self::open_info(api, with_hmem)
+        {
+            // SAFETY: from fi_dupinfo, not used after this.
+            unsafe { (api.freeinfo)(info) };
+            return Ok(domain);
+        }
         Self::open_info(api, info)
     }
 
-    /// One provider's `fi_info` (fi_dupinfo'd: the caller frees it).
-    fn getinfo(api: &'static Api, provider: Option<&str>, node: Option<&str>, hmem: bool) -> Result<*mut sys::fi_info> {
+    /// One provider's `fi_info` (fi_dupinfo'd: the caller frees it). With `hmem_like`,
+    /// that `fi_info`'s provider, fabric and domain with `FI_HMEM` and `FI_MR_HMEM`.
+    fn getinfo(
+        api: &'static Api,
+        provider: Option<&str>,
+        node: Option<&str>,
+        hmem_like: Option<*mut sys::fi_info>,
+    ) -> Result<*mut sys::fi_info> {
         let provider_c = provider
             .map(CString::new)
             .transpose()
@@ -127,7 +125,7 @@ impl Domain {
         // SAFETY: `hints` and its attr structs were allocated by fi_dupinfo; strings
         // put in them are strdup'd, because fi_freeinfo frees them with free().
         unsafe {
-            (*hints).caps = CAPS | if hmem { sys::FI_HMEM } else { 0 };
+            (*hints).caps = CAPS;
             (*hints).mode = 0;
             (*(*hints).ep_attr).type_ = sys::FI_EP_RDM;
             // A transfer is DONE when its bytes are in the target's memory, not when
@@ -136,19 +134,49 @@ impl Domain {
             (*(*hints).tx_attr).op_flags = u64::from(sys::FI_DELIVERY_COMPLETE);
             let d = &mut *(*hints).domain_attr;
             d.threading = sys::FI_THREAD_SAFE;
-            d.mr_mode = (SUPPORTED_MR_MODE | if hmem { u64::from(sys::FI_MR_HMEM) } else { 0 }) as i32;
+            d.mr_mode = SUPPORTED_MR_MODE as i32;
             d.av_type = sys::FI_AV_TABLE;
             if let Some(p) = &provider_c {
                 (*(*hints).fabric_attr).prov_name = libc::strdup(p.as_ptr());
             }
+            if let Some(chosen) = hmem_like {
+                (*hints).caps |= sys::FI_HMEM;
+                d.mr_mode |= sys::FI_MR_HMEM as i32;
+                // The chosen entry's names (NULL-safe strdup: a NULL stays NULL).
+                let dup = |name: *mut libc::c_char| if name.is_null() { name } else { libc::strdup(name) };
+                let (fa, ha) = (&*(*chosen).fabric_attr, &mut *(*hints).fabric_attr);
+                libc::free(ha.prov_name.cast());
+                ha.prov_name = dup(fa.prov_name);
+                ha.name = dup(fa.name);
+                d.name = dup((*(*chosen).domain_attr).name);
+            }
         }
-        let mut list: *mut sys::fi_info = std::ptr::null_mut();
         let flags = if node_c.is_some() { sys::FI_SOURCE } else { 0 };
+        Self::query(api, node_c.as_deref(), flags, hints).map_err(|ret| Error::FabricUnavailable {
+            reason: format!(
+                "no libfabric provider{} offers reliable datagram endpoints with RMA, \
+                 FI_SOURCE and thread safety with mr_mode ⊆ LOCAL|VIRT_ADDR|ALLOCATED|PROV_KEY: {} \
+                 (see `fi_info -l` for the providers installed)",
+                provider.map(|p| format!(" named {p:?}")).unwrap_or_default(),
+                api.strerror(ret)
+            ),
+        })
+    }
+
+    /// `fi_getinfo` with `hints` (taken and freed): the first, best entry alone
+    /// (fi_dupinfo'd: the caller frees it), or libfabric's error code.
+    fn query(
+        api: &'static Api,
+        node: Option<&CStr>,
+        flags: u64,
+        hints: *mut sys::fi_info,
+    ) -> std::result::Result<*mut sys::fi_info, i32> {
+        let mut list: *mut sys::fi_info = std::ptr::null_mut();
         // SAFETY: valid hints; `list` receives a list we free below.
         let ret = unsafe {
             (api.getinfo)(
                 api::VERSION,
-                node_c.as_ref().map_or(std::ptr::null(), |n| n.as_ptr()),
+                node.map_or(std::ptr::null(), CStr::as_ptr),
                 std::ptr::null(),
                 flags,
                 hints,
@@ -158,15 +186,7 @@ impl Domain {
         // SAFETY: hints came from fi_dupinfo.
         unsafe { (api.freeinfo)(hints) };
         if ret != 0 || list.is_null() {
-            return Err(Error::FabricUnavailable {
-                reason: format!(
-                    "no libfabric provider{} offers reliable datagram endpoints with RMA, \
-                     FI_SOURCE and thread safety with mr_mode ⊆ LOCAL|VIRT_ADDR|ALLOCATED|PROV_KEY: {} \
-                     (see `fi_info -l` for the providers installed)",
-                    provider.map(|p| format!(" named {p:?}")).unwrap_or_default(),
-                    api.strerror(ret)
-                ),
-            });
+            return Err(if ret == 0 { -(sys::FI_ENODATA as i32) } else { ret });
         }
         // Keep the first (best) entry alone.
         // SAFETY: `list` is a valid list; fi_dupinfo copies one entry (next = NULL).
@@ -174,9 +194,7 @@ impl Domain {
         // SAFETY: `list` came from fi_getinfo and is not used after this.
         unsafe { (api.freeinfo)(list) };
         if info.is_null() {
-            return Err(Error::FabricUnavailable {
-                reason: "fi_dupinfo failed (out of memory)".into(),
-            });
+            return Err(-(sys::FI_ENOMEM as i32));
         }
         Ok(info)
     }
