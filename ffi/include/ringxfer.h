@@ -415,8 +415,11 @@ rx_status rx_alloc_vram(const rx_engine *engine, size_t len, uint64_t *out_regio
 
 // Registers `len` bytes of GPU memory at device pointer `dev_ptr` that the caller
 // owns (a `CUdeviceptr` of the engine's device). It moves to and from host memory in
-// transfers with `RX_PEER_SELF`. It must stay allocated, and not be touched while a
-// transfer may use it, until `rx_deregister` succeeds or the engine is freed.
+// transfers with `RX_PEER_SELF`; with the fabric transport too, also to and from
+// fabric peers where the provider offers `FI_HMEM` (else such a transfer is refused
+// at prepare with `RX_INVALID_DESCRIPTOR`, and `rx_last_error` says why). It must
+// stay allocated, and not be touched while a transfer may use it, until
+// `rx_deregister` succeeds or the engine is freed.
 rx_status rx_register_vram(const rx_engine *engine,
                            uint64_t dev_ptr,
                            size_t len,

@@ -601,8 +601,11 @@ pub unsafe extern "C" fn rx_alloc_vram(engine: *const rx_engine, len: usize, out
 
 /// Registers `len` bytes of GPU memory at device pointer `dev_ptr` that the caller
 /// owns (a `CUdeviceptr` of the engine's device). It moves to and from host memory in
-/// transfers with `RX_PEER_SELF`. It must stay allocated, and not be touched while a
-/// transfer may use it, until `rx_deregister` succeeds or the engine is freed.
+/// transfers with `RX_PEER_SELF`; with the fabric transport too, also to and from
+/// fabric peers where the provider offers `FI_HMEM` (else such a transfer is refused
+/// at prepare with `RX_INVALID_DESCRIPTOR`, and `rx_last_error` says why). It must
+/// stay allocated, and not be touched while a transfer may use it, until
+/// `rx_deregister` succeeds or the engine is freed.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn rx_register_vram(
     engine: *const rx_engine,
