@@ -113,6 +113,63 @@ fn bytes_survive_every_size_and_unaligned_offsets() {
 }
 
 #[test]
+fn contiguous_batches_go_in_one_vectored_call_and_stop_at_end_of_file() {
+    let _serial = serial();
+    let dir = Scratch::new("vectored");
+    let e = Engine::new(Config {
+        name: "vectored".into(),
+        capacity: 64,
+        max_descs_per_xfer: 130,
+        ..Config::default()
+    })
+    .unwrap();
+    let file = e.register_file(dir.path("v.bin"), rw(200 * 1000)).unwrap();
+    let mem = e.alloc_region(200 * 1000).unwrap();
+    let back = e.alloc_region(200 * 1000).unwrap();
+    let data = pattern(200 * 1000, 5);
+    e.write_region(mem, 0, &data).unwrap();
+    // 130 blocks of 1,000 bytes in one transfer: memory scattered (backwards), the
+    // file side contiguous from an unaligned offset for 100 blocks (one vectored call
+    // of 64 pieces, then one of 36), then a gap, then 30 more contiguous ones.
+    let block = 1000u64;
+    let local: Vec<Desc> = (0..130).map(|i| Desc::new(mem, (199 - i) * block, block)).collect();
+    let mut remote: Vec<Desc> = (0..100).map(|i| Desc::new(file, 7 + i * block, block)).collect();
+    remote.extend((100..130).map(|i| Desc::new(file, 7 + block + i * block, block)));
+    assert_eq!(move_bytes(&e, Op::Write, &local, &remote), Status::Done);
+    let gather: Vec<Desc> = local.iter().map(|d| Desc::new(back, d.offset, d.len)).collect();
+    assert_eq!(move_bytes(&e, Op::Read, &gather, &remote), Status::Done);
+    // The file holds the blocks in order, and they came back where they belong.
+    let mut on_disk = vec![0u8; 100 * block as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(dir.path("v.bin")).unwrap(), &mut on_disk, 7)
+        .unwrap();
+    for (i, d) in local[..100].iter().enumerate() {
+        let (at, n) = (d.offset as usize, block as usize);
+        assert!(on_disk[i * n..(i + 1) * n] == data[at..at + n], "file block {i}");
+    }
+    for d in &local {
+        let mut got = vec![0u8; block as usize];
+        e.read_region(back, d.offset, &mut got).unwrap();
+        let at = d.offset as usize;
+        assert!(got == data[at..at + block as usize], "block at {at}");
+    }
+    // A vectored read that crosses the end of the file ends END_OF_FILE.
+    std::fs::write(dir.path("short.bin"), vec![3u8; 6000]).unwrap();
+    let short = e.register_file(dir.path("short.bin"), rw(8192)).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path("short.bin"))
+        .unwrap()
+        .set_len(6000)
+        .unwrap();
+    let into = [Desc::new(back, 0, 4096), Desc::new(back, 8192, 4096)];
+    let from = [Desc::new(short, 0, 4096), Desc::new(short, 4096, 4096)];
+    assert_eq!(
+        move_bytes(&e, Op::Read, &into, &from),
+        Status::Failed(FailCode::END_OF_FILE)
+    );
+}
+
+#[test]
 fn batches_scatter_and_gather() {
     let _serial = serial();
     let dir = Scratch::new("batches");

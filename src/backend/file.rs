@@ -155,7 +155,13 @@ impl FileQueue {
 }
 
 /// Moves the bytes of one transfer whose pieces may be files; says how it ended.
+///
+/// Consecutive pieces that move the same way between memory and one file at
+/// contiguous file offsets go in one `preadv`/`pwritev` (up to [`IOV_GROUP`] pieces):
+/// a batch of blocks written to or read from one stretch of a file costs one system
+/// call, not one per block.
 pub(crate) fn run(op: Op, local: &[Resolved], remote: &[Resolved]) -> Outcome {
+    let mut group = Group::new();
     for (l, r) in local.iter().zip(remote) {
         let (src, dst) = match op {
             Op::Write => (l, r),
@@ -169,25 +175,28 @@ pub(crate) fn run(op: Op, local: &[Resolved], remote: &[Resolved]) -> Outcome {
         // A mapped file is memory to copy to or from (its writes then synced if asked).
         let fd = |r: &Resolved| if r.mapped { None } else { r.fd };
         let result = match (fd(src), fd(dst)) {
-            // SAFETY: both ranges are pinned registrations of `len` bytes: memory, or
-            // a mapped file's mapping (which lives as long as the registration).
-            (None, None) => unsafe {
-                std::ptr::copy(src.addr as *const u8, dst.addr as *mut u8, src.len);
+            (None, None) => group.flush().and_then(|()| {
+                // SAFETY: both ranges are pinned registrations of `len` bytes: memory,
+                // or a mapped file's mapping (which lives as long as the registration).
+                unsafe { std::ptr::copy(src.addr as *const u8, dst.addr as *mut u8, src.len) };
                 match dst.fd {
                     // SAFETY: a pinned file registration's descriptor.
-                    Some(f) if dst.sync && libc::fdatasync(f) != 0 => Err(errno()),
+                    Some(f) if dst.sync && unsafe { libc::fdatasync(f) } != 0 => Err(errno()),
                     _ => Ok(()),
                 }
-            },
-            (None, Some(fd)) => write_all(fd, src.addr, src.len, dst.addr as u64, dst.sync),
-            (Some(fd), None) => read_all(fd, dst.addr, dst.len, src.addr as u64),
+            }),
+            (None, Some(fd)) => group.add(Direction::ToFile, fd, src.addr, src.len, dst.addr as u64, dst.sync),
+            (Some(fd), None) => group.add(Direction::FromFile, fd, dst.addr, dst.len, src.addr as u64, false),
             (Some(_), Some(_)) => return Outcome::Failed(FailCode::TRANSPORT),
         };
         if let Err(code) = result {
             return Outcome::Failed(code);
         }
     }
-    Outcome::Done
+    match group.flush() {
+        Ok(()) => Outcome::Done,
+        Err(code) => Outcome::Failed(code),
+    }
 }
 
 fn errno() -> FailCode {
@@ -202,38 +211,107 @@ enum Direction {
     FromFile,
 }
 
-/// `pwrite` until all `len` bytes from memory at `addr` are in the file at `offset`.
-fn write_all(fd: i32, addr: usize, len: usize, offset: u64, sync: bool) -> Result<(), FailCode> {
-    all(Direction::ToFile, fd, addr, len, offset)?;
-    // SAFETY: a pinned file registration's descriptor, open until it is deregistered.
-    if sync && unsafe { libc::fdatasync(fd) } != 0 {
-        return Err(errno());
+/// Pieces one vectored call moves at most (the `iovec` array lives on the stack).
+pub(crate) const IOV_GROUP: usize = 64;
+
+/// Pieces gathered for one `preadv`/`pwritev`: same file, same way, contiguous in the
+/// file.
+struct Group {
+    iov: [libc::iovec; IOV_GROUP],
+    len: usize,
+    direction: Direction,
+    fd: i32,
+    /// File offset of the first piece, and of the byte after the last.
+    start: u64,
+    end: u64,
+    sync: bool,
+}
+
+impl Group {
+    fn new() -> Group {
+        Group {
+            iov: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; IOV_GROUP],
+            len: 0,
+            direction: Direction::ToFile,
+            fd: -1,
+            start: 0,
+            end: 0,
+            sync: false,
+        }
     }
-    Ok(())
+
+    /// Adds a piece: `len` bytes of memory at `addr`, at `offset` in the file `fd`,
+    /// first moving the pieces gathered so far if this one does not continue them.
+    fn add(
+        &mut self,
+        direction: Direction,
+        fd: i32,
+        addr: usize,
+        len: usize,
+        offset: u64,
+        sync: bool,
+    ) -> Result<(), FailCode> {
+        let continues =
+            self.len > 0 && self.len < IOV_GROUP && self.direction == direction && self.fd == fd && self.end == offset;
+        if !continues {
+            self.flush()?;
+            (self.direction, self.fd, self.start, self.end) = (direction, fd, offset, offset);
+        }
+        self.iov[self.len] = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: len,
+        };
+        self.len += 1;
+        self.end += len as u64;
+        self.sync |= sync;
+        Ok(())
+    }
+
+    /// Moves the pieces gathered (one `pread`/`pwrite` for one piece, else one
+    /// `preadv`/`pwritev`, continued while short), then `fdatasync` if a piece asked.
+    fn flush(&mut self) -> Result<(), FailCode> {
+        let (n, sync) = (std::mem::take(&mut self.len), std::mem::take(&mut self.sync));
+        if n == 0 {
+            return Ok(());
+        }
+        all(self.direction, self.fd, &mut self.iov[..n], self.start)?;
+        // SAFETY: a pinned file registration's descriptor, open until it is deregistered.
+        if sync && unsafe { libc::fdatasync(self.fd) } != 0 {
+            return Err(errno());
+        }
+        Ok(())
+    }
 }
 
-/// `pread` until all `len` bytes of the file at `offset` are in memory at `addr`.
-fn read_all(fd: i32, addr: usize, len: usize, offset: u64) -> Result<(), FailCode> {
-    all(Direction::FromFile, fd, addr, len, offset)
-}
-
-/// Repeats `pwrite`/`pread` until `len` bytes moved: short transfers are continued,
+/// Repeats `pwrite`/`pread` (one piece) or `pwritev`/`preadv` (several) until every
+/// byte of `iov` moved, from file offset `offset` on: short transfers are continued,
 /// EINTR retried; a read that reaches the end of the file is `END_OF_FILE`.
-fn all(direction: Direction, fd: i32, addr: usize, len: usize, offset: u64) -> Result<(), FailCode> {
-    let mut done = 0;
-    while done < len {
-        let (buf, rest, at) = (addr + done, len - done, (offset + done as u64) as libc::off_t);
-        // SAFETY: [addr, addr + len) is a pinned memory registration (or a pinned
+fn all(direction: Direction, fd: i32, mut iov: &mut [libc::iovec], mut offset: u64) -> Result<(), FailCode> {
+    while let Some(first) = iov.first() {
+        if first.iov_len == 0 {
+            iov = &mut iov[1..];
+            continue;
+        }
+        let at = offset as libc::off_t;
+        // SAFETY: every iovec is a range of a pinned memory registration (or a pinned
         // mapping), written only for a read; the fd is a pinned file registration's,
-        // open until it is deregistered.
+        // open until it is deregistered. `iov` holds at most IOV_GROUP (< IOV_MAX).
         let n = unsafe {
-            match direction {
-                Direction::ToFile => libc::pwrite(fd, buf as *const libc::c_void, rest, at),
-                Direction::FromFile => libc::pread(fd, buf as *mut libc::c_void, rest, at),
+            match (direction, iov.len()) {
+                (Direction::ToFile, 1) => libc::pwrite(fd, first.iov_base, first.iov_len, at),
+                (Direction::FromFile, 1) => libc::pread(fd, first.iov_base, first.iov_len, at),
+                (Direction::ToFile, count) => libc::pwritev(fd, iov.as_ptr(), count as libc::c_int, at),
+                (Direction::FromFile, count) => libc::preadv(fd, iov.as_ptr(), count as libc::c_int, at),
             }
         };
         match n {
-            n if n > 0 => done += n as usize,
+            n if n > 0 => {
+                offset += n as u64;
+                iov = advance(iov, n as usize);
+            }
             0 if direction == Direction::FromFile => return Err(FailCode::END_OF_FILE),
             0 => return Err(FailCode::new(FailSource::Errno, libc::EIO as u32)),
             _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
@@ -243,9 +321,43 @@ fn all(direction: Direction, fd: i32, addr: usize, len: usize, offset: u64) -> R
     Ok(())
 }
 
+/// `iov` with its first `n` bytes gone (a partly moved piece is shortened in place).
+fn advance(mut iov: &mut [libc::iovec], mut n: usize) -> &mut [libc::iovec] {
+    while n > 0 {
+        let Some(first) = iov.first_mut() else { break };
+        if n < first.iov_len {
+            first.iov_base = (first.iov_base as usize + n) as *mut libc::c_void;
+            first.iov_len -= n;
+            break;
+        }
+        n -= first.iov_len;
+        iov = &mut iov[1..];
+    }
+    iov
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn advance_drops_whole_pieces_and_shortens_a_partial_one() {
+        let mut bufs = [[0u8; 10]; 3];
+        let mut iov: Vec<libc::iovec> = bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        let base2 = iov[1].iov_base as usize;
+        let rest = advance(&mut iov, 13);
+        assert_eq!(rest.len(), 2);
+        assert_eq!((rest[0].iov_base as usize, rest[0].iov_len), (base2 + 3, 7));
+        let rest = advance(rest, 7);
+        assert_eq!((rest.len(), rest[0].iov_len), (1, 10));
+        assert!(advance(rest, 10).is_empty());
+    }
 
     /// A poster cycling through the slots of a small ring (each slot reused only once
     /// its job ran), taking most of its jobs back as a waiter would and leaving the
