@@ -709,6 +709,31 @@ fn data_file(args: &Args) -> std::path::PathBuf {
     std::path::Path::new(args.path.as_deref().unwrap_or(".")).join(format!("ringxfer-bench-{}.dat", std::process::id()))
 }
 
+/// The in-run baseline of the setup's transport, in GB/s: the raw libfabric loop, the
+/// raw cudarc loop, `pread`/`pwrite` loops, or `memcpy`.
+fn run_baseline(s: &Setup, args: &Args, block: u64, batch: u64, iters: u64) -> Result<f64, String> {
+    match &s.target {
+        Target::Fabric(_, raw) => {
+            run_raw(raw, args, block, batch, iters).map_err(|e| format!("raw libfabric loop: {e}"))
+        }
+        #[cfg(feature = "cuda")]
+        Target::Cuda(raw) => {
+            let total = iters * args.threads as u64;
+            raw.run(
+                args.op,
+                block as usize,
+                batch as usize,
+                total,
+                args.warmup_iter.min(iters),
+            )
+            .map(|elapsed| (block * batch * total) as f64 / elapsed.as_secs_f64() / 1e9)
+            .map_err(|e| format!("raw cudarc loop: {e}"))
+        }
+        _ if args.file => Ok(run_pio(args, block, batch, iters)),
+        _ => Ok(run_memcpy(args, block, batch, iters)),
+    }
+}
+
 /// The file baseline: the same access pattern with plain `pwrite`/`pread` loops on
 /// the same file, one thread per bench thread.
 fn run_pio(args: &Args, block: u64, batch: u64, iters: u64) -> f64 {
@@ -948,7 +973,14 @@ fn main() -> ExitCode {
             // shared machine hits both sides of every ratio alike.
             let mut engine_rows = Vec::with_capacity(ROUNDS);
             let mut memcpy = Vec::with_capacity(ROUNDS);
-            for _ in 0..ROUNDS {
+            for round in 0..ROUNDS {
+                // Odd rounds run the baseline first: neither side always follows the
+                // other (a page cache or a CPU warmed by the one before).
+                let baseline_first = round % 2 == 1;
+                let mut base = None;
+                if baseline_first {
+                    base = Some(run_baseline(&s, &args, block, batch, iters));
+                }
                 match run_engine(&s, &args, block, batch, iters) {
                     Ok(r) => engine_rows.push(r),
                     Err(e) => {
@@ -956,34 +988,13 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 }
-                memcpy.push(match &s.target {
-                    Target::Fabric(_, raw) => match run_raw(raw, &args, block, batch, iters) {
-                        Ok(gbps) => gbps,
-                        Err(e) => {
-                            eprintln!("\nringxfer-bench: raw baseline, block {block} batch {batch}: {e}");
-                            return ExitCode::FAILURE;
-                        }
-                    },
-                    #[cfg(feature = "cuda")]
-                    Target::Cuda(raw) => {
-                        let total = iters * args.threads as u64;
-                        match raw.run(
-                            args.op,
-                            block as usize,
-                            batch as usize,
-                            total,
-                            args.warmup_iter.min(iters),
-                        ) {
-                            Ok(elapsed) => (block * batch * total) as f64 / elapsed.as_secs_f64() / 1e9,
-                            Err(e) => {
-                                eprintln!("\nringxfer-bench: raw cudarc baseline, block {block} batch {batch}: {e}");
-                                return ExitCode::FAILURE;
-                            }
-                        }
+                match base.unwrap_or_else(|| run_baseline(&s, &args, block, batch, iters)) {
+                    Ok(gbps) => memcpy.push(gbps),
+                    Err(e) => {
+                        eprintln!("\nringxfer-bench: baseline, block {block} batch {batch}: {e}");
+                        return ExitCode::FAILURE;
                     }
-                    _ if args.file => run_pio(&args, block, batch, iters),
-                    _ => run_memcpy(&args, block, batch, iters),
-                });
+                }
             }
             let mut ratios: Vec<f64> = engine_rows.iter().zip(&memcpy).map(|(e, m)| e.gbps / m).collect();
             ratios.sort_by(f64::total_cmp);
