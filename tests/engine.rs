@@ -343,6 +343,10 @@ fn bad_configs_name_the_field() {
         (with(|c| c.max_registrations = 0), "max_registrations"),
         (with(|c| c.max_peers = 0), "max_peers"),
         (with(|c| c.max_notif_bytes = 1 << 17), "max_notif_bytes"),
+        (
+            with(|c| c.file_worker_poll = Duration::from_millis(11)),
+            "file_worker_poll",
+        ),
         (with(|c| c.max_prepared_lists = 0), "max_prepared_lists"),
         (with(|c| c.inbox_capacity = 1000), "inbox_capacity"),
         (with(|c| c.name = String::new()), "name"),

@@ -277,6 +277,9 @@ typedef struct {
   uint32_t inbox_capacity;
   // I/O worker threads for file transfers, 0–64 (0 disables them).
   uint32_t file_workers;
+  // How long an idle I/O worker polls before it sleeps, in microseconds, 0–10000
+  // (0: sleep at once; each post after an idle spell then wakes one).
+  uint32_t file_worker_poll_us;
   // The fabric transport (libfabric): 0 leaves it off; `RX_FABRIC_ENABLE`, plus
   // `RX_FABRIC_PROGRESS_THREAD` for an engine that only serves others.
   uint32_t fabric_flags;

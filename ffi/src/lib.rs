@@ -72,6 +72,9 @@ pub struct rx_config {
     pub inbox_capacity: u32,
     /// I/O worker threads for file transfers, 0–64 (0 disables them).
     pub file_workers: u32,
+    /// How long an idle I/O worker polls before it sleeps, in microseconds, 0–10000
+    /// (0: sleep at once; each post after an idle spell then wakes one).
+    pub file_worker_poll_us: u32,
     /// The fabric transport (libfabric): 0 leaves it off; `RX_FABRIC_ENABLE`, plus
     /// `RX_FABRIC_PROGRESS_THREAD` for an engine that only serves others.
     pub fabric_flags: u32,
@@ -478,6 +481,7 @@ pub unsafe extern "C" fn rx_config_default(out: *mut rx_config) -> rx_status {
             max_prepared_lists: d.max_prepared_lists as u32,
             inbox_capacity: d.inbox_capacity as u32,
             file_workers: d.file_workers as u32,
+            file_worker_poll_us: d.file_worker_poll.as_micros() as u32,
             fabric_flags: 0,
             fabric_deadline_ms: 0,
             fabric_provider: std::ptr::null(),
@@ -514,6 +518,7 @@ pub unsafe extern "C" fn rx_engine_new(config: *const rx_config, out: *mut *mut 
             c.max_prepared_lists = cfg.max_prepared_lists as usize;
             c.inbox_capacity = cfg.inbox_capacity as usize;
             c.file_workers = cfg.file_workers as usize;
+            c.file_worker_poll = std::time::Duration::from_micros(u64::from(cfg.file_worker_poll_us));
             if cfg.fabric_flags & !(RX_FABRIC_ENABLE | RX_FABRIC_PROGRESS_THREAD) != 0 {
                 return invalid("unknown fabric_flags");
             }

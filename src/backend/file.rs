@@ -18,9 +18,6 @@ use crate::Op;
 use crate::mem::Resolved;
 use crate::ring::{FailCode, FailSource, Handle, JobQueue, Outcome, Popped};
 
-/// How long an idle worker keeps looking for work before it sleeps.
-const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(100);
-
 /// How long a worker stays off the queue after popping its last entry and finding the
 /// job taken by its waiter. The waiters are running their own transfers then, and a
 /// worker popping right behind them only pulls the queue's cache lines away from their
@@ -35,6 +32,9 @@ pub(crate) struct FileQueue {
     jobs: JobQueue,
     /// Per slot: the handle whose cancellation was asked for.
     cancels: Box<[AtomicU64]>,
+    /// How long an idle worker keeps looking for work before it sleeps
+    /// (`Config::file_worker_poll`).
+    poll: Duration,
     sleepers: AtomicUsize,
     lock: Mutex<()>,
     wake: Condvar,
@@ -42,10 +42,11 @@ pub(crate) struct FileQueue {
 }
 
 impl FileQueue {
-    pub(crate) fn new(capacity: usize) -> FileQueue {
+    pub(crate) fn new(capacity: usize, poll: Duration) -> FileQueue {
         FileQueue {
             jobs: JobQueue::new(capacity),
             cancels: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
+            poll,
             sleepers: AtomicUsize::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
@@ -83,7 +84,7 @@ impl FileQueue {
         loop {
             // Stay awake a little before sleeping: waking a sleeping thread costs tens
             // of microseconds, longer than many a transfer, and transfers come in runs.
-            let mut awake_until = Instant::now() + SPIN_BEFORE_SLEEP;
+            let mut awake_until = Instant::now() + self.poll;
             let backoff = crossbeam_utils::Backoff::new();
             while Instant::now() < awake_until {
                 match self.jobs.pop() {
@@ -93,8 +94,8 @@ impl FileQueue {
                     // the last entry, stay off the queue for a while.
                     Popped::Taken => {
                         let now = Instant::now();
-                        awake_until = now + SPIN_BEFORE_SLEEP;
-                        if self.jobs.is_empty() {
+                        awake_until = now + self.poll;
+                        if !self.poll.is_zero() && self.jobs.is_empty() {
                             while Instant::now() < now + AFTER_TAKEN {
                                 std::hint::spin_loop();
                             }
@@ -365,9 +366,16 @@ mod tests {
     /// queue while the workers sleep.
     #[test]
     fn stolen_and_left_jobs_all_run_once_and_promptly() {
+        // Polling workers, and workers that sleep as soon as they are idle.
+        for poll in [Duration::from_micros(100), Duration::ZERO] {
+            stolen_and_left(poll);
+        }
+    }
+
+    fn stolen_and_left(poll: Duration) {
         const SLOTS: usize = 64;
-        const ROUNDS: u64 = 200_000;
-        let q = FileQueue::new(SLOTS);
+        const ROUNDS: u64 = 100_000;
+        let q = FileQueue::new(SLOTS, poll);
         let runs: Vec<AtomicU64> = (0..SLOTS).map(|_| AtomicU64::new(0)).collect();
         let work = || {
             let until = Instant::now() + Duration::from_micros(2);
