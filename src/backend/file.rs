@@ -10,6 +10,7 @@
 //! FAILED with the errno; reading past the end of a file ends it FAILED
 //! (`END_OF_FILE`). A cancel of a queued transfer ends it CANCELLED before any I/O.
 
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -218,7 +219,9 @@ pub(crate) const IOV_GROUP: usize = 64;
 /// Pieces gathered for one `preadv`/`pwritev`: same file, same way, contiguous in the
 /// file.
 struct Group {
-    iov: [libc::iovec; IOV_GROUP],
+    /// The pieces; the first `len` are written. Left uninitialised at first, so a
+    /// one-piece transfer does not pay for zeroing 1 KiB.
+    iov: [MaybeUninit<libc::iovec>; IOV_GROUP],
     len: usize,
     direction: Direction,
     fd: i32,
@@ -231,10 +234,7 @@ struct Group {
 impl Group {
     fn new() -> Group {
         Group {
-            iov: [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; IOV_GROUP],
+            iov: [const { MaybeUninit::uninit() }; IOV_GROUP],
             len: 0,
             direction: Direction::ToFile,
             fd: -1,
@@ -261,10 +261,10 @@ impl Group {
             self.flush()?;
             (self.direction, self.fd, self.start, self.end) = (direction, fd, offset, offset);
         }
-        self.iov[self.len] = libc::iovec {
+        self.iov[self.len].write(libc::iovec {
             iov_base: addr as *mut libc::c_void,
             iov_len: len,
-        };
+        });
         self.len += 1;
         self.end += len as u64;
         self.sync |= sync;
@@ -278,7 +278,11 @@ impl Group {
         if n == 0 {
             return Ok(());
         }
-        all(self.direction, self.fd, &mut self.iov[..n], self.start)?;
+        let written = &mut self.iov[..n];
+        // SAFETY: `add` wrote the first `len` (now `n`) entries; MaybeUninit<T> has
+        // T's layout.
+        let iov = unsafe { &mut *(written as *mut [MaybeUninit<libc::iovec>] as *mut [libc::iovec]) };
+        all(self.direction, self.fd, iov, self.start)?;
         // SAFETY: a pinned file registration's descriptor, open until it is deregistered.
         if sync && unsafe { libc::fdatasync(self.fd) } != 0 {
             return Err(errno());
