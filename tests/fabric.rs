@@ -802,3 +802,29 @@ fn two_network_namespaces_over_tcp() {
     assert!(out == data);
     a.check_quiescent().unwrap();
 }
+
+/// The shm provider's default region name is `<pid>:<n>:<n>`, so a region left in
+/// /dev/shm by a killed process made the next process with the same pid fail
+/// `fi_enable` with EBUSY (seen in CI-like runs after many killed children). The
+/// engine names its shm endpoint after its engine id instead.
+#[test]
+fn a_stale_shm_region_named_after_this_pid_does_not_block_an_engine() {
+    let dir = std::path::Path::new("/dev/shm");
+    if !dir.is_dir() {
+        eprintln!("skipped: no /dev/shm");
+        return;
+    }
+    let pid = std::process::id();
+    let stale: Vec<std::path::PathBuf> = (0..16).map(|i| dir.join(format!("{pid}:{i}:0"))).collect();
+    let fresh: Vec<&std::path::PathBuf> = stale.iter().filter(|p| !p.exists()).collect();
+    for p in &fresh {
+        std::fs::write(p, [0u8; 4096]).unwrap();
+    }
+    let engines = (engine("stale-a", "shm", false), engine("stale-b", "shm", false));
+    for p in &fresh {
+        let _ = std::fs::remove_file(p);
+    }
+    let (Some(a), Some(b)) = engines else { return };
+    assert!(a.fabric_provider().unwrap().starts_with("shm"));
+    assert!(b.fabric_provider().unwrap().starts_with("shm"));
+}

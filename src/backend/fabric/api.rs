@@ -191,6 +191,12 @@ pub(crate) unsafe fn getname(ep: *mut sys::fid_ep, addr: *mut c_void, len: *mut 
     unsafe { call!((*ep).cm, getname(&raw mut (*ep).fid, addr, len)) }
 }
 
+/// `fi_setname`.
+pub(crate) unsafe fn setname(ep: *mut sys::fid_ep, addr: *mut c_void, len: usize) -> isize {
+    // SAFETY: see the block comment above.
+    unsafe { call!((*ep).cm, setname(&raw mut (*ep).fid, addr, len)) }
+}
+
 /// `fi_av_insert` of one address.
 pub(crate) unsafe fn av_insert(av: *mut sys::fid_av, addr: *const c_void, out: *mut sys::fi_addr_t) -> isize {
     // SAFETY: see the block comment above.

@@ -383,7 +383,9 @@ unsafe impl Sync for Endpoint {}
 
 impl Endpoint {
     /// Opens the endpoint, an AV of `av_count` entries and a CQ of `cq_size` entries.
-    pub(crate) fn open(domain: &Arc<Domain>, av_count: usize, cq_size: usize) -> Result<Endpoint> {
+    /// `name`, if given, is set as the endpoint's name before it is enabled (see
+    /// `Fabric::open`: the shm provider's region is named after it).
+    pub(crate) fn open(domain: &Arc<Domain>, av_count: usize, cq_size: usize, name: Option<&CStr>) -> Result<Endpoint> {
         let api = domain.api;
         let mut e = Endpoint {
             ep: std::ptr::null_mut(),
@@ -424,6 +426,14 @@ impl Endpoint {
         let ret = unsafe { api::ep_bind(e.ep, &raw mut (*e.cq).fid, (sys::FI_TRANSMIT | sys::FI_RECV) as u64) };
         if ret != 0 {
             return Err(api.error("fi_ep_bind(cq)", ret));
+        }
+        if let Some(name) = name {
+            let bytes = name.to_bytes_with_nul();
+            // SAFETY: a bound endpoint not yet enabled; the provider copies the name.
+            let ret = unsafe { api::setname(e.ep, bytes.as_ptr().cast_mut().cast(), bytes.len()) };
+            if ret != 0 {
+                return Err(api.error("fi_setname", ret));
+            }
         }
         // SAFETY: bound endpoint.
         let ret = unsafe { api::enable(e.ep) };

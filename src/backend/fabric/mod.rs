@@ -420,7 +420,20 @@ impl Fabric {
         let rx_count = config.rx_buffers;
         let ctrl = CtrlArea::new((capacity + 1 + rx_count + max_peers) * msg_size)?;
         let cq_size = (capacity * 2 + rx_count).min(1 << 16);
-        let ep = Endpoint::open(domain, max_peers * 2 + 2, cq_size)?;
+        // The shm provider names its shared-memory region after the endpoint, by
+        // default `<pid>:<n>:<n>`: a region left by a killed process makes the next
+        // process with that pid fail fi_enable with EBUSY. A name with the engine id
+        // cannot collide, and `shm::sweep_dead` removes it once its process is gone.
+        let shm_name = domain
+            .provider
+            .starts_with("shm")
+            .then(|| std::ffi::CString::new(format!("ringxfer-{engine_id:016x}-fi")))
+            .transpose()
+            .map_err(|_| Error::InvalidConfig {
+                field: "name",
+                reason: "contains a NUL byte",
+            })?;
+        let ep = Endpoint::open(domain, max_peers * 2 + 2, cq_size, shm_name.as_deref())?;
         let ctrl_mr = if domain.mr_mode & u64::from(sys::FI_MR_LOCAL) != 0 {
             Some(domain.register(ctrl.ptr as usize, ctrl.layout.size())?)
         } else {

@@ -57,8 +57,19 @@ impl RawRma {
         // the target too, which no pair of engines (or hosts) gets.
         let initiator_domain: Arc<Domain> = super::Fabric::open_domain(&config, false)?;
         let target_domain: Arc<Domain> = super::Fabric::open_domain(&config, false)?;
-        let initiator = Endpoint::open(&initiator_domain, 4, 4096)?;
-        let target = Arc::new(Endpoint::open(&target_domain, 4, 4096)?);
+        // Named as the engine names its shm endpoints (see `Fabric::open`), so a
+        // region a killed process left under this pid cannot block them.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let shm = initiator_domain.provider.starts_with("shm");
+        let name = |side: &str| {
+            let id = u64::from(std::process::id()) << 32
+                | u64::from(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            std::ffi::CString::new(format!("ringxfer-{id:016x}-raw-{side}"))
+                .ok()
+                .filter(|_| shm)
+        };
+        let initiator = Endpoint::open(&initiator_domain, 4, 4096, name("initiator").as_deref())?;
+        let target = Arc::new(Endpoint::open(&target_domain, 4, 4096, name("target").as_deref())?);
         let dest = initiator.insert(&target.name)?;
         target.insert(&initiator.name)?;
         let src = vec![1u8; bytes.max(1)];
