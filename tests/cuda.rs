@@ -52,9 +52,11 @@ fn no_driver_is_a_typed_error_not_a_panic() {
     assert!(matches!(e.alloc_vram(4096), Err(Error::CudaUnavailable { .. })));
 }
 
-/// Builds the fake driver into a fresh directory as `libcuda.so`.
-fn build_fake_driver() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ringxfer-fake-cuda-{}", std::process::id()));
+/// Builds the fake driver into a fresh directory as `libcuda.so`, one directory per
+/// child: the tests run in parallel, and one removing a shared directory pulled the
+/// library from under the other's child.
+fn build_fake_driver(child: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringxfer-fake-cuda-{}-{child}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/cuda_fake/libcuda.c");
     let status = Command::new("gcc")
@@ -84,7 +86,7 @@ fn run_child(child: &str) {
     if std::env::var_os("RINGXFER_FAKE_CUDA").is_some() {
         return;
     }
-    let dir = build_fake_driver();
+    let dir = build_fake_driver(child);
     let out = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", child, "--ignored", "--nocapture", "--test-threads=1"])
         .env("LD_LIBRARY_PATH", &dir)
