@@ -557,7 +557,16 @@ fn old_generations_are_rejected_after(transfers: u64) {
     for h in in_flight {
         assert_eq!(wait_done(&a, h), Status::Done);
     }
-    let [live, _, stale, unattributed, writes, _, rss] = t.stats();
+    // DONE means the bytes are in the target's memory; the target counts a write when
+    // its progress reads the completion, which can come a moment later.
+    let since = std::time::Instant::now();
+    let [live, _, stale, unattributed, writes, _, rss] = loop {
+        let st = t.stats();
+        if st[4] >= transfers || since.elapsed() > Duration::from_secs(10) {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
     assert_eq!((live, stale, unattributed, writes), (0, 0, 0, transfers));
     let first = first.unwrap();
     // The first transfer's slot index came round again and again since: its old
