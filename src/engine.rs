@@ -1001,10 +1001,8 @@ impl Engine {
         let mut lists = self.lists.write().unwrap_or_else(|e| e.into_inner());
         let Some(index) = lists.iter().position(|e| e.list.is_none()) else {
             drop(lists);
-            resolved
-                .iter()
-                .chain(own.iter())
-                .for_each(|r| self.core.shared.registry.unpin(r.entry));
+            self.core.shared.registry.unpin_all(&resolved);
+            self.core.shared.registry.unpin_all(&own);
             return Err(Error::ListTableFull {
                 capacity: self.config.max_prepared_lists,
             });
@@ -1061,10 +1059,8 @@ impl Engine {
         lookup_list(&lists, list)?;
         let entry = &mut lists[(list.0 & 0xfffff) as usize];
         if let Some(l) = entry.list.take() {
-            l.local
-                .iter()
-                .chain(l.own.iter())
-                .for_each(|r| self.core.shared.registry.unpin(r.entry));
+            self.core.shared.registry.unpin_all(&l.local);
+            self.core.shared.registry.unpin_all(&l.own);
         }
         entry.generation += 1;
         Ok(())
@@ -1535,13 +1531,9 @@ fn lookup_list(lists: &[ListEntry], id: ListId) -> Result<&PreparedList> {
 
 /// Returns a freed slot's resources: its region pins.
 fn reclaim(registry: &Registry, t: &mut Transfer) {
-    for r in &t.local[..t.count] {
-        registry.unpin(r.entry);
-    }
+    registry.unpin_all(&t.local[..t.count]);
     if t.peer == PeerId::SELF.0 {
-        for r in &t.own[..t.count] {
-            registry.unpin(r.entry);
-        }
+        registry.unpin_all(&t.own[..t.count]);
     }
     t.count = 0;
     t.notif_len = None;

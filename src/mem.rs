@@ -315,9 +315,18 @@ impl Pinner<'_> {
 
     /// Drops the pins of `resolved` (pinned by this pinner, on an error path).
     pub(crate) fn unpin_all(&self, resolved: &[Resolved]) {
-        for r in resolved {
-            self.pins[r.entry as usize].fetch_sub(1, Ordering::Release);
-        }
+        resolved.iter().for_each(|r| drop_pin(self.pins, r.entry));
+    }
+}
+
+/// Drops one pin of `entry`. Takes no lock: a pin only ever keeps a region, so
+/// dropping one early is never unsafe for the table.
+fn drop_pin(pins: &[AtomicU32], entry: u32) {
+    if let Some(p) = pins.get(entry as usize) {
+        // Release: the transfer's accesses to the region happen before a
+        // deregistration that sees the count drop (its load is Acquire).
+        let before = p.fetch_sub(1, Ordering::Release);
+        debug_assert!(before > 0, "unpin without pin");
     }
 }
 
@@ -686,15 +695,14 @@ impl Registry {
         }
     }
 
-    /// Drops one pin taken by [`Pinner::pin`]. Takes no lock: a pin only ever keeps
-    /// a region, so dropping one early is never unsafe for the table.
+    /// Drops one pin taken by [`Pinner::pin`] (without the lock: see `drop_pin`).
     pub(crate) fn unpin(&self, entry: u32) {
-        if let Some(p) = self.pins.get(entry as usize) {
-            // Release: the transfer's accesses to the region happen before a
-            // deregistration that sees the count drop (its load is Acquire).
-            let before = p.fetch_sub(1, Ordering::Release);
-            debug_assert!(before > 0, "unpin without pin");
-        }
+        drop_pin(&self.pins, entry);
+    }
+
+    /// Drops the pins of every descriptor in `resolved` (see [`unpin`](Registry::unpin)).
+    pub(crate) fn unpin_all(&self, resolved: &[Resolved]) {
+        resolved.iter().for_each(|r| drop_pin(&self.pins, r.entry));
     }
 
     /// Every live registration, for the metadata blob.
