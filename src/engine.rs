@@ -294,7 +294,8 @@ impl Core {
 
     /// A worker thread's loop: run file transfers until the engine shuts down.
     fn work(&self) {
-        while let Some((handle, cancelled)) = self.files.next() {
+        let mut quiet = file::QUIET_FIRST;
+        while let Some((handle, cancelled)) = self.files.next(&mut quiet) {
             self.run_file_job(handle, cancelled);
         }
     }
