@@ -464,6 +464,14 @@ impl Engine {
             notif: vec![0; m].into_boxed_slice(),
             notif_len: None,
         })?;
+        // The slot freed last is taken again first (its lines are still in cache),
+        // except with the fabric, whose immediate data carries truncated generations
+        // and relies on reuse spreading over every slot (`SlotRing::reuse_recent`).
+        let ring = if config.fabric.is_none() {
+            ring.reuse_recent()
+        } else {
+            ring
+        };
         // pid (for liveness checks) in the high half, random bits in the low half: ids
         // differ across restarts and across PID namespaces that share /dev/shm. The low
         // half is never 0 or all ones (the inbox's "claiming" mark).

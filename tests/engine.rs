@@ -597,3 +597,31 @@ fn a_handle_from_another_engine_is_refused() {
     a.release(ha).unwrap();
     c.release(hc).unwrap();
 }
+
+/// Without the fabric, the slot freed last is taken again first (its lines are still
+/// in cache), and its handle is a new generation: the old one stays dead.
+#[test]
+fn a_thread_doing_one_transfer_at_a_time_reuses_one_slot() {
+    let (a, _b, src, dst, peer) = connected(64);
+    let first = write(&a, peer, src, dst, 64, None);
+    a.post(first).unwrap();
+    assert_eq!(a.wait(first, WAIT).unwrap(), Status::Done);
+    a.release(first).unwrap();
+    let mut last = first;
+    for _ in 0..10 {
+        let h = write(&a, peer, src, dst, 64, None);
+        assert_eq!(h.index(), first.index(), "the slot freed last is reused");
+        assert_eq!(h.generation(), last.generation() + 1);
+        assert!(matches!(a.status(last), Err(Error::StaleHandle { .. })));
+        a.post(h).unwrap();
+        assert_eq!(a.wait(h, WAIT).unwrap(), Status::Done);
+        a.release(h).unwrap();
+        last = h;
+    }
+    // Two held at once: the second comes from the free list.
+    let (h1, h2) = (write(&a, peer, src, dst, 64, None), write(&a, peer, src, dst, 64, None));
+    assert_ne!(h1.index(), h2.index());
+    a.release(h1).unwrap();
+    a.release(h2).unwrap();
+    assert_quiescent(&a);
+}

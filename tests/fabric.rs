@@ -420,6 +420,23 @@ fn control_buffers_never_drain_without_notifications() {
         a.post(h).unwrap();
         assert_eq!(wait_done(&a, h), Status::Done);
         assert_eq!(t.notes(1), (1, 0));
+        // With the fabric, slots come from the free list alone (reuse spreads over
+        // every slot, as truncated wire generations need): the slot freed last is not
+        // the next one taken.
+        let one = |a: &Engine| {
+            a.prepare(
+                Op::Write,
+                &[Desc::new(src, 0, 64)],
+                peer,
+                &[Desc::new(t.region, 0, 64)],
+                None,
+            )
+        };
+        let h1 = one(&a).unwrap();
+        a.release(h1).unwrap();
+        let h2 = one(&a).unwrap();
+        assert_ne!(h1.index(), h2.index(), "{provider}");
+        a.release(h2).unwrap();
         a.check_quiescent().unwrap();
         let s = a.stats();
         assert_eq!(s.ring.live, 0);

@@ -31,11 +31,28 @@ fn assert_all_slots_free(ring: &SlotRing<u32>) {
     assert!(matches!(ring.acquire(), Err(Error::RingFull { .. })));
 }
 
+/// A ring of `capacity`, handing out the slot freed last first if `reuse_recent`.
+fn ring(capacity: usize, reuse_recent: bool) -> SlotRing<u32> {
+    let ring = SlotRing::<u32>::new(capacity).unwrap();
+    if reuse_recent { ring.reuse_recent() } else { ring }
+}
+
 #[test]
 fn two_threads_acquire_and_release_on_a_capacity_two_ring() {
+    two_threads_acquire_and_release(false);
+}
+
+/// The same with the one-slot cache in front of the free list: an index is never in
+/// the cache and the list at once, nor handed to two acquirers.
+#[test]
+fn two_threads_acquire_and_release_reusing_the_recent_slot() {
+    two_threads_acquire_and_release(true);
+}
+
+fn two_threads_acquire_and_release(reuse_recent: bool) {
     // Two rounds in each of two threads: 3 preemptions take ~90 s, 2 take ~5 s.
-    model(2, || {
-        let ring = Arc::new(SlotRing::<u32>::new(2).unwrap());
+    model(2, move || {
+        let ring = Arc::new(ring(2, reuse_recent));
         let threads: Vec<_> = (0..2)
             .map(|t| {
                 let ring = ring.clone();
@@ -122,8 +139,17 @@ fn a_stale_completion_after_reuse_is_rejected() {
 
 #[test]
 fn a_detached_transfer_is_freed_once_by_its_completion() {
-    model(3, || {
-        let ring = Arc::new(SlotRing::<u32>::new(2).unwrap());
+    a_detached_transfer_is_freed_once(false);
+}
+
+#[test]
+fn a_detached_transfer_is_freed_once_reusing_the_recent_slot() {
+    a_detached_transfer_is_freed_once(true);
+}
+
+fn a_detached_transfer_is_freed_once(reuse_recent: bool) {
+    model(3, move || {
+        let ring = Arc::new(ring(2, reuse_recent));
         let h = ring.acquire().unwrap();
         ring.post(h).unwrap();
         let completer = {

@@ -27,15 +27,22 @@ enum St {
 struct Model {
     slots: Vec<(u64, St)>,
     free: VecDeque<u32>,
+    /// With `SlotRing::reuse_recent`: the slot freed last (`Some(None)` when empty).
+    recent: Option<Option<u32>>,
+    /// Pops from `free`: the ring samples its high-water mark on every
+    /// HIGH_WATER_SAMPLE-th.
+    popped: u64,
     max_generation: u64,
     stats: RingStats,
 }
 
 impl Model {
-    fn new(capacity: usize, max_generation: u64) -> Model {
+    fn new(capacity: usize, max_generation: u64, reuse_recent: bool) -> Model {
         Model {
             slots: vec![(1, St::Free); capacity],
             free: (0..capacity as u32).collect(),
+            recent: reuse_recent.then_some(None),
+            popped: 0,
             max_generation,
             stats: RingStats {
                 capacity,
@@ -69,7 +76,13 @@ impl Model {
             self.stats.retired += 1;
         } else {
             self.slots[i] = (g + 1, St::Free);
-            self.free.push_back(i as u32);
+            // Into `recent` if the ring has it (and the slot is not past half its
+            // generations), pushing out the slot there.
+            let out = match &mut self.recent {
+                Some(recent) if g < self.max_generation / 2 => recent.replace(i as u32),
+                _ => Some(i as u32),
+            };
+            self.free.extend(out);
         }
     }
 
@@ -82,16 +95,23 @@ impl Model {
     }
 
     fn acquire(&mut self) -> Result<Handle, Error> {
-        let Some(i) = self.free.pop_front() else {
-            self.stats.high_water = self.stats.high_water.max(self.stats.live);
-            return Err(Error::RingFull {
-                capacity: self.slots.len(),
-            });
+        let (i, sample) = match self.recent.as_mut().and_then(Option::take) {
+            Some(i) => (i, false),
+            None => {
+                let Some(i) = self.free.pop_front() else {
+                    self.stats.high_water = self.stats.high_water.max(self.stats.live);
+                    return Err(Error::RingFull {
+                        capacity: self.slots.len(),
+                    });
+                };
+                self.popped += 1;
+                // The ring samples its high-water mark every HIGH_WATER_SAMPLE-th pop.
+                (i, (self.popped - 1).is_multiple_of(HIGH_WATER_SAMPLE))
+            }
         };
         self.slots[i as usize].1 = St::Reserved;
         self.stats.live += 1;
-        // The ring samples its high-water mark every HIGH_WATER_SAMPLE-th acquire.
-        if self.stats.acquired.is_multiple_of(HIGH_WATER_SAMPLE) {
+        if sample {
             self.stats.high_water = self.stats.high_water.max(self.stats.live);
         }
         self.stats.acquired += 1;
@@ -217,9 +237,10 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn run(capacity: usize, max_generation: u64, ops: &[Op]) -> Result<(), TestCaseError> {
+fn run(capacity: usize, max_generation: u64, reuse_recent: bool, ops: &[Op]) -> Result<(), TestCaseError> {
     let ring: SlotRing<u8> = SlotRing::with_generation_limit(capacity, max_generation).unwrap();
-    let mut model = Model::new(capacity, max_generation);
+    let ring = if reuse_recent { ring.reuse_recent() } else { ring };
+    let mut model = Model::new(capacity, max_generation, reuse_recent);
     let mut issued: Vec<Handle> = Vec::new();
     let pick = |issued: &Vec<Handle>, k: usize| {
         if issued.is_empty() {
@@ -275,9 +296,10 @@ proptest! {
     #[test]
     fn ring_agrees_with_the_model(
         capacity in prop_oneof![Just(1usize), Just(2), Just(4), Just(8)],
-        max_generation in 1u64..6,
+        max_generation in prop_oneof![1u64..8, Just(1000)],
+        reuse_recent in any::<bool>(),
         ops in prop::collection::vec(op(), 1..200),
     ) {
-        run(capacity, max_generation, &ops)?;
+        run(capacity, max_generation, reuse_recent, &ops)?;
     }
 }

@@ -10,7 +10,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let capacity = 1usize << (config & 3);
-    let ring: SlotRing<u8> = SlotRing::with_generation_limit(capacity, 1 + u64::from(config >> 2)).unwrap();
+    let ring: SlotRing<u8> = SlotRing::with_generation_limit(capacity, 1 + u64::from(config >> 3)).unwrap();
+    // Bit 2: the one-slot cache of the slot freed last in front of the free list.
+    let ring = if config & 4 != 0 { ring.reuse_recent() } else { ring };
     let mut issued: Vec<Handle> = Vec::new();
     for pair in ops.chunks(2) {
         let (op, arg) = (pair[0], pair.get(1).copied().unwrap_or(0));

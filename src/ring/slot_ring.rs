@@ -121,6 +121,9 @@ pub struct RingStats {
 pub struct SlotRing<C> {
     slots: Box<[CachePadded<Slot<C>>]>,
     free: FreeList,
+    /// With [`reuse_recent`](SlotRing::reuse_recent): the slot freed last, handed out
+    /// before the free list's.
+    recent: Option<CachePadded<Recent>>,
     max_generation: u64,
     high_water: CachePadded<AtomicU64>,
     /// Rare paths only: stale completions and retirements.
@@ -136,6 +139,18 @@ unsafe impl<C: Send> Send for SlotRing<C> {}
 // SAFETY: as above; sharing the ring lets several threads reach contexts, one owner
 // writing (`C: Send`) and possibly several reading through `context` (`C: Sync`).
 unsafe impl<C: Send + Sync> Sync for SlotRing<C> {}
+
+/// A one-slot cache in front of the free list (see [`SlotRing::reuse_recent`]). The
+/// index in it belongs to it, as an index in the free list belongs to the list: a
+/// swap moves it out whole, so two acquirers never get the same slot.
+struct Recent {
+    /// A FREE slot's index, or [`NO_SLOT`].
+    index: AtomicU64,
+    /// Acquires it served (the free list counts its own).
+    taken: AtomicU64,
+}
+
+const NO_SLOT: u64 = u64::MAX;
 
 impl<C: Default> SlotRing<C> {
     /// A ring of `capacity` slots (a power of two, 1 ..= 2^20), every context
@@ -193,11 +208,34 @@ impl<C> SlotRing<C> {
         Ok(SlotRing {
             slots,
             free: FreeList::full(capacity),
+            recent: None,
             max_generation: MAX_GENERATION,
             high_water: CachePadded::new(AtomicU64::new(0)),
             stale_completions: AtomicU64::new(0),
             retired: AtomicU64::new(0),
         })
+    }
+
+    /// Makes the ring hand out the slot freed last before any from its free list.
+    ///
+    /// A thread that posts and releases one transfer at a time then keeps reusing one
+    /// slot, whose state word and context are still in its caches, instead of cycling
+    /// through all of them (measured: 64 KiB file writes went from 0.84× to 0.88× a
+    /// plain `pwrite` loop).
+    ///
+    /// The price is that generations no longer spread evenly: that slot's generation
+    /// climbs with every transfer, where the free list alone would spread them over all
+    /// N slots. No handle is ever issued twice either way, and a slot past half its
+    /// generations is no longer cached, so none retires early. But a transport that
+    /// carries truncated generations on the wire (the fabric's immediate data: 32 or
+    /// as few as 12 bits) relies on the spread to keep a late completion from aliasing
+    /// a newer transfer, so the engine turns this on only without the fabric.
+    pub fn reuse_recent(mut self) -> SlotRing<C> {
+        self.recent = Some(CachePadded::new(Recent {
+            index: AtomicU64::new(NO_SLOT),
+            taken: AtomicU64::new(0),
+        }));
+        self
     }
 
     /// The fixed number of slots.
@@ -227,12 +265,18 @@ impl<C> SlotRing<C> {
     /// is released at once (at the next generation) and `init`'s error returned. `init`
     /// must undo whatever it did to the context before failing.
     pub fn acquire_try<E: From<Error>>(&self, init: impl FnOnce(&mut C) -> Result<(), E>) -> Result<Handle, E> {
-        let Some((index, position)) = self.free.pop_at() else {
-            self.note_high_water();
-            return Err(Error::RingFull {
-                capacity: self.capacity(),
-            }
-            .into());
+        let (index, sample) = match self.take_recent() {
+            Some(index) => (index, false),
+            None => match self.free.pop_at() {
+                Some((index, position)) => (index, position.is_multiple_of(HIGH_WATER_SAMPLE)),
+                None => {
+                    self.note_high_water();
+                    return Err(Error::RingFull {
+                        capacity: self.capacity(),
+                    }
+                    .into());
+                }
+            },
         };
         let slot = &self.slots[index as usize];
         let word = slot.word.load(Ordering::Acquire);
@@ -267,7 +311,7 @@ impl<C> SlotRing<C> {
         // only the thread that popped the index gets here), so a store suffices. Release:
         // whoever later sees RESERVED (a poster on another thread) sees the context.
         slot.word.store(state::pack(generation, 0, RESERVED), Ordering::Release);
-        if position.is_multiple_of(HIGH_WATER_SAMPLE) {
+        if sample {
             self.note_high_water();
         }
         Ok(handle)
@@ -547,11 +591,13 @@ impl<C> SlotRing<C> {
             cancelled += slot.cancelled.load(Ordering::Relaxed);
         }
         let retired = self.retired.load(Ordering::Relaxed);
-        let acquired = self.free.popped();
-        let freed = (self.free.pushed() - self.capacity() as u64) + retired;
+        let acquired = self.free.popped() + self.recent.as_ref().map_or(0, |r| r.taken.load(Ordering::Relaxed));
+        // Every index is in the free list, in `recent`, retired, or held.
+        let live = (self.capacity() as u64).saturating_sub(self.out_of_service());
+        let freed = acquired.saturating_sub(live);
         RingStats {
             capacity: self.capacity(),
-            live: acquired.saturating_sub(freed) as usize,
+            live: live as usize,
             high_water: self.high_water.load(Ordering::Relaxed) as usize,
             acquired,
             freed,
@@ -635,8 +681,55 @@ impl<C> SlotRing<C> {
             self.retired.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        // The CAS that freed this slot was won once, so it is pushed once.
+        // The CAS that freed this slot was won once, so it is given back once.
+        self.give_back(index, state::generation(word));
+    }
+
+    /// Takes the index in `recent`, if the ring has one and it holds one.
+    #[inline]
+    fn take_recent(&self) -> Option<u32> {
+        let recent = self.recent.as_ref()?;
+        // A load first: when `recent` is empty (the free list's turn) it costs no
+        // read-modify-write.
+        if recent.index.load(Ordering::Relaxed) == NO_SLOT {
+            return None;
+        }
+        // Acquire: pairs with `give_back`'s swap, after the slot was made FREE and its
+        // context reclaimed.
+        let index = recent.index.swap(NO_SLOT, Ordering::AcqRel);
+        if index == NO_SLOT {
+            return None;
+        }
+        recent.taken.fetch_add(1, Ordering::Relaxed);
+        Some(index as u32)
+    }
+
+    /// Gives back a slot made FREE at `generation`: into `recent` (pushing out the one
+    /// there to the free list), or straight to the free list. A slot past half its
+    /// generations goes to the free list only, so the slots reused most do not retire
+    /// before the rest: no slot retires until every slot has spent half its
+    /// generations, as with the free list alone.
+    #[inline]
+    fn give_back(&self, index: u32, generation: u64) {
+        let index = match &self.recent {
+            Some(recent) if generation <= self.max_generation / 2 => {
+                match recent.index.swap(u64::from(index), Ordering::AcqRel) {
+                    NO_SLOT => return,
+                    out => out as u32,
+                }
+            }
+            _ => index,
+        };
         self.push_free(index);
+    }
+
+    /// Slots not held by anyone: in the free list, in `recent`, or retired (a snapshot).
+    fn out_of_service(&self) -> u64 {
+        let cached = self
+            .recent
+            .as_ref()
+            .is_some_and(|r| r.index.load(Ordering::Relaxed) != NO_SLOT);
+        self.free.len() as u64 + u64::from(cached) + self.retired.load(Ordering::Relaxed)
     }
 
     /// Raises the high-water mark to the number of slots held now. Reading that
@@ -644,8 +737,7 @@ impl<C> SlotRing<C> {
     /// so acquires sample it (see [`HIGH_WATER_SAMPLE`]) rather than pay for it every time.
     #[cold]
     fn note_high_water(&self) {
-        let out_of_service = self.free.len() as u64 + self.retired.load(Ordering::Relaxed);
-        let live = (self.capacity() as u64).saturating_sub(out_of_service);
+        let live = (self.capacity() as u64).saturating_sub(self.out_of_service());
         if live > self.high_water.load(Ordering::Relaxed) {
             self.high_water.fetch_max(live, Ordering::Relaxed);
         }
