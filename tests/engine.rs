@@ -248,6 +248,10 @@ fn deregistering_a_region_in_use_is_busy() {
     assert_eq!(a.deregister(src), Err(Error::UnknownRegion { region: src.to_raw() }));
     let err = a.prepare(Op::Write, &[Desc::new(src, 0, 8)], peer, &[Desc::new(dst, 0, 8)], None);
     assert_eq!(err, Err(Error::UnknownRegion { region: src.to_raw() }));
+    // An id forged with the entry's next generation, not issued yet, names nothing.
+    let next = RegionId::from_raw(src.to_raw() + (1 << 20));
+    let err = a.prepare(Op::Write, &[Desc::new(next, 0, 8)], peer, &[Desc::new(dst, 0, 8)], None);
+    assert_eq!(err, Err(Error::UnknownRegion { region: next.to_raw() }));
     // The entry is reused at a new generation; the old id stays dead.
     let again = a.alloc_region(4096).unwrap();
     assert_ne!(again, src);

@@ -24,6 +24,10 @@ struct Slot<C> {
     done: AtomicU64,
     failed: AtomicU64,
     cancelled: AtomicU64,
+    /// Times this slot was handed out from `recent` (the free list counts its own).
+    /// Added to only by the thread that took the slot, before it publishes RESERVED:
+    /// a load and a store, no read-modify-write (see `take_recent`).
+    reused: AtomicU64,
     /// Written only by the slot's owner while it is RESERVED (see `SlotRing`).
     context: UnsafeCell<C>,
 }
@@ -121,9 +125,11 @@ pub struct RingStats {
 pub struct SlotRing<C> {
     slots: Box<[CachePadded<Slot<C>>]>,
     free: FreeList,
-    /// With [`reuse_recent`](SlotRing::reuse_recent): the slot freed last, handed out
-    /// before the free list's.
-    recent: Option<CachePadded<Recent>>,
+    /// With [`reuse_recent`](SlotRing::reuse_recent): the index of the slot freed
+    /// last, or [`NO_SLOT`]; handed out before the free list's. The index in it belongs
+    /// to it, as an index in the free list belongs to the list: a swap moves it out
+    /// whole, so two acquirers never get the same slot.
+    recent: Option<CachePadded<AtomicU64>>,
     max_generation: u64,
     high_water: CachePadded<AtomicU64>,
     /// Rare paths only: stale completions and retirements.
@@ -140,16 +146,7 @@ unsafe impl<C: Send> Send for SlotRing<C> {}
 // writing (`C: Send`) and possibly several reading through `context` (`C: Sync`).
 unsafe impl<C: Send + Sync> Sync for SlotRing<C> {}
 
-/// A one-slot cache in front of the free list (see [`SlotRing::reuse_recent`]). The
-/// index in it belongs to it, as an index in the free list belongs to the list: a
-/// swap moves it out whole, so two acquirers never get the same slot.
-struct Recent {
-    /// A FREE slot's index, or [`NO_SLOT`].
-    index: AtomicU64,
-    /// Acquires it served (the free list counts its own).
-    taken: AtomicU64,
-}
-
+/// `SlotRing::recent` when it holds no slot.
 const NO_SLOT: u64 = u64::MAX;
 
 impl<C: Default> SlotRing<C> {
@@ -201,6 +198,7 @@ impl<C> SlotRing<C> {
                     done: AtomicU64::new(0),
                     failed: AtomicU64::new(0),
                     cancelled: AtomicU64::new(0),
+                    reused: AtomicU64::new(0),
                     context: UnsafeCell::new(make(index)),
                 })
             })
@@ -231,10 +229,7 @@ impl<C> SlotRing<C> {
     /// as few as 12 bits) relies on the spread to keep a late completion from aliasing
     /// a newer transfer, so the engine turns this on only without the fabric.
     pub fn reuse_recent(mut self) -> SlotRing<C> {
-        self.recent = Some(CachePadded::new(Recent {
-            index: AtomicU64::new(NO_SLOT),
-            taken: AtomicU64::new(0),
-        }));
+        self.recent = Some(CachePadded::new(AtomicU64::new(NO_SLOT)));
         self
     }
 
@@ -584,14 +579,15 @@ impl<C> SlotRing<C> {
 
     /// The ring's counters (a snapshot; see [`RingStats`]).
     pub fn stats(&self) -> RingStats {
-        let (mut done, mut failed, mut cancelled) = (0, 0, 0);
+        let (mut done, mut failed, mut cancelled, mut reused) = (0, 0, 0, 0);
         for slot in self.slots.iter() {
+            reused += slot.reused.load(Ordering::Relaxed);
             done += slot.done.load(Ordering::Relaxed);
             failed += slot.failed.load(Ordering::Relaxed);
             cancelled += slot.cancelled.load(Ordering::Relaxed);
         }
         let retired = self.retired.load(Ordering::Relaxed);
-        let acquired = self.free.popped() + self.recent.as_ref().map_or(0, |r| r.taken.load(Ordering::Relaxed));
+        let acquired = self.free.popped() + reused;
         // Every index is in the free list, in `recent`, retired, or held.
         let live = (self.capacity() as u64).saturating_sub(self.out_of_service());
         let freed = acquired.saturating_sub(live);
@@ -691,16 +687,21 @@ impl<C> SlotRing<C> {
         let recent = self.recent.as_ref()?;
         // A load first: when `recent` is empty (the free list's turn) it costs no
         // read-modify-write.
-        if recent.index.load(Ordering::Relaxed) == NO_SLOT {
+        if recent.load(Ordering::Relaxed) == NO_SLOT {
             return None;
         }
         // Acquire: pairs with `give_back`'s swap, after the slot was made FREE and its
         // context reclaimed.
-        let index = recent.index.swap(NO_SLOT, Ordering::AcqRel);
+        let index = recent.swap(NO_SLOT, Ordering::AcqRel);
         if index == NO_SLOT {
             return None;
         }
-        recent.taken.fetch_add(1, Ordering::Relaxed);
+        // This thread alone holds the slot until it publishes RESERVED, and whoever
+        // held it before handed it on through the word and `recent` (release, then
+        // acquire): no other thread writes this counter meanwhile, so a load and a
+        // store count exactly.
+        let reused = &self.slots[index as usize].reused;
+        reused.store(reused.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         Some(index as u32)
     }
 
@@ -713,7 +714,7 @@ impl<C> SlotRing<C> {
     fn give_back(&self, index: u32, generation: u64) {
         let index = match &self.recent {
             Some(recent) if generation <= self.max_generation / 2 => {
-                match recent.index.swap(u64::from(index), Ordering::AcqRel) {
+                match recent.swap(u64::from(index), Ordering::AcqRel) {
                     NO_SLOT => return,
                     out => out as u32,
                 }
@@ -728,7 +729,7 @@ impl<C> SlotRing<C> {
         let cached = self
             .recent
             .as_ref()
-            .is_some_and(|r| r.index.load(Ordering::Relaxed) != NO_SLOT);
+            .is_some_and(|r| r.load(Ordering::Relaxed) != NO_SLOT);
         self.free.len() as u64 + u64::from(cached) + self.retired.load(Ordering::Relaxed)
     }
 
