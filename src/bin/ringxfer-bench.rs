@@ -23,7 +23,8 @@ use ringxfer::{Config, Desc, Engine, Op, PeerId, RegionId, Status};
 #[cfg(feature = "cuda")]
 use ringxfer::{CudaConfig, CudaRawLoop};
 
-/// Rounds per configuration: engine and memcpy baseline alternate, medians reported.
+/// Rounds per configuration by default (`--rounds`): engine and baseline alternate,
+/// medians reported.
 const ROUNDS: usize = 5;
 
 const USAGE: &str = "\
@@ -56,6 +57,10 @@ OPTIONS:
   --max-batch-size N         last, doubling (default 1)
   --num-iter N               transfers per configuration (default 1000)
   --warmup-iter N            untimed transfers first (default 100)
+  --rounds N                 rounds per configuration, engine and baseline alternating,
+                             each of --num-iter transfers (odd, 1..=99; default 5): the
+                             ratio is the median of the rounds' own ratios, so more
+                             and shorter rounds track a noisy machine more closely
   --max-bytes-per-config SIZE  fewer iterations for big blocks so each configuration
                              moves at most this much (default 2G; 0 = no cap)
   --threads N                initiator threads sharing the engine (default 1)
@@ -78,6 +83,8 @@ struct Args {
     max_batch: u64,
     num_iter: u64,
     warmup_iter: u64,
+    /// `--rounds`: engine/baseline round pairs per configuration (odd).
+    rounds: usize,
     max_bytes_per_config: u64,
     threads: usize,
     two_process: bool,
@@ -135,6 +142,7 @@ fn parse_args() -> Result<Args, String> {
         max_batch: 1,
         num_iter: 1000,
         warmup_iter: 100,
+        rounds: ROUNDS,
         max_bytes_per_config: 2 << 30,
         threads: 1,
         two_process: false,
@@ -193,6 +201,7 @@ fn parse_args() -> Result<Args, String> {
             Long("max-batch-size") => a.max_batch = number(value(&mut parser)?)?,
             Long("num-iter") => a.num_iter = number(value(&mut parser)?)?,
             Long("warmup-iter") => a.warmup_iter = number(value(&mut parser)?)?,
+            Long("rounds") => a.rounds = number(value(&mut parser)?)? as usize,
             Long("max-bytes-per-config") => a.max_bytes_per_config = parse_size(&value(&mut parser)?)?,
             Long("threads") => a.threads = number(value(&mut parser)?)? as usize,
             Long("json") => a.json = Some(value(&mut parser)?),
@@ -232,6 +241,9 @@ fn parse_args() -> Result<Args, String> {
     }
     if a.threads == 0 || a.threads > 64 || a.num_iter == 0 {
         return Err("need 1 <= --threads <= 64 and --num-iter >= 1".into());
+    }
+    if a.rounds.is_multiple_of(2) || a.rounds > 99 {
+        return Err("--rounds must be odd, 1 ..= 99 (the median is one round)".into());
     }
     Ok(a)
 }
@@ -972,13 +984,13 @@ fn main() -> ExitCode {
                 cap => args.num_iter.min((cap / per_iter).max(10)),
             };
             eprint!("\r  block {} batch {batch} ...      ", size(block));
-            // Engine and baseline alternate for ROUNDS rounds; the median round of each
+            // Engine and baseline alternate for `--rounds` rounds; the median round of each
             // is reported, and the ratio is the median of the rounds' own ratios (each
             // engine round against the baseline round right after it), so drift on a
             // shared machine hits both sides of every ratio alike.
-            let mut engine_rows = Vec::with_capacity(ROUNDS);
-            let mut memcpy = Vec::with_capacity(ROUNDS);
-            for round in 0..ROUNDS {
+            let mut engine_rows = Vec::with_capacity(args.rounds);
+            let mut memcpy = Vec::with_capacity(args.rounds);
+            for round in 0..args.rounds {
                 // Odd rounds run the baseline first: neither side always follows the
                 // other (a page cache or a CPU warmed by the one before).
                 let baseline_first = round % 2 == 1;
@@ -1005,9 +1017,9 @@ fn main() -> ExitCode {
             ratios.sort_by(f64::total_cmp);
             engine_rows.sort_by(|a, b| a.gbps.total_cmp(&b.gbps));
             memcpy.sort_by(f64::total_cmp);
-            let mut row = engine_rows.swap_remove(ROUNDS / 2);
-            row.memcpy_gbps = memcpy[ROUNDS / 2];
-            row.ratio = ratios[ROUNDS / 2];
+            let mut row = engine_rows.swap_remove(args.rounds / 2);
+            row.memcpy_gbps = memcpy[args.rounds / 2];
+            row.ratio = ratios[args.rounds / 2];
             eprint!("\r");
             println!(
                 "{:>8} {:>6} {:>7} {:>9.3} {:>9.2} {:>9.3}/{:<9.3} {:>9.3}/{:<9.3} {:>9.3}/{:<9.3} {:>10.3} {:>7.2}x",
