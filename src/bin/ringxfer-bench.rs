@@ -291,8 +291,13 @@ enum Target {
     /// The raw cudarc baseline (the target memory is the initiator engine's own).
     #[cfg(feature = "cuda")]
     Cuda(Box<CudaRawLoop>),
-    /// A data file, removed at the end.
-    File(std::path::PathBuf),
+    /// A data file, removed at the end, and the memory its transfers move: registered
+    /// with the engine (`register_dram`) and used by the `pread`/`pwrite` baseline too,
+    /// so both sides move the same bytes between the same pages. (Each process maps
+    /// its pages at a different place in the caches, and that alone moved the copy's
+    /// speed by ±15% between runs: with a buffer of its own, the baseline did not
+    /// share the engine's luck.) Dropped after the engine, which holds it registered.
+    File(std::path::PathBuf, memmap2::MmapRaw),
 }
 
 struct Setup {
@@ -312,7 +317,7 @@ impl Drop for Setup {
                 drop(child.stdin.take());
                 let _ = child.wait();
             }
-            Target::File(path) => {
+            Target::File(path, _) => {
                 let _ = std::fs::remove_file(path);
             }
             _ => {}
@@ -383,25 +388,39 @@ fn setup(args: &Args) -> Result<Setup, String> {
             dst,
         });
     }
-    let src = alloc_touched(&initiator, len)?;
     if args.file {
         let path = data_file(args);
+        let mut host = memmap2::MmapMut::map_anon(len as usize).map_err(|e| format!("mapping {len} bytes: {e}"))?;
+        host.fill(1);
+        let host = memmap2::MmapRaw::from(host);
+        // SAFETY: the mapping lives in the returned Setup's `target`, which is dropped
+        // after its `initiator` (field order), so it outlives the registration; the
+        // baseline touches it only between engine rounds, when no transfer is in flight.
+        let src = unsafe { initiator.register_dram(host.as_mut_ptr(), len as usize) }.map_err(|e| e.to_string())?;
         // Written through first, so reads find real blocks (not holes) in the page cache.
         std::fs::write(&path, vec![1u8; len as usize]).map_err(|e| format!("writing {}: {e}", path.display()))?;
         let options = ringxfer::FileOptions {
             writable: true,
             ..Default::default()
         };
-        let dst = initiator.register_file(&path, options).map_err(|e| e.to_string())?;
+        let dst = if args.mapped {
+            // SAFETY: nothing truncates the data file while the engine holds it: this
+            // tool made it and removes it only after the engine is dropped.
+            unsafe { initiator.register_file_mapped(&path, options) }
+        } else {
+            initiator.register_file(&path, options)
+        }
+        .map_err(|e| e.to_string())?;
         let peer = initiator.local_peer();
         return Ok(Setup {
             initiator,
-            target: Target::File(path),
+            target: Target::File(path, host),
             peer,
             src,
             dst,
         });
     }
+    let src = alloc_touched(&initiator, len)?;
     if args.two_process {
         use std::io::BufRead;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -741,14 +760,15 @@ fn run_baseline(s: &Setup, args: &Args, block: u64, batch: u64, iters: u64) -> R
             .map(|elapsed| (block * batch * total) as f64 / elapsed.as_secs_f64() / 1e9)
             .map_err(|e| format!("raw cudarc loop: {e}"))
         }
-        _ if args.file => Ok(run_pio(args, block, batch, iters)),
+        Target::File(_, host) => Ok(run_pio(host, args, block, batch, iters)),
         _ => Ok(run_memcpy(args, block, batch, iters)),
     }
 }
 
 /// The file baseline: the same access pattern with plain `pwrite`/`pread` loops on
-/// the same file, one thread per bench thread.
-fn run_pio(args: &Args, block: u64, batch: u64, iters: u64) -> f64 {
+/// the same file, from and to the same memory (`host`, the engine's registered
+/// source), one thread per bench thread.
+fn run_pio(host: &memmap2::MmapRaw, args: &Args, block: u64, batch: u64, iters: u64) -> f64 {
     use std::os::unix::fs::FileExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -761,14 +781,16 @@ fn run_pio(args: &Args, block: u64, batch: u64, iters: u64) -> f64 {
         let handles: Vec<_> = (0..args.threads as u64)
             .map(|t| {
                 let (file, barrier) = (&file, &barrier);
+                let memory = host.as_mut_ptr() as usize;
                 scope.spawn(move || {
-                    // Page-aligned, like the engine's registered memory, so both sides
-                    // copy from the same kind of pages (a 16-byte-aligned heap buffer
-                    // straddles one more page: a C loop here wrote 64 KiB blocks from
-                    // one 7% slower).
-                    let mut buf = memmap2::MmapMut::map_anon((block * batch) as usize).expect("baseline buffer");
-                    buf.fill(1);
                     let base = t * per_thread;
+                    // SAFETY: `host` holds per_thread × threads bytes, so this thread's
+                    // range lies inside it and overlaps no other thread's; the engine
+                    // moves these bytes only in engine rounds, and every transfer of a
+                    // round is released before the round returns.
+                    let buf = unsafe {
+                        std::slice::from_raw_parts_mut((memory as *mut u8).add(base as usize), (block * batch) as usize)
+                    };
                     let pass = |buf: &mut [u8]| {
                         for (i, chunk) in buf.chunks_mut(block as usize).enumerate() {
                             let offset = base + i as u64 * block;
@@ -779,12 +801,12 @@ fn run_pio(args: &Args, block: u64, batch: u64, iters: u64) -> f64 {
                         }
                     };
                     for _ in 0..args.warmup_iter.min(iters) {
-                        pass(&mut buf);
+                        pass(buf);
                     }
                     barrier.wait();
                     let start = Instant::now();
                     for _ in 0..iters {
-                        pass(&mut buf);
+                        pass(buf);
                     }
                     start.elapsed()
                 })
