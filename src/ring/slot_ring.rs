@@ -224,7 +224,8 @@ impl<C> SlotRing<C> {
     /// The price is that generations no longer spread evenly: that slot's generation
     /// climbs with every transfer, where the free list alone would spread them over all
     /// N slots. No handle is ever issued twice either way, and a slot past half its
-    /// generations is no longer cached, so none retires early. But a transport that
+    /// generations is no longer cached (it goes on at the free list's pace), so the
+    /// cache does not retire slots early. But a transport that
     /// carries truncated generations on the wire (the fabric's immediate data: 32 or
     /// as few as 12 bits) relies on the spread to keep a late completion from aliasing
     /// a newer transfer, so the engine turns this on only without the fabric.
@@ -707,9 +708,9 @@ impl<C> SlotRing<C> {
 
     /// Gives back a slot made FREE at `generation`: into `recent` (pushing out the one
     /// there to the free list), or straight to the free list. A slot past half its
-    /// generations goes to the free list only, so the slots reused most do not retire
-    /// before the rest: no slot retires until every slot has spent half its
-    /// generations, as with the free list alone.
+    /// generations goes to the free list only: from then on it is reused at the list's
+    /// pace, so the cache does not make the slots it favoured retire long before the
+    /// rest.
     #[inline]
     fn give_back(&self, index: u32, generation: u64) {
         let index = match &self.recent {
