@@ -142,12 +142,14 @@ impl FreeList {
 
     /// Values pushed since construction (the tail position).
     pub fn pushed(&self) -> u64 {
-        self.tail.load(Ordering::Acquire)
+        // SeqCst (a plain load on x86): a job queue's emptiness check pairs with its
+        // pushes' SeqCst read-modify-writes (`FileQueue::submit`).
+        self.tail.load(Ordering::SeqCst)
     }
 
     /// Values popped since construction (the head position).
     pub fn popped(&self) -> u64 {
-        self.head.load(Ordering::Acquire)
+        self.head.load(Ordering::SeqCst)
     }
 
     /// How many values the list holds now. A snapshot: exact only when no push or

@@ -73,7 +73,9 @@ impl JobQueue {
     pub fn push(&self, handle: Handle) {
         let index = handle.index();
         // Release: the popper or taker (Acquire) sees the transfer posted in the slot.
-        let old = self.words[index as usize].swap(handle.generation() | QUEUED, Ordering::AcqRel);
+        // SeqCst: the file transport's wake-up check relies on a push ending with a
+        // SeqCst read-modify-write (this one, or the queue's tail; `FileQueue::submit`).
+        let old = self.words[index as usize].swap(handle.generation() | QUEUED, Ordering::SeqCst);
         debug_assert_eq!(old & !QUEUED, 0, "a slot holds one job at a time");
         if old & QUEUED == 0 {
             // No entry for the slot is queued, so there is room: one entry per slot.
@@ -113,7 +115,8 @@ impl JobQueue {
         self.queue.len()
     }
 
-    /// Whether no entry is queued (a snapshot).
+    /// Whether no entry is queued (a snapshot). Its reads of the queue's positions are
+    /// SeqCst (see `FileQueue::submit`).
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }
