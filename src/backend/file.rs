@@ -64,13 +64,16 @@ impl FileQueue {
     /// Hands a posted transfer to the workers.
     pub(crate) fn submit(&self, handle: Handle) {
         self.jobs.push(handle);
-        // Either a worker going to sleep sees the job, or we see the sleeper and wake
-        // it. The push ended with a SeqCst read-modify-write (the slot's word, or the
-        // queue's tail), this load is SeqCst, and so are the sleeper's increment and
-        // its reads of the queue (`next`): in the single order of SeqCst operations,
-        // if this load comes before the increment, the push comes before the
-        // sleeper's reads. No fence: on x86 a SeqCst fence is an `mfence`, 60-odd
-        // cycles here on every post, where the load costs a plain `mov`.
+        // Either a worker going to sleep sees the job, or the poster that queued its
+        // entry sees the sleeper and wakes it. A push that adds an entry does so with a
+        // SeqCst CAS on the queue's tail; this load is SeqCst, and so are a sleeper's
+        // increment and its reads of the queue (`next`). In the single order of SeqCst
+        // operations, if this load comes before the increment, the tail CAS comes
+        // before the sleeper's read of the tail, which then sees the entry. A push that
+        // found its slot's entry still queued added none: the poster that added that
+        // entry made the same check after its CAS, and whoever pops the entry takes
+        // this job (module docs of `JobQueue`). No fence: a SeqCst fence is a locked
+        // instruction on every post, where a SeqCst load is a plain `mov` on x86.
         if self.sleepers.load(Ordering::SeqCst) > 0 {
             let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             self.wake.notify_one();

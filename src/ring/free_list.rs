@@ -9,6 +9,8 @@
 //!
 //! FIFO order matters to the ring: a freed slot goes to the back, so reuse cycles
 //! through all N slots and generations grow N times slower than with a LIFO stack.
+//! (A ring with its recent-slot cache on, `SlotRing::reuse_recent`, trades that away
+//! for the slot it reuses; the engine turns the cache on only without the fabric.)
 
 use crossbeam_utils::CachePadded;
 
@@ -143,7 +145,7 @@ impl FreeList {
     /// Values pushed since construction (the tail position).
     pub fn pushed(&self) -> u64 {
         // SeqCst (a plain load on x86): a job queue's emptiness check pairs with its
-        // pushes' SeqCst read-modify-writes (`FileQueue::submit`).
+        // pushes' SeqCst tail CAS (`FileQueue::submit`).
         self.tail.load(Ordering::SeqCst)
     }
 

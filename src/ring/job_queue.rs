@@ -73,9 +73,7 @@ impl JobQueue {
     pub fn push(&self, handle: Handle) {
         let index = handle.index();
         // Release: the popper or taker (Acquire) sees the transfer posted in the slot.
-        // SeqCst: the file transport's wake-up check relies on a push ending with a
-        // SeqCst read-modify-write (this one, or the queue's tail; `FileQueue::submit`).
-        let old = self.words[index as usize].swap(handle.generation() | QUEUED, Ordering::SeqCst);
+        let old = self.words[index as usize].swap(handle.generation() | QUEUED, Ordering::AcqRel);
         debug_assert_eq!(old & !QUEUED, 0, "a slot holds one job at a time");
         if old & QUEUED == 0 {
             // No entry for the slot is queued, so there is room: one entry per slot.

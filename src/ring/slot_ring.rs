@@ -10,9 +10,12 @@ use super::state::{
 use super::sync::{AtomicU64, Ordering, UnsafeCell, spin_loop};
 use crate::error::{Error, Result};
 
-/// The high-water mark is sampled on every `HIGH_WATER_SAMPLE`-th acquire (and on
-/// every `RingFull`), so it may read up to `HIGH_WATER_SAMPLE − 1` below the true peak
-/// but reaches the full capacity whenever the ring was ever full.
+/// The high-water mark is sampled on every `HIGH_WATER_SAMPLE`-th acquire from the
+/// free list (and on every `RingFull`); acquires served by the recent-slot cache
+/// ([`SlotRing::reuse_recent`]) do not sample, as they never raise the number of slots
+/// held above what it was before that slot was freed. So the mark may read up to
+/// `HIGH_WATER_SAMPLE − 1` below the true peak but reaches the full capacity whenever
+/// the ring was ever full.
 pub const HIGH_WATER_SAMPLE: u64 = 8;
 
 /// One request slot: its state word, its completion counters and its context.
@@ -258,7 +261,7 @@ impl<C> SlotRing<C> {
     }
 
     /// As [`acquire_with`](SlotRing::acquire_with), but `init` may fail: then the slot
-    /// is released at once (at the next generation) and `init`'s error returned. `init`
+    /// is released at once (at the same generation: its handle never escaped) and `init`'s error returned. `init`
     /// must undo whatever it did to the context before failing.
     pub fn acquire_try<E: From<Error>>(&self, init: impl FnOnce(&mut C) -> Result<(), E>) -> Result<Handle, E> {
         let (index, sample) = match self.take_recent() {
@@ -588,13 +591,19 @@ impl<C> SlotRing<C> {
             cancelled += slot.cancelled.load(Ordering::Relaxed);
         }
         let retired = self.retired.load(Ordering::Relaxed);
+        let cached = self
+            .recent
+            .as_ref()
+            .is_some_and(|r| r.load(Ordering::Relaxed) != NO_SLOT);
         let acquired = self.free.popped() + reused;
-        // Every index is in the free list, in `recent`, retired, or held.
-        let live = (self.capacity() as u64).saturating_sub(self.out_of_service());
-        let freed = acquired.saturating_sub(live);
+        // Counted from where the indices went, not derived from `acquired`, so an index
+        // freed twice shows as `freed > acquired`: every free went to the free list or
+        // into `recent`; of those into `recent`, each was since taken (`reused`), is
+        // still there, or was pushed out to the free list (and counted there).
+        let freed = (self.free.pushed() - self.capacity() as u64) + reused + u64::from(cached) + retired;
         RingStats {
             capacity: self.capacity(),
-            live: live as usize,
+            live: acquired.saturating_sub(freed) as usize,
             high_water: self.high_water.load(Ordering::Relaxed) as usize,
             acquired,
             freed,
