@@ -613,8 +613,12 @@ fn old_generations_are_rejected_after(transfers: u64) {
     a.check_quiescent().unwrap();
     let growth = rss.saturating_sub(rss_after_warmup);
     eprintln!("{transfers} remote writes: receiver RSS {rss_after_warmup} KiB -> {rss} KiB");
+    // A coarse backstop (the counting-allocator tests prove the receive path does not
+    // allocate): the provider and the allocator move RSS by up to ~3 MiB run to run
+    // (0–2.7 MiB seen over 2^20 writes), while a set of received ids growing by one
+    // 16-byte entry per write would add 12 MiB over the last three quarters of them.
     assert!(
-        growth < 2048,
+        growth < 4096,
         "receiver memory grew {growth} KiB over {transfers} remote writes"
     );
 }
