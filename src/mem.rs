@@ -135,39 +135,29 @@ struct Region {
     writable: bool,
 }
 
-/// One registration slot. `hot` copies what resolving a descriptor reads, so a
-/// transfer's lookup touches one cache line per region, not the whole `Region`
-/// (three lines, and behind its `Option`): set with `region`, cleared with it.
+/// One registration slot. `whole` is the region resolved whole (its address, length
+/// and flags, as a [`Resolved`]), so a transfer's lookup touches one cache line per
+/// region, not the whole `Region` (three lines, and behind its `Option`): set with
+/// `region`, cleared with it.
 #[repr(C, align(64))]
 struct Entry {
     generation: u64,
-    hot: Option<Hot>,
+    whole: Option<Resolved>,
     region: Option<Region>,
 }
 
-/// What a descriptor's resolution needs of its region (see [`Entry`]).
-#[derive(Clone, Copy)]
-struct Hot {
-    addr: usize,
-    len: u64,
-    mr_desc: usize,
-    fd: Option<i32>,
-    sync: bool,
-    mapped: bool,
-    writable: bool,
-    vram: bool,
-}
-
-impl Hot {
-    fn of(region: &Region) -> Hot {
-        Hot {
+impl Resolved {
+    /// All of `region`, registered at table index `entry`.
+    fn whole(region: &Region, entry: u32) -> Resolved {
+        Resolved {
             addr: region.addr,
-            len: region.len,
-            mr_desc: region.mr.as_ref().map_or(0, |m| m.desc),
+            len: region.len as usize,
+            entry,
             fd: region.file.as_ref().map(|(f, _)| std::os::fd::AsRawFd::as_raw_fd(f)),
             sync: region.file.as_ref().is_some_and(|(_, sync)| *sync),
             mapped: region._map.is_some(),
             writable: region.writable,
+            mr_desc: region.mr.as_ref().map_or(0, |m| m.desc),
             vram: region.kind == MemKind::Vram,
         }
     }
@@ -245,37 +235,35 @@ fn memory_only(r: Resolved) -> Result<Resolved> {
 }
 
 fn resolve(table: &Table, desc: &Desc) -> Result<Resolved> {
-    let region = match table.entries.get(desc.region.index()) {
+    let whole = match table.entries.get(desc.region.index()) {
         Some(Entry {
             generation,
-            hot: Some(hot),
+            whole: Some(whole),
             ..
-        }) if *generation == desc.region.generation() => hot,
+        }) if *generation == desc.region.generation() => whole,
         _ => {
             return Err(Error::UnknownRegion {
                 region: desc.region.to_raw(),
             });
         }
     };
-    let in_bounds = desc.len > 0 && desc.offset.checked_add(desc.len).is_some_and(|end| end <= region.len);
+    let in_bounds = desc.len > 0
+        && desc
+            .offset
+            .checked_add(desc.len)
+            .is_some_and(|end| end <= whole.len as u64);
     if !in_bounds {
         return Err(Error::OutOfBounds {
             region: desc.region.to_raw(),
             offset: desc.offset,
             len: desc.len,
-            region_len: region.len,
+            region_len: whole.len as u64,
         });
     }
     Ok(Resolved {
-        addr: region.addr + desc.offset as usize,
+        addr: whole.addr + desc.offset as usize,
         len: desc.len as usize,
-        entry: desc.region.index() as u32,
-        fd: region.fd,
-        sync: region.sync,
-        mapped: region.mapped,
-        writable: region.writable,
-        mr_desc: region.mr_desc,
-        vram: region.vram,
+        ..*whole
     })
 }
 
@@ -370,7 +358,7 @@ impl Registry {
         let entries = (0..capacity)
             .map(|_| Entry {
                 generation: 1,
-                hot: None,
+                whole: None,
                 region: None,
             })
             .collect();
@@ -644,7 +632,7 @@ impl Registry {
         };
         let mut table = self.write();
         let entry = &mut table.entries[id.index()];
-        entry.hot = Some(Hot::of(&region));
+        entry.whole = Some(Resolved::whole(&region, id.index() as u32));
         entry.region = Some(region);
         drop(table);
         self.remote.open_entry(id.index(), id.generation());
@@ -672,7 +660,7 @@ impl Registry {
                 users,
             });
         }
-        entry.hot = None;
+        entry.whole = None;
         let region = entry.region.take();
         entry.generation += 1;
         table.free.push(id.index() as u32);
@@ -719,7 +707,7 @@ impl Registry {
             if entry.region.is_some() {
                 self.remote
                     .close_waiting(index, entry.generation, std::time::Duration::from_secs(1));
-                entry.hot = None;
+                entry.whole = None;
                 entry.region = None;
                 entry.generation += 1;
                 free.push(index as u32);

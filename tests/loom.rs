@@ -37,16 +37,13 @@ fn ring(capacity: usize, reuse_recent: bool) -> SlotRing<u32> {
     if reuse_recent { ring.reuse_recent() } else { ring }
 }
 
+/// Without and with the one-slot cache in front of the free list: an index is never
+/// in the cache and the list at once, nor handed to two acquirers.
 #[test]
 fn two_threads_acquire_and_release_on_a_capacity_two_ring() {
-    two_threads_acquire_and_release(false);
-}
-
-/// The same with the one-slot cache in front of the free list: an index is never in
-/// the cache and the list at once, nor handed to two acquirers.
-#[test]
-fn two_threads_acquire_and_release_reusing_the_recent_slot() {
-    two_threads_acquire_and_release(true);
+    for reuse_recent in [false, true] {
+        two_threads_acquire_and_release(reuse_recent);
+    }
 }
 
 fn two_threads_acquire_and_release(reuse_recent: bool) {
@@ -139,12 +136,9 @@ fn a_stale_completion_after_reuse_is_rejected() {
 
 #[test]
 fn a_detached_transfer_is_freed_once_by_its_completion() {
-    a_detached_transfer_is_freed_once(false);
-}
-
-#[test]
-fn a_detached_transfer_is_freed_once_reusing_the_recent_slot() {
-    a_detached_transfer_is_freed_once(true);
+    for reuse_recent in [false, true] {
+        a_detached_transfer_is_freed_once(reuse_recent);
+    }
 }
 
 fn a_detached_transfer_is_freed_once(reuse_recent: bool) {

@@ -11,7 +11,7 @@
 //! (`END_OF_FILE`). A cancel of a queued transfer ends it CANCELLED before any I/O.
 
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -103,10 +103,7 @@ impl FileQueue {
             let backoff = crossbeam_utils::Backoff::new();
             while Instant::now() < awake_until {
                 match self.jobs.pop() {
-                    Popped::Job(handle) => {
-                        *quiet = QUIET_FIRST;
-                        return Some(self.job(handle));
-                    }
+                    Popped::Job(handle) => return Some(self.job(handle, quiet)),
                     // Taken by its waiter already: transfers are still coming, so stay
                     // awake (a sleeping worker costs the next `post` a wake); if it was
                     // the last entry, stay off the queue for a while, longer each time.
@@ -129,17 +126,13 @@ impl FileQueue {
                 }
             }
             match self.jobs.pop() {
-                Popped::Job(handle) => {
-                    *quiet = QUIET_FIRST;
-                    return Some(self.job(handle));
-                }
+                Popped::Job(handle) => return Some(self.job(handle, quiet)),
                 Popped::Taken => continue,
                 Popped::Empty => {}
             }
             let guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             // SeqCst, as the queue's reads in `is_empty`: pairs with `submit`.
             self.sleepers.fetch_add(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
             if self.jobs.is_empty() {
                 if self.shutdown.load(Ordering::Acquire) {
                     self.sleepers.fetch_sub(1, Ordering::Relaxed);
@@ -153,8 +146,10 @@ impl FileQueue {
         }
     }
 
-    /// A popped job, and whether its cancellation was asked for.
-    fn job(&self, handle: Handle) -> (Handle, bool) {
+    /// A popped job, and whether its cancellation was asked for. The worker runs it, so
+    /// its quiet time starts afresh.
+    fn job(&self, handle: Handle, quiet: &mut Duration) -> (Handle, bool) {
+        *quiet = QUIET_FIRST;
         (handle, self.take_cancel(handle.index() as usize, handle.to_raw()))
     }
 

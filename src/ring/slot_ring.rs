@@ -591,16 +591,12 @@ impl<C> SlotRing<C> {
             cancelled += slot.cancelled.load(Ordering::Relaxed);
         }
         let retired = self.retired.load(Ordering::Relaxed);
-        let cached = self
-            .recent
-            .as_ref()
-            .is_some_and(|r| r.load(Ordering::Relaxed) != NO_SLOT);
         let acquired = self.free.popped() + reused;
         // Counted from where the indices went, not derived from `acquired`, so an index
         // freed twice shows as `freed > acquired`: every free went to the free list or
         // into `recent`; of those into `recent`, each was since taken (`reused`), is
         // still there, or was pushed out to the free list (and counted there).
-        let freed = (self.free.pushed() - self.capacity() as u64) + reused + u64::from(cached) + retired;
+        let freed = (self.free.pushed() - self.capacity() as u64) + reused + self.cached() + retired;
         RingStats {
             capacity: self.capacity(),
             live: acquired.saturating_sub(freed) as usize,
@@ -734,13 +730,18 @@ impl<C> SlotRing<C> {
         self.push_free(index);
     }
 
+    /// 1 if `recent` holds a slot, else 0 (a snapshot).
+    fn cached(&self) -> u64 {
+        u64::from(
+            self.recent
+                .as_ref()
+                .is_some_and(|r| r.load(Ordering::Relaxed) != NO_SLOT),
+        )
+    }
+
     /// Slots not held by anyone: in the free list, in `recent`, or retired (a snapshot).
     fn out_of_service(&self) -> u64 {
-        let cached = self
-            .recent
-            .as_ref()
-            .is_some_and(|r| r.load(Ordering::Relaxed) != NO_SLOT);
-        self.free.len() as u64 + u64::from(cached) + self.retired.load(Ordering::Relaxed)
+        self.free.len() as u64 + self.cached() + self.retired.load(Ordering::Relaxed)
     }
 
     /// Raises the high-water mark to the number of slots held now. Reading that
