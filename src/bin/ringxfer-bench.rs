@@ -251,7 +251,10 @@ fn parse_args() -> Result<Args, String> {
 /// Latency samples of one kind, in nanoseconds.
 struct Samples(Vec<u64>);
 
-/// One timed transfer in this many has its prepare, post and transfer times taken.
+/// In the sampled round, one transfer in this many has its prepare, post and transfer
+/// times taken. The rounds that give the throughput and the ratio read no clock at
+/// all: the baselines read none, and a clock read (tens of nanoseconds on a VM) charged
+/// to the engine alone skews a ratio of sub-microsecond transfers.
 const SAMPLE_EVERY: u64 = 8;
 
 impl Samples {
@@ -502,8 +505,9 @@ fn serve_target(len: u64, args: &Args) -> ExitCode {
     }
 }
 
-/// One configuration through the engine, on `threads` threads at once.
-fn run_engine(s: &Setup, args: &Args, block: u64, batch: u64, iters: u64) -> Result<Row, String> {
+/// One configuration through the engine, on `threads` threads at once; with `sample`,
+/// it also times the steps of one transfer in [`SAMPLE_EVERY`].
+fn run_engine(s: &Setup, args: &Args, block: u64, batch: u64, iters: u64, sample: bool) -> Result<Row, String> {
     let barrier = Barrier::new(args.threads);
     let results: Vec<Result<(Duration, Samples, Samples, Samples), String>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..args.threads)
@@ -544,7 +548,7 @@ fn run_engine(s: &Setup, args: &Args, block: u64, batch: u64, iters: u64) -> Res
                         // Only one transfer in SAMPLE_EVERY reads the clock: the
                         // baselines read none, and four clock reads a transfer would
                         // be charged to the engine.
-                        let sampled = timed && (k - warmup).is_multiple_of(SAMPLE_EVERY);
+                        let sampled = sample && timed && (k - warmup).is_multiple_of(SAMPLE_EVERY);
                         if k == warmup {
                             while let Some(f) = in_flight.pop_front() {
                                 finish(f, None)?;
@@ -1020,7 +1024,7 @@ fn main() -> ExitCode {
                 if baseline_first {
                     base = Some(run_baseline(&s, &args, block, batch, iters));
                 }
-                match run_engine(&s, &args, block, batch, iters) {
+                match run_engine(&s, &args, block, batch, iters, false) {
                     Ok(r) => engine_rows.push(r),
                     Err(e) => {
                         eprintln!("\nringxfer-bench: block {block} batch {batch}: {e}");
@@ -1040,6 +1044,14 @@ fn main() -> ExitCode {
             engine_rows.sort_by(|a, b| a.gbps.total_cmp(&b.gbps));
             memcpy.sort_by(f64::total_cmp);
             let mut row = engine_rows.swap_remove(args.rounds / 2);
+            // The step latencies come from a round of their own, which reads the clock.
+            match run_engine(&s, &args, block, batch, iters, true) {
+                Ok(r) => (row.prepare, row.post, row.transfer) = (r.prepare, r.post, r.transfer),
+                Err(e) => {
+                    eprintln!("\nringxfer-bench: block {block} batch {batch}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
             row.memcpy_gbps = memcpy[args.rounds / 2];
             row.ratio = ratios[args.rounds / 2];
             eprint!("\r");
