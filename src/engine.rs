@@ -20,7 +20,7 @@ use crate::backend::file::{self, FileQueue};
 use crate::backend::local::{self, LocalInfo};
 use crate::backend::sim::{Sim, SimConfig, SimStats};
 use crate::error::{Error, Result};
-use crate::mem::{Allowed, Desc, FileOptions, RegionId, Registry, Resolved};
+use crate::mem::{Allowed, Desc, FileOptions, Holder, RegionId, Registry, Resolved, Side};
 use crate::notify::{Geometry, Inbox, InboxMap, Notification, Outbox, SenderId};
 use crate::peer::Peer;
 use crate::ring::{CancelResult, Handle, Outcome, Released, RingStats, SlotRing, Status};
@@ -45,7 +45,9 @@ pub struct Config {
     /// Transfer slots: how many transfers may be prepared or in flight at once. A
     /// power of two, 1 ..= 2^20. Default 1024.
     pub capacity: usize,
-    /// Descriptors per transfer, 1 ..= 65536. Default 64. Memory: capacity × this × 48 bytes.
+    /// Descriptors per transfer, 1 ..= 65536. Default 64. Memory: about (capacity × 128 +
+    /// max_prepared_lists × 8) × this bytes: each slot's descriptor storage (two resolved
+    /// sides and the remote descriptors) and each holder's record of the regions it holds.
     pub max_descs_per_xfer: usize,
     /// Registered regions at once, 1 ..= 2^20. Default 1024.
     pub max_registrations: usize,
@@ -207,13 +209,16 @@ impl Shared {
 
 /// One slot's transfer context, allocated once per slot and reused.
 pub(crate) struct Transfer {
+    /// The ring slot this context belongs to: its row of the registry's holds.
+    slot: usize,
     op: Op,
     peer: u32,
     count: usize,
-    /// Local descriptors, resolved and pinned from prepare until the slot is freed.
+    /// Local descriptors, resolved (and their regions held) from prepare until the slot
+    /// is freed.
     local: Box<[Resolved]>,
     remote: Box<[Desc]>,
-    /// For transfers to [`PeerId::SELF`]: the remote descriptors resolved and pinned
+    /// For transfers to [`PeerId::SELF`]: the remote descriptors resolved (and held)
     /// against this engine's own registrations.
     own: Box<[Resolved]>,
     notif: Box<[u8]>,
@@ -322,7 +327,9 @@ pub struct EngineStats {
     pub ring: RingStats,
     /// Live memory registrations.
     pub registrations: usize,
-    /// Region pins held by transfers not yet released.
+    /// Regions held: by transfers whose slots are not yet freed and by prepared lists
+    /// (one per run of a side's descriptors naming one region), plus control-path
+    /// copies (`read_region`, `write_region`) in progress.
     pub pins: u64,
     /// Peers loaded.
     pub peers: usize,
@@ -403,11 +410,16 @@ impl ListId {
     pub const fn to_raw(self) -> u64 {
         self.0
     }
+
+    /// Its index in the engine's list table.
+    const fn index(self) -> usize {
+        (self.0 & 0xfffff) as usize
+    }
 }
 
 impl std::fmt::Debug for ListId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ListId({}@{})", self.0 & 0xfffff, self.0 >> 20)
+        write!(f, "ListId({}@{})", self.index(), self.0 >> 20)
     }
 }
 
@@ -454,7 +466,8 @@ impl Engine {
             h.write_u64(u64::from(NEXT_ENGINE.load(Ordering::Relaxed)));
             1 + (h.finish() >> 21)
         };
-        let ring = SlotRing::with_contexts_from(config.capacity, first_generation, |_| Transfer {
+        let ring = SlotRing::with_contexts_from(config.capacity, first_generation, |slot| Transfer {
+            slot: slot as usize,
             op: Op::Write,
             peer: 0,
             count: 0,
@@ -496,7 +509,12 @@ impl Engine {
             .as_ref()
             .map(|fc| Fabric::open_domain(fc, hmem))
             .transpose()?;
-        let registry = Registry::new(config.max_registrations, prefix.clone(), domain.clone())?;
+        let registry = Registry::new(
+            config.max_registrations,
+            (config.capacity, config.max_prepared_lists, d),
+            prefix.clone(),
+            domain.clone(),
+        )?;
         let (dir, _) = registry.segments();
         let geometry = Geometry {
             lanes: config.max_peers,
@@ -603,6 +621,7 @@ impl Engine {
             (capacity * per_slot
                 + geometry.segment_bytes()
                 + config.max_registrations * std::mem::size_of::<usize>() * 8
+                + core.shared.registry.holds_bytes()
                 + core.files.bytes()
                 + core.fabric.as_ref().map_or(0, Fabric::bytes)
                 + core.sim.as_ref().map_or(0, Sim::bytes)
@@ -884,7 +903,7 @@ impl Engine {
     ) -> Result<Handle> {
         let allowed = self.validate(local, peer, remote, notif)?;
         self.core.ring.acquire_try(|t: &mut Transfer| {
-            self.pin_sides(local, allowed, remote, &mut t.local, &mut t.own)?;
+            self.pin_sides(local, allowed, remote, (&mut t.local, &mut t.own), Holder::Slot(t.slot))?;
             t.op = op;
             t.peer = peer.0;
             t.count = local.len();
@@ -951,25 +970,26 @@ impl Engine {
         })
     }
 
-    /// Pins a transfer's local descriptors, and for a transfer to [`PeerId::SELF`] its
-    /// "remote" ones too (files allowed on either side, never on both of a pair).
+    /// Resolves a transfer's local descriptors, and for a transfer to [`PeerId::SELF`]
+    /// its "remote" ones too (files allowed on either side, never on both of a pair),
+    /// and records their regions as held by `holder`. On error it holds nothing.
     fn pin_sides(
         &self,
         local: &[Desc],
         allowed: Allowed,
         remote: &[Desc],
-        local_out: &mut [Resolved],
-        own_out: &mut [Resolved],
+        (local_out, own_out): (&mut [Resolved], &mut [Resolved]),
+        holder: Holder,
     ) -> Result<()> {
         let to_self = allowed == Allowed::Anything;
-        let pinner = self.core.shared.registry.pinner();
-        pinner.pin_all(local, local_out, allowed)?;
+        let registry = &self.core.shared.registry;
+        let pinner = registry.pinner();
+        pinner.hold_all(local, local_out, allowed, holder, Side::Local)?;
         if !to_self {
             return Ok(());
         }
-        let unpin_local = || pinner.unpin_all(&local_out[..local.len()]);
-        if let Err(e) = pinner.pin_all(remote, own_out, Allowed::Anything) {
-            unpin_local();
+        if let Err(e) = pinner.hold_all(remote, own_out, Allowed::Anything, holder, Side::Own) {
+            registry.let_go(holder);
             return Err(e);
         }
         if local_out[..local.len()]
@@ -985,8 +1005,7 @@ impl Engine {
                     .chain(&own_out[..remote.len()])
                     .any(|r| r.fd.is_some()))
         {
-            unpin_local();
-            pinner.unpin_all(&own_out[..remote.len()]);
+            registry.let_go(holder);
             return Err(Error::InvalidDescriptor {
                 reason: "a file moves to or from host memory, not to another file or GPU memory",
             });
@@ -1006,16 +1025,15 @@ impl Engine {
         let allowed = self.validate(local, peer, remote, None)?;
         let mut resolved = vec![Resolved::default(); local.len()].into_boxed_slice();
         let mut own = vec![Resolved::default(); if peer == PeerId::SELF { local.len() } else { 0 }].into_boxed_slice();
-        self.pin_sides(local, allowed, remote, &mut resolved, &mut own)?;
+        // The list table's lock, then the registry's (as in `post_list`), held until
+        // the list is in place: its index names its row of the registry's holds.
         let mut lists = self.lists.write().unwrap_or_else(|e| e.into_inner());
         let Some(index) = lists.iter().position(|e| e.list.is_none()) else {
-            drop(lists);
-            self.core.shared.registry.unpin_all(&resolved);
-            self.core.shared.registry.unpin_all(&own);
             return Err(Error::ListTableFull {
                 capacity: self.config.max_prepared_lists,
             });
         };
+        self.pin_sides(local, allowed, remote, (&mut resolved, &mut own), Holder::List(index))?;
         let entry = &mut lists[index];
         entry.list = Some(PreparedList {
             op,
@@ -1041,9 +1059,9 @@ impl Engine {
             self.core.ring.acquire_try(|t: &mut Transfer| {
                 let n = l.local.len();
                 t.local[..n].copy_from_slice(&l.local);
-                registry.add_pins(&l.local);
                 t.own[..l.own.len()].copy_from_slice(&l.own);
-                registry.add_pins(&l.own);
+                // The list is alive until `lists` is dropped (see `copy_holds`).
+                registry.copy_holds(Holder::List(list.index()), Holder::Slot(t.slot));
                 t.op = l.op;
                 t.peer = l.peer;
                 t.count = n;
@@ -1066,10 +1084,9 @@ impl Engine {
     pub fn release_list(&self, list: ListId) -> Result<()> {
         let mut lists = self.lists.write().unwrap_or_else(|e| e.into_inner());
         lookup_list(&lists, list)?;
-        let entry = &mut lists[(list.0 & 0xfffff) as usize];
-        if let Some(l) = entry.list.take() {
-            self.core.shared.registry.unpin_all(&l.local);
-            self.core.shared.registry.unpin_all(&l.own);
+        let entry = &mut lists[list.index()];
+        if entry.list.take().is_some() {
+            self.core.shared.registry.let_go(Holder::List(list.index()));
         }
         entry.generation += 1;
         Ok(())
@@ -1529,7 +1546,7 @@ pub fn fetch_metadata(addr: impl std::net::ToSocketAddrs) -> Result<Vec<u8>> {
 }
 
 fn lookup_list(lists: &[ListEntry], id: ListId) -> Result<&PreparedList> {
-    match lists.get((id.0 & 0xfffff) as usize) {
+    match lists.get(id.index()) {
         Some(ListEntry {
             generation,
             list: Some(l),
@@ -1538,12 +1555,9 @@ fn lookup_list(lists: &[ListEntry], id: ListId) -> Result<&PreparedList> {
     }
 }
 
-/// Returns a freed slot's resources: its region pins.
+/// Returns a freed slot's resources: the regions it holds.
 fn reclaim(registry: &Registry, t: &mut Transfer) {
-    registry.unpin_all(&t.local[..t.count]);
-    if t.peer == PeerId::SELF.0 {
-        registry.unpin_all(&t.own[..t.count]);
-    }
+    registry.let_go(Holder::Slot(t.slot));
     t.count = 0;
     t.notif_len = None;
 }

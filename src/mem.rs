@@ -7,9 +7,13 @@
 //! path (they take the table's write lock), while resolving a descriptor on the hot
 //! path takes the read lock briefly and never allocates.
 //!
-//! Every transfer *pins* the regions its descriptors name (a per-entry counter) from
-//! `prepare` until `release`; deregistering a pinned region is `Error::Busy`, so memory
-//! is never unregistered — or freed, for engine-owned buffers — under a transfer.
+//! Every transfer *holds* the regions its descriptors name from `prepare` until its slot
+//! is freed, and so does a prepared list until it is released: the holder records the
+//! table entries in its own row of [`Holds`] (plain stores, no read-modify-write), and
+//! deregistration scans the rows. Deregistering a held region is `Error::Busy`, so
+//! memory is never unregistered — or freed, for engine-owned buffers — under a
+//! transfer. Control-path copies (`read_region`, `write_region`) pin the region with a
+//! per-entry counter for the length of the copy instead.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -173,10 +177,12 @@ struct Table {
 /// The registration table (see the module docs).
 pub(crate) struct Registry {
     table: RwLock<Table>,
-    /// Per entry: transfers (and prepared lists) holding descriptors into its region.
-    /// Taken under the table's read lock (so deregistration, under the write lock,
-    /// sees every pin); dropped without it.
+    /// Per entry: control-path copies in progress (`read_bytes`, `write_bytes`, a test
+    /// hook). Taken under the table's read lock (so deregistration, under the write
+    /// lock, sees every pin); dropped without it.
     pins: Box<[AtomicU32]>,
+    /// Which regions each transfer and prepared list holds.
+    holds: Holds,
     /// What peers in other processes see of each entry (see `backend::regtable`).
     remote: RegTable,
     /// Where engine-allocated regions' segments are created, and their name prefix.
@@ -288,17 +294,179 @@ pub(crate) struct Resolved {
     pub vram: bool,
 }
 
+/// Who holds regions: a ring slot (its transfer, from `prepare` until the slot is
+/// freed) or a prepared list (until it is released).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Holder {
+    /// The transfer in ring slot `index`.
+    Slot(usize),
+    /// The prepared list at index `index` of the engine's list table.
+    List(usize),
+}
+
+/// Which of a holder's descriptor lists: the local one, or (for a transfer to the
+/// engine itself) the "remote" one resolved against the engine's own registrations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    Local = 0,
+    Own = 1,
+}
+
+/// Per holder and side, a row of the table entries its descriptors name (a run of
+/// descriptors into one region is one record) and how many there are.
+///
+/// A row is written only by its holder: filled under the table's read lock when its
+/// descriptors are resolved (so deregistration, which scans the rows under the write
+/// lock, sees it), or copied from a prepared list's row without that lock (see
+/// [`Registry::copy_holds`]); emptied without the lock by a Release store of its count,
+/// once the holder is done with the regions. Holding and letting go are plain stores:
+/// per-entry pin counters cost two atomic read-modify-writes per descriptor per
+/// transfer. The price is on the control path: `deregister` reads every row's count.
+///
+/// Layout: one block of whole cache lines per holder (slots first, then lists), laid
+/// out `[count local, count own, local 0, own 0, local 1, own 1, …]`, so a transfer
+/// whose sides each name a few regions touches one line.
+struct Holds {
+    lines: Box<[Line]>,
+    /// Lines per holder.
+    block: usize,
+    per_side: usize,
+    slots: usize,
+}
+
+/// One cache line of [`Holds`].
+#[repr(align(64))]
+struct Line([AtomicU32; 16]);
+
+/// A holder's row for one side: where its block starts, in words, and which side.
+#[derive(Clone, Copy)]
+struct Row {
+    base: usize,
+    side: usize,
+}
+
+impl Holds {
+    fn new(slots: usize, lists: usize, per_side: usize) -> Holds {
+        let block = (2 + 2 * per_side).div_ceil(16);
+        Holds {
+            lines: (0..(slots + lists) * block)
+                .map(|_| Line(std::array::from_fn(|_| AtomicU32::new(0))))
+                .collect(),
+            block,
+            per_side,
+            slots,
+        }
+    }
+
+    fn holder(&self, holder: Holder) -> usize {
+        match holder {
+            Holder::Slot(i) => i,
+            Holder::List(i) => self.slots + i,
+        }
+    }
+
+    fn row(&self, holder: Holder, side: Side) -> Row {
+        Row {
+            base: self.holder(holder) * self.block * 16,
+            side: side as usize,
+        }
+    }
+
+    fn word(&self, at: usize) -> &AtomicU32 {
+        &self.lines[at / 16].0[at % 16]
+    }
+
+    fn count(&self, row: Row) -> &AtomicU32 {
+        self.word(row.base + row.side)
+    }
+
+    fn entry(&self, row: Row, i: usize) -> &AtomicU32 {
+        debug_assert!(i < self.per_side);
+        self.word(row.base + 2 + 2 * i + row.side)
+    }
+
+    /// Records the entries of `resolved` as `row`'s (it held none).
+    fn record(&self, row: Row, resolved: &[Resolved]) {
+        let mut n = 0;
+        let mut last = None;
+        for r in resolved {
+            if last != Some(r.entry) {
+                self.entry(row, n).store(r.entry, Ordering::Relaxed);
+                n += 1;
+                last = Some(r.entry);
+            }
+        }
+        // Release: pairs with the Acquire of a scan that runs without the read lock's
+        // ordering (a row copied from a list; see `copy_holds`).
+        self.count(row).store(n as u32, Ordering::Release);
+    }
+
+    /// Makes `to` hold what `from` holds (`to` held nothing).
+    fn copy(&self, from: Row, to: Row) {
+        let n = self.count(from).load(Ordering::Relaxed) as usize;
+        for i in 0..n {
+            let e = self.entry(from, i).load(Ordering::Relaxed);
+            self.entry(to, i).store(e, Ordering::Relaxed);
+        }
+        self.count(to).store(n as u32, Ordering::Release);
+    }
+
+    /// Empties `row`. Release: the holder's accesses to the regions happen before a
+    /// deregistration that finds the row empty (its load is Acquire).
+    fn clear(&self, row: Row) {
+        self.count(row).store(0, Ordering::Release);
+    }
+
+    /// Holders with `entry` in either row: lists first, then slots (see
+    /// [`Registry::copy_holds`] for why the order matters).
+    fn holders_of(&self, entry: u32) -> u32 {
+        let holders = self.lines.len() / self.block;
+        (self.slots..holders)
+            .chain(0..self.slots)
+            .filter(|&h| {
+                [Side::Local, Side::Own].into_iter().any(|side| {
+                    let row = Row {
+                        base: h * self.block * 16,
+                        side: side as usize,
+                    };
+                    let n = self.count(row).load(Ordering::Acquire) as usize;
+                    (0..n).any(|i| self.entry(row, i).load(Ordering::Relaxed) == entry)
+                })
+            })
+            .count() as u32
+    }
+
+    /// Records over all rows.
+    fn total(&self) -> u64 {
+        let holders = self.lines.len() / self.block;
+        (0..holders * 2)
+            .map(|r| {
+                let row = Row {
+                    base: r / 2 * self.block * 16,
+                    side: r % 2,
+                };
+                u64::from(self.count(row).load(Ordering::Relaxed))
+            })
+            .sum()
+    }
+
+    fn bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.lines)
+    }
+}
+
 /// The table's read lock, held while a transfer's descriptors are resolved and
-/// pinned (see [`Registry::pinner`]).
+/// recorded as held (see [`Registry::pinner`]).
 pub(crate) struct Pinner<'a> {
     table: std::sync::RwLockReadGuard<'a, Table>,
     pins: &'a [AtomicU32],
+    holds: &'a Holds,
 }
 
 impl Pinner<'_> {
     /// Checks `desc` against its region, and the region against what the transfer
-    /// allows, and pins the region. On error nothing is pinned.
-    pub(crate) fn pin(&self, desc: &Desc, allowed: Allowed) -> Result<Resolved> {
+    /// allows.
+    fn check(&self, desc: &Desc, allowed: Allowed) -> Result<Resolved> {
         let mut resolved = resolve(&self.table, desc)?;
         resolved = match allowed {
             Allowed::Anything => resolved,
@@ -316,29 +484,33 @@ impl Pinner<'_> {
             },
             Allowed::Fabric | Allowed::Memory => memory_only(resolved)?,
         };
-        // Pinned under the read lock: deregistration (write lock) sees the pin.
+        Ok(resolved)
+    }
+
+    /// Checks `desc` as [`check`](Pinner::check) does and pins its region for a
+    /// control-path copy: the pin is taken under the read lock, so deregistration
+    /// (write lock) sees it. Dropped with [`Registry::unpin`].
+    fn pin(&self, desc: &Desc, allowed: Allowed) -> Result<Resolved> {
+        let resolved = self.check(desc, allowed)?;
         self.pins[resolved.entry as usize].fetch_add(1, Ordering::Relaxed);
         Ok(resolved)
     }
 
-    /// Pins every descriptor into `out` (see [`pin`](Pinner::pin)); on failure unpins
-    /// what it pinned.
-    pub(crate) fn pin_all(&self, descs: &[Desc], out: &mut [Resolved], allowed: Allowed) -> Result<()> {
-        for (i, d) in descs.iter().enumerate() {
-            match self.pin(d, allowed) {
-                Ok(r) => out[i] = r,
-                Err(e) => {
-                    self.unpin_all(&out[..i]);
-                    return Err(e);
-                }
-            }
+    /// Resolves every descriptor into `out` and records their regions as held by
+    /// `holder` (its `side` row, empty until now). On error nothing is recorded.
+    pub(crate) fn hold_all(
+        &self,
+        descs: &[Desc],
+        out: &mut [Resolved],
+        allowed: Allowed,
+        holder: Holder,
+        side: Side,
+    ) -> Result<()> {
+        for (d, o) in descs.iter().zip(out.iter_mut()) {
+            *o = self.check(d, allowed)?;
         }
+        self.holds.record(self.holds.row(holder, side), &out[..descs.len()]);
         Ok(())
-    }
-
-    /// Drops the pins of `resolved` (pinned by this pinner, on an error path).
-    pub(crate) fn unpin_all(&self, resolved: &[Resolved]) {
-        resolved.iter().for_each(|r| drop_pin(self.pins, r.entry));
     }
 }
 
@@ -354,7 +526,14 @@ fn drop_pin(pins: &[AtomicU32], entry: u32) {
 }
 
 impl Registry {
-    pub(crate) fn new(capacity: usize, segment_prefix: String, fabric: Option<Arc<Domain>>) -> Result<Registry> {
+    /// A table of `capacity` entries, with rows of [`Holds`] for `slots` ring slots and
+    /// `lists` prepared lists of at most `per_side` descriptors a side.
+    pub(crate) fn new(
+        capacity: usize,
+        (slots, lists, per_side): (usize, usize, usize),
+        segment_prefix: String,
+        fabric: Option<Arc<Domain>>,
+    ) -> Result<Registry> {
         let entries = (0..capacity)
             .map(|_| Entry {
                 generation: 1,
@@ -369,6 +548,7 @@ impl Registry {
         Ok(Registry {
             table: RwLock::new(Table { entries, free }),
             pins: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
+            holds: Holds::new(slots, lists, per_side),
             remote,
             segment_dir,
             segment_prefix,
@@ -643,9 +823,9 @@ impl Registry {
     pub(crate) fn deregister(&self, id: RegionId) -> Result<()> {
         let mut table = self.write();
         let entry = Self::entry_mut(&mut table, id)?;
-        // Acquire: pairs with `unpin`'s release, so the last transfer's accesses to the
-        // region happen before it goes.
-        let pins = self.pins[id.index()].load(Ordering::Acquire);
+        // Acquire: pairs with `unpin`'s and `Holds::clear`'s Release, so the last
+        // accesses to the region happen before it goes.
+        let pins = self.pins[id.index()].load(Ordering::Acquire) + self.holds.holders_of(id.index() as u32);
         if pins > 0 {
             return Err(Error::Busy {
                 what: "region",
@@ -683,6 +863,7 @@ impl Registry {
         Pinner {
             table: self.read(),
             pins: &self.pins,
+            holds: &self.holds,
         }
     }
 
@@ -715,24 +896,38 @@ impl Registry {
         }
     }
 
-    /// Adds one pin to each entry of descriptors already resolved and pinned (a
-    /// prepared list handing its descriptors to a transfer): no re-validation.
-    pub(crate) fn add_pins(&self, resolved: &[Resolved]) {
-        for r in resolved {
-            // No lock needed: the region is pinned already, so it cannot go.
-            let before = self.pins[r.entry as usize].fetch_add(1, Ordering::Relaxed);
-            debug_assert!(before > 0, "add_pins on an unpinned region");
+    /// Makes `to` hold what `from` holds (a prepared list handing its regions to a
+    /// transfer), without the table's lock and without re-validation: `from` holds
+    /// them throughout, so they cannot go. `to` held nothing.
+    ///
+    /// Why a deregistration cannot miss both: the caller keeps `from` alive (the list
+    /// table's read lock) while copying, and letting `from` go later (the list table's
+    /// write lock, then [`let_go`](Registry::let_go)'s Release store) comes after the
+    /// copy. A scan that finds `from`'s row empty read its count with Acquire, so it
+    /// then sees the copy in `to`'s row — which it reads afterwards, because lists'
+    /// rows are scanned before slots' (`Holds::holders_of`).
+    pub(crate) fn copy_holds(&self, from: Holder, to: Holder) {
+        for side in [Side::Local, Side::Own] {
+            self.holds.copy(self.holds.row(from, side), self.holds.row(to, side));
         }
     }
 
-    /// Drops one pin taken by [`Pinner::pin`] (without the lock: see `drop_pin`).
+    /// Lets go of every region `holder` holds (its transfer's slot is being freed, or
+    /// its list released). No lock: letting go early is never unsafe for the table.
+    pub(crate) fn let_go(&self, holder: Holder) {
+        self.holds.clear(self.holds.row(holder, Side::Local));
+        self.holds.clear(self.holds.row(holder, Side::Own));
+    }
+
+    /// Drops one pin taken by [`Registry::pin_memory`] (without the lock: see
+    /// `drop_pin`).
     pub(crate) fn unpin(&self, entry: u32) {
         drop_pin(&self.pins, entry);
     }
 
-    /// Drops the pins of every descriptor in `resolved` (see [`unpin`](Registry::unpin)).
-    pub(crate) fn unpin_all(&self, resolved: &[Resolved]) {
-        resolved.iter().for_each(|r| drop_pin(&self.pins, r.entry));
+    /// Bytes of the holds table (allocated with the registry).
+    pub(crate) fn holds_bytes(&self) -> usize {
+        self.holds.bytes()
     }
 
     /// Every live registration, for the metadata blob.
@@ -786,7 +981,12 @@ impl Registry {
     pub(crate) fn counts(&self) -> (usize, u64, usize) {
         let table = self.read();
         let live = table.entries.iter().filter(|e| e.region.is_some()).count();
-        let pins = self.pins.iter().map(|p| u64::from(p.load(Ordering::Relaxed))).sum();
+        let pins = self
+            .pins
+            .iter()
+            .map(|p| u64::from(p.load(Ordering::Relaxed)))
+            .sum::<u64>()
+            + self.holds.total();
         let fds = table
             .entries
             .iter()

@@ -526,6 +526,108 @@ fn prepared_lists_post_many_times_with_fresh_handles() {
 }
 
 #[test]
+fn a_transfer_from_a_released_list_still_holds_the_lists_regions() {
+    let (a, _b, src, dst, peer) = connected(4096);
+    let list = a
+        .prepare_list(Op::Write, &[Desc::new(src, 0, 64)], peer, &[Desc::new(dst, 0, 64)])
+        .unwrap();
+    let h = a.post_list(list, None).unwrap();
+    a.release_list(list).unwrap();
+    assert!(
+        matches!(a.deregister(src), Err(Error::Busy { users: 1, .. })),
+        "the transfer holds the region the list handed it"
+    );
+    assert_eq!(a.wait(h, WAIT).unwrap(), Status::Done);
+    a.release(h).unwrap();
+    assert_quiescent(&a);
+    a.deregister(src).unwrap();
+}
+
+#[test]
+fn a_batch_holds_every_region_it_names_until_released() {
+    let e = engine("a");
+    let regions: Vec<RegionId> = (0..4).map(|_| e.alloc_region(4096).unwrap()).collect();
+    // Local side: regions 0, 1, 0 (a region again after another); own side: 2, 2, 3.
+    let local = [0, 1, 0].map(|r| Desc::new(regions[r], 0, 8));
+    let own = [2, 2, 3].map(|r| Desc::new(regions[r], r as u64 * 8, 8));
+    let h = e.prepare(Op::Write, &local, e.local_peer(), &own, None).unwrap();
+    let held = e.stats().pins;
+    assert!(held >= 4, "every region named is held: {held}");
+    for &r in &regions {
+        assert!(
+            matches!(e.deregister(r), Err(Error::Busy { users: 1, .. })),
+            "{r:?} is named by the transfer"
+        );
+    }
+    e.post(h).unwrap();
+    assert_eq!(e.wait(h, WAIT).unwrap(), Status::Done);
+    for &r in &regions {
+        assert!(
+            matches!(e.deregister(r), Err(Error::Busy { .. })),
+            "held until released"
+        );
+    }
+    e.release(h).unwrap();
+    assert_quiescent(&e);
+    for r in regions {
+        e.deregister(r).unwrap();
+    }
+}
+
+/// Deregistration racing transfers on the same region: it succeeds only while no
+/// transfer holds the region, so none ever copies from memory already unmapped (an
+/// engine-allocated region's segment goes with its registration: a copy from it after
+/// that would crash the test).
+#[test]
+fn deregistering_under_load_never_pulls_a_region_from_under_a_transfer() {
+    for round in 0..20 {
+        let e = engine("a");
+        let src = e.alloc_region(1 << 16).unwrap();
+        let dst = e.alloc_region(1 << 16).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let done = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for t in 0..2u64 {
+                let (e, stop, done) = (&e, &stop, &done);
+                scope.spawn(move || {
+                    let me = e.local_peer();
+                    let (local, own) = (Desc::new(src, t * 32768, 32768), Desc::new(dst, t * 32768, 32768));
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match e.prepare(Op::Write, &[local], me, &[own], None) {
+                            Ok(h) => {
+                                e.post(h).unwrap();
+                                assert_eq!(e.wait(h, WAIT).unwrap(), Status::Done);
+                                e.release(h).unwrap();
+                                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            Err(Error::UnknownRegion { region }) if region == src.to_raw() => break,
+                            Err(other) => panic!("round {round}: {other}"),
+                        }
+                    }
+                });
+            }
+            // Transfers first, so the deregistration lands among them.
+            while done.load(std::sync::atomic::Ordering::Relaxed) < 200 {
+                std::hint::spin_loop();
+            }
+            let mut busy = 0;
+            loop {
+                match e.deregister(src) {
+                    Ok(()) => break,
+                    Err(Error::Busy { .. }) => busy += 1,
+                    Err(other) => panic!("round {round}: {other}"),
+                }
+                if busy % 64 == 0 {
+                    std::thread::yield_now();
+                }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        assert_quiescent(&e);
+    }
+}
+
+#[test]
 fn release_racing_post_frees_each_slot_exactly_once() {
     let (a, b) = (engine("a"), engine("b"));
     let src = a.alloc_region(1 << 20).unwrap();
