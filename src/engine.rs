@@ -992,19 +992,16 @@ impl Engine {
             registry.let_go(holder);
             return Err(e);
         }
-        if local_out[..local.len()]
-            .iter()
-            .zip(&own_out[..remote.len()])
-            .any(|(l, o)| (l.fd.is_some() || l.vram) && (o.fd.is_some() || o.vram) && !(l.vram && o.vram))
-            || (local_out[..local.len()]
-                .iter()
-                .chain(&own_out[..remote.len()])
-                .any(|r| r.vram)
-                && local_out[..local.len()]
-                    .iter()
-                    .chain(&own_out[..remote.len()])
-                    .any(|r| r.fd.is_some()))
-        {
+        // One pass: a pair of two non-memory sides (other than GPU ↔ GPU), or GPU
+        // memory anywhere in a transfer that also has a file.
+        let (mut pair, mut vram, mut file) = (false, false, false);
+        for (l, o) in local_out[..local.len()].iter().zip(&own_out[..remote.len()]) {
+            let (lf, of) = (l.fd.is_some(), o.fd.is_some());
+            pair |= (lf || l.vram) && (of || o.vram) && !(l.vram && o.vram);
+            vram |= l.vram || o.vram;
+            file |= lf || of;
+        }
+        if pair || (vram && file) {
             registry.let_go(holder);
             return Err(Error::InvalidDescriptor {
                 reason: "a file moves to or from host memory, not to another file or GPU memory",

@@ -327,110 +327,69 @@ pub(crate) enum Side {
 /// out `[count local, count own, local 0, own 0, local 1, own 1, …]`, so a transfer
 /// whose sides each name a few regions touches one line.
 struct Holds {
-    lines: Box<[Line]>,
-    /// Lines per holder.
+    /// The blocks, from `start` (the first word on a cache-line boundary).
+    words: Box<[AtomicU32]>,
+    start: usize,
+    /// Words per holder: a whole number of cache lines.
     block: usize,
-    per_side: usize,
     slots: usize,
-}
-
-/// One cache line of [`Holds`].
-#[repr(align(64))]
-struct Line([AtomicU32; 16]);
-
-/// A holder's row for one side: where its block starts, in words, and which side.
-#[derive(Clone, Copy)]
-struct Row {
-    base: usize,
-    side: usize,
 }
 
 impl Holds {
     fn new(slots: usize, lists: usize, per_side: usize) -> Holds {
-        let block = (2 + 2 * per_side).div_ceil(16);
+        let block = (2 + 2 * per_side).next_multiple_of(16);
+        let words: Box<[AtomicU32]> = (0..(slots + lists) * block + 15).map(|_| AtomicU32::new(0)).collect();
+        let start = (64 - words.as_ptr() as usize % 64) % 64 / 4;
         Holds {
-            lines: (0..(slots + lists) * block)
-                .map(|_| Line(std::array::from_fn(|_| AtomicU32::new(0))))
-                .collect(),
+            words,
+            start,
             block,
-            per_side,
             slots,
         }
     }
 
-    fn holder(&self, holder: Holder) -> usize {
-        match holder {
+    /// `holder`'s block: `[count local, count own, local 0, own 0, …]`.
+    fn cells(&self, holder: Holder) -> &[AtomicU32] {
+        let h = match holder {
             Holder::Slot(i) => i,
             Holder::List(i) => self.slots + i,
-        }
-    }
-
-    fn row(&self, holder: Holder, side: Side) -> Row {
-        Row {
-            base: self.holder(holder) * self.block * 16,
-            side: side as usize,
-        }
-    }
-
-    fn word(&self, at: usize) -> &AtomicU32 {
-        &self.lines[at / 16].0[at % 16]
-    }
-
-    fn count(&self, row: Row) -> &AtomicU32 {
-        self.word(row.base + row.side)
-    }
-
-    fn entry(&self, row: Row, i: usize) -> &AtomicU32 {
-        debug_assert!(i < self.per_side);
-        self.word(row.base + 2 + 2 * i + row.side)
-    }
-
-    /// Records the entries of `resolved` as `row`'s (it held none).
-    fn record(&self, row: Row, resolved: &[Resolved]) {
-        let mut n = 0;
-        let mut last = None;
-        for r in resolved {
-            if last != Some(r.entry) {
-                self.entry(row, n).store(r.entry, Ordering::Relaxed);
-                n += 1;
-                last = Some(r.entry);
-            }
-        }
-        // Release: pairs with the Acquire of a scan that runs without the read lock's
-        // ordering (a row copied from a list; see `copy_holds`).
-        self.count(row).store(n as u32, Ordering::Release);
+        };
+        let base = self.start + h * self.block;
+        &self.words[base..base + self.block]
     }
 
     /// Makes `to` hold what `from` holds (`to` held nothing).
-    fn copy(&self, from: Row, to: Row) {
-        let n = self.count(from).load(Ordering::Relaxed) as usize;
-        for i in 0..n {
-            let e = self.entry(from, i).load(Ordering::Relaxed);
-            self.entry(to, i).store(e, Ordering::Relaxed);
+    fn copy(&self, from: Holder, to: Holder) {
+        let (from, to) = (self.cells(from), self.cells(to));
+        for side in 0..2 {
+            let n = from[side].load(Ordering::Relaxed) as usize;
+            for i in 0..n {
+                to[2 + 2 * i + side].store(from[2 + 2 * i + side].load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            to[side].store(n as u32, Ordering::Release);
         }
-        self.count(to).store(n as u32, Ordering::Release);
     }
 
-    /// Empties `row`. Release: the holder's accesses to the regions happen before a
-    /// deregistration that finds the row empty (its load is Acquire).
-    fn clear(&self, row: Row) {
-        self.count(row).store(0, Ordering::Release);
+    /// Empties `holder`'s rows. Release: the holder's accesses to the regions happen
+    /// before a deregistration that finds the rows empty (its loads are Acquire).
+    fn clear(&self, holder: Holder) {
+        let cells = self.cells(holder);
+        cells[0].store(0, Ordering::Release);
+        cells[1].store(0, Ordering::Release);
     }
 
     /// Holders with `entry` in either row: lists first, then slots (see
     /// [`Registry::copy_holds`] for why the order matters).
     fn holders_of(&self, entry: u32) -> u32 {
-        let holders = self.lines.len() / self.block;
-        (self.slots..holders)
-            .chain(0..self.slots)
+        let holders = (self.words.len() - 15) / self.block;
+        let lists = (0..holders - self.slots).map(Holder::List);
+        lists
+            .chain((0..self.slots).map(Holder::Slot))
             .filter(|&h| {
-                [Side::Local, Side::Own].into_iter().any(|side| {
-                    let row = Row {
-                        base: h * self.block * 16,
-                        side: side as usize,
-                    };
-                    let n = self.count(row).load(Ordering::Acquire) as usize;
-                    (0..n).any(|i| self.entry(row, i).load(Ordering::Relaxed) == entry)
+                let cells = self.cells(h);
+                (0..2).any(|side| {
+                    let n = cells[side].load(Ordering::Acquire) as usize;
+                    (0..n).any(|i| cells[2 + 2 * i + side].load(Ordering::Relaxed) == entry)
                 })
             })
             .count() as u32
@@ -438,20 +397,17 @@ impl Holds {
 
     /// Records over all rows.
     fn total(&self) -> u64 {
-        let holders = self.lines.len() / self.block;
-        (0..holders * 2)
-            .map(|r| {
-                let row = Row {
-                    base: r / 2 * self.block * 16,
-                    side: r % 2,
-                };
-                u64::from(self.count(row).load(Ordering::Relaxed))
+        let holders = (self.words.len() - 15) / self.block;
+        (0..holders)
+            .map(|h| {
+                let cells = &self.words[self.start + h * self.block..];
+                u64::from(cells[0].load(Ordering::Relaxed)) + u64::from(cells[1].load(Ordering::Relaxed))
             })
             .sum()
     }
 
     fn bytes(&self) -> usize {
-        std::mem::size_of_val(&*self.lines)
+        std::mem::size_of_val(&*self.words)
     }
 }
 
@@ -506,10 +462,23 @@ impl Pinner<'_> {
         holder: Holder,
         side: Side,
     ) -> Result<()> {
-        for (d, o) in descs.iter().zip(out.iter_mut()) {
-            *o = self.check(d, allowed)?;
+        let (cells, side) = (self.holds.cells(holder), side as usize);
+        let out = &mut out[..descs.len()];
+        // Each region is recorded as it is resolved (a run into one region once); the
+        // count that makes the records count is stored only if every one resolved.
+        let (mut n, mut last) = (0, u32::MAX);
+        for (i, d) in descs.iter().enumerate() {
+            let r = self.check(d, allowed)?;
+            if r.entry != last {
+                last = r.entry;
+                cells[2 + 2 * n + side].store(last, Ordering::Relaxed);
+                n += 1;
+            }
+            out[i] = r;
         }
-        self.holds.record(self.holds.row(holder, side), &out[..descs.len()]);
+        // Release: pairs with the Acquire of a scan that runs without the read lock's
+        // ordering (a row copied from a list; see `Registry::copy_holds`).
+        cells[side].store(n as u32, Ordering::Release);
         Ok(())
     }
 }
@@ -907,16 +876,13 @@ impl Registry {
     /// then sees the copy in `to`'s row — which it reads afterwards, because lists'
     /// rows are scanned before slots' (`Holds::holders_of`).
     pub(crate) fn copy_holds(&self, from: Holder, to: Holder) {
-        for side in [Side::Local, Side::Own] {
-            self.holds.copy(self.holds.row(from, side), self.holds.row(to, side));
-        }
+        self.holds.copy(from, to);
     }
 
     /// Lets go of every region `holder` holds (its transfer's slot is being freed, or
     /// its list released). No lock: letting go early is never unsafe for the table.
     pub(crate) fn let_go(&self, holder: Holder) {
-        self.holds.clear(self.holds.row(holder, Side::Local));
-        self.holds.clear(self.holds.row(holder, Side::Own));
+        self.holds.clear(holder);
     }
 
     /// Drops one pin taken by [`Registry::pin_memory`] (without the lock: see

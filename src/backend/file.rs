@@ -185,6 +185,34 @@ impl FileQueue {
 /// a batch of blocks written to or read from one stretch of a file costs one system
 /// call, not one per block.
 pub(crate) fn run(op: Op, local: &[Resolved], remote: &[Resolved]) -> Outcome {
+    // One piece between memory and a file that is not mapped (the common case): one
+    // call, without gathering.
+    if let ([l], [r]) = (local, remote) {
+        let (src, dst) = match op {
+            Op::Write => (l, r),
+            Op::Read => (r, l),
+        };
+        let one = match (src.fd, dst.fd) {
+            (None, Some(fd)) if !dst.mapped => Some((Direction::ToFile, fd, src.addr, dst.addr)),
+            (Some(fd), None) if !src.mapped => Some((Direction::FromFile, fd, dst.addr, src.addr)),
+            _ => None,
+        };
+        if let Some((direction, fd, memory, offset)) = one {
+            let mut iov = [libc::iovec {
+                iov_base: memory as *mut libc::c_void,
+                iov_len: src.len,
+            }];
+            let moved = all(direction, fd, &mut iov, offset as u64).and_then(|()| match direction {
+                // SAFETY: a held file registration's descriptor.
+                Direction::ToFile if dst.sync && unsafe { libc::fdatasync(fd) } != 0 => Err(errno()),
+                _ => Ok(()),
+            });
+            return match moved {
+                Ok(()) => Outcome::Done,
+                Err(code) => Outcome::Failed(code),
+            };
+        }
+    }
     let mut group = Group::new();
     for (l, r) in local.iter().zip(remote) {
         let (src, dst) = match op {
