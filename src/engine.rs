@@ -212,6 +212,8 @@ pub(crate) struct Transfer {
     /// The ring slot this context belongs to: its row of the registry's holds.
     slot: usize,
     op: Op,
+    /// For a transfer to [`PeerId::SELF`]: how it runs.
+    route: Route,
     peer: u32,
     count: usize,
     /// Local descriptors, resolved (and their regions held) from prepare until the slot
@@ -423,9 +425,23 @@ impl std::fmt::Debug for ListId {
     }
 }
 
+/// How a transfer between the engine's own regions moves its bytes, decided when its
+/// descriptors are resolved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Route {
+    /// Memory to memory: copied in `post`.
+    #[default]
+    Memory,
+    /// To or from a file: run by the I/O workers (or its waiter).
+    File,
+    /// With GPU memory: the cuda transport.
+    Cuda,
+}
+
 struct PreparedList {
     op: Op,
     peer: u32,
+    route: Route,
     local: Box<[Resolved]>,
     remote: Box<[Desc]>,
     /// For a list to [`PeerId::SELF`]: the remote side, resolved and pinned.
@@ -469,6 +485,7 @@ impl Engine {
         let ring = SlotRing::with_contexts_from(config.capacity, first_generation, |slot| Transfer {
             slot: slot as usize,
             op: Op::Write,
+            route: Route::Memory,
             peer: 0,
             count: 0,
             local: vec![Resolved::default(); d].into_boxed_slice(),
@@ -903,7 +920,7 @@ impl Engine {
     ) -> Result<Handle> {
         let allowed = self.validate(local, peer, remote, notif)?;
         self.core.ring.acquire_try(|t: &mut Transfer| {
-            self.pin_sides(local, allowed, remote, (&mut t.local, &mut t.own), Holder::Slot(t.slot))?;
+            t.route = self.pin_sides(local, allowed, remote, (&mut t.local, &mut t.own), Holder::Slot(t.slot))?;
             t.op = op;
             t.peer = peer.0;
             t.count = local.len();
@@ -972,7 +989,8 @@ impl Engine {
 
     /// Resolves a transfer's local descriptors, and for a transfer to [`PeerId::SELF`]
     /// its "remote" ones too (files allowed on either side, never on both of a pair),
-    /// and records their regions as held by `holder`. On error it holds nothing.
+    /// and records their regions as held by `holder`; says how a transfer to
+    /// [`PeerId::SELF`] runs. On error it holds nothing.
     fn pin_sides(
         &self,
         local: &[Desc],
@@ -980,13 +998,13 @@ impl Engine {
         remote: &[Desc],
         (local_out, own_out): (&mut [Resolved], &mut [Resolved]),
         holder: Holder,
-    ) -> Result<()> {
+    ) -> Result<Route> {
         let to_self = allowed == Allowed::Anything;
         let registry = &self.core.shared.registry;
         let pinner = registry.pinner();
         pinner.hold_all(local, local_out, allowed, holder, Side::Local)?;
         if !to_self {
-            return Ok(());
+            return Ok(Route::Memory);
         }
         if let Err(e) = pinner.hold_all(remote, own_out, Allowed::Anything, holder, Side::Own) {
             registry.let_go(holder);
@@ -1007,7 +1025,11 @@ impl Engine {
                 reason: "a file moves to or from host memory, not to another file or GPU memory",
             });
         }
-        Ok(())
+        Ok(match (vram, file) {
+            (true, _) => Route::Cuda,
+            (false, true) => Route::File,
+            (false, false) => Route::Memory,
+        })
     }
 
     /// Validates and pins a descriptor list once (control path), for
@@ -1030,11 +1052,12 @@ impl Engine {
                 capacity: self.config.max_prepared_lists,
             });
         };
-        self.pin_sides(local, allowed, remote, (&mut resolved, &mut own), Holder::List(index))?;
+        let route = self.pin_sides(local, allowed, remote, (&mut resolved, &mut own), Holder::List(index))?;
         let entry = &mut lists[index];
         entry.list = Some(PreparedList {
             op,
             peer: peer.0,
+            route,
             local: resolved,
             remote: remote.into(),
             own,
@@ -1060,6 +1083,7 @@ impl Engine {
                 // The list is alive until `lists` is dropped (see `copy_holds`).
                 registry.copy_holds(Holder::List(list.index()), Holder::Slot(t.slot));
                 t.op = l.op;
+                t.route = l.route;
                 t.peer = l.peer;
                 t.count = n;
                 t.remote[..n].copy_from_slice(&l.remote);
@@ -1151,12 +1175,10 @@ impl Engine {
     /// A transfer between this engine's own registrations: memory to memory is copied
     /// now; one with a file goes to the I/O workers.
     fn run_own(&self, t: &Transfer, handle: Handle) -> Result<Started> {
-        let (local, own) = (&t.local[..t.count], &t.own[..t.count]);
-        if local.iter().chain(own).any(|r| r.vram) {
-            return self.run_cuda(t, handle);
-        }
-        if local.iter().chain(own).all(|r| r.fd.is_none()) {
-            return Ok(Started::Ended(file::run(t.op, local, own)));
+        match t.route {
+            Route::Cuda => return self.run_cuda(t, handle),
+            Route::Memory => return Ok(Started::Ended(file::run(t.op, &t.local[..t.count], &t.own[..t.count]))),
+            Route::File => {}
         }
         if self.workers.is_empty() {
             return Err(Error::InvalidConfig {

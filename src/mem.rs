@@ -454,6 +454,7 @@ impl Pinner<'_> {
 
     /// Resolves every descriptor into `out` and records their regions as held by
     /// `holder` (its `side` row, empty until now). On error nothing is recorded.
+    #[inline(always)]
     pub(crate) fn hold_all(
         &self,
         descs: &[Desc],
