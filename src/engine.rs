@@ -20,7 +20,7 @@ use crate::backend::file::{self, FileQueue};
 use crate::backend::local::{self, LocalInfo};
 use crate::backend::sim::{Sim, SimConfig, SimStats};
 use crate::error::{Error, Result};
-use crate::mem::{Allowed, Desc, FileOptions, Holder, RegionId, Registry, Resolved, Side};
+use crate::mem::{Allowed, Desc, FileOptions, Holder, Pairs, RegionId, Registry, Resolved};
 use crate::notify::{Geometry, Inbox, InboxMap, Notification, Outbox, SenderId};
 use crate::peer::Peer;
 use crate::ring::{CancelResult, Handle, Outcome, Released, RingStats, SlotRing, Status};
@@ -308,6 +308,7 @@ impl Core {
     }
 
     /// Runs (or cancels) one file transfer taken from the queue, and ends it.
+    #[inline]
     fn run_file_job(&self, handle: Handle, cancelled: bool) {
         let outcome = if cancelled {
             Outcome::Cancelled
@@ -924,7 +925,11 @@ impl Engine {
             t.op = op;
             t.peer = peer.0;
             t.count = local.len();
-            t.remote[..remote.len()].copy_from_slice(remote);
+            // Element by element: a transfer has few descriptors, and `copy_from_slice`
+            // is a call to `memcpy`.
+            for (to, from) in t.remote.iter_mut().zip(remote) {
+                *to = *from;
+            }
             t.notif_len = notif.map(|n| {
                 t.notif[..n.len()].copy_from_slice(n);
                 n.len()
@@ -935,6 +940,7 @@ impl Engine {
 
     /// Every check of [`prepare`](Engine::prepare) that does not touch the registry;
     /// says what the local descriptors may name, given how the peer is reached.
+    #[inline]
     fn validate(&self, local: &[Desc], peer: PeerId, remote: &[Desc], notif: Option<&[u8]>) -> Result<Allowed> {
         let max = self.config.max_descs_per_xfer;
         if local.len() > max {
@@ -991,6 +997,7 @@ impl Engine {
     /// its "remote" ones too (files allowed on either side, never on both of a pair),
     /// and records their regions as held by `holder`; says how a transfer to
     /// [`PeerId::SELF`] runs. On error it holds nothing.
+    #[inline]
     fn pin_sides(
         &self,
         local: &[Desc],
@@ -999,27 +1006,16 @@ impl Engine {
         (local_out, own_out): (&mut [Resolved], &mut [Resolved]),
         holder: Holder,
     ) -> Result<Route> {
-        let to_self = allowed == Allowed::Anything;
         let registry = &self.core.shared.registry;
         let pinner = registry.pinner();
-        pinner.hold_all(local, local_out, allowed, holder, Side::Local)?;
-        if !to_self {
+        if allowed != Allowed::Anything {
+            pinner.hold_all(local, local_out, allowed, holder)?;
             return Ok(Route::Memory);
         }
-        if let Err(e) = pinner.hold_all(remote, own_out, Allowed::Anything, holder, Side::Own) {
-            registry.let_go(holder);
-            return Err(e);
-        }
-        // One pass: a pair of two non-memory sides (other than GPU ↔ GPU), or GPU
-        // memory anywhere in a transfer that also has a file.
-        let (mut pair, mut vram, mut file) = (false, false, false);
-        for (l, o) in local_out[..local.len()].iter().zip(&own_out[..remote.len()]) {
-            let (lf, of) = (l.fd.is_some(), o.fd.is_some());
-            pair |= (lf || l.vram) && (of || o.vram) && !(l.vram && o.vram);
-            vram |= l.vram || o.vram;
-            file |= lf || of;
-        }
-        if pair || (vram && file) {
+        let Pairs { mixed, vram, file } = pinner.hold_pairs(local, remote, (local_out, own_out), holder)?;
+        // GPU memory with a file anywhere in the transfer, or a pair of two non-memory
+        // sides (other than GPU ↔ GPU).
+        if mixed || (vram && file) {
             registry.let_go(holder);
             return Err(Error::InvalidDescriptor {
                 reason: "a file moves to or from host memory, not to another file or GPU memory",

@@ -240,6 +240,7 @@ fn memory_only(r: Resolved) -> Result<Resolved> {
     }
 }
 
+#[inline(always)]
 fn resolve(table: &Table, desc: &Desc) -> Result<Resolved> {
     let whole = match table.entries.get(desc.region.index()) {
         Some(Entry {
@@ -266,11 +267,12 @@ fn resolve(table: &Table, desc: &Desc) -> Result<Resolved> {
             region_len: whole.len as u64,
         });
     }
-    Ok(Resolved {
-        addr: whole.addr + desc.offset as usize,
-        len: desc.len as usize,
-        ..*whole
-    })
+    // The whole region narrowed (copied whole, then two fields set: cheaper than
+    // building it field by field).
+    let mut resolved = *whole;
+    resolved.addr += desc.offset as usize;
+    resolved.len = desc.len as usize;
+    Ok(resolved)
 }
 
 /// A descriptor resolved against the table: an address valid while its region is pinned.
@@ -304,12 +306,16 @@ pub(crate) enum Holder {
     List(usize),
 }
 
-/// Which of a holder's descriptor lists: the local one, or (for a transfer to the
-/// engine itself) the "remote" one resolved against the engine's own registrations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Side {
-    Local = 0,
-    Own = 1,
+/// What the descriptor pairs of a transfer between the engine's own regions hold
+/// ([`Pinner::hold_pairs`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Pairs {
+    /// A pair of two sides that are not host memory, other than GPU ↔ GPU.
+    pub mixed: bool,
+    /// GPU memory on either side of a pair.
+    pub vram: bool,
+    /// A file on either side of a pair.
+    pub file: bool,
 }
 
 /// Per holder and side, a row of the table entries its descriptors name (a run of
@@ -422,6 +428,7 @@ pub(crate) struct Pinner<'a> {
 impl Pinner<'_> {
     /// Checks `desc` against its region, and the region against what the transfer
     /// allows.
+    #[inline(always)]
     fn check(&self, desc: &Desc, allowed: Allowed) -> Result<Resolved> {
         let mut resolved = resolve(&self.table, desc)?;
         resolved = match allowed {
@@ -454,6 +461,8 @@ impl Pinner<'_> {
 
     /// Resolves every descriptor into `out` and records their regions as held by
     /// `holder` (its `side` row, empty until now). On error nothing is recorded.
+    /// Resolves a transfer's local descriptors into `out` and records their regions as
+    /// held by `holder` (its local row, empty until now). On error nothing is recorded.
     #[inline(always)]
     pub(crate) fn hold_all(
         &self,
@@ -461,9 +470,8 @@ impl Pinner<'_> {
         out: &mut [Resolved],
         allowed: Allowed,
         holder: Holder,
-        side: Side,
     ) -> Result<()> {
-        let (cells, side) = (self.holds.cells(holder), side as usize);
+        let cells = self.holds.cells(holder);
         let out = &mut out[..descs.len()];
         // Each region is recorded as it is resolved (a run into one region once); the
         // count that makes the records count is stored only if every one resolved.
@@ -472,15 +480,56 @@ impl Pinner<'_> {
             let r = self.check(d, allowed)?;
             if r.entry != last {
                 last = r.entry;
-                cells[2 + 2 * n + side].store(last, Ordering::Relaxed);
+                cells[2 + 2 * n].store(last, Ordering::Relaxed);
                 n += 1;
             }
             out[i] = r;
         }
         // Release: pairs with the Acquire of a scan that runs without the read lock's
         // ordering (a row copied from a list; see `Registry::copy_holds`).
-        cells[side].store(n as u32, Ordering::Release);
+        cells[0].store(n as u32, Ordering::Release);
         Ok(())
+    }
+
+    /// For a transfer between the engine's own regions: resolves each pair of
+    /// descriptors (anything allowed on either side) into `out`, records both sides'
+    /// regions as held by `holder` (its rows, empty until now), and says what the pairs
+    /// hold. On error nothing is recorded.
+    #[inline(always)]
+    pub(crate) fn hold_pairs(
+        &self,
+        local: &[Desc],
+        own: &[Desc],
+        (local_out, own_out): (&mut [Resolved], &mut [Resolved]),
+        holder: Holder,
+    ) -> Result<Pairs> {
+        let cells = self.holds.cells(holder);
+        let n = local.len().min(own.len());
+        let (local_out, own_out) = (&mut local_out[..n], &mut own_out[..n]);
+        let (mut count, mut last) = ([0; 2], [u32::MAX; 2]);
+        let mut pairs = Pairs::default();
+        for i in 0..n {
+            let (l, o) = (
+                self.check(&local[i], Allowed::Anything)?,
+                self.check(&own[i], Allowed::Anything)?,
+            );
+            for (side, entry) in [(0, l.entry), (1, o.entry)] {
+                if entry != last[side] {
+                    last[side] = entry;
+                    cells[2 + 2 * count[side] + side].store(entry, Ordering::Relaxed);
+                    count[side] += 1;
+                }
+            }
+            let (lf, of) = (l.fd.is_some(), o.fd.is_some());
+            pairs.mixed |= (lf || l.vram) && (of || o.vram) && !(l.vram && o.vram);
+            pairs.vram |= l.vram || o.vram;
+            pairs.file |= lf || of;
+            (local_out[i], own_out[i]) = (l, o);
+        }
+        // Release: as in `hold_all`.
+        cells[0].store(count[0] as u32, Ordering::Release);
+        cells[1].store(count[1] as u32, Ordering::Release);
+        Ok(pairs)
     }
 }
 

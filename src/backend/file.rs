@@ -62,6 +62,7 @@ impl FileQueue {
     }
 
     /// Hands a posted transfer to the workers.
+    #[inline]
     pub(crate) fn submit(&self, handle: Handle) {
         self.jobs.push(handle);
         // Either a worker going to sleep sees the job, or the poster that queued its
@@ -164,6 +165,7 @@ impl FileQueue {
     /// Takes `handle`'s job if it is still queued, for its waiter to run on its own
     /// thread: a transfer waited for right after `post` then costs no hand-off to a
     /// worker and back. `Some(cancelled)` if taken (its stale queue entry is skipped).
+    #[inline]
     pub(crate) fn steal(&self, handle: Handle) -> Option<bool> {
         self.jobs
             .take(handle)
@@ -184,6 +186,7 @@ impl FileQueue {
 /// contiguous file offsets go in one `preadv`/`pwritev` (up to [`IOV_GROUP`] pieces):
 /// a batch of blocks written to or read from one stretch of a file costs one system
 /// call, not one per block.
+#[inline]
 pub(crate) fn run(op: Op, local: &[Resolved], remote: &[Resolved]) -> Outcome {
     // One piece between memory and a file that is not mapped (the common case): one
     // call, without gathering.
@@ -347,6 +350,7 @@ static_assertions::const_assert!(std::mem::size_of::<libc::c_long>() == 8);
 /// Repeats `pwrite`/`pread` (one piece) or `pwritev`/`preadv` (several) until every
 /// byte of `iov` moved, from file offset `offset` on: short transfers are continued,
 /// EINTR retried; a read that reaches the end of the file is `END_OF_FILE`.
+#[inline]
 fn all(direction: Direction, fd: i32, mut iov: &mut [libc::iovec], mut offset: u64) -> Result<(), FailCode> {
     while let Some(first) = iov.first() {
         if first.iov_len == 0 {

@@ -70,6 +70,7 @@ impl JobQueue {
     /// Queues the job of `handle`, whose slot holds no job now (the slot's previous
     /// job was popped or taken). Never fails; waits only in the case the module docs
     /// describe.
+    #[inline]
     pub fn push(&self, handle: Handle) {
         let index = handle.index();
         // Release: the popper or taker (Acquire) sees the transfer posted in the slot.
@@ -96,6 +97,7 @@ impl JobQueue {
 
     /// Takes `handle`'s job out of its slot if it is still queued (its entry stays,
     /// empty, for a later pop). True if taken: the job is the caller's to run.
+    #[inline]
     pub fn take(&self, handle: Handle) -> bool {
         self.words.get(handle.index() as usize).is_some_and(|w| {
             w.compare_exchange(

@@ -263,6 +263,7 @@ impl<C> SlotRing<C> {
     /// As [`acquire_with`](SlotRing::acquire_with), but `init` may fail: then the slot
     /// is released at once (at the same generation: its handle never escaped) and `init`'s error returned. `init`
     /// must undo whatever it did to the context before failing.
+    #[inline]
     pub fn acquire_try<E: From<Error>>(&self, init: impl FnOnce(&mut C) -> Result<(), E>) -> Result<Handle, E> {
         let (index, sample) = match self.take_recent() {
             Some(index) => (index, false),
@@ -318,6 +319,7 @@ impl<C> SlotRing<C> {
 
     /// RESERVED(g) → POSTED(g): the transfer is handed to a transport, and from now on
     /// only [`complete`](SlotRing::complete) ends it.
+    #[inline]
     pub fn post(&self, handle: Handle) -> Result<()> {
         let slot = self.slot(handle)?;
         let word = slot.word.load(Ordering::Acquire);
@@ -398,6 +400,7 @@ impl<C> SlotRing<C> {
     /// As [`complete`](SlotRing::complete); if this call also frees the slot (the
     /// transfer was detached), `reclaim` runs first on the context, with exclusive
     /// access, so the transfer's resources are returned before the slot is reused.
+    #[inline]
     pub fn complete_with(&self, handle: Handle, outcome: Outcome, reclaim: impl FnOnce(&mut C)) -> bool {
         let Ok(slot) = self.slot(handle) else {
             return self.reject_completion();
@@ -478,6 +481,7 @@ impl<C> SlotRing<C> {
     /// As [`release`](SlotRing::release); if this call frees the slot, `reclaim` runs
     /// first on the context, with exclusive access (see
     /// [`complete_with`](SlotRing::complete_with)).
+    #[inline]
     pub fn release_with(&self, handle: Handle, reclaim: impl FnOnce(&mut C)) -> Result<Released> {
         let slot = self.slot(handle)?;
         let mut word = slot.word.load(Ordering::Acquire);
@@ -533,6 +537,7 @@ impl<C> SlotRing<C> {
     }
 
     /// Where the transfer is. A released handle is [`Error::StaleHandle`].
+    #[inline]
     pub fn status(&self, handle: Handle) -> Result<Status> {
         let word = self.slot(handle)?.word.load(Ordering::Acquire);
         self.check_generation(handle, word)?;
