@@ -506,30 +506,34 @@ impl Pinner<'_> {
         let cells = self.holds.cells(holder);
         let n = local.len().min(own.len());
         let (local_out, own_out) = (&mut local_out[..n], &mut own_out[..n]);
-        let (mut count, mut last) = ([0; 2], [u32::MAX; 2]);
-        let mut pairs = Pairs::default();
+        // Per side, as in `hold_all`: records so far, and the last region recorded.
+        let (mut nl, mut no, mut ll, mut lo) = (0, 0, u32::MAX, u32::MAX);
+        let (mut mixed, mut vram, mut file) = (false, false, false);
         for i in 0..n {
             let (l, o) = (
                 self.check(&local[i], Allowed::Anything)?,
                 self.check(&own[i], Allowed::Anything)?,
             );
-            for (side, entry) in [(0, l.entry), (1, o.entry)] {
-                if entry != last[side] {
-                    last[side] = entry;
-                    cells[2 + 2 * count[side] + side].store(entry, Ordering::Relaxed);
-                    count[side] += 1;
-                }
+            if l.entry != ll {
+                ll = l.entry;
+                cells[2 + 2 * nl].store(ll, Ordering::Relaxed);
+                nl += 1;
+            }
+            if o.entry != lo {
+                lo = o.entry;
+                cells[3 + 2 * no].store(lo, Ordering::Relaxed);
+                no += 1;
             }
             let (lf, of) = (l.fd.is_some(), o.fd.is_some());
-            pairs.mixed |= (lf || l.vram) && (of || o.vram) && !(l.vram && o.vram);
-            pairs.vram |= l.vram || o.vram;
-            pairs.file |= lf || of;
+            mixed |= (lf || l.vram) && (of || o.vram) && !(l.vram && o.vram);
+            vram |= l.vram || o.vram;
+            file |= lf || of;
             (local_out[i], own_out[i]) = (l, o);
         }
         // Release: as in `hold_all`.
-        cells[0].store(count[0] as u32, Ordering::Release);
-        cells[1].store(count[1] as u32, Ordering::Release);
-        Ok(pairs)
+        cells[0].store(nl as u32, Ordering::Release);
+        cells[1].store(no as u32, Ordering::Release);
+        Ok(Pairs { mixed, vram, file })
     }
 }
 
