@@ -246,6 +246,7 @@ impl Core {
     /// The ring's one exit function for this engine's transfers: ends `handle` with
     /// `outcome` and, if that frees its slot, unpins its regions. False if refused
     /// (a duplicate or stale completion).
+    #[inline]
     fn complete(&self, handle: Handle, outcome: Outcome) -> bool {
         let registry = &self.shared.registry;
         self.ring.complete_with(handle, outcome, |t| reclaim(registry, t))
@@ -940,7 +941,7 @@ impl Engine {
 
     /// Every check of [`prepare`](Engine::prepare) that does not touch the registry;
     /// says what the local descriptors may name, given how the peer is reached.
-    #[inline]
+    #[inline(always)]
     fn validate(&self, local: &[Desc], peer: PeerId, remote: &[Desc], notif: Option<&[u8]>) -> Result<Allowed> {
         let max = self.config.max_descs_per_xfer;
         if local.len() > max {
