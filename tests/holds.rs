@@ -12,19 +12,22 @@ use proptest::prelude::*;
 use ringxfer::{Config, Desc, Engine, Error, Handle, ListId, Op, RegionId, Status};
 
 const REGIONS: usize = 4;
+
+/// A transfer's or list's descriptor pairs, as (local, own) region indices.
+type Pairs = Vec<(usize, usize)>;
 const LEN: u64 = 256;
 
 #[derive(Debug, Clone)]
 enum Step {
     /// A transfer between the engine's own regions: pairs of (local, own) region
     /// indices, posted or not.
-    Prepare { pairs: Vec<(usize, usize)>, post: bool },
+    Prepare { pairs: Pairs, post: bool },
     /// Post the n-th held transfer if it was not yet.
     Post(usize),
     /// Release the n-th held transfer.
     Release(usize),
     /// A prepared list of these pairs.
-    PrepareList(Vec<(usize, usize)>),
+    PrepareList(Pairs),
     /// Post the n-th list; the transfer is held like a prepared one.
     PostList(usize),
     /// Release the n-th list.
@@ -34,7 +37,7 @@ enum Step {
     Deregister(usize),
 }
 
-fn pairs() -> impl Strategy<Value = Vec<(usize, usize)>> {
+fn pairs() -> impl Strategy<Value = Pairs> {
     prop::collection::vec((0..REGIONS, 0..REGIONS), 1..6)
 }
 
@@ -78,8 +81,8 @@ fn run(steps: Vec<Step>) {
     .unwrap();
     let mut ids: Vec<RegionId> = (0..REGIONS).map(|_| e.alloc_region(LEN as usize).unwrap()).collect();
     // The model: live transfers and lists, with the pairs they name.
-    let mut transfers: Vec<(Handle, Vec<(usize, usize)>, bool)> = Vec::new();
-    let mut lists: Vec<(ListId, Vec<(usize, usize)>)> = Vec::new();
+    let mut transfers: Vec<(Handle, Pairs, bool)> = Vec::new();
+    let mut lists: Vec<(ListId, Pairs)> = Vec::new();
     let descs = |ids: &[RegionId], pairs: &[(usize, usize)]| -> (Vec<Desc>, Vec<Desc>) {
         // Local pieces at the start, own pieces at the end: a pair never overlaps
         // itself, even within one region.
