@@ -244,7 +244,7 @@ pub(crate) struct Core {
 
 impl Core {
     /// The ring's one exit function for this engine's transfers: ends `handle` with
-    /// `outcome` and, if that frees its slot, unpins its regions. False if refused
+    /// `outcome` and, if that frees its slot, lets go of its regions. False if refused
     /// (a duplicate or stale completion).
     #[inline]
     fn complete(&self, handle: Handle, outcome: Outcome) -> bool {
@@ -400,7 +400,7 @@ pub struct Engine {
     lists: RwLock<Vec<ListEntry>>,
 }
 
-/// A prepared descriptor list: validated and pinned once, posted many times.
+/// A prepared descriptor list: validated and its regions held once, posted many times.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ListId(u64);
 
@@ -446,7 +446,7 @@ struct PreparedList {
     route: Route,
     local: Box<[Resolved]>,
     remote: Box<[Desc]>,
-    /// For a list to [`PeerId::SELF`]: the remote side, resolved and pinned.
+    /// For a list to [`PeerId::SELF`]: the remote side, resolved (and held).
     own: Box<[Resolved]>,
 }
 
@@ -909,7 +909,7 @@ impl Engine {
     // ----- hot path -----
 
     /// Validates a transfer and takes a slot for it: every local descriptor against
-    /// this engine's registrations (and pins its region), every remote one against the
+    /// this engine's registrations (and holds its region), every remote one against the
     /// peer's metadata, the two lists pairwise equal in length, the notification within
     /// both engines' limits. Nothing moves until [`post`](Engine::post).
     pub fn prepare(
@@ -970,7 +970,7 @@ impl Engine {
             });
         }
         if peer == PeerId::SELF {
-            // Checked when pinned, against this engine's own registrations.
+            // Checked when resolved, against this engine's own registrations.
             return match notif {
                 Some(_) => Err(Error::InvalidDescriptor {
                     reason: "a transfer to this engine itself has no peer to notify",
@@ -1029,9 +1029,9 @@ impl Engine {
         })
     }
 
-    /// Validates and pins a descriptor list once (control path), for
+    /// Validates a descriptor list and holds its regions once (control path), for
     /// [`post_list`](Engine::post_list) to post many times without re-validating.
-    /// Its regions stay pinned until [`release_list`](Engine::release_list).
+    /// Its regions stay held until [`release_list`](Engine::release_list).
     pub fn prepare_list(&self, op: Op, local: &[Desc], peer: PeerId, remote: &[Desc]) -> Result<ListId> {
         if local.is_empty() {
             return Err(Error::InvalidDescriptor {
@@ -1098,7 +1098,8 @@ impl Engine {
         Ok(h)
     }
 
-    /// Drops a prepared list and its pins. Transfers posted from it keep their own.
+    /// Drops a prepared list and lets go of its regions. Transfers posted from it keep
+    /// holding theirs until they are released.
     pub fn release_list(&self, list: ListId) -> Result<()> {
         let mut lists = self.lists.write().unwrap_or_else(|e| e.into_inner());
         lookup_list(&lists, list)?;
@@ -1416,7 +1417,7 @@ impl Engine {
     }
 
     /// Gives the handle up. An ended or never-posted transfer frees its slot and
-    /// unpins its regions now; one in flight is detached and freed by its completion.
+    /// lets go of its regions now; one in flight is detached and freed by its completion.
     pub fn release(&self, handle: Handle) -> Result<Released> {
         let registry = &self.core.shared.registry;
         self.core.ring.release_with(handle, |t| reclaim(registry, t))
@@ -1438,8 +1439,8 @@ impl Engine {
     }
 
     /// Checks that the engine holds nothing for transfers: no slot held (reserved,
-    /// in flight, or ended but not released), no region pinned by a transfer. Prepared
-    /// lists hold pins of their own and count as holding until released. The error
+    /// in flight, or ended but not released), no region held by a transfer. Prepared
+    /// lists hold regions of their own and count as holding until released. The error
     /// names what is still held; registrations (the caller's to keep) are not counted.
     pub fn check_quiescent(&self) -> Result<()> {
         let s = self.stats();

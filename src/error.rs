@@ -84,14 +84,18 @@ pub enum Error {
         /// The region's length.
         region_len: u64,
     },
-    /// The resource is in use by transfers; finish or release them first.
-    #[error("{what} {id:#x} is busy: {users} transfer(s) still use it")]
+    /// The resource is in use by transfers (or prepared lists, or a peer's copy);
+    /// finish or release them first.
+    #[error(
+        "{what} {id:#x} is busy: {users} user(s) still hold it (transfers not yet released, prepared lists, copies)"
+    )]
     Busy {
         /// What kind of resource.
         what: &'static str,
         /// Its raw id.
         id: u64,
-        /// How many users hold it.
+        /// How many users hold it: transfers not yet released and prepared lists that
+        /// name it, control-path copies in progress, or a peer's copies.
         users: u32,
     },
     /// The registration table is full (`Config::max_registrations`).

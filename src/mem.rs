@@ -275,14 +275,15 @@ fn resolve(table: &Table, desc: &Desc) -> Result<Resolved> {
     Ok(resolved)
 }
 
-/// A descriptor resolved against the table: an address valid while its region is pinned.
+/// A descriptor resolved against the table: an address valid while its region is held
+/// (or pinned, for a control-path copy).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Resolved {
     /// The address, or for a file the offset in it.
     pub addr: usize,
     pub len: usize,
     pub entry: u32,
-    /// A file region's descriptor (valid while the region is pinned).
+    /// A file region's descriptor (valid while the region is held).
     pub fd: Option<i32>,
     /// Whether writes to this file are made durable before they complete.
     pub sync: bool,
@@ -365,12 +366,20 @@ impl Holds {
     }
 
     /// Makes `to` hold what `from` holds (`to` held nothing).
+    ///
+    /// The only rows written without the table's lock, so a scan can overlap this
+    /// copy: its entries are stored with Release (and read with Acquire in
+    /// `holders_of`). A scan that read the slot's count before the slot's last holder
+    /// let go, and then reads an entry this copy wrote, misses that holder's region —
+    /// but that holder had let go, and through the Release/Acquire pair its accesses
+    /// still happen before the scan. (Plain `mov`s on x86.)
     fn copy(&self, from: Holder, to: Holder) {
         let (from, to) = (self.cells(from), self.cells(to));
         for side in 0..2 {
+            debug_assert_eq!(to[side].load(Ordering::Relaxed), 0, "a row copied into holds nothing");
             let n = from[side].load(Ordering::Relaxed) as usize;
             for i in 0..n {
-                to[2 + 2 * i + side].store(from[2 + 2 * i + side].load(Ordering::Relaxed), Ordering::Relaxed);
+                to[2 + 2 * i + side].store(from[2 + 2 * i + side].load(Ordering::Relaxed), Ordering::Release);
             }
             to[side].store(n as u32, Ordering::Release);
         }
@@ -395,7 +404,8 @@ impl Holds {
                 let cells = self.cells(h);
                 (0..2).any(|side| {
                     let n = cells[side].load(Ordering::Acquire) as usize;
-                    (0..n).any(|i| cells[2 + 2 * i + side].load(Ordering::Relaxed) == entry)
+                    // Acquire: see `copy`.
+                    (0..n).any(|i| cells[2 + 2 * i + side].load(Ordering::Acquire) == entry)
                 })
             })
             .count() as u32
@@ -459,8 +469,6 @@ impl Pinner<'_> {
         Ok(resolved)
     }
 
-    /// Resolves every descriptor into `out` and records their regions as held by
-    /// `holder` (its `side` row, empty until now). On error nothing is recorded.
     /// Resolves a transfer's local descriptors into `out` and records their regions as
     /// held by `holder` (its local row, empty until now). On error nothing is recorded.
     #[inline(always)]
@@ -472,6 +480,7 @@ impl Pinner<'_> {
         holder: Holder,
     ) -> Result<()> {
         let cells = self.holds.cells(holder);
+        debug_assert_eq!(cells[0].load(Ordering::Relaxed), 0, "a row recorded into holds nothing");
         let out = &mut out[..descs.len()];
         // Each region is recorded as it is resolved (a run into one region once); the
         // count that makes the records count is stored only if every one resolved.
@@ -485,8 +494,8 @@ impl Pinner<'_> {
             }
             out[i] = r;
         }
-        // Release: pairs with the Acquire of a scan that runs without the read lock's
-        // ordering (a row copied from a list; see `Registry::copy_holds`).
+        // Written under the table's read lock, so a scan (write lock) sees all of it;
+        // Release anyway, like every count store (free on x86).
         cells[0].store(n as u32, Ordering::Release);
         Ok(())
     }
@@ -504,6 +513,11 @@ impl Pinner<'_> {
         holder: Holder,
     ) -> Result<Pairs> {
         let cells = self.holds.cells(holder);
+        debug_assert_eq!(
+            (cells[0].load(Ordering::Relaxed), cells[1].load(Ordering::Relaxed)),
+            (0, 0),
+            "rows recorded into hold nothing"
+        );
         let n = local.len().min(own.len());
         let (local_out, own_out) = (&mut local_out[..n], &mut own_out[..n]);
         // Per side, as in `hold_all`: records so far, and the last region recorded.

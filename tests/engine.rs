@@ -551,8 +551,9 @@ fn a_batch_holds_every_region_it_names_until_released() {
     let local = [0, 1, 0].map(|r| Desc::new(regions[r], 0, 8));
     let own = [2, 2, 3].map(|r| Desc::new(regions[r], r as u64 * 8, 8));
     let h = e.prepare(Op::Write, &local, e.local_peer(), &own, None).unwrap();
-    let held = e.stats().pins;
-    assert!(held >= 4, "every region named is held: {held}");
+    // One record per run of a side into one region: 0, 1, 0 on the local side, and
+    // 2, 3 on the own side.
+    assert_eq!(e.stats().pins, 5, "every region named is held");
     for &r in &regions {
         assert!(
             matches!(e.deregister(r), Err(Error::Busy { users: 1, .. })),
@@ -606,8 +607,11 @@ fn deregistering_under_load_never_pulls_a_region_from_under_a_transfer() {
                     }
                 });
             }
-            // Transfers first, so the deregistration lands among them.
+            // Transfers first, so the deregistration lands among them (a deadline, so a
+            // transfer thread that died fails the test instead of hanging it).
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
             while done.load(std::sync::atomic::Ordering::Relaxed) < 200 {
+                assert!(std::time::Instant::now() < deadline, "round {round}: transfers stopped");
                 std::hint::spin_loop();
             }
             let mut busy = 0;

@@ -22,6 +22,8 @@ enum Step {
     /// A transfer between the engine's own regions: pairs of (local, own) region
     /// indices, posted or not.
     Prepare { pairs: Pairs, post: bool },
+    /// A prepare whose pair `at` names a deregistered region: refused, holding nothing.
+    PrepareStale { pairs: Pairs, at: usize, list: bool },
     /// Post the n-th held transfer if it was not yet.
     Post(usize),
     /// Release the n-th held transfer.
@@ -44,6 +46,7 @@ fn pairs() -> impl Strategy<Value = Pairs> {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         3 => (pairs(), any::<bool>()).prop_map(|(pairs, post)| Step::Prepare { pairs, post }),
+        1 => (pairs(), any::<usize>(), any::<bool>()).prop_map(|(pairs, at, list)| Step::PrepareStale { pairs, at, list }),
         1 => any::<usize>().prop_map(Step::Post),
         3 => any::<usize>().prop_map(Step::Release),
         1 => pairs().prop_map(Step::PrepareList),
@@ -80,6 +83,8 @@ fn run(steps: Vec<Step>) {
     })
     .unwrap();
     let mut ids: Vec<RegionId> = (0..REGIONS).map(|_| e.alloc_region(LEN as usize).unwrap()).collect();
+    let dead = e.alloc_region(LEN as usize).unwrap();
+    e.deregister(dead).unwrap();
     // The model: live transfers and lists, with the pairs they name.
     let mut transfers: Vec<(Handle, Pairs, bool)> = Vec::new();
     let mut lists: Vec<(ListId, Pairs)> = Vec::new();
@@ -110,6 +115,20 @@ fn run(steps: Vec<Step>) {
                     }
                     Err(Error::RingFull { .. }) => assert_eq!(transfers.len(), 8, "full only when full"),
                     Err(other) => panic!("prepare: {other}"),
+                }
+            }
+            Step::PrepareStale { pairs, at, list } => {
+                let (mut local, own) = descs(&ids, &pairs);
+                local[at % pairs.len()].region = dead;
+                let refused = if list {
+                    e.prepare_list(Op::Write, &local, e.local_peer(), &own).map(|_| ())
+                } else {
+                    e.prepare(Op::Write, &local, e.local_peer(), &own, None).map(|_| ())
+                };
+                match refused {
+                    Err(Error::UnknownRegion { region }) => assert_eq!(region, dead.to_raw()),
+                    Err(Error::RingFull { .. } | Error::ListTableFull { .. }) => {}
+                    other => panic!("a stale region in a batch: {other:?}"),
                 }
             }
             Step::Post(n) if !transfers.is_empty() => {

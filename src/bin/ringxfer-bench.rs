@@ -61,9 +61,10 @@ OPTIONS:
                              each of --num-iter transfers (odd, 1..=99; default 5): the
                              ratio is the median of the rounds' own ratios, so more
                              and shorter rounds track a noisy machine more closely.
-                             These rounds read no clock; one more engine round, in
-                             which one transfer in 8 is timed, gives the prepare,
-                             post and transfer latency columns
+                             These rounds read the clock only at their start and
+                             end; one more engine round, in which one transfer in 8
+                             is timed, gives the prepare, post and transfer latency
+                             columns
   --max-bytes-per-config SIZE  fewer iterations for big blocks so each configuration
                              moves at most this much (default 2G; 0 = no cap)
   --threads N                initiator threads sharing the engine (default 1)
