@@ -926,10 +926,13 @@ impl Engine {
             t.op = op;
             t.peer = peer.0;
             t.count = local.len();
-            // Element by element: a transfer has few descriptors, and `copy_from_slice`
-            // is a call to `memcpy`.
-            for (to, from) in t.remote.iter_mut().zip(remote) {
-                *to = *from;
+            // Only a peer's transfer reads them (one to the engine itself has them
+            // resolved in `own`). Element by element: a transfer has few descriptors,
+            // and `copy_from_slice` is a call to `memcpy`.
+            if allowed != Allowed::Anything {
+                for (to, from) in t.remote.iter_mut().zip(remote) {
+                    *to = *from;
+                }
             }
             t.notif_len = notif.map(|n| {
                 t.notif[..n.len()].copy_from_slice(n);
@@ -1370,6 +1373,12 @@ impl Engine {
         self.core.ring.status(handle)?;
         if let Some(cancelled) = self.core.files.steal(handle) {
             self.core.run_file_job(handle, cancelled);
+            // Ended here (unless released meanwhile by another thread: then the status
+            // check below refuses the handle).
+            let status = self.core.ring.status(handle)?;
+            if status.is_terminal() {
+                return Ok(status);
+            }
         }
         // The clock is read only once the transfer is found unfinished: a stolen
         // file transfer (or a quick one) ends without a clock read.
