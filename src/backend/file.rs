@@ -188,67 +188,105 @@ impl FileQueue {
 /// call, not one per block.
 #[inline]
 pub(crate) fn run(op: Op, local: &[Resolved], remote: &[Resolved]) -> Outcome {
-    // One piece between memory and a file that is not mapped (the common case): one
-    // call, without gathering.
-    if let ([l], [r]) = (local, remote) {
-        let (src, dst) = match op {
-            Op::Write => (l, r),
-            Op::Read => (r, l),
-        };
-        let one = match (src.fd, dst.fd) {
-            (None, Some(fd)) if !dst.mapped => Some((Direction::ToFile, fd, src.addr, dst.addr)),
-            (Some(fd), None) if !src.mapped => Some((Direction::FromFile, fd, dst.addr, src.addr)),
-            _ => None,
-        };
-        if let Some((direction, fd, memory, offset)) = one {
-            let mut iov = [libc::iovec {
-                iov_base: memory as *mut libc::c_void,
-                iov_len: src.len,
-            }];
-            let moved = all(direction, fd, &mut iov, offset as u64).and_then(|()| match direction {
-                // SAFETY: a held file registration's descriptor.
-                Direction::ToFile if dst.sync && unsafe { libc::fdatasync(fd) } != 0 => Err(errno()),
-                _ => Ok(()),
-            });
-            return match moved {
-                Ok(()) => Outcome::Done,
-                Err(code) => Outcome::Failed(code),
-            };
-        }
+    // One piece between memory and an unmapped file (the common case): its one call,
+    // without the gathering.
+    if let ([l], [r]) = (local, remote)
+        && let Ok(Piece::Io(io)) = piece(op, l, r)
+    {
+        let mut iov = [libc::iovec {
+            iov_base: io.memory as *mut libc::c_void,
+            iov_len: io.len,
+        }];
+        return outcome(all(io.direction, io.fd, &mut iov, io.offset).and_then(|()| durable(io.fd, io.sync)));
     }
     let mut group = Group::new();
     for (l, r) in local.iter().zip(remote) {
-        let (src, dst) = match op {
-            Op::Write => (l, r),
-            Op::Read => (r, l),
-        };
-        // A read-only mapping must not be written (it would fault): the same EBADF a
-        // pwrite into a read-only descriptor gives.
-        if dst.mapped && !dst.writable {
-            return Outcome::Failed(FailCode::new(FailSource::Errno, libc::EBADF as u32));
-        }
-        // A mapped file is memory to copy to or from (its writes then synced if asked).
-        let fd = |r: &Resolved| if r.mapped { None } else { r.fd };
-        let result = match (fd(src), fd(dst)) {
-            (None, None) => group.flush().and_then(|()| {
-                // SAFETY: both ranges are pinned registrations of `len` bytes: memory,
+        let result = match piece(op, l, r) {
+            Ok(Piece::Copy { src, dst }) => group.flush().and_then(|()| {
+                // SAFETY: both ranges are held registrations of `len` bytes: memory,
                 // or a mapped file's mapping (which lives as long as the registration).
                 unsafe { std::ptr::copy(src.addr as *const u8, dst.addr as *mut u8, src.len) };
-                match dst.fd {
-                    // SAFETY: a pinned file registration's descriptor.
-                    Some(f) if dst.sync && unsafe { libc::fdatasync(f) } != 0 => Err(errno()),
-                    _ => Ok(()),
-                }
+                dst.fd.map_or(Ok(()), |fd| durable(fd, dst.sync))
             }),
-            (None, Some(fd)) => group.add(Direction::ToFile, fd, src.addr, src.len, dst.addr as u64, dst.sync),
-            (Some(fd), None) => group.add(Direction::FromFile, fd, dst.addr, dst.len, src.addr as u64, false),
-            (Some(_), Some(_)) => return Outcome::Failed(FailCode::TRANSPORT),
+            Ok(Piece::Io(io)) => group.add(io),
+            Err(code) => Err(code),
         };
         if let Err(code) = result {
             return Outcome::Failed(code);
         }
     }
-    match group.flush() {
+    outcome(group.flush())
+}
+
+/// What one descriptor pair asks of the file transport.
+enum Piece<'a> {
+    /// Memory (or a mapped file's mapping) to memory: a copy, then `fdatasync` of the
+    /// destination's file if it asks.
+    Copy { src: &'a Resolved, dst: &'a Resolved },
+    /// A system call between memory and an unmapped file.
+    Io(Io),
+}
+
+/// One piece of a `pread`/`pwrite`: `len` bytes between memory at `memory` and
+/// `offset` in `fd`, made durable after if `sync`.
+#[derive(Clone, Copy)]
+struct Io {
+    direction: Direction,
+    fd: i32,
+    memory: usize,
+    len: usize,
+    offset: u64,
+    sync: bool,
+}
+
+/// Classifies the pair (`l`, `r`) of a transfer `op`. A read-only mapping written is
+/// `EBADF` (as a `pwrite` into a read-only descriptor gives), file to file a transport
+/// failure (refused at prepare already).
+#[inline(always)]
+fn piece<'a>(op: Op, l: &'a Resolved, r: &'a Resolved) -> Result<Piece<'a>, FailCode> {
+    let (src, dst) = match op {
+        Op::Write => (l, r),
+        Op::Read => (r, l),
+    };
+    // A read-only mapping must not be written (it would fault).
+    if dst.mapped && !dst.writable {
+        return Err(FailCode::new(FailSource::Errno, libc::EBADF as u32));
+    }
+    // A mapped file is memory to copy to or from.
+    let fd = |r: &Resolved| if r.mapped { None } else { r.fd };
+    Ok(match (fd(src), fd(dst)) {
+        (None, None) => Piece::Copy { src, dst },
+        (None, Some(fd)) => Piece::Io(Io {
+            direction: Direction::ToFile,
+            fd,
+            memory: src.addr,
+            len: src.len,
+            offset: dst.addr as u64,
+            sync: dst.sync,
+        }),
+        (Some(fd), None) => Piece::Io(Io {
+            direction: Direction::FromFile,
+            fd,
+            memory: dst.addr,
+            len: dst.len,
+            offset: src.addr as u64,
+            sync: false,
+        }),
+        (Some(_), Some(_)) => return Err(FailCode::TRANSPORT),
+    })
+}
+
+/// `fdatasync` of `fd` if `sync`.
+fn durable(fd: i32, sync: bool) -> Result<(), FailCode> {
+    // SAFETY: a held file registration's descriptor, open until it is deregistered.
+    if sync && unsafe { libc::fdatasync(fd) } != 0 {
+        return Err(errno());
+    }
+    Ok(())
+}
+
+fn outcome(moved: Result<(), FailCode>) -> Outcome {
+    match moved {
         Ok(()) => Outcome::Done,
         Err(code) => Outcome::Failed(code),
     }
@@ -297,30 +335,25 @@ impl Group {
         }
     }
 
-    /// Adds a piece: `len` bytes of memory at `addr`, at `offset` in the file `fd`,
-    /// first moving the pieces gathered so far if this one does not continue them.
-    fn add(
-        &mut self,
-        direction: Direction,
-        fd: i32,
-        addr: usize,
-        len: usize,
-        offset: u64,
-        sync: bool,
-    ) -> Result<(), FailCode> {
-        let continues =
-            self.len > 0 && self.len < IOV_GROUP && self.direction == direction && self.fd == fd && self.end == offset;
+    /// Adds a piece, first moving the pieces gathered so far if this one does not
+    /// continue them.
+    fn add(&mut self, io: Io) -> Result<(), FailCode> {
+        let continues = self.len > 0
+            && self.len < IOV_GROUP
+            && self.direction == io.direction
+            && self.fd == io.fd
+            && self.end == io.offset;
         if !continues {
             self.flush()?;
-            (self.direction, self.fd, self.start, self.end) = (direction, fd, offset, offset);
+            (self.direction, self.fd, self.start, self.end) = (io.direction, io.fd, io.offset, io.offset);
         }
         self.iov[self.len].write(libc::iovec {
-            iov_base: addr as *mut libc::c_void,
-            iov_len: len,
+            iov_base: io.memory as *mut libc::c_void,
+            iov_len: io.len,
         });
         self.len += 1;
-        self.end += len as u64;
-        self.sync |= sync;
+        self.end += io.len as u64;
+        self.sync |= io.sync;
         Ok(())
     }
 
@@ -336,11 +369,7 @@ impl Group {
         // T's layout.
         let iov = unsafe { &mut *(written as *mut [MaybeUninit<libc::iovec>] as *mut [libc::iovec]) };
         all(self.direction, self.fd, iov, self.start)?;
-        // SAFETY: a pinned file registration's descriptor, open until it is deregistered.
-        if sync && unsafe { libc::fdatasync(self.fd) } != 0 {
-            return Err(errno());
-        }
-        Ok(())
+        durable(self.fd, sync)
     }
 }
 
