@@ -922,7 +922,7 @@ impl Engine {
     ) -> Result<Handle> {
         let allowed = self.validate(local, peer, remote, notif)?;
         self.core.ring.acquire_try(|t: &mut Transfer| {
-            t.route = self.pin_sides(local, allowed, remote, (&mut t.local, &mut t.own), Holder::Slot(t.slot))?;
+            t.route = self.hold_sides(local, allowed, remote, (&mut t.local, &mut t.own), Holder::Slot(t.slot))?;
             t.op = op;
             t.peer = peer.0;
             t.count = local.len();
@@ -1002,7 +1002,7 @@ impl Engine {
     /// and records their regions as held by `holder`; says how a transfer to
     /// [`PeerId::SELF`] runs. On error it holds nothing.
     #[inline]
-    fn pin_sides(
+    fn hold_sides(
         &self,
         local: &[Desc],
         allowed: Allowed,
@@ -1052,7 +1052,7 @@ impl Engine {
                 capacity: self.config.max_prepared_lists,
             });
         };
-        let route = self.pin_sides(local, allowed, remote, (&mut resolved, &mut own), Holder::List(index))?;
+        let route = self.hold_sides(local, allowed, remote, (&mut resolved, &mut own), Holder::List(index))?;
         let entry = &mut lists[index];
         entry.list = Some(PreparedList {
             op,

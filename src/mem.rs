@@ -340,6 +340,7 @@ struct Holds {
     /// Words per holder: a whole number of cache lines.
     block: usize,
     slots: usize,
+    lists: usize,
 }
 
 impl Holds {
@@ -352,6 +353,7 @@ impl Holds {
             start,
             block,
             slots,
+            lists,
         }
     }
 
@@ -363,6 +365,23 @@ impl Holds {
         };
         let base = self.start + h * self.block;
         &self.words[base..base + self.block]
+    }
+
+    /// Starts recording `holder`'s `side` row (0 local, 1 own), empty until now.
+    #[inline(always)]
+    fn record(&self, holder: Holder, side: usize) -> Record<'_> {
+        let cells = self.cells(holder);
+        debug_assert_eq!(
+            cells[side].load(Ordering::Relaxed),
+            0,
+            "a row recorded into holds nothing"
+        );
+        Record {
+            cells,
+            side,
+            n: 0,
+            last: u32::MAX,
+        }
     }
 
     /// Makes `to` hold what `from` holds (`to` held nothing).
@@ -393,15 +412,17 @@ impl Holds {
         cells[1].store(0, Ordering::Release);
     }
 
-    /// Holders with `entry` in either row: lists first, then slots (see
-    /// [`Registry::copy_holds`] for why the order matters).
+    /// Every holder's block: lists first, then slots (see [`Registry::copy_holds`] for
+    /// why a scan needs that order).
+    fn every(&self) -> impl Iterator<Item = &[AtomicU32]> {
+        let lists = (0..self.lists).map(Holder::List);
+        lists.chain((0..self.slots).map(Holder::Slot)).map(|h| self.cells(h))
+    }
+
+    /// Holders with `entry` in either row.
     fn holders_of(&self, entry: u32) -> u32 {
-        let holders = (self.words.len() - 15) / self.block;
-        let lists = (0..holders - self.slots).map(Holder::List);
-        lists
-            .chain((0..self.slots).map(Holder::Slot))
-            .filter(|&h| {
-                let cells = self.cells(h);
+        self.every()
+            .filter(|cells| {
                 (0..2).any(|side| {
                     let n = cells[side].load(Ordering::Acquire) as usize;
                     // Acquire: see `copy`.
@@ -413,17 +434,42 @@ impl Holds {
 
     /// Records over all rows.
     fn total(&self) -> u64 {
-        let holders = (self.words.len() - 15) / self.block;
-        (0..holders)
-            .map(|h| {
-                let cells = &self.words[self.start + h * self.block..];
-                u64::from(cells[0].load(Ordering::Relaxed)) + u64::from(cells[1].load(Ordering::Relaxed))
-            })
+        self.every()
+            .map(|cells| u64::from(cells[0].load(Ordering::Relaxed)) + u64::from(cells[1].load(Ordering::Relaxed)))
             .sum()
     }
 
     fn bytes(&self) -> usize {
         std::mem::size_of_val(&*self.words)
+    }
+}
+
+/// One row being filled as a holder's descriptors are resolved: a run of descriptors
+/// into one region is one record. Nothing counts until [`finish`](Record::finish)
+/// stores the count, so a batch refused half-way holds nothing.
+struct Record<'a> {
+    cells: &'a [AtomicU32],
+    side: usize,
+    n: usize,
+    last: u32,
+}
+
+impl Record<'_> {
+    #[inline(always)]
+    fn note(&mut self, entry: u32) {
+        if entry != self.last {
+            self.last = entry;
+            self.cells[2 + 2 * self.n + self.side].store(entry, Ordering::Relaxed);
+            self.n += 1;
+        }
+    }
+
+    /// Stores the count. Rows filled here are written under the table's read lock, so
+    /// a scan (write lock) sees all of them; Release anyway, like every count store
+    /// (free on x86).
+    #[inline(always)]
+    fn finish(self) {
+        self.cells[self.side].store(self.n as u32, Ordering::Release);
     }
 }
 
@@ -479,24 +525,14 @@ impl Pinner<'_> {
         allowed: Allowed,
         holder: Holder,
     ) -> Result<()> {
-        let cells = self.holds.cells(holder);
-        debug_assert_eq!(cells[0].load(Ordering::Relaxed), 0, "a row recorded into holds nothing");
+        let mut row = self.holds.record(holder, 0);
         let out = &mut out[..descs.len()];
-        // Each region is recorded as it is resolved (a run into one region once); the
-        // count that makes the records count is stored only if every one resolved.
-        let (mut n, mut last) = (0, u32::MAX);
         for (i, d) in descs.iter().enumerate() {
             let r = self.check(d, allowed)?;
-            if r.entry != last {
-                last = r.entry;
-                cells[2 + 2 * n].store(last, Ordering::Relaxed);
-                n += 1;
-            }
+            row.note(r.entry);
             out[i] = r;
         }
-        // Written under the table's read lock, so a scan (write lock) sees all of it;
-        // Release anyway, like every count store (free on x86).
-        cells[0].store(n as u32, Ordering::Release);
+        row.finish();
         Ok(())
     }
 
@@ -512,53 +548,26 @@ impl Pinner<'_> {
         (local_out, own_out): (&mut [Resolved], &mut [Resolved]),
         holder: Holder,
     ) -> Result<Pairs> {
-        let cells = self.holds.cells(holder);
-        debug_assert_eq!(
-            (cells[0].load(Ordering::Relaxed), cells[1].load(Ordering::Relaxed)),
-            (0, 0),
-            "rows recorded into hold nothing"
-        );
+        let (mut local_row, mut own_row) = (self.holds.record(holder, 0), self.holds.record(holder, 1));
         let n = local.len().min(own.len());
         let (local_out, own_out) = (&mut local_out[..n], &mut own_out[..n]);
-        // Per side, as in `hold_all`: records so far, and the last region recorded.
-        let (mut nl, mut no, mut ll, mut lo) = (0, 0, u32::MAX, u32::MAX);
         let (mut mixed, mut vram, mut file) = (false, false, false);
         for i in 0..n {
             let (l, o) = (
                 self.check(&local[i], Allowed::Anything)?,
                 self.check(&own[i], Allowed::Anything)?,
             );
-            if l.entry != ll {
-                ll = l.entry;
-                cells[2 + 2 * nl].store(ll, Ordering::Relaxed);
-                nl += 1;
-            }
-            if o.entry != lo {
-                lo = o.entry;
-                cells[3 + 2 * no].store(lo, Ordering::Relaxed);
-                no += 1;
-            }
+            local_row.note(l.entry);
+            own_row.note(o.entry);
             let (lf, of) = (l.fd.is_some(), o.fd.is_some());
             mixed |= (lf || l.vram) && (of || o.vram) && !(l.vram && o.vram);
             vram |= l.vram || o.vram;
             file |= lf || of;
             (local_out[i], own_out[i]) = (l, o);
         }
-        // Release: as in `hold_all`.
-        cells[0].store(nl as u32, Ordering::Release);
-        cells[1].store(no as u32, Ordering::Release);
+        local_row.finish();
+        own_row.finish();
         Ok(Pairs { mixed, vram, file })
-    }
-}
-
-/// Drops one pin of `entry`. Takes no lock: a pin only ever keeps a region, so
-/// dropping one early is never unsafe for the table.
-fn drop_pin(pins: &[AtomicU32], entry: u32) {
-    if let Some(p) = pins.get(entry as usize) {
-        // Release: the transfer's accesses to the region happen before a
-        // deregistration that sees the count drop (its load is Acquire).
-        let before = p.fetch_sub(1, Ordering::Release);
-        debug_assert!(before > 0, "unpin without pin");
     }
 }
 
@@ -953,10 +962,15 @@ impl Registry {
         self.holds.clear(holder);
     }
 
-    /// Drops one pin taken by [`Registry::pin_memory`] (without the lock: see
-    /// `drop_pin`).
+    /// Drops one pin taken by [`Registry::pin_memory`]. Takes no lock: a pin only ever
+    /// keeps a region, so dropping one early is never unsafe for the table.
     pub(crate) fn unpin(&self, entry: u32) {
-        drop_pin(&self.pins, entry);
+        if let Some(p) = self.pins.get(entry as usize) {
+            // Release: the copy's accesses to the region happen before a
+            // deregistration that sees the count drop (its load is Acquire).
+            let before = p.fetch_sub(1, Ordering::Release);
+            debug_assert!(before > 0, "unpin without pin");
+        }
     }
 
     /// Bytes of the holds table (allocated with the registry).

@@ -549,9 +549,7 @@ fn run_engine(s: &Setup, args: &Args, block: u64, batch: u64, iters: u64, sample
                     let mut start = Instant::now();
                     for k in 0..warmup + iters {
                         let timed = k >= warmup;
-                        // Only one transfer in SAMPLE_EVERY reads the clock: the
-                        // baselines read none, and four clock reads a transfer would
-                        // be charged to the engine.
+                        // See SAMPLE_EVERY: only the sampled round reads the clock.
                         let sampled = sample && timed && (k - warmup).is_multiple_of(SAMPLE_EVERY);
                         if k == warmup {
                             while let Some(f) = in_flight.pop_front() {
