@@ -20,21 +20,13 @@ use crate::backend::file::{self, FileQueue};
 use crate::backend::local::{self, LocalInfo};
 use crate::backend::sim::{Sim, SimConfig, SimStats};
 use crate::error::{Error, Result};
-use crate::mem::{Allowed, Desc, FileOptions, Holder, Pairs, RegionId, Registry, Resolved};
+use crate::types::{Op, PeerId};
+use crate::mem::{Allowed, FileOptions, Holder, Pairs, Registry, Resolved};
+use crate::types::{Desc, RegionId};
 use crate::notify::{Geometry, Inbox, InboxMap, Notification, Outbox, SenderId};
 use crate::peer::Peer;
 use crate::ring::{CancelResult, Handle, Outcome, Released, RingStats, SlotRing, Status};
 use crate::wire::metadata::{BackendInfo, BackendKind, MemKind, Metadata};
-
-/// Which way a transfer moves bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum Op {
-    /// Local → remote.
-    #[default]
-    Write,
-    /// Remote → local.
-    Read,
-}
 
 /// Engine capacities, all fixed at [`Engine::new`]. Every field has a default
 /// ([`Config::default`]) and a documented range.
@@ -154,16 +146,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-/// A loaded peer: an index into the engine's peer table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PeerId(pub u32);
-
-impl PeerId {
-    /// This engine itself: transfers between its own registrations, e.g. memory to and
-    /// from a registered file. Also [`Engine::local_peer`].
-    pub const SELF: PeerId = PeerId(u32::MAX);
 }
 
 /// The half of an engine that peers in the same process reach: its memory and inbox.

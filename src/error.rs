@@ -1,6 +1,6 @@
 //! `Error`: every way a ringxfer call can fail, with a message a user can act on.
 
-use crate::ring::Handle;
+use crate::types::Handle;
 
 /// The error of every fallible ringxfer call.
 ///
@@ -272,7 +272,7 @@ pub enum Error {
         /// The transfer (already released).
         handle: Handle,
         /// Why it failed.
-        code: crate::ring::FailCode,
+        code: crate::types::FailCode,
     },
     /// [`Engine::check_quiescent`](crate::Engine::check_quiescent): something is held.
     #[error(

@@ -17,10 +17,11 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::Op;
+use crate::types::Op;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::mem::{Desc, FileOptions, RegionId};
+use crate::mem::FileOptions;
+use crate::types::{Desc, RegionId};
 use crate::ring::Status;
 
 /// How a [`KvStore`] is laid out. Capacity = `files × blocks_per_file` values.

@@ -36,6 +36,7 @@ mod mem;
 mod notify;
 mod peer;
 pub mod ring;
+mod types;
 pub mod wire;
 
 pub use backend::cuda_config::CudaConfig;
@@ -43,12 +44,12 @@ pub use backend::cuda_config::CudaConfig;
 pub use backend::cuda_raw::CudaRawLoop;
 pub use backend::fabric;
 pub use backend::sim::{SimConfig, SimStats};
-pub use engine::{Config, Engine, EngineStats, ListId, MetadataServer, Op, PeerId, fetch_metadata};
+pub use engine::{Config, Engine, EngineStats, ListId, MetadataServer, fetch_metadata};
 pub use error::{Error, Result};
 pub use kv::{KvConfig, KvStore};
-pub use mem::{Desc, FileOptions, RegionId};
+pub use mem::FileOptions;
 pub use notify::{Notification, SenderId};
-pub use ring::{CancelResult, FailCode, Handle, Outcome, Released, Status};
+pub use types::{CancelResult, Desc, FailCode, FailSource, Handle, Op, Outcome, PeerId, RegionId, Released, Status, TransportId};
 
 /// The README's examples compile and run as doctests.
 #[cfg(doctest)]

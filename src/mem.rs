@@ -15,7 +15,7 @@
 //! transfer. Control-path copies (`read_region`, `write_region`) pin the region with a
 //! per-entry counter for the length of the copy instead.
 
-use std::fmt;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
@@ -24,47 +24,8 @@ use crate::backend::fabric::{Domain, Mr};
 use crate::backend::regtable::RegTable;
 use crate::backend::shm::{self, Segment};
 use crate::error::{Error, Result};
+use crate::types::{Desc, INDEX_BITS, RegionId};
 use crate::wire::metadata::{MemKind, RegionInfo};
-
-const INDEX_BITS: u32 = 20;
-const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
-
-/// The name of one registered region: `generation << 20 | index`; 0 is never issued.
-///
-/// A peer's region ids arrive in its metadata and are used as they are in remote
-/// descriptors.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(transparent)]
-pub struct RegionId(u64);
-
-impl RegionId {
-    /// Reinterprets a raw id (from metadata, C, or the wire); validated when used.
-    pub const fn from_raw(raw: u64) -> RegionId {
-        RegionId(raw)
-    }
-    /// The raw `u64` form.
-    pub const fn to_raw(self) -> u64 {
-        self.0
-    }
-    const fn index(self) -> usize {
-        (self.0 & INDEX_MASK) as usize
-    }
-    const fn generation(self) -> u64 {
-        self.0 >> INDEX_BITS
-    }
-}
-
-impl fmt::Debug for RegionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RegionId({}@{})", self.index(), self.generation())
-    }
-}
-
-impl fmt::Display for RegionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "region {}@{}", self.index(), self.generation())
-    }
-}
 
 /// How [`Engine::register_file`](crate::Engine::register_file) opens a file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -82,29 +43,6 @@ pub struct FileOptions {
     /// it, DONE means the bytes are in the kernel's page cache: visible to every reader
     /// of the file, but lost if the machine (not the process) crashes.
     pub sync: bool,
-}
-
-/// A contiguous piece of a region: `len` bytes from `offset`. Used for both local and
-/// remote descriptors (a remote descriptor names a region id from the peer's metadata).
-///
-/// `#[repr(C)]`: the C API's `rx_desc` has this exact layout, so descriptor arrays
-/// from C are used in place.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(C)]
-pub struct Desc {
-    /// The region.
-    pub region: RegionId,
-    /// Byte offset into the region.
-    pub offset: u64,
-    /// Length in bytes (non-zero).
-    pub len: u64,
-}
-
-impl Desc {
-    /// `len` bytes at `offset` of `region`.
-    pub const fn new(region: RegionId, offset: u64, len: u64) -> Desc {
-        Desc { region, offset, len }
-    }
 }
 
 struct Region {
@@ -847,7 +785,7 @@ impl Registry {
             let mut table = self.write();
             let capacity = table.entries.len();
             let index = table.free.pop().ok_or(Error::RegistryFull { capacity })?;
-            RegionId(table.entries[index as usize].generation << INDEX_BITS | u64::from(index))
+            RegionId::from_raw(table.entries[index as usize].generation << INDEX_BITS | u64::from(index))
         };
         let region = match make(id) {
             Ok(region) => region,

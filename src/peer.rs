@@ -19,14 +19,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use crate::Op;
+use crate::types::Op;
 use crate::backend::fabric::{Fabric, FabricInfo, Sink};
 use crate::backend::local::{self, LocalInfo};
 use crate::backend::regtable::RegTable;
 use crate::backend::shm::Segment;
 use crate::engine::Shared;
 use crate::error::{Error, Result};
-use crate::mem::{Desc, Resolved, regtable_name, segment_name};
+use crate::mem::{Resolved, regtable_name, segment_name};
+use crate::types::Desc;
 use crate::notify::{Geometry, InboxMap, Outbox};
 use crate::ring::{FailCode, FailSource, Outcome};
 use crate::wire::metadata::{BackendKind, MemKind, Metadata, RegionInfo};

@@ -166,7 +166,7 @@ fn failure_codes_survive_in_the_state_word() {
     for code in [
         FailCode::TIMEOUT,
         FailCode::PEER_LOST,
-        FailCode::new(FailSource::Cuda, 719),
+        FailCode::new(FailSource::Transport(ringxfer::TransportId::CUDA), 719),
     ] {
         let h = r.acquire().unwrap();
         r.post(h).unwrap();

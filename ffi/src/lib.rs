@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use ringxfer::CudaConfig;
 use ringxfer::fabric::FabricConfig;
-use ringxfer::ring::{CancelResult, FailSource, Handle, Status};
+use ringxfer::ring::{CancelResult, FailSource, Handle, Status, TransportId};
 use ringxfer::{Config, Desc, Engine, ListId, MetadataServer, Op, PeerId, RegionId};
 
 pub use status::rx_status;
@@ -371,9 +371,9 @@ fn xfer_status(s: Status) -> rx_xfer_status {
             let source = match code.source() {
                 FailSource::Engine => rx_fail_source::RX_FAIL_ENGINE,
                 FailSource::Errno => rx_fail_source::RX_FAIL_ERRNO,
-                FailSource::Fabric => rx_fail_source::RX_FAIL_FABRIC,
-                FailSource::Cuda => rx_fail_source::RX_FAIL_CUDA,
-                FailSource::Transport => rx_fail_source::RX_FAIL_TRANSPORT,
+                FailSource::Transport(TransportId::FABRIC) => rx_fail_source::RX_FAIL_FABRIC,
+                FailSource::Transport(TransportId::CUDA) => rx_fail_source::RX_FAIL_CUDA,
+                FailSource::Transport(_) => rx_fail_source::RX_FAIL_TRANSPORT,
             };
             (rx_xfer_state::RX_XFER_FAILED, source as u32, code.value())
         }

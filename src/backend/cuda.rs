@@ -20,16 +20,16 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use cudarc::driver::sys;
 
 use super::cuda_config::CudaConfig;
-use crate::Op;
+use crate::types::Op;
 use crate::error::{Error, Result};
 use crate::mem::Resolved;
-use crate::ring::{FailCode, FailSource, Handle, Outcome};
+use crate::ring::{FailCode, FailSource, Handle, Outcome, TransportId};
 
 use super::Sink;
 
 /// A failed driver call as a transfer's failure code.
 fn fail_code(r: sys::CUresult) -> FailCode {
-    FailCode::new(FailSource::Cuda, (r as u32).min(0x3fff))
+    FailCode::new(FailSource::Transport(TransportId::CUDA), (r as u32).min(0x3fff))
 }
 
 fn check(r: sys::CUresult, what: &'static str) -> Result<()> {

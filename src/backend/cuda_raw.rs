@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use cudarc::driver::sys;
 
-use crate::Op;
+use crate::types::Op;
 use crate::error::{Error, Result};
 
 fn check(r: sys::CUresult, what: &'static str) -> Result<()> {

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::Op;
+use crate::types::Op;
 use crate::mem::Resolved;
 use crate::ring::{FailCode, FailSource, Handle, JobQueue, Outcome, Popped};
 

@@ -10,7 +10,7 @@
 
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::Op;
+use crate::types::Op;
 use crate::engine::Shared;
 
 static DIRECTORY: Mutex<Vec<(u64, Weak<Shared>)>> = Mutex::new(Vec::new());

@@ -32,7 +32,7 @@
 //! none is run twice. `tests/loom.rs` checks this.
 
 use super::free_list::FreeList;
-use super::handle::Handle;
+use crate::types::Handle;
 use super::sync::{AtomicU64, Ordering};
 
 /// The word's bit saying an entry for the slot is queued.

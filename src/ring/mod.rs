@@ -4,8 +4,8 @@
 //! Every transfer takes one slot and gives it back exactly once, whatever path ends
 //! it. The pieces, bottom up:
 //!
-//! - [`Handle`]: `generation << 20 | index`, the name of one transfer; a released
-//!   handle never matches the slot's next transfer.
+//! - [`Handle`] (from `types`): `generation << 20 | index`, the name of one
+//!   transfer; a released handle never matches the slot's next transfer.
 //! - [`FreeList`]: a bounded lock-free FIFO of free slot indices.
 //! - [`SlotRing`]: the slots, the free list, and the state machine that moves a slot
 //!   from FREE to RESERVED, POSTED, an ended state, and back, one compare-and-swap per
@@ -14,17 +14,18 @@
 //!   whose jobs their waiters may take out of the slot instead.
 //! - `sync`: the atomics the above are built on, swapped for loom's under `cfg(loom)`.
 //!
-//! See `DESIGN.md` §2 for why it has this shape.
+//! See `docs/design.md` for why it has this shape.
 
 mod free_list;
-mod handle;
 mod job_queue;
 mod slot_ring;
 mod state;
 mod sync;
 
 pub use free_list::FreeList;
-pub use handle::{FIRST_GENERATION, GENERATION_BITS, Handle, INDEX_BITS, MAX_CAPACITY, MAX_GENERATION};
+pub use crate::types::{
+    CancelResult, FIRST_GENERATION, FailCode, FailSource, GENERATION_BITS, Handle, INDEX_BITS, MAX_CAPACITY,
+    MAX_GENERATION, Outcome, Released, Status, TransportId,
+};
 pub use job_queue::{JobQueue, Popped};
-pub use slot_ring::{CancelResult, HIGH_WATER_SAMPLE, Released, RingStats, SlotRing};
-pub use state::{FailCode, FailSource, Outcome, Status};
+pub use slot_ring::{HIGH_WATER_SAMPLE, RingStats, SlotRing};

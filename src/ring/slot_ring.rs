@@ -3,9 +3,10 @@
 use crossbeam_utils::CachePadded;
 
 use super::free_list::FreeList;
-use super::handle::{FIRST_GENERATION, Handle, INDEX_BITS, MAX_CAPACITY, MAX_GENERATION};
-use super::state::{
-    self, CANCELLED, DETACHED, DONE, FAILED, FREE, FailCode, Outcome, POSTED, RESERVED, RETIRED, Status,
+use super::state::{self, CANCELLED, DETACHED, DONE, FAILED, FREE, POSTED, RESERVED, RETIRED};
+use crate::types::{
+    CancelResult, FIRST_GENERATION, FailCode, Handle, INDEX_BITS, MAX_CAPACITY, MAX_GENERATION, Outcome, Released,
+    Status,
 };
 use super::sync::{AtomicU64, Ordering, UnsafeCell, spin_loop};
 use crate::error::{Error, Result};
@@ -33,28 +34,6 @@ struct Slot<C> {
     reused: AtomicU64,
     /// Written only by the slot's owner while it is RESERVED (see `SlotRing`).
     context: UnsafeCell<C>,
-}
-
-/// What [`SlotRing::release`] did with the slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Released {
-    /// The transfer had ended (or was never posted): the slot is free again.
-    Freed,
-    /// The transfer is still in flight: the handle is dead now, and the transfer's
-    /// completion will free the slot (no one waits for it).
-    Detached,
-}
-
-/// What [`SlotRing::cancel`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CancelResult {
-    /// The transfer was never posted; it is now CANCELLED (release it).
-    Cancelled,
-    /// The transfer is in flight: ask the transport to stop it. The slot still ends
-    /// through [`SlotRing::complete`], with whatever outcome the transport reports.
-    InFlight,
-    /// The transfer had already ended; nothing changed.
-    AlreadyComplete,
 }
 
 /// The ring's counters, read by [`SlotRing::stats`].
@@ -187,7 +166,7 @@ impl<C> SlotRing<C> {
         first_generation: u64,
         mut make: impl FnMut(u32) -> C,
     ) -> Result<SlotRing<C>> {
-        let first_generation = first_generation.clamp(FIRST_GENERATION, 1 << (super::handle::GENERATION_BITS - 1));
+        let first_generation = first_generation.clamp(FIRST_GENERATION, 1 << (crate::types::GENERATION_BITS - 1));
         if !capacity.is_power_of_two() || capacity > MAX_CAPACITY {
             return Err(Error::InvalidCapacity {
                 requested: capacity,
@@ -422,7 +401,7 @@ impl<C> SlotRing<C> {
                 // Failed for its owner already (`expire`): that failure stands.
                 state::pack(handle.generation(), expired, FAILED)
             } else {
-                outcome.terminal_word(handle.generation())
+                state::terminal_word(outcome, handle.generation())
             };
             match slot
                 .word

@@ -59,7 +59,7 @@ use crate::Op;
 use crate::error::{Error, Result};
 use crate::mem::Resolved;
 use crate::notify::{InboxMap, Outbox, REMOTE_OWNER};
-use crate::ring::{FailCode, FailSource, Handle, Outcome};
+use crate::ring::{FailCode, FailSource, Handle, Outcome, TransportId};
 use crate::wire::metadata::Reader;
 use domain::Endpoint;
 
@@ -1616,7 +1616,7 @@ fn fail_code(err: i32) -> FailCode {
     if lost.contains(&err) {
         FailCode::PEER_LOST
     } else {
-        FailCode::new(FailSource::Fabric, err.min(0x3fff))
+        FailCode::new(FailSource::Transport(TransportId::FABRIC), err.min(0x3fff))
     }
 }
 
