@@ -501,7 +501,7 @@ impl Engine {
         let engine_id = u64::from(std::process::id()) << 32 | u64::from(low);
         let prefix = format!("ringxfer-{engine_id:016x}");
         // Segments of engines killed before they could unlink them.
-        crate::backend::shm::sweep_dead(&crate::backend::shm::dir());
+        crate::sys::shm::sweep_dead(&crate::sys::shm::dir());
         // With a cuda transport, the fabric is asked for FI_HMEM, so GPU memory can be
         // a fabric transfer's source or target where the provider allows.
         let hmem = cfg!(feature = "cuda") && config.cuda.is_some();

@@ -36,6 +36,7 @@ mod mem;
 mod notify;
 mod peer;
 pub mod ring;
+mod sys;
 mod types;
 pub mod wire;
 

@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::backend::fabric::{Domain, Mr};
-use crate::backend::regtable::RegTable;
-use crate::backend::shm::{self, Segment};
+use crate::sys::regtable::RegTable;
+use crate::sys::shm::{self, Segment};
 use crate::error::{Error, Result};
 use crate::types::{Desc, INDEX_BITS, RegionId};
 use crate::wire::metadata::{MemKind, RegionInfo};
@@ -121,7 +121,7 @@ pub(crate) struct Registry {
     pins: Box<[AtomicU32]>,
     /// Which regions each transfer and prepared list holds.
     holds: Holds,
-    /// What peers in other processes see of each entry (see `backend::regtable`).
+    /// What peers in other processes see of each entry (see `sys::regtable`).
     remote: RegTable,
     /// Where engine-allocated regions' segments are created, and their name prefix.
     segment_dir: PathBuf,

@@ -28,7 +28,7 @@
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::backend::shm::Segment;
+use crate::sys::shm::Segment;
 use crate::error::{Error, Result};
 use crate::ring::Handle;
 

@@ -19,8 +19,6 @@ pub(crate) mod cuda_raw;
 pub mod fabric;
 pub(crate) mod file;
 pub mod local;
-pub(crate) mod regtable;
-pub(crate) mod shm;
 pub mod sim;
 
 use crate::ring::{Handle, Outcome};

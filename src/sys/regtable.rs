@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::backend::shm::Segment;
+use crate::sys::shm::Segment;
 use crate::error::Result;
 
 const OPEN: u64 = 1 << 31;
