@@ -35,15 +35,19 @@ mod kv;
 mod mem;
 mod notify;
 mod peer;
+mod shared;
 pub mod ring;
 mod sys;
+#[cfg(feature = "testing")]
+mod testing;
 mod types;
 pub mod wire;
 
 pub use backend::cuda_config::CudaConfig;
-#[cfg(feature = "cuda")]
+#[cfg(all(feature = "cuda", feature = "testing"))]
 pub use backend::cuda_raw::CudaRawLoop;
 pub use backend::fabric;
+#[cfg(feature = "testing")]
 pub use backend::sim::{SimConfig, SimStats};
 pub use engine::{Config, Engine, EngineStats, ListId, MetadataServer, fetch_metadata};
 pub use error::{Error, Result};

@@ -20,7 +20,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::backend::fabric::{Domain, Mr};
 use crate::sys::regtable::RegTable;
 use crate::sys::shm::{self, Segment};
 use crate::error::{Error, Result};
@@ -45,19 +44,41 @@ pub struct FileOptions {
     pub sync: bool,
 }
 
+/// A transport that registers memory itself (libfabric's memory regions): the
+/// registry asks it to register every region of host memory, and GPU memory where it
+/// can, and keeps the [`Key`] with the region until the region goes. The registry
+/// knows no transport; this is how one hooks into registration.
+pub(crate) trait Keyring: Send + Sync {
+    /// Registers host memory; an error fails the registration.
+    fn register_host(&self, addr: usize, len: usize) -> Result<Key>;
+    /// Registers GPU memory of `device`; an error (why, in words) leaves the region
+    /// registered without a key, and transfers through this transport refuse it.
+    fn register_device(&self, addr: usize, len: usize, device: u32) -> std::result::Result<Key, String>;
+}
+
+/// A region's registration with a [`Keyring`] transport.
+pub(crate) struct Key {
+    /// Passed with local buffers (libfabric's `fi_mr_desc`).
+    pub(crate) desc: usize,
+    /// What a peer names the region with (libfabric's `fi_mr_key`).
+    pub(crate) remote: u64,
+    /// Undoes the registration when dropped.
+    pub(crate) _owner: Box<dyn std::any::Any + Send + Sync>,
+}
+
 struct Region {
     addr: usize,
     len: u64,
     kind: MemKind,
-    /// The region's libfabric registration, when the engine has the fabric transport;
-    /// closed when the region goes. GPU memory has one only where the provider offers
-    /// `FI_HMEM` and libfabric can register the device's memory. Declared (so dropped)
+    /// The region's registration with a keying transport (libfabric), when the engine
+    /// has one; undone when the region goes. GPU memory has one only where the
+    /// transport can register device memory. Declared (so dropped)
     /// before what holds the memory — the segment, the mapping, the owner — so the
     /// key stops working before the memory is unmapped or freed: a peer's write
     /// arriving meanwhile fails instead of landing in unmapped memory.
-    mr: Option<Mr>,
+    key: Option<Key>,
     /// What the region owns besides: device memory from `Engine::alloc_vram` (freed
-    /// with the region, after `mr` let go of it), or the page-locking of host memory
+    /// with the region, after `key` let go of it), or the page-locking of host memory
     /// for the GPU (undone before `segment` unmaps the memory).
     _owned: Option<Box<dyn std::any::Any + Send + Sync>>,
     /// The shared-memory segment an engine-allocated region lives in (peers in other
@@ -68,9 +89,9 @@ struct Region {
     file: Option<(std::fs::File, bool)>,
     /// A mapped file's mapping (`addr` is its start), unmapped when the region goes.
     _map: Option<memmap2::MmapRaw>,
-    /// GPU memory the fabric could not register: why (said when a transfer to a
-    /// fabric peer names it).
-    off_fabric: Option<Box<str>>,
+    /// GPU memory the keying transport could not register: why (said when a
+    /// transfer through it names the region).
+    unkeyed: Option<Box<str>>,
     /// The GPU ordinal of GPU memory (0 otherwise).
     device: u32,
     /// False for a file registered read-only.
@@ -99,7 +120,7 @@ impl Resolved {
             sync: region.file.as_ref().is_some_and(|(_, sync)| *sync),
             mapped: region._map.is_some(),
             writable: region.writable,
-            mr_desc: region.mr.as_ref().map_or(0, |m| m.desc),
+            key_desc: region.key.as_ref().map_or(0, |k| k.desc),
             vram: region.kind == MemKind::Vram,
         }
     }
@@ -126,8 +147,8 @@ pub(crate) struct Registry {
     /// Where engine-allocated regions' segments are created, and their name prefix.
     segment_dir: PathBuf,
     segment_prefix: String,
-    /// The fabric domain memory is registered with, when the engine has the transport.
-    fabric: Option<Arc<Domain>>,
+    /// The transport memory is registered with (libfabric), when the engine has one.
+    keyring: Option<Arc<dyn Keyring>>,
 }
 
 /// The name of the registration-table segment of the engine whose prefix is `prefix`.
@@ -155,9 +176,9 @@ impl Access<'_> {
 pub(crate) enum Allowed {
     /// Host memory only: a peer's copy (the local transport), a `memcpy`.
     Memory,
-    /// Host memory, and GPU memory registered with the fabric (`FI_HMEM`): a transfer
-    /// to a fabric peer.
-    Fabric,
+    /// Host memory, and GPU memory registered with the keying transport: a transfer
+    /// to a peer reached through it.
+    Keyed,
     /// Memory, files and GPU memory: a transfer between the engine's own regions.
     Anything,
 }
@@ -229,8 +250,9 @@ pub(crate) struct Resolved {
     pub mapped: bool,
     /// Whether the region may be written (a file registered read-only may not).
     pub writable: bool,
-    /// The region's libfabric descriptor (`fi_mr_desc`), 0 without one.
-    pub mr_desc: usize,
+    /// The keying transport's local descriptor of the region (libfabric's
+    /// `fi_mr_desc`), 0 without one.
+    pub key_desc: usize,
     /// GPU memory: `addr` is a device pointer, reached only through the cuda transport.
     pub vram: bool,
 }
@@ -427,19 +449,19 @@ impl Pinner<'_> {
         let mut resolved = resolve(&self.table, desc)?;
         resolved = match allowed {
             Allowed::Anything => resolved,
-            Allowed::Fabric if resolved.vram => match self.table.entries[resolved.entry as usize].region.as_ref() {
-                Some(r) if r.mr.is_some() => resolved,
+            Allowed::Keyed if resolved.vram => match self.table.entries[resolved.entry as usize].region.as_ref() {
+                Some(r) if r.key.is_some() => resolved,
                 r => {
                     return Err(Error::NotOnFabric {
                         region: desc.region.to_raw(),
                         reason: r
-                            .and_then(|r| r.off_fabric.as_deref())
-                            .unwrap_or("it is not registered with the fabric")
+                            .and_then(|r| r.unkeyed.as_deref())
+                            .unwrap_or("it is not registered with the transport")
                             .into(),
                     });
                 }
             },
-            Allowed::Fabric | Allowed::Memory => memory_only(resolved)?,
+            Allowed::Keyed | Allowed::Memory => memory_only(resolved)?,
         };
         Ok(resolved)
     }
@@ -516,7 +538,7 @@ impl Registry {
         capacity: usize,
         (slots, lists, per_side): (usize, usize, usize),
         segment_prefix: String,
-        fabric: Option<Arc<Domain>>,
+        keyring: Option<Arc<dyn Keyring>>,
     ) -> Result<Registry> {
         let entries = (0..capacity)
             .map(|_| Entry {
@@ -536,7 +558,7 @@ impl Registry {
             remote,
             segment_dir,
             segment_prefix,
-            fabric,
+            keyring,
         })
     }
 
@@ -576,15 +598,15 @@ impl Registry {
     /// Registers memory the caller owns.
     pub(crate) fn register(&self, addr: usize, len: u64, kind: MemKind) -> Result<RegionId> {
         Self::check_range(addr, len)?;
-        let mr = self.register_mr(addr, len as usize)?;
-        self.insert_memory(addr, len, kind, (mr, None), 0, None)
+        let key = self.register_key(addr, len as usize)?;
+        self.insert_memory(addr, len, kind, (key, None), 0, None)
     }
 
     /// Registers GPU memory (a CUDA device pointer on device `device`), with what
-    /// owns it, if anything. With the fabric transport it is registered with the
-    /// fabric too (`FI_HMEM`), so it can be a fabric transfer's source or target; if
-    /// the provider or libfabric cannot, the region is still registered for the cuda
-    /// transport, and a fabric transfer naming it is refused with the reason.
+    /// owns it, if anything. With a keying transport (the fabric) it is registered
+    /// there too, so it can be a transfer's source or target through it; if the
+    /// transport cannot, the region is still registered for local use, and a transfer
+    /// through that transport naming it is refused with the reason.
     pub(crate) fn register_vram(
         &self,
         addr: usize,
@@ -593,26 +615,14 @@ impl Registry {
         owned: Option<Box<dyn std::any::Any + Send + Sync>>,
     ) -> Result<RegionId> {
         Self::check_range(addr, len)?;
-        let fabric = match &self.fabric {
+        let key = match &self.keyring {
             None => (None, None),
-            Some(domain) if !domain.hmem => {
-                let reason = format!("provider {} does not offer FI_HMEM (device memory)", domain.provider);
-                (None, Some(reason.into_boxed_str()))
-            }
-            Some(domain) => match domain.register_cuda(addr as u64, len as usize, device as i32) {
-                Ok(mr) => (Some(mr), None),
-                Err(e) => {
-                    let hint = match e {
-                        Error::Fabric { code, .. } if code == libc::ENOSYS => {
-                            "; this libfabric has no CUDA support built in (configure --with-cuda)"
-                        }
-                        _ => "",
-                    };
-                    (None, Some(format!("{e}{hint}").into_boxed_str()))
-                }
+            Some(keyring) => match keyring.register_device(addr, len as usize, device) {
+                Ok(key) => (Some(key), None),
+                Err(why) => (None, Some(why.into_boxed_str())),
             },
         };
-        self.insert_memory(addr, len, MemKind::Vram, fabric, device, owned)
+        self.insert_memory(addr, len, MemKind::Vram, key, device, owned)
     }
 
     /// A non-null, non-empty range that does not wrap.
@@ -630,14 +640,14 @@ impl Registry {
         Ok(())
     }
 
-    /// Inserts memory the caller (or `owned`) owns, with its fabric registration or
-    /// why it has none.
+    /// Inserts memory the caller (or `owned`) owns, with its transport key or why it
+    /// has none.
     fn insert_memory(
         &self,
         addr: usize,
         len: u64,
         kind: MemKind,
-        (mr, off_fabric): (Option<Mr>, Option<Box<str>>),
+        (key, unkeyed): (Option<Key>, Option<Box<str>>),
         device: u32,
         owned: Option<Box<dyn std::any::Any + Send + Sync>>,
     ) -> Result<RegionId> {
@@ -650,8 +660,8 @@ impl Registry {
                 file: None,
                 _map: None,
                 writable: true,
-                mr,
-                off_fabric,
+                key,
+                unkeyed,
                 device,
                 _owned: owned,
             })
@@ -677,8 +687,8 @@ impl Registry {
                 file: None,
                 _map: None,
                 writable: true,
-                mr: self.register_mr(addr, len)?,
-                off_fabric: None,
+                key: self.register_key(addr, len)?,
+                unkeyed: None,
                 device: 0,
                 _owned: None,
             })
@@ -763,9 +773,9 @@ impl Registry {
                 segment: None,
                 file: Some((file, options.sync)),
                 _map: map,
-                mr: None,
+                key: None,
                 writable: options.writable,
-                off_fabric: None,
+                unkeyed: None,
                 device: 0,
                 _owned: None,
             })
@@ -925,11 +935,11 @@ impl Registry {
             .enumerate()
             .filter_map(|(index, e)| {
                 // Files are reached only by their own engine, and GPU memory too unless
-                // it is registered with the fabric: those are not published.
+                // it is registered with a keying transport: those are not published.
                 let r = e
                     .region
                     .as_ref()
-                    .filter(|r| r.file.is_none() && (r.kind != MemKind::Vram || r.mr.is_some()))?;
+                    .filter(|r| r.file.is_none() && (r.kind != MemKind::Vram || r.key.is_some()))?;
                 Some(RegionInfo {
                     id: e.generation << INDEX_BITS | index as u64,
                     addr: r.addr as u64,
@@ -944,23 +954,24 @@ impl Registry {
             .collect()
     }
 
-    /// (region id, libfabric remote key) of every memory region with a registration.
-    pub(crate) fn fabric_keys(&self) -> Vec<(u64, u64)> {
+    /// (region id, remote key) of every memory region registered with the keying
+    /// transport.
+    pub(crate) fn keys(&self) -> Vec<(u64, u64)> {
         let table = self.read();
         table
             .entries
             .iter()
             .enumerate()
             .filter_map(|(index, e)| {
-                let key = e.region.as_ref()?.mr.as_ref()?.key;
+                let key = e.region.as_ref()?.key.as_ref()?.remote;
                 Some((e.generation << INDEX_BITS | index as u64, key))
             })
             .collect()
     }
 
-    /// Registers memory with the fabric domain, if the engine has one.
-    fn register_mr(&self, addr: usize, len: usize) -> Result<Option<Mr>> {
-        self.fabric.as_ref().map(|d| d.register(addr, len)).transpose()
+    /// Registers host memory with the keying transport, if the engine has one.
+    fn register_key(&self, addr: usize, len: usize) -> Result<Option<Key>> {
+        self.keyring.as_ref().map(|k| k.register_host(addr, len)).transpose()
     }
 
     /// (live registrations, pins held, open file descriptors).

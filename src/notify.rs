@@ -594,3 +594,8 @@ mod tests {
         );
     }
 }
+
+/// The inbox segment's name for an engine's segment prefix.
+pub(crate) fn inbox_name(prefix: &str) -> String {
+    format!("{prefix}-inbox")
+}

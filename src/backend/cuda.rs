@@ -14,7 +14,7 @@
 //! recorded — an unrecorded event reads as "complete", which is how the same engine's
 //! unchecked record turned into silent corruption.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use cudarc::driver::sys;
@@ -25,7 +25,9 @@ use crate::error::{Error, Result};
 use crate::mem::Resolved;
 use crate::ring::{FailCode, FailSource, Handle, Outcome, TransportId};
 
-use super::Sink;
+use super::{Expire, Sink, Started, Transport, TransportStats, Xfer};
+use crate::mem::Registry;
+use crate::types::RegionId;
 
 /// A failed driver call as a transfer's failure code.
 fn fail_code(r: sys::CUresult) -> FailCode {
@@ -60,6 +62,8 @@ pub(crate) struct Cuda {
     progress: Mutex<()>,
     events_live: AtomicUsize,
     pin_host: bool,
+    /// The device's ordinal (`CudaConfig::device`).
+    ordinal: u32,
 }
 
 // SAFETY: the driver API is thread-safe; the raw handles are only destroyed in Drop
@@ -115,6 +119,7 @@ impl Cuda {
             progress: Mutex::new(()),
             events_live: AtomicUsize::new(0),
             pin_host: config.pin_host,
+            ordinal: config.device,
         };
         // SAFETY: valid out-pointers; everything created is released by Drop, which
         // runs on the error paths below too.
@@ -400,5 +405,111 @@ impl Drop for Cuda {
             }
             let _ = sys::cuDevicePrimaryCtxRelease_v2(self.device);
         }
+    }
+}
+
+impl Cuda {
+    /// The device's ordinal.
+    pub(crate) fn device(&self) -> u32 {
+        self.ordinal
+    }
+}
+
+impl Transport for Cuda {
+    /// Enqueues the copies and records the slot's event; `progress` ends the transfer
+    /// when the event completes.
+    #[inline]
+    fn start(&self, x: &Xfer<'_>, _sink: Sink<'_>) -> Result<Started> {
+        Ok(match self.post(x.handle, x.op, x.local, x.own)? {
+            Err(outcome) => Started::Ended(outcome),
+            Ok(failure) => Started::Handed(failure),
+        })
+    }
+
+    #[inline]
+    fn launch(&self, handle: Handle, failure: u32, _sink: Sink<'_>) {
+        Cuda::launch(self, handle, failure);
+    }
+
+    #[inline]
+    fn progress(&self, sink: Sink<'_>, _expire: Expire<'_>) -> usize {
+        Cuda::progress(self, sink)
+    }
+
+    fn bytes(&self) -> usize {
+        Cuda::bytes(self)
+    }
+
+    fn stats(&self, stats: &mut TransportStats) {
+        stats.cuda_events = self.events_live();
+    }
+
+    /// GPU copies in flight finish before device memory is freed with its region.
+    fn quiesce(&self) {
+        self.synchronize();
+    }
+}
+
+/// With `CudaConfig::pin_host`: page-locks a new host region for the GPU
+/// (`cuMemHostRegister`), undone when the region goes. On failure the region is
+/// deregistered again.
+pub(crate) fn pin_host(cuda: &Arc<Cuda>, registry: &Registry, id: RegionId) -> Result<RegionId> {
+    if !cuda.pins_host() {
+        return Ok(id);
+    }
+    let (addr, len) = registry.extent(id)?;
+    match cuda.host_register(addr, len) {
+        Ok(()) => {
+            let pin = HostPin {
+                cuda: Arc::clone(cuda),
+                addr,
+            };
+            registry.attach(id, Box::new(pin))?;
+            Ok(id)
+        }
+        Err(e) => {
+            let _ = registry.deregister(id);
+            Err(e)
+        }
+    }
+}
+
+/// Allocates `len` bytes of device memory (`cuMemAlloc`) and registers them; freed
+/// when the region is deregistered or the engine dropped.
+pub(crate) fn alloc_region(cuda: &Arc<Cuda>, registry: &Registry, len: usize) -> Result<RegionId> {
+    if len == 0 {
+        return Err(Error::InvalidDescriptor {
+            reason: "a region cannot be empty",
+        });
+    }
+    let ptr = cuda.alloc(len)?;
+    let owner = DeviceAlloc {
+        cuda: Arc::clone(cuda),
+        ptr,
+    };
+    registry.register_vram(ptr as usize, len as u64, cuda.device(), Some(Box::new(owner)))
+}
+
+/// A host region page-locked for the GPU, unlocked when its region goes.
+struct HostPin {
+    cuda: Arc<Cuda>,
+    addr: usize,
+}
+
+impl Drop for HostPin {
+    fn drop(&mut self) {
+        self.cuda.host_unregister(self.addr);
+    }
+}
+
+/// Device memory from `Engine::alloc_vram`, freed when its region goes.
+struct DeviceAlloc {
+    cuda: Arc<Cuda>,
+    ptr: u64,
+}
+
+impl Drop for DeviceAlloc {
+    fn drop(&mut self) {
+        self.cuda.free(self.ptr);
     }
 }

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use crate::types::Op;
 use crate::mem::Resolved;
-use crate::ring::{FailCode, FailSource, Handle, JobQueue, Outcome, Popped};
+use super::{Sink, Started, Transport, Xfer, absent};
+use crate::error::Result;
+use crate::ring::{FailCode, FailSource, Handle, Job, JobQueue, Outcome, Popped};
 
 /// How long a worker stays off the queue after popping its last entry and finding the
 /// job taken by its waiter, the first time. The waiters are running their own
@@ -96,7 +98,7 @@ impl FileQueue {
     /// The next job for a worker, blocking while there is none; `None` at shutdown
     /// once the queue is empty. `quiet` is the worker's own: how long it stays off the
     /// queue the next time it finds only jobs their waiters took (see [`QUIET_MAX`]).
-    pub(crate) fn next(&self, quiet: &mut Duration) -> Option<(Handle, bool)> {
+    pub(crate) fn next(&self, quiet: &mut Duration) -> Option<(Job, bool)> {
         loop {
             // Stay awake a little before sleeping: waking a sleeping thread costs tens
             // of microseconds, longer than many a transfer, and transfers come in runs.
@@ -149,9 +151,10 @@ impl FileQueue {
 
     /// A popped job, and whether its cancellation was asked for. The worker runs it, so
     /// its quiet time starts afresh.
-    fn job(&self, handle: Handle, quiet: &mut Duration) -> (Handle, bool) {
+    fn job(&self, handle: Handle, quiet: &mut Duration) -> (Job, bool) {
         *quiet = QUIET_FIRST;
-        (handle, self.take_cancel(handle.index() as usize, handle.to_raw()))
+        let cancelled = self.take_cancel(handle.index() as usize, handle.to_raw());
+        (Job::taken(handle), cancelled)
     }
 
     /// Whether the cancellation of the transfer `raw` in slot `index` was asked for
@@ -164,12 +167,12 @@ impl FileQueue {
 
     /// Takes `handle`'s job if it is still queued, for its waiter to run on its own
     /// thread: a transfer waited for right after `post` then costs no hand-off to a
-    /// worker and back. `Some(cancelled)` if taken (its stale queue entry is skipped).
+    /// worker and back. `Some((job, cancelled))` if taken (its stale queue entry is skipped).
     #[inline]
-    pub(crate) fn steal(&self, handle: Handle) -> Option<bool> {
+    pub(crate) fn steal(&self, handle: Handle) -> Option<(Job, bool)> {
         self.jobs
             .take(handle)
-            .then(|| self.take_cancel(handle.index() as usize, handle.to_raw()))
+            .then(|| (Job::taken(handle), self.take_cancel(handle.index() as usize, handle.to_raw())))
     }
 
     /// Tells the workers to finish the queue and stop.
@@ -177,6 +180,65 @@ impl FileQueue {
         self.shutdown.store(true, Ordering::Release);
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         self.wake.notify_all();
+    }
+}
+
+/// The file transport: the job queue and how many worker threads the engine runs
+/// for it (`Config::file_workers`; the engine owns the threads, which take jobs
+/// with [`FileQueue::next`] and run them with [`run`]).
+pub(crate) struct Files {
+    queue: FileQueue,
+    workers: usize,
+}
+
+impl Files {
+    pub(crate) fn new(capacity: usize, workers: usize, poll: Duration) -> Files {
+        Files {
+            queue: FileQueue::new(capacity, poll),
+            workers,
+        }
+    }
+
+    /// Worker threads the engine runs for it.
+    pub(crate) fn workers(&self) -> usize {
+        self.workers
+    }
+
+    pub(crate) fn next(&self, quiet: &mut Duration) -> Option<(Job, bool)> {
+        self.queue.next(quiet)
+    }
+
+    #[inline]
+    pub(crate) fn steal(&self, handle: Handle) -> Option<(Job, bool)> {
+        self.queue.steal(handle)
+    }
+
+    pub(crate) fn shut_down(&self) {
+        self.queue.shut_down();
+    }
+}
+
+impl Transport for Files {
+    #[inline]
+    fn start(&self, _xfer: &Xfer<'_>, _sink: Sink<'_>) -> Result<Started> {
+        if self.workers == 0 {
+            return Err(absent(super::Via::File));
+        }
+        Ok(Started::Handed(0))
+    }
+
+    #[inline]
+    fn launch(&self, handle: Handle, _word: u32, _sink: Sink<'_>) {
+        // A worker (or the transfer's waiter) ends it.
+        self.queue.submit(handle);
+    }
+
+    fn cancel(&self, handle: Handle) {
+        self.queue.cancel(handle);
+    }
+
+    fn bytes(&self) -> usize {
+        self.queue.bytes()
     }
 }
 

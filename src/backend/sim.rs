@@ -1,13 +1,13 @@
 //! `sim`: a fault-injecting transport for tests, soaks and fuzzing.
 //!
-//! A peer made by [`Engine::sim_peer`](crate::Engine::sim_peer) moves no bytes: its
+//! A peer made by `Engine::sim_peer` moves no bytes: its
 //! transfers go to this transport, which ends them when progress is driven, in an
 //! order and with outcomes drawn from a seeded generator (so a run is reproducible):
 //!
 //! - out of order, late (many progress calls later), or never until the transfer's
 //!   deadline fails it for its owner (`SlotRing::expire`) — and then late anyway;
 //! - with an error (`FailCode::TRANSPORT`), or all at once when the peer is "lost"
-//!   (`PEER_LOST`, [`Engine::sim_lose_peer`](crate::Engine::sim_lose_peer));
+//!   (`PEER_LOST`, `Engine::sim_lose_peer`);
 //! - **twice** (the second completion must be rejected), or again long after the slot
 //!   was released and reused (a stale generation, which must never match);
 //! - with its notification dropped, or delivered twice (the inbox must drop the copy).
@@ -19,6 +19,8 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::{Expire, Sink, Started, Transport, TransportStats, Xfer};
+use crate::error::Result;
 use crate::notify::Outbox;
 use crate::ring::{FailCode, Handle, Outcome};
 
@@ -85,7 +87,6 @@ pub struct SimStats {
     pub misattributed: u64,
 }
 
-use super::Sink;
 
 struct Pending {
     handle: Handle,
@@ -333,5 +334,33 @@ impl Sim {
             notifications_duplicated: self.duplicated.load(Ordering::Relaxed),
             misattributed: self.misattributed.load(Ordering::Relaxed),
         }
+    }
+}
+
+impl Transport for Sim {
+    /// Copies the notification; `launch` takes the transfer.
+    fn start(&self, x: &Xfer<'_>, _sink: Sink<'_>) -> Result<Started> {
+        self.stage(x.handle, x.notif);
+        Ok(Started::Handed(0))
+    }
+
+    fn launch(&self, handle: Handle, _word: u32, _sink: Sink<'_>) {
+        Sim::launch(self, handle);
+    }
+
+    fn progress(&self, sink: Sink<'_>, expire: Expire<'_>) -> usize {
+        Sim::progress(self, sink, expire)
+    }
+
+    fn bytes(&self) -> usize {
+        Sim::bytes(self)
+    }
+
+    fn stats(&self, stats: &mut TransportStats) {
+        stats.sim = Sim::stats(self);
+    }
+
+    fn drain(&self, sink: Sink<'_>) {
+        Sim::drain(self, sink);
     }
 }

@@ -176,3 +176,22 @@ mod tests {
         assert_eq!(q.pop(), Popped::Empty);
     }
 }
+
+/// A posted transfer's job, taken once from a [`JobQueue`] (by a worker or by the
+/// transfer's waiter): whoever holds it runs the transfer and ends it, and may read
+/// its context meanwhile ([`SlotRing::resume`](super::SlotRing::resume)).
+#[derive(Debug)]
+pub(crate) struct Job(Handle);
+
+impl Job {
+    /// A job its queue gave out: an entry popped (`Popped::Job`) or taken
+    /// ([`JobQueue::take`]) by this thread, which alone holds it.
+    pub(crate) fn taken(handle: Handle) -> Job {
+        Job(handle)
+    }
+
+    /// The transfer it belongs to.
+    pub(crate) fn handle(&self) -> Handle {
+        self.0
+    }
+}

@@ -28,4 +28,6 @@ pub use crate::types::{
     MAX_GENERATION, Outcome, Released, Status, TransportId,
 };
 pub use job_queue::{JobQueue, Popped};
+pub(crate) use job_queue::Job;
 pub use slot_ring::{HIGH_WATER_SAMPLE, RingStats, SlotRing};
+

@@ -3,6 +3,7 @@
 use crossbeam_utils::CachePadded;
 
 use super::free_list::FreeList;
+use super::job_queue::Job;
 use super::state::{self, CANCELLED, DETACHED, DONE, FAILED, FREE, POSTED, RESERVED, RETIRED};
 use crate::types::{
     CancelResult, FIRST_GENERATION, FailCode, Handle, INDEX_BITS, MAX_CAPACITY, MAX_GENERATION, Outcome, Released,
@@ -363,6 +364,25 @@ impl<C> SlotRing<C> {
         ));
         // SAFETY: the caller's promise above.
         slot.context.with(|context| unsafe { &*context })
+    }
+
+    /// RESERVED(g) → POSTED(g), as [`post`](SlotRing::post), for a poster that reads
+    /// the transfer's context before handing it to a transport: the [`Posted`] token
+    /// grants that read for as long as it lives.
+    #[inline]
+    pub(crate) fn start(&self, handle: Handle) -> Result<Posted<'_, C>> {
+        self.post(handle)?;
+        Ok(Posted { ring: self, handle })
+    }
+
+    /// The context of a transfer whose job was taken from a job queue: its taker is
+    /// the one that ends it, so until then the context is stable.
+    #[inline]
+    pub(crate) fn resume(&self, job: Job) -> Posted<'_, C> {
+        Posted {
+            ring: self,
+            handle: job.handle(),
+        }
     }
 
     /// The one way a posted transfer ends: POSTED(g) → DONE | FAILED(code) | CANCELLED,
@@ -743,5 +763,30 @@ impl<C> SlotRing<C> {
 impl<C> core::fmt::Debug for SlotRing<C> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("SlotRing").field("stats", &self.stats()).finish()
+    }
+}
+
+/// Leave to read the context of a posted transfer: made by [`SlotRing::start`] (the
+/// poster, before it hands the transfer to a transport) and by [`SlotRing::resume`]
+/// (the one thread that took the transfer's [`Job`]).
+///
+/// While it lives nothing ends the transfer: only the holder hands the handle on (to
+/// a transport, a job queue or its own exit call), and does so after dropping the
+/// token, so no completion can free the slot and rewrite the context under it.
+pub(crate) struct Posted<'a, C> {
+    ring: &'a SlotRing<C>,
+    handle: Handle,
+}
+
+impl<C> Posted<'_, C> {
+    /// The transfer's context.
+    #[inline]
+    pub(crate) fn context(&self) -> &C {
+        // SAFETY: the token exists only for a transfer this thread posted
+        // (`SlotRing::start`) or whose job it took (`SlotRing::resume`), and its handle
+        // reaches nothing that could end the transfer until the token is dropped (see
+        // the type's docs): the slot stays POSTED or DETACHED, so it is not freed and
+        // its context is not written meanwhile.
+        unsafe { self.ring.posted_context(self.handle) }
     }
 }

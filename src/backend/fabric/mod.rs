@@ -32,6 +32,9 @@
 
 mod api;
 mod domain;
+mod keys;
+mod link;
+mod transport;
 mod raw;
 #[allow(
     non_camel_case_types,
@@ -53,6 +56,9 @@ use std::time::{Duration, Instant};
 pub use api::LIBRARY_ENV;
 pub use domain::close_failures;
 pub(crate) use domain::{Domain, Mr};
+pub(crate) use keys::DomainKeys;
+pub(crate) use link::FabricLink;
+pub(crate) use transport::KIND;
 pub use raw::{RawRma, RawRun};
 
 use crate::Op;
@@ -707,7 +713,7 @@ impl Fabric {
                 self.ep.ep,
                 local.addr as *const c_void,
                 local.len,
-                local.mr_desc as *mut c_void,
+                local.key_desc as *mut c_void,
                 self.immediate(handle, tag),
                 dest,
                 raddr,
@@ -823,7 +829,7 @@ impl Fabric {
                                 self.ep.ep,
                                 buf,
                                 len,
-                                l.mr_desc as *mut c_void,
+                                l.key_desc as *mut c_void,
                                 imm,
                                 dest,
                                 raddr + done as u64,
@@ -834,7 +840,7 @@ impl Fabric {
                                 self.ep.ep,
                                 buf,
                                 len,
-                                l.mr_desc as *mut c_void,
+                                l.key_desc as *mut c_void,
                                 dest,
                                 raddr + done as u64,
                                 key,

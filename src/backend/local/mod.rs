@@ -1,5 +1,6 @@
 //! The `local` transport: engines in one process, reached through a process-wide
-//! directory, moving bytes with `memcpy`.
+//! directory, moving bytes with `memcpy`; and engines in other processes on this host,
+//! through shared memory ([`LocalLink`], in `link.rs`).
 //!
 //! An engine publishes its shared half (registry and notification inbox) in the
 //! directory at construction and withdraws it when dropped. A peer whose metadata names
@@ -8,10 +9,17 @@
 //! read lock, so a region the peer deregistered (or an engine that was dropped) fails
 //! the transfer instead of being written after it is gone.
 
+mod link;
+
 use std::sync::{Arc, Mutex, Weak};
 
+pub(crate) use self::link::LocalLink;
+use super::{Link, Sink, Started, Transport, Xfer};
+use crate::error::{Error, Result};
+use crate::mem::Registry;
+use crate::shared::Shared;
 use crate::types::Op;
-use crate::engine::Shared;
+use crate::wire::metadata::{BackendInfo, BackendKind};
 
 static DIRECTORY: Mutex<Vec<(u64, Weak<Shared>)>> = Mutex::new(Vec::new());
 
@@ -110,11 +118,70 @@ impl LocalInfo {
 
     /// The path of the engine's inbox segment.
     pub(crate) fn inbox_path(&self) -> std::path::PathBuf {
-        self.dir.join(inbox_name(&self.prefix))
+        self.dir.join(crate::notify::inbox_name(&self.prefix))
     }
 }
 
-/// The inbox segment's name for an engine's segment prefix.
-pub(crate) fn inbox_name(prefix: &str) -> String {
-    format!("{prefix}-inbox")
+
+/// The local transport of one engine: what it publishes, and its place in the
+/// process-wide directory (left when the engine shuts down).
+pub(crate) struct Local {
+    info: LocalInfo,
+    engine_id: u64,
+}
+
+impl Local {
+    /// Describes the engine for peers and publishes it in this process's directory.
+    pub(crate) fn new(shared: &Arc<Shared>, info: LocalInfo) -> Local {
+        publish(shared.engine_id, shared);
+        Local {
+            info,
+            engine_id: shared.engine_id,
+        }
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        withdraw(self.engine_id);
+    }
+}
+
+impl Transport for Local {
+    /// Moves the bytes now, then queues the notification at the peer.
+    #[inline]
+    fn start(&self, x: &Xfer<'_>, _sink: Sink<'_>) -> Result<Started> {
+        let Some(Link::Local(link)) = x.link else {
+            return Err(Error::UnknownPeer { peer: x.peer });
+        };
+        let outbox = link.outbox();
+        if x.notif.is_some() && !outbox.reserve() {
+            return Err(if link.alive() {
+                Error::InboxFull { peer: x.peer }
+            } else {
+                Error::PeerLost { peer: x.peer }
+            });
+        }
+        let outcome = link.transfer(x.op, x.local, x.remote);
+        if let Some(notif) = x.notif {
+            if outcome == crate::ring::Outcome::Done {
+                outbox.deliver(x.handle, notif);
+            } else {
+                outbox.unreserve();
+            }
+        }
+        Ok(Started::Ended(outcome))
+    }
+
+    fn publish(&self, _registry: &Registry) -> Option<BackendInfo> {
+        Some(BackendInfo {
+            kind: BackendKind::Local,
+            conn: self.info.encode(),
+        })
+    }
+
+    /// Peers in this process no longer find the engine.
+    fn quiesce(&self) {
+        withdraw(self.engine_id);
+    }
 }

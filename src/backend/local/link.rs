@@ -1,0 +1,350 @@
+//! How the `local` transport reaches one peer.
+//!
+//! - **Same process**: the peer's registry and inbox directly (found through the
+//!   process-wide directory). Remote descriptors are resolved against the peer's own
+//!   registry under its read lock at post time, so a region it deregistered fails the
+//!   transfer instead of being written after it is gone.
+//! - **Another process on this host**: the peer's engine-allocated regions are
+//!   shared-memory segments, mapped here when the peer is loaded, and copied into with
+//!   `memcpy`; memory the peer registered itself (not in a segment) is reached with
+//!   `process_vm_writev`/`process_vm_readv`, which the kernel may forbid (ptrace
+//!   rules), in which case the transfer fails with that errno. The peer's inbox is
+//!   mapped too, and this engine writes its notifications into a lane it claimed.
+//!   Whether the peer process is alive is checked through a pidfd at most once a
+//!   millisecond per peer: transfers to a dead peer fail with `FailCode::PEER_LOST`.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use super::LocalInfo;
+use crate::error::{Error, Result};
+use crate::shared::Shared;
+use crate::sys::regtable::RegTable;
+use crate::sys::shm::Segment;
+use crate::types::Op;
+use crate::mem::{Resolved, regtable_name, segment_name};
+use crate::types::Desc;
+use crate::notify::{Geometry, InboxMap, Outbox};
+use crate::ring::{FailCode, FailSource, Outcome};
+use crate::wire::metadata::{BackendKind, Metadata, RegionInfo};
+
+/// How often, at most, a peer process's liveness is asked of the kernel.
+const LIVENESS_CHECK_NANOS: u64 = 1_000_000;
+
+/// A peer reached with the local transport.
+pub(crate) struct LocalLink {
+    /// The peer's regions as its metadata described them, sorted by id.
+    regions: Vec<RegionInfo>,
+    /// The lane we claimed in the peer's inbox; kept across reloads of the same peer.
+    outbox: Arc<Outbox>,
+    engine_id: u64,
+    reach: Reach,
+}
+
+enum Reach {
+    InProcess(Arc<Shared>),
+    OtherProcess(Remote),
+}
+
+struct Remote {
+    pid: u32,
+    pidfd: Option<OwnedFd>,
+    /// The peer's registration table: is a region still registered, and pins for
+    /// copies into memory that is not in a segment.
+    regs: RegTable,
+    /// Parallel to `Peer::regions`.
+    memory: Vec<RemoteMemory>,
+    alive: AtomicBool,
+    checked_at: AtomicU64,
+    epoch: Instant,
+}
+
+enum RemoteMemory {
+    /// A segment mapped here.
+    Mapped(Segment),
+    /// Memory in the peer's address space (process_vm_*).
+    Process { addr: u64 },
+    /// A segment that was gone when the peer was loaded.
+    Missing,
+}
+
+impl LocalLink {
+    /// Reaches the engine `md` describes, on behalf of `us` (control path).
+    /// `previous` is this peer as loaded before (a reload): its inbox lane is kept.
+    /// Returns the link and the peer's largest notification.
+    pub(crate) fn connect(md: &Metadata, us: &Shared, previous: Option<&LocalLink>) -> Result<(LocalLink, usize)> {
+        let unreachable = |reason: &str| Error::PeerUnreachable {
+            name: md.engine_name.clone(),
+            reason: reason.to_owned(),
+        };
+        let conn = md
+            .backends
+            .iter()
+            .find(|b| b.kind == BackendKind::Local)
+            .ok_or_else(|| unreachable("it offers no transport this engine has"))?;
+        let info = LocalInfo::decode(&conn.conn).ok_or_else(|| unreachable("its local transport info is malformed"))?;
+        // The blob comes from outside: every number and path in it is checked before it
+        // sizes a mapping or names a file.
+        let geometry = Geometry {
+            lanes: info.lanes as usize,
+            lane_capacity: info.lane_capacity as usize,
+            max_bytes: info.max_notif_bytes as usize,
+        };
+        let sane = (1..=4096).contains(&geometry.lanes)
+            && geometry.lane_capacity.is_power_of_two()
+            && geometry.lane_capacity <= 1 << 20
+            && geometry.max_bytes <= 1 << 16
+            && geometry.checked_segment_bytes().is_some_and(|b| b <= 1 << 32)
+            && info.capacity.is_power_of_two()
+            && (1..=1 << 20).contains(&info.max_registrations)
+            && info.prefix == format!("ringxfer-{:016x}", md.engine_id);
+        if !sane {
+            return Err(unreachable("its local transport info is out of range"));
+        }
+        if info.dir != us.registry.segments().0 {
+            return Err(unreachable(
+                "its shared-memory directory differs from ours (set the same RINGXFER_SHM_DIR for both)",
+            ));
+        }
+        if us.capacity > info.capacity as usize {
+            return Err(unreachable(
+                "this engine has more slots than the peer tracks per sender (give both the same capacity)",
+            ));
+        }
+        let mut regions = md.regions.clone();
+        regions.sort_by_key(|r| r.id);
+        let (reach, inbox) = if md.process_id == std::process::id() {
+            let target =
+                super::lookup(md.engine_id).ok_or_else(|| unreachable("no such engine is alive in this process"))?;
+            let inbox = Arc::clone(target.inbox.map());
+            (Reach::InProcess(target), inbox)
+        } else {
+            let inbox = match InboxMap::open(&info.inbox_path(), geometry) {
+                Ok(map) => Arc::new(map),
+                Err(Error::Io {
+                    kind: std::io::ErrorKind::NotFound,
+                    ..
+                }) => {
+                    return Err(unreachable(
+                        "its inbox segment is gone (the engine ended, or lives on another host)",
+                    ));
+                }
+                Err(e) => return Err(e),
+            };
+            let memory = regions
+                .iter()
+                .map(|r| match r.remote_key {
+                    1 => match Segment::open(&info.dir.join(segment_name(&info.prefix, r.id)), r.len as usize) {
+                        Ok(segment) => Ok(RemoteMemory::Mapped(segment)),
+                        Err(Error::Io {
+                            kind: std::io::ErrorKind::NotFound,
+                            ..
+                        }) => Ok(RemoteMemory::Missing),
+                        Err(e) => Err(e),
+                    },
+                    _ => Ok(RemoteMemory::Process { addr: r.addr }),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let regs = RegTable::open(
+                &info.dir.join(regtable_name(&info.prefix)),
+                info.max_registrations as usize,
+            )?;
+            let remote = Remote {
+                pid: md.process_id,
+                pidfd: pidfd_open(md.process_id),
+                regs,
+                memory,
+                alive: AtomicBool::new(true),
+                checked_at: AtomicU64::new(0),
+                epoch: Instant::now(),
+            };
+            if !remote.alive() {
+                return Err(unreachable("its process has exited"));
+            }
+            (Reach::OtherProcess(remote), inbox)
+        };
+        let outbox = match previous.filter(|p| p.engine_id == md.engine_id) {
+            Some(p) => Arc::clone(&p.outbox),
+            None => Arc::new(Outbox::claim(inbox, us.engine_id, &us.name)?),
+        };
+        let link = LocalLink {
+            regions,
+            outbox,
+            engine_id: md.engine_id,
+            reach,
+        };
+        Ok((link, info.max_notif_bytes as usize))
+    }
+
+    /// Our lane in the peer's inbox.
+    #[inline]
+    pub(crate) fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Moves the bytes of one transfer and says how it ended.
+    pub(crate) fn transfer(&self, op: Op, local: &[Resolved], remote: &[Desc]) -> Outcome {
+        match &self.reach {
+            Reach::InProcess(target) => {
+                // The peer's registry read lock is held while its memory is copied, so
+                // it cannot deregister (or drop) a region under the copy.
+                let access = target.registry.access();
+                for (l, d) in local.iter().zip(remote) {
+                    let Ok(r) = access.resolve(d) else {
+                        return Outcome::Failed(FailCode::PEER_LOST);
+                    };
+                    // SAFETY: `l` is pinned by the transfer, `r` is valid while `access`
+                    // holds the peer's registry, and prepare checked equal lengths.
+                    unsafe { super::copy(op, l.addr, r.addr, l.len) };
+                }
+                Outcome::Done
+            }
+            Reach::OtherProcess(remote_peer) => {
+                if !remote_peer.alive() {
+                    return Outcome::Failed(FailCode::PEER_LOST);
+                }
+                for (l, d) in local.iter().zip(remote) {
+                    let Ok(i) = self.regions.binary_search_by_key(&d.region.to_raw(), |r| r.id) else {
+                        return Outcome::Failed(FailCode::PEER_LOST);
+                    };
+                    let (entry, generation) = region_entry(d.region.to_raw());
+                    match &remote_peer.memory[i] {
+                        RemoteMemory::Mapped(segment) => {
+                            // A deregistered region fails the transfer rather than take
+                            // bytes nobody will read (our mapping keeps it valid).
+                            if !remote_peer.regs.is_open(entry, generation) {
+                                return Outcome::Failed(FailCode::REGION_GONE);
+                            }
+                            // `check` used the metadata of this peer's load; the mapping
+                            // is authoritative (a reload may have changed the metadata).
+                            let in_bounds = d
+                                .offset
+                                .checked_add(d.len)
+                                .is_some_and(|end| end <= segment.len() as u64)
+                                && l.len as u64 == d.len;
+                            if !in_bounds {
+                                return Outcome::Failed(FailCode::TRANSPORT);
+                            }
+                            let addr = segment.as_ptr() as usize + d.offset as usize;
+                            // SAFETY: `l` is pinned; the mapping stays valid while this
+                            // peer (and so the segment) lives, whatever the owner does,
+                            // and `check` kept the range inside it.
+                            unsafe { super::copy(op, l.addr, addr, l.len) };
+                        }
+                        RemoteMemory::Process { addr } => {
+                            let Some(remote_addr) = addr.checked_add(d.offset) else {
+                                return Outcome::Failed(FailCode::TRANSPORT);
+                            };
+                            // Pinned in the peer's table: it cannot deregister (and then
+                            // free) this memory until the copy is over.
+                            if !remote_peer.regs.pin(entry, generation) {
+                                return Outcome::Failed(FailCode::REGION_GONE);
+                            }
+                            let copied = process_vm_copy(op, remote_peer.pid, l, remote_addr);
+                            remote_peer.regs.unpin(entry);
+                            if let Err(errno) = copied {
+                                return Outcome::Failed(FailCode::new(FailSource::Errno, errno as u32));
+                            }
+                        }
+                        RemoteMemory::Missing => return Outcome::Failed(FailCode::PEER_LOST),
+                    }
+                }
+                Outcome::Done
+            }
+        }
+    }
+
+    /// Whether the peer still looks alive (always true for one in this process: its
+    /// drop is seen through its registry instead).
+    pub(crate) fn alive(&self) -> bool {
+        match &self.reach {
+            Reach::InProcess(_) => true,
+            Reach::OtherProcess(r) => r.alive(),
+        }
+    }
+}
+
+impl Remote {
+    fn alive(&self) -> bool {
+        if !self.alive.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        let last = self.checked_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < LIVENESS_CHECK_NANOS && last != 0 {
+            return true;
+        }
+        self.checked_at.store(now.max(1), Ordering::Relaxed);
+        let gone = match &self.pidfd {
+            Some(fd) => {
+                let mut p = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd, zero timeout.
+                let n = unsafe { libc::poll(&mut p, 1, 0) };
+                n > 0 && p.revents & (libc::POLLIN | libc::POLLHUP) != 0
+            }
+            None => {
+                // SAFETY: signal 0 only checks that the pid exists.
+                let r = unsafe { libc::kill(self.pid as libc::pid_t, 0) };
+                r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+            }
+        };
+        if gone {
+            self.alive.store(false, Ordering::Relaxed);
+        }
+        !gone
+    }
+}
+
+/// A region id's (table index, generation).
+fn region_entry(raw: u64) -> (usize, u64) {
+    ((raw & 0xF_FFFF) as usize, raw >> 20)
+}
+
+/// A pidfd for `pid` (Linux ≥ 5.3), or `None` where the kernel has none.
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Copies `l` to or from `remote_addr` in process `pid`; the errno on failure.
+fn process_vm_copy(op: Op, pid: u32, l: &Resolved, remote_addr: u64) -> std::result::Result<(), i32> {
+    let mut done = 0usize;
+    while done < l.len {
+        let local = libc::iovec {
+            iov_base: (l.addr + done) as *mut libc::c_void,
+            iov_len: l.len - done,
+        };
+        let remote = libc::iovec {
+            iov_base: (remote_addr as usize + done) as *mut libc::c_void,
+            iov_len: l.len - done,
+        };
+        // SAFETY: `local` lies in a region pinned by the transfer; the kernel checks
+        // `remote` against the peer's address space and fails rather than fault.
+        let n = unsafe {
+            match op {
+                Op::Write => libc::process_vm_writev(pid as libc::pid_t, &local, 1, &remote, 1, 0),
+                Op::Read => libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0),
+            }
+        };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return Err(libc::EIO),
+            _ => match std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO) {
+                libc::EINTR => {}
+                errno => return Err(errno),
+            },
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! The hot path: prepare, post, progress, status, wait, cancel, release, notify and
+//! pop a notification. Nothing here allocates (`tests/alloc_free.rs` counts).
+
+use std::time::{Duration, Instant};
+
+use super::{Engine, Transfer, reclaim};
+use crate::backend::{Started, Via};
+use crate::error::{Error, Result};
+use crate::mem::{Allowed, Holder, Resolved};
+use crate::notify::Notification;
+use crate::ring::{CancelResult, Handle, Released, Status};
+use crate::types::{Desc, Op, PeerId};
+
+impl Engine {
+    /// Validates a transfer and takes a slot for it: every local descriptor against
+    /// this engine's registrations (and holds its region), every remote one against the
+    /// peer's metadata, the two lists pairwise equal in length, the notification within
+    /// both engines' limits. Nothing moves until [`post`](Engine::post).
+    pub fn prepare(
+        &self,
+        op: Op,
+        local: &[Desc],
+        peer: PeerId,
+        remote: &[Desc],
+        notif: Option<&[u8]>,
+    ) -> Result<Handle> {
+        let (allowed, via) = self.validate(local, peer, remote, notif)?;
+        self.core.ring.acquire_try(|t: &mut Transfer| {
+            let sides = (&mut t.local[..], &mut t.own[..]);
+            t.via = self.hold_sides(local, (allowed, via), remote, sides, Holder::Slot(t.slot))?;
+            t.op = op;
+            t.peer = peer.0;
+            t.count = local.len();
+            // Only a peer's transfer reads them (one to the engine itself has them
+            // resolved in `own`). Element by element: a transfer has few descriptors,
+            // and `copy_from_slice` is a call to `memcpy`.
+            if allowed != Allowed::Anything {
+                for (to, from) in t.remote.iter_mut().zip(remote) {
+                    *to = *from;
+                }
+            }
+            t.notif_len = notif.map(|n| {
+                t.notif[..n.len()].copy_from_slice(n);
+                n.len()
+            });
+            Ok(())
+        })
+    }
+
+    /// Every check of [`prepare`](Engine::prepare) that does not touch the registry;
+    /// says what the local descriptors may name and which transport moves a transfer
+    /// to a peer (one to the engine itself is routed when resolved).
+    #[inline(always)]
+    pub(super) fn validate(
+        &self,
+        local: &[Desc],
+        peer: PeerId,
+        remote: &[Desc],
+        notif: Option<&[u8]>,
+    ) -> Result<(Allowed, Via)> {
+        let max = self.config.max_descs_per_xfer;
+        if local.len() > max {
+            return Err(Error::TooManyDescriptors {
+                count: local.len(),
+                max,
+            });
+        }
+        if local.len() != remote.len() {
+            return Err(Error::LengthMismatch {
+                what: "descriptor count",
+                local: local.len() as u64,
+                remote: remote.len() as u64,
+            });
+        }
+        if local.is_empty() && notif.is_none() {
+            return Err(Error::InvalidDescriptor {
+                reason: "a transfer needs descriptors or a notification",
+            });
+        }
+        if let Some((l, r)) = local.iter().zip(remote).find(|(l, r)| l.len != r.len) {
+            return Err(Error::LengthMismatch {
+                what: "length of a descriptor pair",
+                local: l.len,
+                remote: r.len,
+            });
+        }
+        if peer == PeerId::SELF {
+            // Checked when resolved, against this engine's own registrations.
+            return match notif {
+                Some(_) => Err(Error::InvalidDescriptor {
+                    reason: "a transfer to this engine itself has no peer to notify",
+                }),
+                None => Ok((Allowed::Anything, Via::Memory)),
+            };
+        }
+        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+        let p = peers.get(peer.0 as usize).ok_or(Error::UnknownPeer { peer: peer.0 })?;
+        if let Some(n) = notif {
+            let max = self.config.max_notif_bytes.min(p.max_notif_bytes);
+            if n.len() > max {
+                return Err(Error::NotificationTooLarge { len: n.len(), max });
+            }
+        }
+        remote.iter().try_for_each(|d| p.check(d))?;
+        // GPU memory moves to a peer only through a transport that registered it.
+        let allowed = if p.link.keyed() {
+            Allowed::Keyed
+        } else {
+            Allowed::Memory
+        };
+        Ok((allowed, p.link.via()))
+    }
+
+    /// Resolves a transfer's local descriptors, and for a transfer to [`PeerId::SELF`]
+    /// its "remote" ones too (files allowed on either side, never on both of a pair),
+    /// and records their regions as held by `holder`; says which transport moves the
+    /// transfer (for one to [`PeerId::SELF`], decided from what its pairs name). On
+    /// error it holds nothing.
+    #[inline]
+    pub(super) fn hold_sides(
+        &self,
+        local: &[Desc],
+        (allowed, via): (Allowed, Via),
+        remote: &[Desc],
+        (local_out, own_out): (&mut [Resolved], &mut [Resolved]),
+        holder: Holder,
+    ) -> Result<Via> {
+        let registry = &self.core.shared.registry;
+        let pinner = registry.pinner();
+        if allowed != Allowed::Anything {
+            pinner.hold_all(local, local_out, allowed, holder)?;
+            return Ok(via);
+        }
+        let pairs = pinner.hold_pairs(local, remote, (local_out, own_out), holder)?;
+        drop(pinner);
+        self.core.transports.own_route(pairs).inspect_err(|_| registry.let_go(holder))
+    }
+
+    /// Starts a prepared transfer. With the `local` transport the bytes move before
+    /// `post` returns, and the notification, if any, is queued at the peer after the
+    /// last byte landed.
+    ///
+    /// If the peer's inbox is full the call fails with [`Error::InboxFull`] and the
+    /// transfer stays prepared: retry later, or release it.
+    pub fn post(&self, handle: Handle) -> Result<()> {
+        // RESERVED → POSTED first: from here until the transfer's completion the slot
+        // cannot be freed (a concurrent release only detaches it), and `posted` grants
+        // reading its context until it is dropped.
+        let posted = self.core.ring.start(handle)?;
+        let mut sink = |h, o| self.core.complete(h, o);
+        let t = posted.context();
+        let via = t.via;
+        let started = if t.peer == PeerId::SELF.0 {
+            self.core.transports.start(via, &t.xfer(handle, None), &mut sink)
+        } else {
+            self.peer(t.peer)
+                .and_then(|peer| self.core.transports.start(via, &t.xfer(handle, Some(&peer.link)), &mut sink))
+        };
+        // The transfer is handed on (to its transport, or to the exit function) only
+        // after this: until then nothing can complete it and reclaim the context.
+        drop(posted);
+        match started {
+            Ok(Started::Ended(outcome)) => {
+                sink(handle, outcome);
+                Ok(())
+            }
+            Ok(Started::Handed(word)) => {
+                self.core.transports.launch(via, handle, word, &mut sink);
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing moved and no transport kept it: prepared again (or, if
+                // released meanwhile, cancelled and freed).
+                let registry = &self.core.shared.registry;
+                self.core.ring.unpost_with(handle, |t| reclaim(registry, t));
+                Err(e)
+            }
+        }
+    }
+
+    /// Drives the transports that need it (the fabric's data progress is manual with
+    /// the providers ringxfer uses): reads completions and ends finished transfers.
+    /// Returns the number of completion entries handled. `status`, `wait` and
+    /// `pop_notification` call it too; call it yourself when the engine only serves
+    /// others (or configure `FabricConfig::progress_thread`). Never allocates.
+    pub fn progress(&self) -> usize {
+        self.core.progress()
+    }
+
+    /// Where a transfer is (after driving progress once).
+    pub fn status(&self, handle: Handle) -> Result<Status> {
+        self.core.progress();
+        self.core.ring.status(handle)
+    }
+
+    /// Waits until the transfer ends or `timeout` passes ([`Error::Timeout`]; the
+    /// transfer goes on), driving progress meanwhile. Spins briefly, then yields for
+    /// up to 2 ms, then sleeps in growing steps (up to 0.5 ms), so a long wait does
+    /// not hold a core.
+    pub fn wait(&self, handle: Handle, timeout: Duration) -> Result<Status> {
+        // A file transfer still queued runs here, on the waiting thread (a released
+        // handle's is left to the workers: the status check refuses it first).
+        self.core.ring.status(handle)?;
+        if let Some((job, cancelled)) = self.core.transports.steal_job(handle) {
+            self.core.run_job(job, cancelled);
+            // Ended here (unless released meanwhile by another thread: then the status
+            // check below refuses the handle).
+            let status = self.core.ring.status(handle)?;
+            if status.is_terminal() {
+                return Ok(status);
+            }
+        }
+        // The clock is read only once the transfer is found unfinished: a stolen
+        // file transfer (or a quick one) ends without a clock read.
+        let mut start = None;
+        let backoff = crossbeam_utils::Backoff::new();
+        let mut sleep = Duration::from_micros(10);
+        loop {
+            self.core.progress();
+            let status = self.core.ring.status(handle)?;
+            if status.is_terminal() {
+                return Ok(status);
+            }
+            let waited = start.get_or_insert_with(Instant::now).elapsed();
+            if waited >= timeout {
+                return Err(Error::Timeout { handle });
+            }
+            if waited < Duration::from_micros(50) {
+                // Each turn reads the completion queues, and a transfer an I/O worker
+                // is running usually ends within this: spinning keeps a yield's
+                // latency (microseconds) off it.
+                std::hint::spin_loop();
+            } else if !backoff.is_completed() {
+                backoff.snooze();
+            } else if waited < Duration::from_millis(2) {
+                // Most transfers end within this (a fabric window of them too, and
+                // each turn drives progress): yielding keeps the latency of a
+                // sleep-and-wake (tens of microseconds) off them.
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(sleep);
+                sleep = (sleep * 2).min(Duration::from_micros(500));
+            }
+        }
+    }
+
+    /// Cancels a transfer: one not yet posted ends CANCELLED at once; one in flight is
+    /// left to its transport ([`CancelResult::InFlight`]).
+    pub fn cancel(&self, handle: Handle) -> Result<CancelResult> {
+        let result = self.core.ring.cancel(handle)?;
+        if result == CancelResult::InFlight {
+            // A file transfer still queued then ends CANCELLED instead of running.
+            self.core.transports.cancel(handle);
+        }
+        Ok(result)
+    }
+
+    /// Gives the handle up. An ended or never-posted transfer frees its slot and
+    /// lets go of its regions now; one in flight is detached and freed by its completion.
+    pub fn release(&self, handle: Handle) -> Result<Released> {
+        let registry = &self.core.shared.registry;
+        self.core.ring.release_with(handle, |t| reclaim(registry, t))
+    }
+
+    /// Sends a notification on its own (it still takes a slot, so it has a generation
+    /// and the peer can tell a duplicate from a new one).
+    pub fn notify(&self, peer: PeerId, payload: &[u8]) -> Result<()> {
+        let h = self.prepare(Op::Write, &[], peer, &[], Some(payload))?;
+        let posted = self.post(h);
+        self.release(h)?;
+        posted
+    }
+
+    /// Pops the oldest notification into `buf` (which must hold `max_notif_bytes`).
+    pub fn pop_notification(&self, buf: &mut [u8]) -> Result<Option<Notification>> {
+        self.core.progress();
+        self.core.shared.inbox.pop(buf)
+    }
+}

@@ -1,0 +1,439 @@
+//! [`Engine`]: the control path (registration, metadata, peers) and the hot path
+//! (prepare, post, status, wait, cancel, release, notify, pop a notification), on the
+//! slot ring and the transports.
+//!
+//! Everything the hot path uses is allocated by [`Engine::new`]: the slot ring, each
+//! slot's descriptor storage (`max_descs_per_xfer` entries) and notification buffer
+//! (`max_notif_bytes`), the registration table, the peer table and the notification
+//! inbox. Afterwards the hot path only reads tables (under short read locks that are
+//! never held across I/O) and moves bytes.
+//!
+//! The engine names no transport: it asks [`Transports`] which one moves a transfer
+//! (at prepare) and hands it everything else. One file per job:
+//!
+//! - `config.rs`: [`Config`];
+//! - this file: the engine, what its threads share ([`Core`]), `Engine::new` and drop;
+//! - `control.rs`: memory registration, metadata and peers;
+//! - `hot.rs`: prepare, post, progress, status, wait, cancel, release, notify, pop;
+//! - `lists.rs`: prepared descriptor lists;
+//! - `stats.rs`: the counters and the ledger;
+//! - `server.rs`: metadata over TCP.
+
+mod config;
+mod control;
+mod hot;
+mod lists;
+mod server;
+mod stats;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub use self::config::Config;
+pub use self::lists::ListId;
+use self::lists::ListEntry;
+pub use self::server::{MetadataServer, fetch_metadata};
+pub use self::stats::EngineStats;
+use crate::backend::{Link, Transports, WORKER_QUIET, Xfer};
+use crate::error::{Error, Result};
+use crate::mem::{Holder, Registry, Resolved};
+use crate::notify::{Geometry, Inbox, InboxMap, inbox_name};
+use crate::peer::Peer;
+use crate::ring::{Handle, Job, Outcome, SlotRing};
+use crate::shared::Shared;
+use crate::sys::shm;
+use crate::types::{Desc, Op, RegionId};
+use crate::wire::metadata::Metadata;
+
+/// One slot's transfer context, allocated once per slot and reused.
+pub(crate) struct Transfer {
+    /// The ring slot this context belongs to: its row of the registry's holds.
+    slot: usize,
+    op: Op,
+    /// Which transport moves it, decided at prepare.
+    via: crate::backend::Via,
+    peer: u32,
+    count: usize,
+    /// Local descriptors, resolved (and their regions held) from prepare until the slot
+    /// is freed.
+    local: Box<[Resolved]>,
+    remote: Box<[Desc]>,
+    /// For transfers to [`PeerId::SELF`](crate::PeerId::SELF): the remote descriptors
+    /// resolved (and held) against this engine's own registrations.
+    own: Box<[Resolved]>,
+    notif: Box<[u8]>,
+    notif_len: Option<usize>,
+}
+
+impl Transfer {
+    /// The transfer as its transport sees it.
+    #[inline(always)]
+    fn xfer<'a>(&'a self, handle: Handle, link: Option<&'a Link>) -> Xfer<'a> {
+        let n = self.count;
+        Xfer {
+            handle,
+            op: self.op,
+            local: &self.local[..n],
+            own: &self.own[..n],
+            remote: &self.remote[..n],
+            notif: self.notif_len.map(|len| &self.notif[..len]),
+            peer: self.peer,
+            link,
+        }
+    }
+}
+
+/// What the engine's threads share: the ring, the engine's shared half and the
+/// transports.
+pub(crate) struct Core {
+    pub(crate) ring: SlotRing<Transfer>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) transports: Transports,
+}
+
+impl Core {
+    /// The ring's one exit function for this engine's transfers: ends `handle` with
+    /// `outcome` and, if that frees its slot, lets go of its regions. False if refused
+    /// (a duplicate or stale completion).
+    #[inline]
+    pub(crate) fn complete(&self, handle: Handle, outcome: Outcome) -> bool {
+        let registry = &self.shared.registry;
+        self.ring.complete_with(handle, outcome, |t| reclaim(registry, t))
+    }
+
+    /// Drives the asynchronous transports: reads completions and ends finished
+    /// transfers.
+    #[inline]
+    pub(crate) fn progress(&self) -> usize {
+        self.transports
+            .progress(&mut |h, o| self.complete(h, o), &|h, code| self.ring.expire(h, code))
+    }
+
+    /// A worker thread's loop: run the transports' jobs until the engine shuts down.
+    fn work(&self) {
+        let mut quiet = WORKER_QUIET;
+        while let Some((job, cancelled)) = self.transports.next_job(&mut quiet) {
+            self.run_job(job, cancelled);
+        }
+    }
+
+    /// Runs (or cancels) one job taken from the transports, and ends its transfer.
+    #[inline]
+    fn run_job(&self, job: Job, cancelled: bool) {
+        let handle = job.handle();
+        let outcome = if cancelled {
+            Outcome::Cancelled
+        } else {
+            // The job's holder alone ends the transfer, after `posted` is dropped.
+            let posted = self.ring.resume(job);
+            self.transports.run_job(&posted.context().xfer(handle, None))
+        };
+        self.complete(handle, outcome);
+    }
+
+    /// The metadata blob describing this engine now.
+    pub(crate) fn metadata(&self) -> Result<Vec<u8>> {
+        let shared = &self.shared;
+        let md = Metadata {
+            engine_name: shared.name.clone(),
+            engine_id: shared.engine_id,
+            process_id: std::process::id(),
+            backends: self.transports.publish(&shared.registry),
+            regions: shared.registry.regions(),
+        };
+        Ok(md.encode()?)
+    }
+}
+
+/// A transfer engine. See the crate docs and the README for the whole picture.
+///
+/// ```
+/// use ringxfer::{Config, Desc, Engine, Op, Status};
+/// use std::time::Duration;
+///
+/// let a = Engine::new(Config { name: "a".into(), ..Config::default() })?;
+/// let b = Engine::new(Config { name: "b".into(), ..Config::default() })?;
+/// let src = a.alloc_region(4096)?;
+/// let dst = b.alloc_region(4096)?;
+/// a.write_region(src, 0, b"kv block")?;
+///
+/// let peer = a.load_peer(&b.local_metadata()?)?;
+/// let h = a.prepare(Op::Write, &[Desc::new(src, 0, 8)], peer, &[Desc::new(dst, 0, 8)], Some(b"done"))?;
+/// a.post(h)?;
+/// assert_eq!(a.wait(h, Duration::from_secs(1))?, Status::Done);
+/// a.release(h)?;
+///
+/// let mut note = [0u8; 256];
+/// let n = b.pop_notification(&mut note)?.expect("delivered after the write");
+/// assert_eq!(&note[..n.len], b"done");
+/// let mut out = [0u8; 8];
+/// b.read_region(dst, 0, &mut out)?;
+/// assert_eq!(&out, b"kv block");
+/// # Ok::<(), ringxfer::Error>(())
+/// ```
+pub struct Engine {
+    config: Config,
+    core: Arc<Core>,
+    workers: Vec<JoinHandle<()>>,
+    /// Bytes allocated by `Engine::new` (see `EngineStats::bytes`).
+    fixed_bytes: u64,
+    /// The progress thread and its stop flag.
+    progress_thread: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    peers: RwLock<Vec<Arc<Peer>>>,
+    lists: RwLock<Vec<ListEntry>>,
+}
+
+static NEXT_ENGINE: AtomicU32 = AtomicU32::new(1);
+
+/// 64 random bits from std's RandomState (seeded from the OS), mixed with `n`.
+fn random(n: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(n);
+    h.finish()
+}
+
+/// A new engine id: pid (for liveness checks) in the high half, random bits in the
+/// low half, so ids differ across restarts and across PID namespaces that share
+/// /dev/shm. The low half is never 0 or all ones (the inbox's "claiming" mark).
+fn new_engine_id() -> u64 {
+    let low = match random(u64::from(NEXT_ENGINE.fetch_add(1, Ordering::Relaxed))) as u32 {
+        0 | u32::MAX => 1,
+        v => v,
+    };
+    u64::from(std::process::id()) << 32 | u64::from(low)
+}
+
+impl Engine {
+    /// Builds an engine, allocating everything it will ever use.
+    pub fn new(config: Config) -> Result<Engine> {
+        config.validate()?;
+        // A random first generation: a handle of another engine is refused as stale
+        // (see `SlotRing::with_contexts_from`).
+        let first_generation = 1 + (random(u64::from(NEXT_ENGINE.load(Ordering::Relaxed))) >> 21);
+        let engine_id = new_engine_id();
+        let opening = Transports::open(config.settings(engine_id))?;
+        let shared = Arc::new(Self::shared_half(&config, engine_id, &opening)?);
+        let transports = opening.finish(&shared)?;
+        let ring = Self::ring(&config, first_generation, &transports)?;
+        let core = Arc::new(Core {
+            ring,
+            shared,
+            transports,
+        });
+        let workers = spawn_workers(&core)?;
+        let progress_thread = match core.transports.wants_progress_thread() {
+            true => match spawn_progress(&core) {
+                Ok(thread) => Some(thread),
+                Err(e) => {
+                    core.transports.stop_workers();
+                    workers.into_iter().for_each(|w| drop(w.join()));
+                    return Err(e);
+                }
+            },
+            false => None,
+        };
+        let fixed_bytes = Self::fixed_bytes(&config, &core);
+        let lists = (0..config.max_prepared_lists).map(|_| ListEntry::default()).collect();
+        Ok(Engine {
+            fixed_bytes,
+            progress_thread,
+            peers: RwLock::new(Vec::with_capacity(config.max_peers)),
+            lists: RwLock::new(lists),
+            config,
+            core,
+            workers,
+        })
+    }
+
+    /// The registry and the inbox: what in-process peers and the transports reach.
+    fn shared_half(config: &Config, engine_id: u64, opening: &crate::backend::Opening<'_>) -> Result<Shared> {
+        let prefix = format!("ringxfer-{engine_id:016x}");
+        // Segments of engines killed before they could unlink them.
+        shm::sweep_dead(&shm::dir());
+        let registry = Registry::new(
+            config.max_registrations,
+            (config.capacity, config.max_prepared_lists, config.max_descs_per_xfer),
+            prefix.clone(),
+            opening.keyring(),
+        )?;
+        let (dir, _) = registry.segments();
+        let inbox = Inbox::new(
+            InboxMap::create(dir, &inbox_name(&prefix), Self::geometry(config))?,
+            config.capacity,
+        );
+        Ok(Shared {
+            name: config.name.clone(),
+            engine_id,
+            capacity: config.capacity,
+            registry,
+            inbox,
+        })
+    }
+
+    fn geometry(config: &Config) -> Geometry {
+        Geometry {
+            lanes: config.max_peers,
+            lane_capacity: config.inbox_capacity,
+            max_bytes: config.max_notif_bytes,
+        }
+    }
+
+    /// The slot ring, every slot's context allocated now.
+    fn ring(config: &Config, first_generation: u64, transports: &Transports) -> Result<SlotRing<Transfer>> {
+        let (d, m) = (config.max_descs_per_xfer, config.max_notif_bytes);
+        let ring = SlotRing::with_contexts_from(config.capacity, first_generation, |slot| Transfer {
+            slot: slot as usize,
+            op: Op::Write,
+            via: Default::default(),
+            peer: 0,
+            count: 0,
+            local: vec![Resolved::default(); d].into_boxed_slice(),
+            remote: vec![Desc::new(RegionId::from_raw(0), 0, 0); d].into_boxed_slice(),
+            own: vec![Resolved::default(); d].into_boxed_slice(),
+            notif: vec![0; m].into_boxed_slice(),
+            notif_len: None,
+        })?;
+        // The slot freed last is taken again first (its lines are still in cache),
+        // unless a transport relies on reuse spreading over every slot.
+        Ok(if transports.allow_reuse_recent() {
+            ring.reuse_recent()
+        } else {
+            ring
+        })
+    }
+
+    /// What `new` allocated, by its largest parts: the slot contexts, the inbox, the
+    /// registration table, and what each transport reports of its own.
+    fn fixed_bytes(config: &Config, core: &Core) -> u64 {
+        let (d, m) = (config.max_descs_per_xfer, config.max_notif_bytes);
+        let per_slot = d * (2 * std::mem::size_of::<Resolved>() + std::mem::size_of::<Desc>()) + m;
+        (config.capacity * per_slot
+            + Self::geometry(config).segment_bytes()
+            + config.max_registrations * std::mem::size_of::<usize>() * 8
+            + core.shared.registry.holds_bytes()
+            + core.transports.bytes()) as u64
+    }
+
+    /// The configuration the engine was built with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// What the engine's threads share (for the test hooks in `crate::testing`).
+    #[cfg(feature = "testing")]
+    pub(crate) fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// The peer `peer`, taken out of the table (an `Arc`: no allocation) so the
+    /// table's lock is not held while bytes move.
+    #[inline]
+    pub(crate) fn peer(&self, peer: u32) -> Result<Arc<Peer>> {
+        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+        peers.get(peer as usize).map(Arc::clone).ok_or(Error::UnknownPeer { peer })
+    }
+}
+
+/// Starts the worker threads the transports need (the file transport's I/O workers).
+fn spawn_workers(core: &Arc<Core>) -> Result<Vec<JoinHandle<()>>> {
+    let count = core.transports.worker_threads();
+    let mut workers = Vec::with_capacity(count);
+    for i in 0..count {
+        let worker_core = Arc::clone(core);
+        match std::thread::Builder::new()
+            .name(format!("ringxfer-io-{i}"))
+            .spawn(move || worker_core.work())
+        {
+            Ok(worker) => workers.push(worker),
+            Err(e) => {
+                // Undo: stop the workers already started.
+                core.transports.stop_workers();
+                workers.into_iter().for_each(|w| drop(w.join()));
+                return Err(Error::io("starting a file I/O worker", &e));
+            }
+        }
+    }
+    Ok(workers)
+}
+
+/// Starts the progress thread (`FabricConfig::progress_thread`).
+fn spawn_progress(core: &Arc<Core>) -> Result<(Arc<AtomicBool>, JoinHandle<()>)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (thread_core, thread_stop) = (Arc::clone(core), Arc::clone(&stop));
+    std::thread::Builder::new()
+        .name(String::from("ringxfer-progress"))
+        .spawn(move || progress_loop(&thread_core, &thread_stop))
+        .map(|thread| (stop, thread))
+        .map_err(|e| Error::io("starting the progress thread", &e))
+}
+
+/// The progress thread's loop: progress, and sleep a little when there is nothing
+/// to do, so an idle engine costs little CPU.
+fn progress_loop(core: &Core, stop: &AtomicBool) {
+    let mut idle_since: Option<Instant> = None;
+    while !stop.load(Ordering::Relaxed) {
+        if core.progress() > 0 {
+            idle_since = None;
+            continue;
+        }
+        // Busy for 200 µs after the last completion (a burst's next operation comes
+        // within that), then 50 µs naps.
+        let since = *idle_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < Duration::from_micros(200) {
+            std::hint::spin_loop();
+        } else {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+}
+
+/// Returns a freed slot's resources: the regions it holds.
+fn reclaim(registry: &Registry, t: &mut Transfer) {
+    registry.let_go(Holder::Slot(t.slot));
+    t.count = 0;
+    t.notif_len = None;
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Debug builds: let the asynchronous transports end what they still hold, then
+        // say (on stderr) if anything is left: a handle never released, a prepared
+        // list, a transfer a provider never gave back. Not a panic: a drop during
+        // unwinding, or with a provider holding slots, must still clean up.
+        if cfg!(debug_assertions) && !std::thread::panicking() {
+            self.core.transports.drain(&mut |h, o| self.core.complete(h, o));
+            for _ in 0..1000 {
+                if self.core.ring.stats().live == 0 {
+                    break;
+                }
+                self.core.progress();
+            }
+            if let Err(e) = self.check_quiescent() {
+                eprintln!("ringxfer: engine {:?} dropped while {e}", self.config.name);
+            }
+        }
+        if let Some((stop, thread)) = self.progress_thread.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = thread.join();
+        }
+        // The workers finish what is queued, then stop; only then can the files close.
+        self.core.transports.stop_workers();
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+        // GPU copies in flight finish before device memory is freed with its region,
+        // and peers in this process no longer find the engine.
+        self.core.transports.quiesce();
+        // The endpoints close before the memory registrations (and the caller's
+        // memory) go: no operation can touch them afterwards.
+        if let Some(core) = Arc::get_mut(&mut self.core) {
+            core.transports.close();
+        }
+        // Peers holding our shared half now find no regions: their transfers fail
+        // instead of writing memory the caller may free after this.
+        self.core.shared.registry.clear();
+    }
+}

@@ -1,0 +1,91 @@
+//! The counters and the resource ledger: [`EngineStats`], [`Engine::stats`] and
+//! [`Engine::check_quiescent`].
+
+use super::Engine;
+use crate::backend::fabric::FabricStats;
+#[cfg(feature = "testing")]
+use crate::backend::sim::SimStats;
+use crate::error::{Error, Result};
+use crate::ring::RingStats;
+
+/// Counters and the resource ledger, from [`Engine::stats`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineStats {
+    /// The slot ring's counters (live slots, completions by outcome, stale completions…).
+    pub ring: RingStats,
+    /// Live memory registrations.
+    pub registrations: usize,
+    /// Regions held: by transfers whose slots are not yet freed and by prepared lists
+    /// (one per run of a side's descriptors naming one region), plus control-path
+    /// copies (`read_region`, `write_region`) in progress.
+    pub pins: u64,
+    /// Peers loaded.
+    pub peers: usize,
+    /// Prepared lists alive.
+    pub prepared_lists: usize,
+    /// File descriptors held by file registrations (one per registered file, opened
+    /// at registration, closed at deregistration: never one per transfer).
+    pub open_files: usize,
+    /// Notifications waiting in this engine's inbox.
+    pub notifications_queued: usize,
+    /// Notifications popped.
+    pub notifications_delivered: u64,
+    /// Notifications dropped as duplicates or stale arrivals.
+    pub notifications_stale: u64,
+    /// The fabric transport's receiver counters (all zero without it).
+    pub fabric: FabricStats,
+    /// CUDA events alive: one per slot, created at `Engine::new` and destroyed at
+    /// drop, whatever the transfers did (0 without the cuda transport).
+    pub cuda_events: usize,
+    /// What the sim transport did (all zero without it; cargo feature `testing`).
+    #[cfg(feature = "testing")]
+    pub sim: SimStats,
+    /// Bytes the engine holds: what `Engine::new` allocated (slot contexts, the
+    /// inbox segment, transports' per-slot state and buffers), fixed for its life,
+    /// plus the regions it allocated (`alloc_region`, `alloc_vram`).
+    pub bytes: u64,
+}
+
+impl Engine {
+    /// Checks that the engine holds nothing for transfers: no slot held (reserved,
+    /// in flight, or ended but not released), no region held by a transfer. Prepared
+    /// lists hold regions of their own and count as holding until released. The error
+    /// names what is still held; registrations (the caller's to keep) are not counted.
+    pub fn check_quiescent(&self) -> Result<()> {
+        let s = self.stats();
+        if s.ring.live == 0 && s.pins == 0 && s.prepared_lists == 0 && s.ring.acquired == s.ring.freed {
+            return Ok(());
+        }
+        Err(Error::NotQuiescent {
+            live_slots: s.ring.live,
+            pins: s.pins,
+            prepared_lists: s.prepared_lists,
+        })
+    }
+
+    /// Counters and the resource ledger.
+    pub fn stats(&self) -> EngineStats {
+        let (registrations, pins, open_files) = self.core.shared.registry.counts();
+        let lists = self.lists.read().unwrap_or_else(|e| e.into_inner());
+        let prepared_lists = lists.iter().filter(|e| e.list.is_some()).count();
+        drop(lists);
+        let (notifications_queued, notifications_delivered, notifications_stale) = self.core.shared.inbox.counts();
+        let transports = self.core.transports.stats();
+        EngineStats {
+            ring: self.core.ring.stats(),
+            registrations,
+            pins,
+            peers: self.peers.read().unwrap_or_else(|e| e.into_inner()).len(),
+            prepared_lists,
+            open_files,
+            notifications_queued,
+            notifications_delivered,
+            notifications_stale,
+            fabric: transports.fabric,
+            cuda_events: transports.cuda_events,
+            #[cfg(feature = "testing")]
+            sim: transports.sim,
+            bytes: self.fixed_bytes + self.core.shared.registry.owned_bytes(),
+        }
+    }
+}
