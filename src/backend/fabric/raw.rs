@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use super::api;
 use super::domain::{Domain, Endpoint};
 use super::sys;
-use crate::Op;
+use crate::types::Op;
 use crate::error::{Error, Result};
 
 /// One measured run of the raw loop.
