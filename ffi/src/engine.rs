@@ -1,0 +1,45 @@
+//! An engine's lifetime: the opaque `rx_engine`, `rx_engine_new` and `rx_engine_free`.
+
+use ringxfer::{Config, Engine};
+
+use crate::boundary::{guard, need, put};
+use crate::config::{config_from, rx_config};
+use crate::status::{rx_status, rx_status as S};
+
+/// An engine. Opaque: made by `rx_engine_new`, freed by `rx_engine_free`.
+pub struct rx_engine {
+    _private: [u8; 0],
+}
+
+/// Creates an engine, allocating everything it will use, and writes it to `*out`.
+/// `config` NULL means all defaults.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rx_engine_new(config: *const rx_config, out: *mut *mut rx_engine) -> rx_status {
+    guard(|| {
+        tri!(need(out));
+        // SAFETY: the caller promises NULL or a readable rx_config.
+        let c = match unsafe { config.as_ref() } {
+            // SAFETY: the caller promises NULL or a NUL-terminated string in each of the
+            // config's string fields.
+            Some(cfg) => tri!(unsafe { config_from(cfg) }),
+            None => Config::default(),
+        };
+        let engine = rx!(Engine::new(c));
+        let ptr = Box::into_raw(Box::new(engine)).cast::<rx_engine>();
+        // SAFETY: checked non-NULL above.
+        unsafe { put(out, ptr) }
+    })
+}
+
+/// Frees an engine: its regions, segments and inbox go with it. NULL is a no-op. The
+/// engine must not be in use by another thread, and is dangling afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rx_engine_free(engine: *mut rx_engine) {
+    let _ = guard(|| {
+        if !engine.is_null() {
+            // SAFETY: the caller promises a pointer from rx_engine_new, freed once.
+            drop(unsafe { Box::from_raw(engine.cast::<Engine>()) });
+        }
+        S::RX_OK
+    });
+}
