@@ -11,14 +11,14 @@ use ringxfer::{Config, Desc, Engine, Op, Status};
 
 #[path = "support/counting.rs"]
 mod counting;
-#[path = "support/fabric_engine.rs"]
-mod fabric_engine;
+#[path = "support/skip.rs"]
+mod skip;
 
 #[global_allocator]
 static GLOBAL: counting::Counting = counting::Counting;
 
 fn engine(name: &str, provider: &str, progress_thread: bool) -> Option<Engine> {
-    fabric_engine::fabric_engine(Config {
+    skip::fabric_engine(Config {
         name: name.into(),
         capacity: 64,
         fabric: Some(FabricConfig {

@@ -8,7 +8,11 @@ use std::time::Duration;
 
 use ringxfer::{Config, CudaConfig, Desc, Engine, Error, Op, Status};
 
-/// An engine with CUDA, or `None` (printed) when there is no GPU and none is required.
+#[path = "support/skip.rs"]
+mod skip;
+
+/// An engine with CUDA, or `None` (a `SKIPPED:` line) when there is no GPU and none is
+/// required.
 fn gpu_engine() -> Option<Engine> {
     let config = Config {
         name: "gpu".into(),
@@ -18,8 +22,12 @@ fn gpu_engine() -> Option<Engine> {
     };
     match Engine::new(config) {
         Ok(e) => Some(e),
-        Err(Error::CudaUnavailable { reason }) if std::env::var_os("RINGXFER_REQUIRE_GPU").is_none() => {
-            eprintln!("skipped: no GPU ({reason}); set RINGXFER_REQUIRE_GPU=1 to make this a failure");
+        Err(Error::CudaUnavailable { reason }) => {
+            skip::skip(
+                skip::REQUIRE_GPU,
+                &format!("no GPU ({reason})"),
+                "run on a machine with an NVIDIA GPU and its driver",
+            );
             None
         }
         Err(e) => panic!("CUDA engine: {e}"),

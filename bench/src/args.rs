@@ -1,0 +1,232 @@
+//! The command line: options, defaults and their checks.
+
+use ringxfer::Op;
+
+/// Rounds per configuration by default (`--rounds`): engine and baseline alternate,
+/// medians reported.
+const ROUNDS: usize = 5;
+
+const USAGE: &str = "\
+ringxfer-bench: bandwidth and latency of ringxfer transfers against an in-run memcpy baseline
+
+USAGE: ringxfer-bench [OPTIONS]
+
+OPTIONS:
+  --backend local|file|fabric|cuda  transport (default local); `file` moves blocks between
+                             memory and a file, against a pread/pwrite baseline;
+                             `fabric` moves them between two engines over libfabric,
+                             against a raw fi_writedata/fi_read loop on the same
+                             provider with the same window
+                             `cuda` moves them between host and GPU memory (or GPU
+                             and GPU) against a raw cudarc copy loop with the same
+                             window
+  --initiator-seg dram|vram  with --backend cuda: the initiator's memory (default dram)
+  --target-seg dram|vram     with --backend cuda: the target's memory (default vram)
+  --provider NAME            with --backend fabric: tcp, shm, verbs, efa, ... (default:
+                             libfabric's choice, or RINGXFER_FI_PROVIDER)
+  --window N                 transfers in flight per thread (default 1; 16 with
+                             --backend fabric or cuda)
+  --path DIR                 with --backend file: the directory for the data file
+  --mapped                   with --backend file: register the file mapped (memcpy to
+                             and from the mapping instead of pread/pwrite)
+  --op write|read            direction, initiator's view (default write)
+  --start-block-size SIZE    first block size (default 4K; K, M, G suffixes)
+  --max-block-size SIZE      last block size, doubling (default 64M)
+  --start-batch-size N       first descriptors per transfer (default 1)
+  --max-batch-size N         last, doubling (default 1)
+  --num-iter N               transfers per configuration (default 1000)
+  --warmup-iter N            untimed transfers first (default 100)
+  --rounds N                 rounds per configuration, engine and baseline alternating,
+                             each of --num-iter transfers (odd, 1..=99; default 5): the
+                             ratio is the median of the rounds' own ratios, so more
+                             and shorter rounds track a noisy machine more closely.
+                             These rounds read the clock only at their start and
+                             end; one more engine round, in which one transfer in 8
+                             is timed, gives the prepare, post and transfer latency
+                             columns
+  --max-bytes-per-config SIZE  fewer iterations for big blocks so each configuration
+                             moves at most this much (default 2G; 0 = no cap)
+  --threads N                initiator threads sharing the engine (default 1)
+  --two-process              the target engine runs in a child process this tool
+                             starts (shared-memory transport) instead of in-process
+  --json FILE                also write the results as JSON
+  --soak SECONDS             instead of the sweep: random transfers (sizes up to the
+                             max block, cancels, releases in flight) on every thread
+                             for SECONDS, printing the ledger every 2 s; fails if
+                             anything is left held
+  -h, --help                 this text
+";
+
+#[derive(Clone, Debug)]
+pub(crate) struct Args {
+    pub(crate) op: Op,
+    pub(crate) start_block: u64,
+    pub(crate) max_block: u64,
+    pub(crate) start_batch: u64,
+    pub(crate) max_batch: u64,
+    pub(crate) num_iter: u64,
+    pub(crate) warmup_iter: u64,
+    /// `--rounds`: engine/baseline round pairs per configuration (odd).
+    pub(crate) rounds: usize,
+    pub(crate) max_bytes_per_config: u64,
+    pub(crate) threads: usize,
+    pub(crate) two_process: bool,
+    /// `--backend file`: transfers between memory and a file in `path`.
+    pub(crate) file: bool,
+    pub(crate) path: Option<String>,
+    /// `--mapped`: register the data file mapped.
+    pub(crate) mapped: bool,
+    /// `--backend fabric`: two engines over libfabric, against a raw RMA loop.
+    pub(crate) fabric: bool,
+    pub(crate) provider: Option<String>,
+    /// Transfers in flight per thread.
+    pub(crate) window: usize,
+    /// `--backend cuda`: host/GPU copies in one engine, against a raw cudarc loop.
+    pub(crate) cuda: bool,
+    pub(crate) initiator_vram: bool,
+    pub(crate) target_vram: bool,
+    pub(crate) serve_target: Option<u64>,
+    pub(crate) json: Option<String>,
+    /// `--soak SECONDS`: random transfers for that long, the ledger every 2 s.
+    pub(crate) soak: Option<u64>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, mult) = match s.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&s[..s.len() - 1], 1 << 10),
+        Some('M') => (&s[..s.len() - 1], 1 << 20),
+        Some('G') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("not a size: {s:?} (use e.g. 4096, 4K, 64M)"))
+}
+
+/// `dram` or `vram`: whether a side is GPU memory.
+fn segment(s: &str) -> Result<bool, String> {
+    match s {
+        "dram" => Ok(false),
+        "vram" => Ok(true),
+        other => Err(format!("a segment is dram or vram, not {other:?}")),
+    }
+}
+
+pub(crate) fn parse_args() -> Result<Args, String> {
+    use lexopt::prelude::*;
+    let mut a = Args {
+        op: Op::Write,
+        start_block: 4 << 10,
+        max_block: 64 << 20,
+        start_batch: 1,
+        max_batch: 1,
+        num_iter: 1000,
+        warmup_iter: 100,
+        rounds: ROUNDS,
+        max_bytes_per_config: 2 << 30,
+        threads: 1,
+        two_process: false,
+        file: false,
+        path: None,
+        mapped: false,
+        fabric: false,
+        provider: None,
+        window: 0,
+        cuda: false,
+        initiator_vram: false,
+        target_vram: true,
+        serve_target: None,
+        json: None,
+        soak: None,
+    };
+    let mut parser = lexopt::Parser::from_env();
+    let value = |p: &mut lexopt::Parser| -> Result<String, String> {
+        p.value()
+            .map_err(|e| e.to_string())?
+            .into_string()
+            .map_err(|_| "option value is not UTF-8".to_string())
+    };
+    let number = |s: String| s.parse::<u64>().map_err(|_| format!("not a number: {s:?}"));
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("backend") => {
+                (a.file, a.fabric, a.cuda) = match value(&mut parser)?.as_str() {
+                    "local" => (false, false, false),
+                    "file" => (true, false, false),
+                    "fabric" => (false, true, false),
+                    "cuda" if cfg!(feature = "cuda") => (false, false, true),
+                    other => {
+                        return Err(format!(
+                            "backend {other:?} is not available (local, file, fabric or cuda)"
+                        ));
+                    }
+                }
+            }
+            Long("initiator-seg") => a.initiator_vram = segment(&value(&mut parser)?)?,
+            Long("target-seg") => a.target_vram = segment(&value(&mut parser)?)?,
+            Long("provider") => a.provider = Some(value(&mut parser)?),
+            Long("window") => a.window = number(value(&mut parser)?)? as usize,
+            Long("path") => a.path = Some(value(&mut parser)?),
+            Long("mapped") => a.mapped = true,
+            Long("op") => {
+                a.op = match value(&mut parser)?.to_ascii_lowercase().as_str() {
+                    "write" => Op::Write,
+                    "read" => Op::Read,
+                    other => return Err(format!("--op is write or read, not {other:?}")),
+                }
+            }
+            Long("start-block-size") => a.start_block = parse_size(&value(&mut parser)?)?,
+            Long("max-block-size") => a.max_block = parse_size(&value(&mut parser)?)?,
+            Long("start-batch-size") => a.start_batch = number(value(&mut parser)?)?,
+            Long("max-batch-size") => a.max_batch = number(value(&mut parser)?)?,
+            Long("num-iter") => a.num_iter = number(value(&mut parser)?)?,
+            Long("warmup-iter") => a.warmup_iter = number(value(&mut parser)?)?,
+            Long("rounds") => a.rounds = number(value(&mut parser)?)? as usize,
+            Long("max-bytes-per-config") => a.max_bytes_per_config = parse_size(&value(&mut parser)?)?,
+            Long("threads") => a.threads = number(value(&mut parser)?)? as usize,
+            Long("json") => a.json = Some(value(&mut parser)?),
+            Long("soak") => a.soak = Some(number(value(&mut parser)?)?),
+            Long("two-process") => a.two_process = true,
+            Long("serve-target") => a.serve_target = Some(number(value(&mut parser)?)?),
+            Short('h') | Long("help") => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("{}\n\n{USAGE}", other.unexpected())),
+        }
+    }
+    if a.start_block == 0 || a.start_block > a.max_block {
+        return Err("need 0 < --start-block-size <= --max-block-size".into());
+    }
+    if a.start_batch == 0 || a.start_batch > a.max_batch || a.max_batch > 65536 {
+        return Err("need 0 < --start-batch-size <= --max-batch-size <= 65536".into());
+    }
+    if (a.file || a.fabric || a.cuda) && a.two_process {
+        return Err("--two-process goes with --backend local".into());
+    }
+    if a.provider.is_some() && !a.fabric {
+        return Err("--provider goes with --backend fabric".into());
+    }
+    if a.window == 0 {
+        a.window = if a.fabric || a.cuda { 16 } else { 1 };
+    }
+    if a.window > 512 {
+        return Err("need --window <= 512".into());
+    }
+    if a.mapped && !a.file {
+        return Err("--mapped goes with --backend file".into());
+    }
+    if a.file && a.path.is_none() {
+        return Err("--backend file needs --path DIR".into());
+    }
+    if a.threads == 0 || a.threads > 64 || a.num_iter == 0 {
+        return Err("need 1 <= --threads <= 64 and --num-iter >= 1".into());
+    }
+    if a.rounds.is_multiple_of(2) || a.rounds > 99 {
+        return Err("--rounds must be odd, 1 ..= 99 (the median is one round)".into());
+    }
+    Ok(a)
+}
