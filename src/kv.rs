@@ -17,12 +17,12 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::types::Op;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::mem::FileOptions;
-use crate::types::{Desc, RegionId};
 use crate::ring::Status;
+use crate::types::Op;
+use crate::types::{Desc, RegionId};
 
 /// How a [`KvStore`] is laid out. Capacity = `files × blocks_per_file` values.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -35,8 +35,8 @@ mod kv;
 mod mem;
 mod notify;
 mod peer;
-mod shared;
 pub mod ring;
+mod shared;
 mod sys;
 #[cfg(feature = "testing")]
 mod testing;
@@ -54,7 +54,9 @@ pub use error::{Error, Result};
 pub use kv::{KvConfig, KvStore};
 pub use mem::FileOptions;
 pub use notify::{Notification, SenderId};
-pub use types::{CancelResult, Desc, FailCode, FailSource, Handle, Op, Outcome, PeerId, RegionId, Released, Status, TransportId};
+pub use types::{
+    CancelResult, Desc, FailCode, FailSource, Handle, Op, Outcome, PeerId, RegionId, Released, Status, TransportId,
+};
 
 /// The README's examples compile and run as doctests.
 #[cfg(doctest)]

@@ -15,14 +15,13 @@
 //! transfer. Control-path copies (`read_region`, `write_region`) pin the region with a
 //! per-entry counter for the length of the copy instead.
 
-
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
+use crate::error::{Error, Result};
 use crate::sys::regtable::RegTable;
 use crate::sys::shm::{self, Segment};
-use crate::error::{Error, Result};
 use crate::types::{Desc, INDEX_BITS, RegionId};
 use crate::wire::metadata::{MemKind, RegionInfo};
 

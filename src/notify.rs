@@ -28,9 +28,9 @@
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::sys::shm::Segment;
 use crate::error::{Error, Result};
 use crate::ring::Handle;
+use crate::sys::shm::Segment;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"RXINBOX1");
 const HEADER_BYTES: usize = 64;

@@ -17,7 +17,13 @@ pub(crate) struct Peer {
 
 impl Peer {
     /// A peer described by its metadata (`regions` in any order), reached by `link`.
-    pub(crate) fn new(name: String, engine_id: u64, mut regions: Vec<RegionInfo>, max_notif_bytes: usize, link: Link) -> Peer {
+    pub(crate) fn new(
+        name: String,
+        engine_id: u64,
+        mut regions: Vec<RegionInfo>,
+        max_notif_bytes: usize,
+        link: Link,
+    ) -> Peer {
         regions.sort_by_key(|r| r.id);
         Peer {
             name,

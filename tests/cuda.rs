@@ -283,7 +283,11 @@ fn fake_driver_child() {
     for (what, name) in [(1, "cuEventRecord"), (2, "cuMemcpy*Async"), (3, "cuEventQuery")] {
         fake.fail_next(what);
         match run(Op::Write, Desc::new(host, 0, 4096), Desc::new(gpu, 0, 4096)) {
-            Status::Failed(code) => assert_eq!(code.source(), FailSource::Transport(ringxfer::TransportId::CUDA), "{name}"),
+            Status::Failed(code) => assert_eq!(
+                code.source(),
+                FailSource::Transport(ringxfer::TransportId::CUDA),
+                "{name}"
+            ),
             other => panic!("a failed {name} ended the transfer {other:?}"),
         }
         for _ in 0..CAPACITY {

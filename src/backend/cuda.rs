@@ -14,16 +14,16 @@
 //! recorded — an unrecorded event reads as "complete", which is how the same engine's
 //! unchecked record turned into silent corruption.
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys;
 
 use super::cuda_config::CudaConfig;
-use crate::types::Op;
 use crate::error::{Error, Result};
 use crate::mem::Resolved;
 use crate::ring::{FailCode, FailSource, Handle, Outcome, TransportId};
+use crate::types::Op;
 
 use super::{Expire, Sink, Started, Transport, TransportStats, Xfer};
 use crate::mem::Registry;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use cudarc::driver::sys;
 
-use crate::types::Op;
 use crate::error::{Error, Result};
+use crate::types::Op;
 
 fn check(r: sys::CUresult, what: &'static str) -> Result<()> {
     if r == sys::CUresult::CUDA_SUCCESS {

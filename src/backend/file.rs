@@ -15,11 +15,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::types::Op;
-use crate::mem::Resolved;
 use super::{Sink, Started, Transport, Xfer, absent};
 use crate::error::Result;
+use crate::mem::Resolved;
 use crate::ring::{FailCode, FailSource, Handle, Job, JobQueue, Outcome, Popped};
+use crate::types::Op;
 
 /// How long a worker stays off the queue after popping its last entry and finding the
 /// job taken by its waiter, the first time. The waiters are running their own
@@ -170,9 +170,12 @@ impl FileQueue {
     /// worker and back. `Some((job, cancelled))` if taken (its stale queue entry is skipped).
     #[inline]
     pub(crate) fn steal(&self, handle: Handle) -> Option<(Job, bool)> {
-        self.jobs
-            .take(handle)
-            .then(|| (Job::taken(handle), self.take_cancel(handle.index() as usize, handle.to_raw())))
+        self.jobs.take(handle).then(|| {
+            (
+                Job::taken(handle),
+                self.take_cancel(handle.index() as usize, handle.to_raw()),
+            )
+        })
     }
 
     /// Tells the workers to finish the queue and stop.
@@ -557,7 +560,8 @@ mod tests {
             for _ in 0..2 {
                 s.spawn(|| {
                     let mut quiet = QUIET_FIRST;
-                    while let Some((h, _)) = q.next(&mut quiet) {
+                    while let Some((job, _)) = q.next(&mut quiet) {
+                        let h = job.handle();
                         work();
                         let prev = runs[h.index() as usize].swap(h.generation(), Ordering::AcqRel);
                         assert!(prev < h.generation(), "job {h:?} ran twice");

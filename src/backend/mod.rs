@@ -34,9 +34,9 @@
 //! Nothing else changes: the engine, the ring, the registry and the FFI stay as they
 //! are. `tests/layering.rs` checks that the engine names no transport.
 
-pub(crate) mod cuda_config;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+pub(crate) mod cuda_config;
 #[cfg(all(feature = "cuda", feature = "testing"))]
 pub(crate) mod cuda_raw;
 pub mod fabric;

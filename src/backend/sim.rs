@@ -87,7 +87,6 @@ pub struct SimStats {
     pub misattributed: u64,
 }
 
-
 struct Pending {
     handle: Handle,
     posted_at: u64,

@@ -131,7 +131,6 @@ impl Config {
         Ok(())
     }
 
-
     /// What the transports are built from.
     pub(crate) fn settings(&self, engine_id: u64) -> Settings<'_> {
         Settings {

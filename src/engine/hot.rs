@@ -133,7 +133,10 @@ impl Engine {
         }
         let pairs = pinner.hold_pairs(local, remote, (local_out, own_out), holder)?;
         drop(pinner);
-        self.core.transports.own_route(pairs).inspect_err(|_| registry.let_go(holder))
+        self.core
+            .transports
+            .own_route(pairs)
+            .inspect_err(|_| registry.let_go(holder))
     }
 
     /// Starts a prepared transfer. With the `local` transport the bytes move before
@@ -153,8 +156,11 @@ impl Engine {
         let started = if t.peer == PeerId::SELF.0 {
             self.core.transports.start(via, &t.xfer(handle, None), &mut sink)
         } else {
-            self.peer(t.peer)
-                .and_then(|peer| self.core.transports.start(via, &t.xfer(handle, Some(&peer.link)), &mut sink))
+            self.peer(t.peer).and_then(|peer| {
+                self.core
+                    .transports
+                    .start(via, &t.xfer(handle, Some(&peer.link)), &mut sink)
+            })
         };
         // The transfer is handed on (to its transport, or to the exit function) only
         // after this: until then nothing can complete it and reclaim the context.

@@ -81,7 +81,13 @@ impl Engine {
                 capacity: self.config.max_prepared_lists,
             });
         };
-        let via = self.hold_sides(local, (allowed, via), remote, (&mut resolved, &mut own), Holder::List(index))?;
+        let via = self.hold_sides(
+            local,
+            (allowed, via),
+            remote,
+            (&mut resolved, &mut own),
+            Holder::List(index),
+        )?;
         let entry = &mut lists[index];
         entry.list = Some(PreparedList {
             op,
@@ -153,4 +159,3 @@ fn lookup_list(lists: &[ListEntry], id: ListId) -> Result<&PreparedList> {
         _ => Err(Error::UnknownList { list: id.0 }),
     }
 }
-

@@ -32,8 +32,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub use self::config::Config;
-pub use self::lists::ListId;
 use self::lists::ListEntry;
+pub use self::lists::ListId;
 pub use self::server::{MetadataServer, fetch_metadata};
 pub use self::stats::EngineStats;
 use crate::backend::{Link, Transports, WORKER_QUIET, Xfer};
@@ -333,7 +333,10 @@ impl Engine {
     #[inline]
     pub(crate) fn peer(&self, peer: u32) -> Result<Arc<Peer>> {
         let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
-        peers.get(peer as usize).map(Arc::clone).ok_or(Error::UnknownPeer { peer })
+        peers
+            .get(peer as usize)
+            .map(Arc::clone)
+            .ok_or(Error::UnknownPeer { peer })
     }
 }
 

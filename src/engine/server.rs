@@ -93,4 +93,3 @@ pub fn fetch_metadata(addr: impl std::net::ToSocketAddrs) -> Result<Vec<u8>> {
         .map_err(|e| Error::io("reading the metadata blob", &e))?;
     Ok(blob)
 }
-

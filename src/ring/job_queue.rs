@@ -32,8 +32,8 @@
 //! none is run twice. `tests/loom.rs` checks this.
 
 use super::free_list::FreeList;
-use crate::types::Handle;
 use super::sync::{AtomicU64, Ordering};
+use crate::types::Handle;
 
 /// The word's bit saying an entry for the slot is queued.
 const QUEUED: u64 = 1 << 63;

@@ -22,12 +22,11 @@ mod slot_ring;
 mod state;
 mod sync;
 
-pub use free_list::FreeList;
 pub use crate::types::{
     CancelResult, FIRST_GENERATION, FailCode, FailSource, GENERATION_BITS, Handle, INDEX_BITS, MAX_CAPACITY,
     MAX_GENERATION, Outcome, Released, Status, TransportId,
 };
-pub use job_queue::{JobQueue, Popped};
+pub use free_list::FreeList;
 pub(crate) use job_queue::Job;
+pub use job_queue::{JobQueue, Popped};
 pub use slot_ring::{HIGH_WATER_SAMPLE, RingStats, SlotRing};
-

@@ -5,12 +5,12 @@ use crossbeam_utils::CachePadded;
 use super::free_list::FreeList;
 use super::job_queue::Job;
 use super::state::{self, CANCELLED, DETACHED, DONE, FAILED, FREE, POSTED, RESERVED, RETIRED};
+use super::sync::{AtomicU64, Ordering, UnsafeCell, spin_loop};
+use crate::error::{Error, Result};
 use crate::types::{
     CancelResult, FIRST_GENERATION, FailCode, Handle, INDEX_BITS, MAX_CAPACITY, MAX_GENERATION, Outcome, Released,
     Status,
 };
-use super::sync::{AtomicU64, Ordering, UnsafeCell, spin_loop};
-use crate::error::{Error, Result};
 
 /// The high-water mark is sampled on every `HIGH_WATER_SAMPLE`-th acquire from the
 /// free list (and on every `RingFull`); acquires served by the recent-slot cache

@@ -19,8 +19,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::sys::shm::Segment;
 use crate::error::Result;
+use crate::sys::shm::Segment;
 
 const OPEN: u64 = 1 << 31;
 const PINS: u64 = OPEN - 1;

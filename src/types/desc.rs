@@ -64,4 +64,3 @@ impl Desc {
         Desc { region, offset, len }
     }
 }
-

@@ -184,7 +184,6 @@ impl Status {
     }
 }
 
-
 /// What `SlotRing::release` did with the slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Released {
@@ -226,7 +225,13 @@ mod tests {
                 assert_eq!(FailCode::from_bits(c.to_bits()), c);
             }
         }
-        assert_eq!(FailCode::new(FailSource::Transport(TransportId::CUDA), u32::MAX).value(), VALUE_MAX);
-        assert_eq!(FailCode::new(FailSource::Transport(TransportId::FABRIC), 5).to_string(), "libfabric error 5");
+        assert_eq!(
+            FailCode::new(FailSource::Transport(TransportId::CUDA), u32::MAX).value(),
+            VALUE_MAX
+        );
+        assert_eq!(
+            FailCode::new(FailSource::Transport(TransportId::FABRIC), 5).to_string(),
+            "libfabric error 5"
+        );
     }
 }

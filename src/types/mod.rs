@@ -30,4 +30,3 @@ impl PeerId {
     /// from a registered file. Also `Engine::local_peer`.
     pub const SELF: PeerId = PeerId(u32::MAX);
 }
-

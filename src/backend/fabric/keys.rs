@@ -24,7 +24,10 @@ impl Keyring for DomainKeys {
     fn register_device(&self, addr: usize, len: usize, device: u32) -> std::result::Result<Key, String> {
         let domain = &self.0;
         if !domain.hmem {
-            return Err(format!("provider {} does not offer FI_HMEM (device memory)", domain.provider));
+            return Err(format!(
+                "provider {} does not offer FI_HMEM (device memory)",
+                domain.provider
+            ));
         }
         match domain.register_cuda(addr as u64, len, device as i32) {
             Ok(mr) => Ok(Key {

@@ -55,7 +55,12 @@ impl FabricLink {
         let mut regions: Vec<_> = md
             .regions
             .iter()
-            .map(|r| (r.clone(), info.keys.iter().find(|(id, _)| *id == r.id).map(|(_, key)| *key)))
+            .map(|r| {
+                (
+                    r.clone(),
+                    info.keys.iter().find(|(id, _)| *id == r.id).map(|(_, key)| *key),
+                )
+            })
             .collect();
         regions.sort_by_key(|(r, _)| r.id);
         let (addr, _) = fabric.address(&info.address, md.engine_id)?;
@@ -73,7 +78,10 @@ impl FabricLink {
     /// at prepare). `None` if the region is not registered with the peer's fabric.
     #[inline]
     pub(crate) fn target(&self, d: &Desc) -> Option<(u64, u64)> {
-        let i = self.regions.binary_search_by_key(&d.region.to_raw(), |(r, _)| r.id).ok()?;
+        let i = self
+            .regions
+            .binary_search_by_key(&d.region.to_raw(), |(r, _)| r.id)
+            .ok()?;
         let (region, key) = &self.regions[i];
         let addr = if self.virt_addr {
             region.addr.checked_add(d.offset)?

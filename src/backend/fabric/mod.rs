@@ -69,9 +69,9 @@ pub use domain::close_failures;
 pub(crate) use domain::{Domain, Mr};
 pub(crate) use keys::DomainKeys;
 pub(crate) use link::FabricLink;
-pub(crate) use transport::KIND;
 #[cfg(feature = "testing")]
 pub use raw::{RawRma, RawRun};
+pub(crate) use transport::KIND;
 pub(crate) use wire::FabricInfo;
 #[cfg(feature = "testing")]
 pub use wire::fuzz_control;

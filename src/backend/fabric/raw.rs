@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use super::api;
 use super::domain::{Domain, Endpoint};
 use super::sys;
-use crate::types::Op;
 use crate::error::{Error, Result};
+use crate::types::Op;
 
 /// One measured run of the raw loop.
 #[derive(Clone, Copy, Debug)]

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use super::wire::{self, ABORT, HELLO, NOTIFY};
 use super::{Fabric, Sink, api, sys};
-use crate::types::Op;
 use crate::error::{Error, Result};
 use crate::mem::Resolved;
 use crate::ring::{FailCode, FailSource, Handle, Outcome, TransportId};
+use crate::types::Op;
 
 /// Data operations in flight (or being posted).
 const PHASE_DATA: u32 = 0;

@@ -20,14 +20,14 @@ use std::time::Instant;
 
 use super::LocalInfo;
 use crate::error::{Error, Result};
+use crate::mem::{Resolved, regtable_name, segment_name};
+use crate::notify::{Geometry, InboxMap, Outbox};
+use crate::ring::{FailCode, FailSource, Outcome};
 use crate::shared::Shared;
 use crate::sys::regtable::RegTable;
 use crate::sys::shm::Segment;
-use crate::types::Op;
-use crate::mem::{Resolved, regtable_name, segment_name};
 use crate::types::Desc;
-use crate::notify::{Geometry, InboxMap, Outbox};
-use crate::ring::{FailCode, FailSource, Outcome};
+use crate::types::Op;
 use crate::wire::metadata::{BackendKind, Metadata, RegionInfo};
 
 /// How often, at most, a peer process's liveness is asked of the kernel.

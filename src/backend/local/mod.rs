@@ -122,7 +122,6 @@ impl LocalInfo {
     }
 }
 
-
 /// The local transport of one engine: what it publishes, and its place in the
 /// process-wide directory (left when the engine shuts down).
 pub(crate) struct Local {
