@@ -10,25 +10,33 @@
 //!
 //! # Layers
 //!
-//! - [`ring`]: the slot ring — handles, the lock-free free list, the state machine.
-//!   Everything above is built on it.
-//! - `mem`: memory registration ([`RegionId`], [`Desc`]).
-//! - `notify`: the notification inbox and per-sender duplicate table.
-//! - [`backend`]: transports — `local` (memcpy and shared memory), [`fabric`]
-//!   (libfabric, loaded at run time), `cuda` (cudarc, loaded at run time), `file`
-//!   (I/O workers) and [`sim`](backend::sim) (faults on purpose, for tests).
-//! - [`Engine`]: configuration, control path and hot path, built on all of the above.
-//! - [`KvStore`]: string keys to value blocks in registered files, on the engine.
-//! - [`wire`]: formats that cross between engines (the metadata blob).
-//! - [`Error`]: the one error type, with messages a user can act on.
+//! Bottom up; a module imports only from layers below it (`tests/layering.rs`
+//! checks), and `docs/design.md` tells the whole design.
 //!
-//! The engine, memory registration, wire formats and transports build on the ring;
-//! the README says what each covers and what it does not yet.
+//! - `types`: the shared vocabulary — [`Op`], [`PeerId`], [`RegionId`], [`Desc`],
+//!   [`Handle`], [`FailCode`], [`Outcome`], [`Status`]. `wire`: formats that cross
+//!   between engines (the metadata blob). [`Error`]: the one error type.
+//! - [`ring`]: the slot ring — the lock-free free list, the state machine, the job
+//!   queue. Everything above is built on it.
+//! - `sys`: shared-memory segments and the cross-process registration table.
+//! - `mem`: memory registration (knows no transport); `notify`: the notification
+//!   inbox and per-sender duplicate table.
+//! - `backend`: the transports behind one interface — `local` (memcpy and shared
+//!   memory), [`fabric`] (libfabric, loaded at run time), `cuda` (cudarc, loaded at
+//!   run time), `file` (I/O workers) and, with the `testing` feature, `sim` (faults
+//!   on purpose) — and the one place that dispatches to them.
+//! - `peer`: a loaded peer and the link its transport made.
+//! - [`Engine`]: configuration, control path and hot path; it names no transport.
+//! - [`KvStore`]: string keys to value blocks in registered files, on the engine.
+//!
+//! `unsafe` code is denied at the crate root and allowed only in the ring's
+//! internals, the transports' system bindings, shared memory and the registry's raw
+//! memory.
 
-#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(unsafe_code, unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
-pub mod backend;
+mod backend;
 mod engine;
 mod error;
 mod kv;

@@ -15,6 +15,9 @@
 //! transfer. Control-path copies (`read_region`, `write_region`) pin the region with a
 //! per-entry counter for the length of the copy instead.
 
+// Unsafe code: `posix_fallocate` and control-path copies to and from registered addresses (the crate root denies it elsewhere).
+#![allow(unsafe_code)]
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};

@@ -25,6 +25,9 @@
 //! duplicate or a late arrival and is dropped and counted. No set grows, and a
 //! generation is never reused, so nothing wraps into a false match.
 
+// Unsafe code: records in a shared-memory inbox (the crate root denies it elsewhere).
+#![allow(unsafe_code)]
+
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -469,6 +472,11 @@ fn process_alive(pid: u64) -> bool {
     r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// The inbox segment's name for an engine's segment prefix.
+pub(crate) fn inbox_name(prefix: &str) -> String {
+    format!("{prefix}-inbox")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -593,9 +601,4 @@ mod tests {
             .is_ok()
         );
     }
-}
-
-/// The inbox segment's name for an engine's segment prefix.
-pub(crate) fn inbox_name(prefix: &str) -> String {
-    format!("{prefix}-inbox")
 }

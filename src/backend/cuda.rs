@@ -14,6 +14,9 @@
 //! recorded — an unrecorded event reads as "complete", which is how the same engine's
 //! unchecked record turned into silent corruption.
 
+// Unsafe code: the CUDA driver API (the crate root denies it elsewhere).
+#![allow(unsafe_code)]
+
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 

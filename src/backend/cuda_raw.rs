@@ -6,6 +6,9 @@
 //! loop of `cuMemcpy*Async` + `cuEventRecord`, waiting (by query) on an event only
 //! when its turn comes round again. No slots, handles or ledgers.
 
+// Unsafe code: the CUDA driver API, for the raw baseline (the crate root denies it elsewhere).
+#![allow(unsafe_code)]
+
 use std::time::{Duration, Instant};
 
 use cudarc::driver::sys;

@@ -10,6 +10,9 @@
 //! FAILED with the errno; reading past the end of a file ends it FAILED
 //! (`END_OF_FILE`). A cancel of a queued transfer ends it CANCELLED before any I/O.
 
+// Unsafe code: `pread`/`pwrite` system calls on registered memory (the crate root denies it elsewhere).
+#![allow(unsafe_code)]
+
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};

@@ -41,9 +41,9 @@ pub(crate) mod cuda_config;
 pub(crate) mod cuda_raw;
 pub mod fabric;
 pub(crate) mod file;
-pub mod local;
+pub(crate) mod local;
 #[cfg(feature = "testing")]
-pub mod sim;
+pub(crate) mod sim;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -9,7 +9,7 @@ use crate::backend::fabric::FabricConfig;
 use crate::backend::sim::SimConfig;
 use crate::error::{Error, Result};
 
-/// Engine capacities, all fixed at [`Engine::new`]. Every field has a default
+/// Engine capacities, all fixed at [`Engine::new`](crate::Engine::new). Every field has a default
 /// ([`Config::default`]) and a documented range.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -37,7 +37,7 @@ pub struct Config {
     /// `post` a wake (a system call, microseconds). Default 100 µs; zero sleeps at
     /// once (for a binary whose cores are all spoken for).
     pub file_worker_poll: Duration,
-    /// Prepared descriptor lists alive at once ([`Engine::prepare_list`]), 1 ..= 4096.
+    /// Prepared descriptor lists alive at once ([`Engine::prepare_list`](crate::Engine::prepare_list)), 1 ..= 4096.
     /// Default 64.
     pub max_prepared_lists: usize,
     /// Notifications waiting to be popped *per sender* (each sender has its own lane

@@ -19,6 +19,8 @@ impl Engine {
     /// The memory stays allocated, and is not otherwise written while a transfer may
     /// read it or read while a transfer may write it, until [`deregister`](Engine::deregister)
     /// succeeds or the engine is dropped.
+    // An `unsafe` API (the caller promises what the memory is); no unsafe code.
+    #[allow(unsafe_code)]
     pub unsafe fn register_dram(&self, addr: *mut u8, len: usize) -> Result<RegionId> {
         let id = self
             .core
@@ -57,6 +59,8 @@ impl Engine {
     /// The memory stays allocated, and is not otherwise used while a transfer may
     /// touch it, until [`deregister`](Engine::deregister) succeeds or the engine is
     /// dropped.
+    // An `unsafe` API (the caller promises what the memory is); no unsafe code.
+    #[allow(unsafe_code)]
     pub unsafe fn register_vram(&self, dev_ptr: u64, len: usize) -> Result<RegionId> {
         self.core
             .transports
@@ -94,6 +98,8 @@ impl Engine {
     /// Nothing may truncate the file below the registered length while it is
     /// registered: touching a mapped page past the end of a file raises SIGBUS, which
     /// ends the process.
+    // An `unsafe` API (the caller promises what the memory is); no unsafe code.
+    #[allow(unsafe_code)]
     pub unsafe fn register_file_mapped(
         &self,
         path: impl AsRef<std::path::Path>,

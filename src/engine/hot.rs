@@ -164,7 +164,7 @@ impl Engine {
         };
         // The transfer is handed on (to its transport, or to the exit function) only
         // after this: until then nothing can complete it and reclaim the context.
-        drop(posted);
+        let handle = posted.hand_on();
         match started {
             Ok(Started::Ended(outcome)) => {
                 sink(handle, outcome);

@@ -9,7 +9,7 @@ use super::Core;
 use crate::error::{Error, Result};
 
 /// Serves an engine's metadata over TCP; stops when dropped. See
-/// [`Engine::serve_metadata`].
+/// [`Engine::serve_metadata`](crate::Engine::serve_metadata).
 pub struct MetadataServer {
     addr: std::net::SocketAddr,
     stop: Arc<std::sync::atomic::AtomicBool>,

@@ -1,5 +1,8 @@
 //! `SlotRing`: fixed request slots, a free list, and the state machine between them.
 
+// Unsafe code: the slot contexts (`UnsafeCell`) and the `Send`/`Sync` of the ring (the crate root denies it elsewhere).
+#![allow(unsafe_code)]
+
 use crossbeam_utils::CachePadded;
 
 use super::free_list::FreeList;
@@ -788,5 +791,12 @@ impl<C> Posted<'_, C> {
         // the type's docs): the slot stays POSTED or DETACHED, so it is not freed and
         // its context is not written meanwhile.
         unsafe { self.ring.posted_context(self.handle) }
+    }
+
+    /// Gives the leave up (every reference to the context ends here: using one
+    /// afterwards does not compile) and returns the handle, to hand on.
+    #[inline]
+    pub(crate) fn hand_on(self) -> Handle {
+        self.handle
     }
 }

@@ -15,6 +15,9 @@
 //!   drain (copies are synchronous and short; a pin left by a peer killed mid-copy
 //!   cannot be followed by a write).
 
+// Unsafe code: the registration table in a shared-memory segment (the crate root denies it elsewhere).
+#![allow(unsafe_code)]
+
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

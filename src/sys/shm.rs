@@ -6,6 +6,9 @@
 //! segment keeps its mapping valid after that (the memory lives until the last
 //! mapping goes), so a peer that outlives the owner never touches freed memory.
 
+// Unsafe code: mapping shared-memory segments (the crate root denies it elsewhere).
+#![allow(unsafe_code)]
+
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 

@@ -55,12 +55,7 @@ impl FabricLink {
         let mut regions: Vec<_> = md
             .regions
             .iter()
-            .map(|r| {
-                (
-                    r.clone(),
-                    info.keys.iter().find(|(id, _)| *id == r.id).map(|(_, key)| *key),
-                )
-            })
+            .map(|r| (*r, info.keys.iter().find(|(id, _)| *id == r.id).map(|(_, key)| *key)))
             .collect();
         regions.sort_by_key(|(r, _)| r.id);
         let (addr, _) = fabric.address(&info.address, md.engine_id)?;

@@ -30,6 +30,9 @@
 //!
 //! [`Engine::progress`]: crate::Engine::progress
 
+// Unsafe code: libfabric, called through its C ABI (the crate root denies it elsewhere).
+#![allow(unsafe_code)]
+
 // The transport by job: `config` (public configuration and counters), `wire` (the
 // endpoint description, immediate data and control messages: the fuzzed part),
 // `send` (posting and the sender side), `recv` (progress and the receiver side);

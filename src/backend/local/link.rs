@@ -13,6 +13,9 @@
 //!   Whether the peer process is alive is checked through a pidfd at most once a
 //!   millisecond per peer: transfers to a dead peer fail with `FailCode::PEER_LOST`.
 
+// Unsafe code: `process_vm_readv`/`writev` and pidfds (the crate root denies it elsewhere).
+#![allow(unsafe_code)]
+
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
