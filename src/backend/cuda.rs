@@ -423,7 +423,7 @@ impl Transport for Cuda {
     /// when the event completes.
     #[inline]
     fn start(&self, x: &Xfer<'_>, _sink: Sink<'_>) -> Result<Started> {
-        Ok(match self.post(x.handle, x.op, x.local, x.own)? {
+        Ok(match self.post(x.handle, x.op(), x.local(), x.own())? {
             Err(outcome) => Started::Ended(outcome),
             Ok(failure) => Started::Handed(failure),
         })

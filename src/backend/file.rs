@@ -225,7 +225,7 @@ impl Files {
 }
 
 impl Transport for Files {
-    #[inline]
+    #[inline(always)]
     fn start(&self, _xfer: &Xfer<'_>, _sink: Sink<'_>) -> Result<Started> {
         if self.workers == 0 {
             return Err(absent(super::Via::File));

@@ -93,21 +93,95 @@ pub(crate) enum Via {
     Sim,
 }
 
-/// A posted transfer, as its transport sees it (borrowed from its slot while the
-/// poster holds it).
+impl Via {
+    /// Which transport moves a transfer between the engine's own regions, given what
+    /// its pairs name; `None` for GPU memory with a file anywhere in the transfer, or
+    /// a pair of two non-memory sides (other than GPU ↔ GPU): no transport moves
+    /// those.
+    #[inline(always)]
+    pub(crate) fn own(pairs: Pairs) -> Option<Via> {
+        let Pairs { mixed, vram, file } = pairs;
+        if mixed || (vram && file) {
+            return None;
+        }
+        Some(match (vram, file) {
+            (true, _) => Via::Cuda,
+            (false, true) => Via::File,
+            (false, false) => Via::Memory,
+        })
+    }
+}
+
+/// One slot's transfer context, allocated once per slot when the engine is built and
+/// reused by every transfer that takes the slot. The engine fills it at prepare; a
+/// transport reads it (through [`Xfer`]) while the transfer is posted.
+pub(crate) struct Transfer {
+    /// The ring slot this context belongs to: its row of the registry's holds.
+    pub(crate) slot: usize,
+    pub(crate) op: Op,
+    /// Which transport moves it, decided at prepare.
+    pub(crate) via: Via,
+    /// The peer's id (`PeerId::SELF`'s for a transfer between the engine's own
+    /// regions).
+    pub(crate) peer: u32,
+    /// Descriptors in use, of the `max_descs_per_xfer` each array holds.
+    pub(crate) count: usize,
+    /// Local descriptors, resolved (and their regions held) from prepare until the
+    /// slot is freed.
+    pub(crate) local: Box<[Resolved]>,
+    /// A transfer to a peer: the peer's descriptors, checked against its metadata.
+    pub(crate) remote: Box<[Desc]>,
+    /// A transfer between the engine's own regions: the other side, resolved (and
+    /// held) against the engine's own registrations.
+    pub(crate) own: Box<[Resolved]>,
+    pub(crate) notif: Box<[u8]>,
+    pub(crate) notif_len: Option<usize>,
+}
+
+/// A posted transfer, as its transport sees it: its context (borrowed from its slot
+/// while the poster or the job's holder holds it), its handle, and how its peer is
+/// reached.
+#[derive(Clone, Copy)]
 pub(crate) struct Xfer<'a> {
     pub(crate) handle: Handle,
-    pub(crate) op: Op,
-    /// The local side, resolved and held.
-    pub(crate) local: &'a [Resolved],
-    /// A transfer between the engine's own regions: the other side, resolved and held.
-    pub(crate) own: &'a [Resolved],
-    /// A transfer to a peer: the peer's descriptors, checked against its metadata.
-    pub(crate) remote: &'a [Desc],
-    pub(crate) notif: Option<&'a [u8]>,
-    /// The peer's id (for errors) and how it is reached.
-    pub(crate) peer: u32,
+    pub(crate) t: &'a Transfer,
     pub(crate) link: Option<&'a Link>,
+}
+
+impl<'a> Xfer<'a> {
+    #[inline(always)]
+    pub(crate) fn op(&self) -> Op {
+        self.t.op
+    }
+
+    /// The local side, resolved and held.
+    #[inline(always)]
+    pub(crate) fn local(&self) -> &'a [Resolved] {
+        &self.t.local[..self.t.count]
+    }
+
+    /// A transfer between the engine's own regions: the other side.
+    #[inline(always)]
+    pub(crate) fn own(&self) -> &'a [Resolved] {
+        &self.t.own[..self.t.count]
+    }
+
+    /// A transfer to a peer: the peer's descriptors.
+    #[inline(always)]
+    pub(crate) fn remote(&self) -> &'a [Desc] {
+        &self.t.remote[..self.t.count]
+    }
+
+    #[inline(always)]
+    pub(crate) fn notif(&self) -> Option<&'a [u8]> {
+        self.t.notif_len.map(|n| &self.t.notif[..n])
+    }
+
+    /// The peer's id, for errors.
+    #[inline(always)]
+    pub(crate) fn peer(&self) -> u32 {
+        self.t.peer
+    }
 }
 
 /// What a transport's `start` did with a posted transfer.
@@ -184,26 +258,22 @@ pub(crate) enum Link {
 }
 
 impl Link {
-    /// The transport that moves transfers to this peer.
-    #[inline]
-    pub(crate) fn via(&self) -> Via {
-        match self {
-            Link::Local(_) => Via::Local,
-            Link::Fabric(_) => Via::Fabric,
-            #[cfg(feature = "testing")]
-            Link::Sim => Via::Sim,
-        }
-    }
-
     /// Whether the peer's GPU memory (published only when its transport registered
     /// it) can be a target: only a transport that keys memory reaches it.
     pub(crate) fn reaches_device_memory(&self) -> bool {
         matches!(self, Link::Fabric(_))
     }
 
-    /// Whether the local side may name GPU memory the keying transport registered.
-    pub(crate) fn keyed(&self) -> bool {
-        matches!(self, Link::Fabric(_))
+    /// The transport that moves transfers to this peer, and whether their local
+    /// side may name GPU memory that transport registered (one match, for prepare).
+    #[inline(always)]
+    pub(crate) fn route(&self) -> (Via, bool) {
+        match self {
+            Link::Local(_) => (Via::Local, false),
+            Link::Fabric(_) => (Via::Fabric, true),
+            #[cfg(feature = "testing")]
+            Link::Sim => (Via::Sim, false),
+        }
     }
 
     /// Whether remote descriptors are checked against the peer's regions (the sim
@@ -377,11 +447,13 @@ impl Transports {
 
     // ----- hot path -----
 
-    /// Starts a posted transfer on the transport `via` names.
-    #[inline]
+    /// Starts a posted transfer on the transport `via` names. Inlined into `post`:
+    /// a call here and the `Result` it returns through memory cost more than the
+    /// match.
+    #[inline(always)]
     pub(crate) fn start(&self, via: Via, xfer: &Xfer<'_>, sink: Sink<'_>) -> Result<Started> {
         match via {
-            Via::Memory => Ok(Started::Ended(file::run(xfer.op, xfer.local, xfer.own))),
+            Via::Memory => Ok(Started::Ended(file::run(xfer.op(), xfer.local(), xfer.own()))),
             Via::Local => Transport::start(&self.local, xfer, sink),
             Via::File => Transport::start(&self.files, xfer, sink),
             Via::Fabric => Transport::start(self.fabric.as_ref().ok_or_else(|| absent(via))?, xfer, sink),
@@ -395,7 +467,7 @@ impl Transports {
     }
 
     /// Hands a started transfer to its transport ([`Started::Handed`]).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn launch(&self, via: Via, handle: Handle, word: u32, sink: Sink<'_>) {
         match via {
             Via::Memory | Via::Local => {}
@@ -469,7 +541,7 @@ impl Transports {
     /// Runs a job's transfer.
     #[inline]
     pub(crate) fn run_job(&self, xfer: &Xfer<'_>) -> Outcome {
-        file::run(xfer.op, xfer.local, xfer.own)
+        file::run(xfer.op(), xfer.local(), xfer.own())
     }
 
     /// Tells the worker threads to finish the queue and stop.
@@ -478,24 +550,6 @@ impl Transports {
     }
 
     // ----- control path -----
-
-    /// Which transport moves a transfer between the engine's own regions, given what
-    /// its pairs name.
-    pub(crate) fn own_route(&self, pairs: Pairs) -> Result<Via> {
-        let Pairs { mixed, vram, file } = pairs;
-        // GPU memory with a file anywhere in the transfer, or a pair of two non-memory
-        // sides (other than GPU ↔ GPU).
-        if mixed || (vram && file) {
-            return Err(Error::InvalidDescriptor {
-                reason: "a file moves to or from host memory, not to another file or GPU memory",
-            });
-        }
-        Ok(match (vram, file) {
-            (true, _) => Via::Cuda,
-            (false, true) => Via::File,
-            (false, false) => Via::Memory,
-        })
-    }
 
     /// Whether the ring may hand the slot freed last out first
     /// (`SlotRing::reuse_recent`): not when a transport carries truncated generations

@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Engine, Transfer, reclaim};
+use super::{Engine, reclaim, xfer};
+use crate::backend::Transfer;
 use crate::backend::{Started, Via};
 use crate::error::{Error, Result};
 use crate::mem::{Allowed, Holder, Resolved};
@@ -103,12 +104,8 @@ impl Engine {
         }
         remote.iter().try_for_each(|d| p.check(d))?;
         // GPU memory moves to a peer only through a transport that registered it.
-        let allowed = if p.link.keyed() {
-            Allowed::Keyed
-        } else {
-            Allowed::Memory
-        };
-        Ok((allowed, p.link.via()))
+        let (via, keyed) = p.link.route();
+        Ok((if keyed { Allowed::Keyed } else { Allowed::Memory }, via))
     }
 
     /// Resolves a transfer's local descriptors, and for a transfer to [`PeerId::SELF`]
@@ -132,11 +129,12 @@ impl Engine {
             return Ok(via);
         }
         let pairs = pinner.hold_pairs(local, remote, (local_out, own_out), holder)?;
-        drop(pinner);
-        self.core
-            .transports
-            .own_route(pairs)
-            .inspect_err(|_| registry.let_go(holder))
+        Via::own(pairs).ok_or_else(|| {
+            registry.let_go(holder);
+            Error::InvalidDescriptor {
+                reason: "a file moves to or from host memory, not to another file or GPU memory",
+            }
+        })
     }
 
     /// Starts a prepared transfer. With the `local` transport the bytes move before
@@ -154,13 +152,15 @@ impl Engine {
         let t = posted.context();
         let via = t.via;
         let started = if t.peer == PeerId::SELF.0 {
-            self.core.transports.start(via, &t.xfer(handle, None), &mut sink)
+            self.core.transports.start(via, &xfer(t, handle, None), &mut sink)
         } else {
-            self.peer(t.peer).and_then(|peer| {
-                self.core
+            match self.find_peer(t.peer) {
+                Some(peer) => self
+                    .core
                     .transports
-                    .start(via, &t.xfer(handle, Some(&peer.link)), &mut sink)
-            })
+                    .start(via, &xfer(t, handle, Some(&peer.link)), &mut sink),
+                None => Err(Error::UnknownPeer { peer: t.peer }),
+            }
         };
         // The transfer is handed on (to its transport, or to the exit function) only
         // after this: until then nothing can complete it and reclaim the context.

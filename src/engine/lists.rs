@@ -1,8 +1,8 @@
 //! Prepared descriptor lists: validated, and their regions held, once; posted many
 //! times ([`Engine::prepare_list`], [`Engine::post_list`]).
 
-use super::{Engine, Transfer};
-use crate::backend::Via;
+use super::Engine;
+use crate::backend::{Transfer, Via};
 use crate::error::{Error, Result};
 use crate::mem::{Holder, Resolved};
 use crate::ring::Handle;

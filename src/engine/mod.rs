@@ -36,7 +36,7 @@ use self::lists::ListEntry;
 pub use self::lists::ListId;
 pub use self::server::{MetadataServer, fetch_metadata};
 pub use self::stats::EngineStats;
-use crate::backend::{Link, Transports, WORKER_QUIET, Xfer};
+use crate::backend::{Link, Transfer, Transports, WORKER_QUIET, Xfer};
 use crate::error::{Error, Result};
 use crate::mem::{Holder, Registry, Resolved};
 use crate::notify::{Geometry, Inbox, InboxMap, inbox_name};
@@ -47,42 +47,10 @@ use crate::sys::shm;
 use crate::types::{Desc, Op, RegionId};
 use crate::wire::metadata::Metadata;
 
-/// One slot's transfer context, allocated once per slot and reused.
-pub(crate) struct Transfer {
-    /// The ring slot this context belongs to: its row of the registry's holds.
-    slot: usize,
-    op: Op,
-    /// Which transport moves it, decided at prepare.
-    via: crate::backend::Via,
-    peer: u32,
-    count: usize,
-    /// Local descriptors, resolved (and their regions held) from prepare until the slot
-    /// is freed.
-    local: Box<[Resolved]>,
-    remote: Box<[Desc]>,
-    /// For transfers to [`PeerId::SELF`](crate::PeerId::SELF): the remote descriptors
-    /// resolved (and held) against this engine's own registrations.
-    own: Box<[Resolved]>,
-    notif: Box<[u8]>,
-    notif_len: Option<usize>,
-}
-
-impl Transfer {
-    /// The transfer as its transport sees it.
-    #[inline(always)]
-    fn xfer<'a>(&'a self, handle: Handle, link: Option<&'a Link>) -> Xfer<'a> {
-        let n = self.count;
-        Xfer {
-            handle,
-            op: self.op,
-            local: &self.local[..n],
-            own: &self.own[..n],
-            remote: &self.remote[..n],
-            notif: self.notif_len.map(|len| &self.notif[..len]),
-            peer: self.peer,
-            link,
-        }
-    }
+/// The transfer as its transport sees it.
+#[inline(always)]
+fn xfer<'a>(t: &'a Transfer, handle: Handle, link: Option<&'a Link>) -> Xfer<'a> {
+    Xfer { handle, t, link }
 }
 
 /// What the engine's threads share: the ring, the engine's shared half and the
@@ -128,7 +96,7 @@ impl Core {
         } else {
             // The job's holder alone ends the transfer, after `posted` is dropped.
             let posted = self.ring.resume(job);
-            self.transports.run_job(&posted.context().xfer(handle, None))
+            self.transports.run_job(&xfer(posted.context(), handle, None))
         };
         self.complete(handle, outcome);
     }
@@ -332,11 +300,14 @@ impl Engine {
     /// table's lock is not held while bytes move.
     #[inline]
     pub(crate) fn peer(&self, peer: u32) -> Result<Arc<Peer>> {
+        self.find_peer(peer).ok_or(Error::UnknownPeer { peer })
+    }
+
+    /// As [`peer`](Engine::peer), without building an error (the hot path's form).
+    #[inline]
+    fn find_peer(&self, peer: u32) -> Option<Arc<Peer>> {
         let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
-        peers
-            .get(peer as usize)
-            .map(Arc::clone)
-            .ok_or(Error::UnknownPeer { peer })
+        peers.get(peer as usize).map(Arc::clone)
     }
 }
 

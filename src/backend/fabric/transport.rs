@@ -15,18 +15,27 @@ impl Transport for Fabric {
     #[inline]
     fn start(&self, x: &Xfer<'_>, sink: Sink<'_>) -> Result<Started> {
         let Some(Link::Fabric(link)) = x.link else {
-            return Err(Error::UnknownPeer { peer: x.peer });
+            return Err(Error::UnknownPeer { peer: x.peer() });
         };
         if self.is_lost(link.addr) {
-            return Err(Error::PeerLost { peer: x.peer });
+            return Err(Error::PeerLost { peer: x.peer() });
         }
-        if let Some(d) = x.remote.iter().find(|d| link.target(d).is_none()) {
+        if let Some(d) = x.remote().iter().find(|d| link.target(d).is_none()) {
             return Err(Error::UnknownRegion {
                 region: d.region.to_raw(),
             });
         }
-        let target = |i: usize| link.target(&x.remote[i]).unwrap_or_default();
-        self.post(x.handle, x.op, x.local, target, link.addr, link.tag, x.notif, sink)?;
+        let target = |i: usize| link.target(&x.remote()[i]).unwrap_or_default();
+        self.post(
+            x.handle,
+            x.op(),
+            x.local(),
+            target,
+            link.addr,
+            link.tag,
+            x.notif(),
+            sink,
+        )?;
         Ok(Started::Handed(0))
     }
 

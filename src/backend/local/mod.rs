@@ -151,21 +151,21 @@ impl Drop for Local {
 
 impl Transport for Local {
     /// Moves the bytes now, then queues the notification at the peer.
-    #[inline]
+    #[inline(always)]
     fn start(&self, x: &Xfer<'_>, _sink: Sink<'_>) -> Result<Started> {
         let Some(Link::Local(link)) = x.link else {
-            return Err(Error::UnknownPeer { peer: x.peer });
+            return Err(Error::UnknownPeer { peer: x.peer() });
         };
         let outbox = link.outbox();
-        if x.notif.is_some() && !outbox.reserve() {
+        if x.notif().is_some() && !outbox.reserve() {
             return Err(if link.alive() {
-                Error::InboxFull { peer: x.peer }
+                Error::InboxFull { peer: x.peer() }
             } else {
-                Error::PeerLost { peer: x.peer }
+                Error::PeerLost { peer: x.peer() }
             });
         }
-        let outcome = link.transfer(x.op, x.local, x.remote);
-        if let Some(notif) = x.notif {
+        let outcome = link.transfer(x.op(), x.local(), x.remote());
+        if let Some(notif) = x.notif() {
             if outcome == crate::ring::Outcome::Done {
                 outbox.deliver(x.handle, notif);
             } else {
