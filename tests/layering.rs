@@ -41,7 +41,7 @@ const UNSAFE_ALLOWED: &[&str] = &[
     "backend/file.rs",
     "backend/local/",
     "notify.rs",
-    "mem.rs",
+    "mem/mod.rs",
 ];
 
 /// Names of transports' own types and modules that the engine must not use.

@@ -298,12 +298,12 @@ impl Engine {
 
     /// The peer `peer`, taken out of the table (an `Arc`: no allocation) so the
     /// table's lock is not held while bytes move.
-    #[inline]
+    #[cfg(feature = "testing")]
     pub(crate) fn peer(&self, peer: u32) -> Result<Arc<Peer>> {
         self.find_peer(peer).ok_or(Error::UnknownPeer { peer })
     }
 
-    /// As [`peer`](Engine::peer), without building an error (the hot path's form).
+    /// The peer `peer`, or `None` (builds no error: the hot path's form).
     #[inline]
     fn find_peer(&self, peer: u32) -> Option<Arc<Peer>> {
         let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
