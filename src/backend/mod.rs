@@ -23,13 +23,16 @@
 //!
 //! # Adding a transport
 //!
-//! 1. A module under `src/backend/` that implements [`Transport`] (and, if it reaches
-//!    peers, a link type made by its `connect`).
-//! 2. A variant of [`Via`] (and of [`Link`] if it reaches peers), a field of
-//!    [`Transports`], and its arms in this file's matches (`start`, `launch`,
-//!    `each`, and `connect` for peers).
-//! 3. A field of `Config` (`src/engine/config.rs`) that turns it on, passed on in
-//!    [`Settings`].
+//! 1. A module under `src/backend/` with a type that implements [`Transport`] (and,
+//!    if it reaches peers, a link type made by its `connect`).
+//! 2. In this file: a variant of [`Via`] (and of [`Link`] if it reaches peers), a
+//!    field of [`Transports`] built in `Opening::finish`, and its arms in this file's
+//!    matches: `Transports::start` and `Transports::launch` (the hot path),
+//!    `Transports::each` (the control path), `Transports::progress` if it completes
+//!    asynchronously, `Transports::connect` and `Link::route` if it reaches peers, or
+//!    `Via::own` for the memory kinds it moves within one engine.
+//! 3. A field of `Config` (`src/engine/config.rs`) that turns it on, validated in
+//!    `Config::validate` and passed on in [`Settings`] by `Config::settings`.
 //!
 //! Nothing else changes: the engine, the ring, the registry and the FFI stay as they
 //! are. `tests/layering.rs` checks that the engine names no transport.

@@ -1,5 +1,5 @@
 //! Loud skips for tests that need what a machine may lack (libfabric, a GPU, root for
-//! network namespaces). Such a test prints one line,
+//! network namespaces, a C++ compiler and CMake). Such a test prints one line,
 //!
 //! ```text
 //! SKIPPED: <why>; <how to enable it>; RINGXFER_REQUIRE_<X>=1 makes this a failure [test <name>]
@@ -7,7 +7,7 @@
 //!
 //! and passes, so `cargo test --workspace` passes on a fresh machine with nothing but
 //! Rust; where the matching `RINGXFER_REQUIRE_*` variable is set (CI sets
-//! `RINGXFER_REQUIRE_FABRIC` and `RINGXFER_REQUIRE_NETNS` after installing what they
+//! `RINGXFER_REQUIRE_FABRIC`, `RINGXFER_REQUIRE_NETNS` and `RINGXFER_REQUIRE_TOOLS` after installing what they
 //! need, GPU runners `RINGXFER_REQUIRE_GPU`), the skip is a failure instead.
 //!
 //! The line is written straight to the process's stderr, past the test harness's
@@ -29,6 +29,9 @@ pub const REQUIRE_FABRIC: &str = "RINGXFER_REQUIRE_FABRIC";
 pub const REQUIRE_GPU: &str = "RINGXFER_REQUIRE_GPU";
 /// Set: a test that would skip for want of a network namespace fails.
 pub const REQUIRE_NETNS: &str = "RINGXFER_REQUIRE_NETNS";
+/// Set: a test that would skip for want of a build tool (a C++ compiler, CMake,
+/// pkg-config) fails.
+pub const REQUIRE_TOOLS: &str = "RINGXFER_REQUIRE_TOOLS";
 
 /// What every skip line starts with.
 pub const MARK: &str = "SKIPPED: ";
@@ -43,6 +46,27 @@ pub fn skip(require: &str, why: &str, how: &str) {
     let line = format!("{MARK}{why}; {how}; {require}=1 makes this a failure [test {test}]");
     // One write of the whole line, to the real stderr (eprintln! would be captured).
     let _ = std::io::stderr().lock().write_all(format!("{line}\n").as_bytes());
+}
+
+/// Whether every program in `tools` runs (`<tool> --version`); if one does not, the
+/// calling test is skipped (the caller returns on `false`).
+pub fn have_tools(tools: &[&str]) -> bool {
+    let runs = |tool: &&str| {
+        std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let missing: Vec<&str> = tools.iter().filter(|t| !runs(t)).copied().collect();
+    if missing.is_empty() {
+        return true;
+    }
+    skip(
+        REQUIRE_TOOLS,
+        &format!("{} not found", missing.join(", ")),
+        "install them (Debian: apt-get install g++ cmake pkg-config binutils)",
+    );
+    false
 }
 
 /// The fabric tests' skip: libfabric cannot be loaded, or has no usable provider.
