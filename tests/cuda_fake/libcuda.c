@@ -13,12 +13,24 @@
  *                               unregistered
  *   fake_cuda_fail(what, nth)   make the nth call from now of `what` fail
  *                               (1 cuEventRecord, 2 any cuMemcpy*Async, 3 cuEventQuery)
+ *   fake_cuda_ipc_open()        IPC mappings opened (cuIpcOpenMemHandle) and not
+ *                               closed, in this process
+ *   fake_cuda_ipc_opened()      IPC mappings opened since load, in this process
+ *
+ * Device memory lives in POSIX shared-memory objects (/dev/shm/rxfake-<pid>-<n>), so
+ * that another process can open it through an IPC handle as it would a real GPU's:
+ * the 64-byte handle carries the object's name and size. As with the real driver,
+ * opening a handle in the process that exported it fails.
  *
  * Built by tests/cuda.rs with `gcc -shared -fPIC`; never part of the library. */
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 typedef int CUresult;
 typedef int CUdevice;
@@ -32,7 +44,9 @@ enum {
   CUDA_ERROR_INVALID_VALUE = 1,
   CUDA_ERROR_OUT_OF_MEMORY = 2,
   CUDA_ERROR_NOT_INITIALIZED = 3,
+  CUDA_ERROR_INVALID_CONTEXT = 201,
   CUDA_ERROR_INVALID_HANDLE = 400,
+  CUDA_ERROR_NOT_FOUND = 500,
   CUDA_ERROR_NOT_READY = 600,
   CUDA_ERROR_ILLEGAL_ADDRESS = 700,
   CUDA_ERROR_LAUNCH_FAILED = 719,
@@ -156,14 +170,152 @@ CUresult cuEventQuery(CUevent event) {
   return CUDA_SUCCESS;
 }
 
+/* Device allocations and IPC mappings of this process: (base, size, object name). */
+#define MAX_MAPS 4096
+struct mapping { CUdeviceptr base; size_t size; char name[40]; };
+static struct mapping allocs[MAX_MAPS], opened[MAX_MAPS];
+static long alloc_seq, ipc_open, ipc_opened;
+
+long fake_cuda_ipc_open(void) { return __atomic_load_n(&ipc_open, __ATOMIC_SEQ_CST); }
+long fake_cuda_ipc_opened(void) { return __atomic_load_n(&ipc_opened, __ATOMIC_SEQ_CST); }
+
+/* Maps `size` bytes of shared-memory object `name`; NULL on failure. */
+static void *map_object(const char *name, size_t size, int create) {
+  int fd = shm_open(name, create ? O_CREAT | O_EXCL | O_RDWR : O_RDWR, 0600);
+  if (fd < 0) return NULL;
+  if (create && ftruncate(fd, (off_t)size) != 0) {
+    close(fd);
+    shm_unlink(name);
+    return NULL;
+  }
+  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  if (p == MAP_FAILED) {
+    if (create) shm_unlink(name);
+    return NULL;
+  }
+  return p;
+}
+
+/* A free entry of `table`, or NULL (call with `lock` held). */
+static struct mapping *free_entry(struct mapping *table) {
+  for (int i = 0; i < MAX_MAPS; i++)
+    if (table[i].base == 0) return &table[i];
+  return NULL;
+}
+
+/* The entry of `table` whose range holds `p`, or NULL (call with `lock` held). */
+static struct mapping *entry_of(struct mapping *table, CUdeviceptr p) {
+  for (int i = 0; i < MAX_MAPS; i++)
+    if (table[i].base && p >= table[i].base && p < table[i].base + table[i].size) return &table[i];
+  return NULL;
+}
+
 CUresult cuMemAlloc_v2(CUdeviceptr *ptr, size_t bytes) {
-  void *p = calloc(1, bytes ? bytes : 1);
-  if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
-  *ptr = (CUdeviceptr)(uintptr_t)p;
+  size_t size = bytes ? bytes : 1;
+  pthread_mutex_lock(&lock);
+  struct mapping *m = free_entry(allocs);
+  if (!m) {
+    pthread_mutex_unlock(&lock);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
+  snprintf(m->name, sizeof m->name, "/rxfake-%d-%ld", (int)getpid(), ++alloc_seq);
+  void *p = map_object(m->name, size, 1);
+  if (!p) {
+    pthread_mutex_unlock(&lock);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
+  m->base = (CUdeviceptr)(uintptr_t)p;
+  m->size = size;
+  pthread_mutex_unlock(&lock);
+  *ptr = m->base;
   return CUDA_SUCCESS;
 }
 CUresult cuMemFree_v2(CUdeviceptr ptr) {
-  free((void *)(uintptr_t)ptr);
+  pthread_mutex_lock(&lock);
+  struct mapping *m = entry_of(allocs, ptr);
+  if (!m || m->base != ptr) {
+    pthread_mutex_unlock(&lock);
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  munmap((void *)(uintptr_t)m->base, m->size);
+  shm_unlink(m->name);
+  m->base = 0;
+  pthread_mutex_unlock(&lock);
+  return CUDA_SUCCESS;
+}
+CUresult cuMemGetAddressRange_v2(CUdeviceptr *base, size_t *size, CUdeviceptr ptr) {
+  pthread_mutex_lock(&lock);
+  struct mapping *m = entry_of(allocs, ptr);
+  if (!m) m = entry_of(opened, ptr);
+  if (m) {
+    if (base) *base = m->base;
+    if (size) *size = m->size;
+  }
+  pthread_mutex_unlock(&lock);
+  return m ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
+}
+
+/* The IPC handle: "rxfake1\0", the size (8 bytes), the object's name (48 bytes). */
+typedef struct { char reserved[64]; } CUipcMemHandle;
+static const char HANDLE_MAGIC[8] = "rxfake1";
+
+CUresult cuIpcGetMemHandle(CUipcMemHandle *handle, CUdeviceptr ptr) {
+  pthread_mutex_lock(&lock);
+  struct mapping *m = entry_of(allocs, ptr);
+  if (m) {
+    memset(handle, 0, sizeof *handle);
+    memcpy(handle->reserved, HANDLE_MAGIC, 8);
+    memcpy(handle->reserved + 8, &m->size, 8);
+    memcpy(handle->reserved + 16, m->name, sizeof m->name);
+  }
+  pthread_mutex_unlock(&lock);
+  return m ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *ptr, CUipcMemHandle handle, unsigned flags) {
+  (void)flags;
+  if (memcmp(handle.reserved, HANDLE_MAGIC, 8) != 0) return CUDA_ERROR_INVALID_VALUE;
+  size_t size;
+  char name[40];
+  memcpy(&size, handle.reserved + 8, 8);
+  memcpy(name, handle.reserved + 16, sizeof name);
+  name[sizeof name - 1] = 0;
+  int pid = 0;
+  if (sscanf(name, "/rxfake-%d-", &pid) != 1) return CUDA_ERROR_INVALID_VALUE;
+  /* The real driver refuses to open a handle in the process that made it. */
+  if (pid == (int)getpid()) return CUDA_ERROR_INVALID_CONTEXT;
+  pthread_mutex_lock(&lock);
+  struct mapping *m = free_entry(opened);
+  void *p = m ? map_object(name, size, 0) : NULL;
+  if (p) {
+    m->base = (CUdeviceptr)(uintptr_t)p;
+    m->size = size;
+    memcpy(m->name, name, sizeof name);
+    __atomic_add_fetch(&ipc_open, 1, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&ipc_opened, 1, __ATOMIC_SEQ_CST);
+  }
+  pthread_mutex_unlock(&lock);
+  if (!p) return CUDA_ERROR_INVALID_HANDLE;
+  *ptr = m->base;
+  return CUDA_SUCCESS;
+}
+CUresult cuIpcCloseMemHandle(CUdeviceptr ptr) {
+  pthread_mutex_lock(&lock);
+  struct mapping *m = entry_of(opened, ptr);
+  if (!m || m->base != ptr) {
+    pthread_mutex_unlock(&lock);
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  munmap((void *)(uintptr_t)m->base, m->size);
+  m->base = 0;
+  __atomic_sub_fetch(&ipc_open, 1, __ATOMIC_SEQ_CST);
+  pthread_mutex_unlock(&lock);
+  return CUDA_SUCCESS;
+}
+typedef struct { char bytes[16]; } CUuuid;
+CUresult cuDeviceGetUuid(CUuuid *uuid, CUdevice device) {
+  if (device != 0) return CUDA_ERROR_INVALID_VALUE;
+  memcpy(uuid->bytes, "rxfake-gpu-0000", 16);
   return CUDA_SUCCESS;
 }
 
