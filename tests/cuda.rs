@@ -18,6 +18,8 @@ use std::time::Duration;
 use ringxfer::ring::FailSource;
 use ringxfer::{Config, CudaConfig, Desc, Engine, Error, Op, Status};
 
+#[path = "support/child.rs"]
+mod child;
 #[path = "support/counting.rs"]
 mod counting;
 #[path = "support/skip.rs"]
@@ -117,6 +119,8 @@ struct Fake {
     created: unsafe extern "C" fn() -> i64,
     host_pins: unsafe extern "C" fn() -> i64,
     fail: unsafe extern "C" fn(i32, i64),
+    ipc_open: unsafe extern "C" fn() -> i64,
+    ipc_opened: unsafe extern "C" fn() -> i64,
 }
 
 impl Fake {
@@ -131,6 +135,8 @@ impl Fake {
                 created: *lib.get(b"fake_cuda_events_created\0").unwrap(),
                 host_pins: *lib.get(b"fake_cuda_host_pins\0").unwrap(),
                 fail: *lib.get(b"fake_cuda_fail\0").unwrap(),
+                ipc_open: *lib.get(b"fake_cuda_ipc_open\0").unwrap(),
+                ipc_opened: *lib.get(b"fake_cuda_ipc_opened\0").unwrap(),
                 _lib: lib,
             }
         }
@@ -142,6 +148,11 @@ impl Fake {
     fn host_pins(&self) -> i64 {
         // SAFETY: a plain getter.
         unsafe { (self.host_pins)() }
+    }
+    /// IPC mappings open in this process, and opened since load.
+    fn ipc(&self) -> (i64, i64) {
+        // SAFETY: plain getters.
+        unsafe { ((self.ipc_open)(), (self.ipc_opened)()) }
     }
     fn created(&self) -> i64 {
         // SAFETY: a plain getter.
@@ -407,4 +418,121 @@ fn fabric_child() {
         assert_eq!(initiator.wait(h, Duration::from_secs(10)).unwrap(), Status::Done);
         initiator.release(h).unwrap();
     }
+}
+
+/// GPU memory across processes on one node, with the fake driver: an exporter child
+/// publishes its GPU regions' IPC handles; this process (the importer) maps each
+/// distinct handle once at `load_peer`, keeps unchanged ones across a reload, opens
+/// only new ones, refuses exports from another node or device, and closes everything
+/// when the engine goes.
+#[test]
+fn gpu_regions_map_across_processes() {
+    run_child("ipc_importer_child");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+#[ignore = "run by gpu_regions_map_across_processes, in a process with the fake driver"]
+fn ipc_exporter_child() {
+    let e = Engine::new(config()).unwrap();
+    let mut regions = vec![e.alloc_vram(4096).unwrap(), e.alloc_vram(1 << 20).unwrap()];
+    let lines = child::stdin_lines();
+    // The harness printed "test ipc_exporter_child ... " without a newline.
+    println!();
+    loop {
+        println!("md {}", hex(&e.local_metadata().unwrap()));
+        match lines.recv().as_deref() {
+            Ok("more") => regions.push(e.alloc_vram(64 << 10).unwrap()),
+            _ => break,
+        }
+    }
+    for r in regions {
+        e.deregister(r).unwrap();
+    }
+}
+
+#[test]
+#[ignore = "run by gpu_regions_map_across_processes, in a process with the fake driver"]
+fn ipc_importer_child() {
+    use ringxfer::wire::metadata::{BackendKind, Metadata};
+    use std::io::{BufReader, Write};
+    use std::process::Stdio;
+
+    let fake = Fake::open();
+    let mut exporter = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "ipc_exporter_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(exporter.stdout.take().unwrap());
+    let mut input = exporter.stdin.take().unwrap();
+    let blob = unhex(&child::read_tagged(&mut out, "md "));
+
+    let e = Engine::new(config()).unwrap();
+    let peer = e.load_peer(&blob).unwrap();
+    // Two allocations exported: two mappings, in the ledger and in the driver.
+    assert_eq!(e.stats().cuda_ipc_mappings, 2);
+    assert_eq!(fake.ipc(), (2, 2));
+    // A reload with nothing changed opens nothing.
+    assert_eq!(e.load_peer(&blob).unwrap(), peer);
+    assert_eq!(fake.ipc(), (2, 2));
+    // A new region: only its allocation is opened, the same peer id is kept.
+    writeln!(input, "more").unwrap();
+    let grown = unhex(&child::read_tagged(&mut out, "md "));
+    assert_eq!(e.load_peer(&grown).unwrap(), peer);
+    assert_eq!(fake.ipc(), (3, 3));
+    assert_eq!(e.stats().cuda_ipc_mappings, 3);
+
+    // Exports this engine cannot use are refused at load, with the reason, and map
+    // nothing (a failed reload leaves the peer as it was): another node, another
+    // device, a malformed export.
+    let mut md = Metadata::decode(&grown).unwrap();
+    let at = md.backends.iter().position(|b| b.kind == BackendKind::Cuda).unwrap();
+    let good = md.backends[at].conn.clone();
+    // The export: version, node id (16 bytes), device UUID (16), count, entries.
+    let another_node = |c: &mut Vec<u8>| c[1] ^= 0xff;
+    let another_device = |c: &mut Vec<u8>| c[17] ^= 0xff;
+    let truncated = |c: &mut Vec<u8>| c.truncate(c.len() - 1);
+    type Spoil<'a> = &'a dyn Fn(&mut Vec<u8>);
+    let cases: [(&str, Spoil); 3] = [
+        ("another node", &another_node),
+        ("does not use", &another_device),
+        ("malformed", &truncated),
+    ];
+    for (reason, spoil) in cases {
+        let mut conn = good.clone();
+        spoil(&mut conn);
+        md.backends[at].conn = conn;
+        match e.load_peer(&md.encode().unwrap()) {
+            Err(Error::PeerUnreachable { reason: r, .. }) => assert!(r.contains(reason), "{r}"),
+            other => panic!("expected PeerUnreachable ({reason}), got {other:?}"),
+        }
+        assert_eq!(fake.ipc(), (3, 3), "{reason}");
+    }
+    assert_eq!(e.stats().cuda_ipc_mappings, 3);
+    assert_eq!(e.peer_name(peer).unwrap(), "gpu");
+
+    // The engine's drop closes every mapping.
+    drop(e);
+    assert_eq!(fake.ipc(), (0, 3));
+    writeln!(input, "quit").unwrap();
+    drop(input);
+    assert!(exporter.wait().unwrap().success());
 }

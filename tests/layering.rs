@@ -38,6 +38,7 @@ const UNSAFE_ALLOWED: &[&str] = &[
     "backend/fabric/",
     "backend/cuda.rs",
     "backend/cuda_raw.rs",
+    "backend/cuda_ipc.rs",
     "backend/file.rs",
     "backend/local/",
     "notify.rs",

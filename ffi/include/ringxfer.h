@@ -374,6 +374,9 @@ typedef struct {
   uint64_t notifications_delivered;
   // Notifications dropped as duplicates or stale.
   uint64_t notifications_stale;
+  // Peers' GPU regions mapped into this process: one mapping per distinct IPC
+  // handle per peer in another process on this node (0 without the cuda transport).
+  uint64_t cuda_ipc_mappings;
 } rx_stats;
 
 #ifdef __cplusplus

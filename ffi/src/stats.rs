@@ -46,6 +46,9 @@ pub struct rx_stats {
     pub notifications_delivered: u64,
     /// Notifications dropped as duplicates or stale.
     pub notifications_stale: u64,
+    /// Peers' GPU regions mapped into this process: one mapping per distinct IPC
+    /// handle per peer in another process on this node (0 without the cuda transport).
+    pub cuda_ipc_mappings: u64,
 }
 
 /// Writes the engine's counters and ledger to `*out`.
@@ -83,5 +86,6 @@ fn stats_of(s: EngineStats) -> rx_stats {
         notifications_queued: s.notifications_queued as u64,
         notifications_delivered: s.notifications_delivered,
         notifications_stale: s.notifications_stale,
+        cuda_ipc_mappings: s.cuda_ipc_mappings as u64,
     }
 }

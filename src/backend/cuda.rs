@@ -67,6 +67,10 @@ pub(crate) struct Cuda {
     pin_host: bool,
     /// The device's ordinal (`CudaConfig::device`).
     ordinal: u32,
+    /// The device's UUID (all zero where the driver cannot say).
+    uuid: [u8; 16],
+    /// IPC mappings of peers' GPU regions open now (`cuda_ipc`).
+    pub(crate) ipc_mappings: AtomicUsize,
 }
 
 // SAFETY: the driver API is thread-safe; the raw handles are only destroyed in Drop
@@ -123,6 +127,8 @@ impl Cuda {
             events_live: AtomicUsize::new(0),
             pin_host: config.pin_host,
             ordinal: config.device,
+            uuid: [0; 16],
+            ipc_mappings: AtomicUsize::new(0),
         };
         // SAFETY: valid out-pointers; everything created is released by Drop, which
         // runs on the error paths below too.
@@ -133,6 +139,7 @@ impl Cuda {
                 "cuDevicePrimaryCtxRetain",
             )?;
             cuda.make_current()?;
+            cuda.uuid = super::cuda_ipc::device_uuid(cuda.device).unwrap_or([0; 16]);
             let mut streams = Vec::with_capacity(config.streams.max(1));
             match config.stream {
                 Some(raw) => streams.push(raw as sys::CUstream),
@@ -187,7 +194,7 @@ impl Cuda {
 
     /// Makes the engine's context current on this thread. The driver is asked which
     /// context is current (the caller's code may have switched it since).
-    fn make_current(&self) -> Result<()> {
+    pub(crate) fn make_current(&self) -> Result<()> {
         let mut current: sys::CUcontext = std::ptr::null_mut();
         // SAFETY: a valid out-pointer.
         if unsafe { sys::cuCtxGetCurrent(&mut current) } == sys::CUresult::CUDA_SUCCESS && current == self.ctx {
@@ -416,6 +423,11 @@ impl Cuda {
     pub(crate) fn device(&self) -> u32 {
         self.ordinal
     }
+
+    /// The device's UUID.
+    pub(crate) fn uuid(&self) -> [u8; 16] {
+        self.uuid
+    }
 }
 
 impl Transport for Cuda {
@@ -445,6 +457,12 @@ impl Transport for Cuda {
 
     fn stats(&self, stats: &mut TransportStats) {
         stats.cuda_events = self.events_live();
+        stats.cuda_ipc_mappings = self.ipc_mappings.load(Ordering::Relaxed);
+    }
+
+    /// The engine's GPU regions that peers in other processes on this node can map.
+    fn publish(&self, registry: &Registry) -> Option<crate::wire::metadata::BackendInfo> {
+        super::cuda_ipc::publish(self, registry)
     }
 
     /// GPU copies in flight finish before device memory is freed with its region.

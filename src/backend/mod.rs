@@ -40,6 +40,8 @@
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 pub(crate) mod cuda_config;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda_ipc;
 #[cfg(all(feature = "cuda", feature = "testing"))]
 pub(crate) mod cuda_raw;
 pub mod fabric;
@@ -251,8 +253,10 @@ pub(crate) trait Transport {
 /// How this engine reaches one peer: the state of the transport that serves it,
 /// made by that transport at `load_peer`.
 pub(crate) enum Link {
-    /// In this process, or another process on this host.
-    Local(local::LocalLink),
+    /// In this process, or another process on this host (with the peer's GPU
+    /// regions mapped here, where it exports any and both engines have the cuda
+    /// transport).
+    Local(local::LocalLink, Option<DeviceLink>),
     /// Through the fabric endpoint.
     Fabric(fabric::FabricLink),
     /// The sim transport's peer.
@@ -272,7 +276,7 @@ impl Link {
     #[inline(always)]
     pub(crate) fn route(&self) -> (Via, bool) {
         match self {
-            Link::Local(_) => (Via::Local, false),
+            Link::Local(..) => (Via::Local, false),
             Link::Fabric(_) => (Via::Fabric, true),
             #[cfg(feature = "testing")]
             Link::Sim => (Via::Sim, false),
@@ -290,11 +294,19 @@ impl Link {
     }
 }
 
+/// The GPU regions of a peer in another process, mapped here (`cuda_ipc`).
+#[cfg(feature = "cuda")]
+pub(crate) type DeviceLink = cuda_ipc::IpcLink;
+/// Without the cuda transport there is no mapping of a peer's GPU memory.
+#[cfg(not(feature = "cuda"))]
+pub(crate) enum DeviceLink {}
+
 /// Counters of the transports, for `EngineStats`.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct TransportStats {
     pub(crate) fabric: FabricStats,
     pub(crate) cuda_events: usize,
+    pub(crate) cuda_ipc_mappings: usize,
     #[cfg(feature = "testing")]
     pub(crate) sim: sim::SimStats,
 }
@@ -591,12 +603,26 @@ impl Transports {
             let (link, max) = fabric::FabricLink::connect(md, &info.conn, shared, fabric, sink)?;
             return Ok((Link::Fabric(link), max));
         }
+        let previous_link = previous;
         let previous = match previous {
-            Some(Link::Local(l)) => Some(l),
+            Some(Link::Local(l, _)) => Some(l),
             _ => None,
         };
         let (link, max) = local::LocalLink::connect(md, shared, previous)?;
-        Ok((Link::Local(link), max))
+        #[cfg(feature = "cuda")]
+        let device = match &self.cuda {
+            Some(cuda) => {
+                let previous = match previous_link {
+                    Some(Link::Local(_, Some(d))) => Some(d),
+                    _ => None,
+                };
+                cuda_ipc::IpcLink::connect(cuda, md, previous)?
+            }
+            None => None,
+        };
+        #[cfg(not(feature = "cuda"))]
+        let device = None;
+        Ok((Link::Local(link, device), max))
     }
 
     /// Called for every new region of host memory: the cuda transport page-locks it

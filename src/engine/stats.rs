@@ -37,6 +37,11 @@ pub struct EngineStats {
     /// CUDA events alive: one per slot, created at `Engine::new` and destroyed at
     /// drop, whatever the transfers did (0 without the cuda transport).
     pub cuda_events: usize,
+    /// Peers' GPU regions mapped into this process (one mapping per distinct IPC
+    /// handle per peer in another process on this node, opened at `load_peer` and
+    /// closed when the peer is reloaded without it or the engine is dropped; 0
+    /// without the cuda transport).
+    pub cuda_ipc_mappings: usize,
     /// What the sim transport did (all zero without it; cargo feature `testing`).
     #[cfg(feature = "testing")]
     pub sim: SimStats,
@@ -83,6 +88,7 @@ impl Engine {
             notifications_stale,
             fabric: transports.fabric,
             cuda_events: transports.cuda_events,
+            cuda_ipc_mappings: transports.cuda_ipc_mappings,
             #[cfg(feature = "testing")]
             sim: transports.sim,
             bytes: self.fixed_bytes + self.core.shared.registry.owned_bytes(),

@@ -661,6 +661,20 @@ impl Registry {
     }
 
     /// Every live registration, for the metadata blob.
+    /// (id, device address, length) of every GPU region.
+    pub(crate) fn device_regions(&self) -> Vec<(u64, usize, u64)> {
+        let table = self.read();
+        table
+            .entries
+            .iter()
+            .enumerate()
+            .filter_map(|(index, e)| {
+                let r = e.region.as_ref().filter(|r| r.kind == MemKind::Vram)?;
+                Some((e.generation << INDEX_BITS | index as u64, r.addr, r.len))
+            })
+            .collect()
+    }
+
     pub(crate) fn regions(&self) -> Vec<RegionInfo> {
         let table = self.read();
         table

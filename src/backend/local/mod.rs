@@ -153,7 +153,7 @@ impl Transport for Local {
     /// Moves the bytes now, then queues the notification at the peer.
     #[inline(always)]
     fn start(&self, x: &Xfer<'_>, _sink: Sink<'_>) -> Result<Started> {
-        let Some(Link::Local(link)) = x.link else {
+        let Some(Link::Local(link, _)) = x.link else {
             return Err(Error::UnknownPeer { peer: x.peer() });
         };
         let outbox = link.outbox();
