@@ -34,16 +34,21 @@ impl Peer {
         }
     }
 
-    /// Checks a remote descriptor against the peer's metadata.
-    pub(crate) fn check(&self, d: &Desc) -> Result<()> {
+    /// Checks a remote descriptor against the peer's metadata; says whether it names
+    /// the peer's GPU memory mapped here (which only the cuda transport moves).
+    #[inline]
+    pub(crate) fn check(&self, d: &Desc) -> Result<bool> {
         if !self.link.checks_regions() {
             // The sim moves no bytes: any remote descriptor will do.
-            return Ok(());
+            return Ok(false);
         }
         let Ok(i) = self.regions.binary_search_by_key(&d.region.to_raw(), |r| r.id) else {
-            return Err(Error::UnknownRegion {
-                region: d.region.to_raw(),
-            });
+            return match self.link.device_region(d.region.to_raw()) {
+                Some(len) => in_bounds(d, len).map(|()| true),
+                None => Err(Error::UnknownRegion {
+                    region: d.region.to_raw(),
+                }),
+            };
         };
         if self.regions[i].kind == MemKind::Vram && !self.link.reaches_device_memory() {
             // Published only when registered with the peer's keying transport: no
@@ -52,15 +57,20 @@ impl Peer {
                 reason: "a peer's GPU memory is reached only over the fabric",
             });
         }
-        let len = self.regions[i].len;
-        if d.len == 0 || d.offset.checked_add(d.len).is_none_or(|end| end > len) {
-            return Err(Error::OutOfBounds {
-                region: d.region.to_raw(),
-                offset: d.offset,
-                len: d.len,
-                region_len: len,
-            });
-        }
-        Ok(())
+        in_bounds(d, self.regions[i].len).map(|()| false)
     }
+}
+
+/// Whether `d` lies inside a region of `len` bytes.
+#[inline]
+fn in_bounds(d: &Desc, len: u64) -> Result<()> {
+    if d.len == 0 || d.offset.checked_add(d.len).is_none_or(|end| end > len) {
+        return Err(Error::OutOfBounds {
+            region: d.region.to_raw(),
+            offset: d.offset,
+            len: d.len,
+            region_len: len,
+        });
+    }
+    Ok(())
 }

@@ -430,6 +430,123 @@ fn gpu_regions_map_across_processes() {
     run_child("ipc_importer_child");
 }
 
+/// Moves bytes through the mappings of the exporter's memory: host and GPU memory
+/// here to and from its GPU regions and its shared-memory region, one descriptor and
+/// a scattered batch, with notifications; a withdrawn region fails `REGION_GONE`; a
+/// region a copy is using cannot be deregistered; and the copies allocate nothing.
+fn ipc_transfers(
+    e: &Engine,
+    peer: ringxfer::PeerId,
+    ids: &[u64],
+    input: &mut std::process::ChildStdin,
+    out: &mut std::io::BufReader<std::process::ChildStdout>,
+) {
+    use ringxfer::{FailCode, RegionId};
+    use std::io::Write;
+
+    let (small, big, dram) = (
+        RegionId::from_raw(ids[0]),
+        RegionId::from_raw(ids[1]),
+        RegionId::from_raw(ids[2]),
+    );
+    let src = e.alloc_region(1 << 20).unwrap();
+    let back = e.alloc_region(1 << 20).unwrap();
+    let vram = e.alloc_vram(1 << 20).unwrap();
+    let pattern: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 + i / 4096) as u8).collect();
+    e.write_region(src, 0, &pattern).unwrap();
+    let run = |op, local: &[Desc], remote: &[Desc], notif: Option<&[u8]>| {
+        let h = e.prepare(op, local, peer, remote, notif).unwrap();
+        e.post(h).unwrap();
+        let status = e.wait(h, Duration::from_secs(5)).unwrap();
+        e.release(h).unwrap();
+        status
+    };
+    let check_back = |len: usize, what: &str| {
+        let mut got = vec![0u8; len];
+        e.read_region(back, 0, &mut got).unwrap();
+        assert!(got == pattern[..len], "{what}: the bytes read back differ");
+        e.write_region(back, 0, &vec![0u8; len]).unwrap();
+    };
+
+    // Host memory here → the peer's GPU memory, 1 MiB and 4 KiB, then back.
+    let one = |r: RegionId, len: u64| [Desc::new(r, 0, len)];
+    assert_eq!(
+        run(Op::Write, &one(src, 1 << 20), &one(big, 1 << 20), Some(b"wrote 1M")),
+        Status::Done
+    );
+    assert_eq!(
+        run(Op::Read, &one(back, 1 << 20), &one(big, 1 << 20), None),
+        Status::Done
+    );
+    check_back(1 << 20, "host -> peer GPU -> host, 1 MiB");
+    assert_eq!(run(Op::Write, &one(src, 4096), &one(small, 4096), None), Status::Done);
+    assert_eq!(run(Op::Read, &one(back, 4096), &one(small, 4096), None), Status::Done);
+    check_back(4096, "host -> peer GPU -> host, 4 KiB");
+
+    // GPU memory here → the peer's host (shared-memory) region and GPU region.
+    let own = e.local_peer();
+    let h = e
+        .prepare(Op::Write, &one(src, 1 << 20), own, &one(vram, 1 << 20), None)
+        .unwrap();
+    e.post(h).unwrap();
+    assert_eq!(e.wait(h, Duration::from_secs(5)).unwrap(), Status::Done);
+    e.release(h).unwrap();
+    assert_eq!(
+        run(Op::Write, &one(vram, 65536), &one(dram, 65536), Some(b"wrote dram")),
+        Status::Done
+    );
+    assert_eq!(run(Op::Read, &one(back, 65536), &one(dram, 65536), None), Status::Done);
+    check_back(65536, "GPU -> peer host -> host");
+    assert_eq!(
+        run(Op::Write, &one(vram, 1 << 20), &one(big, 1 << 20), None),
+        Status::Done
+    );
+    assert_eq!(
+        run(Op::Read, &one(back, 1 << 20), &one(big, 1 << 20), None),
+        Status::Done
+    );
+    check_back(1 << 20, "GPU -> peer GPU -> host");
+
+    // A scattered batch: 64 blocks of 4 KiB to reversed places, and back in order.
+    let blocks: Vec<u64> = (0..64).collect();
+    let local: Vec<Desc> = blocks.iter().map(|&i| Desc::new(src, i * 4096, 4096)).collect();
+    let remote: Vec<Desc> = blocks.iter().map(|&i| Desc::new(big, (63 - i) * 8192, 4096)).collect();
+    let home: Vec<Desc> = blocks.iter().map(|&i| Desc::new(back, i * 4096, 4096)).collect();
+    assert_eq!(run(Op::Write, &local, &remote, Some(b"batch")), Status::Done);
+    assert_eq!(run(Op::Read, &home, &remote, None), Status::Done);
+    check_back(64 * 4096, "a scattered batch of 64");
+
+    // The notifications arrived, each after its bytes.
+    writeln!(input, "pop").unwrap();
+    assert_eq!(child::read_tagged(out, "notes "), "wrote 1M,wrote dram,batch");
+
+    // No allocation per transfer, on any thread.
+    let before = counting::allocations();
+    for _ in 0..1000 {
+        assert_eq!(run(Op::Write, &one(src, 4096), &one(big, 4096), None), Status::Done);
+    }
+    assert_eq!(counting::allocations() - before, 0, "allocations over 1,000 transfers");
+
+    // A region the peer is copying into cannot be deregistered; after it, it can.
+    let h = e
+        .prepare(Op::Write, &one(src, 4096), peer, &one(big, 4096), None)
+        .unwrap();
+    e.post(h).unwrap();
+    writeln!(input, "dereg {}", big.to_raw()).unwrap();
+    assert_eq!(child::read_tagged(out, "dereg "), "busy");
+    assert_eq!(e.wait(h, Duration::from_secs(5)).unwrap(), Status::Done);
+    e.release(h).unwrap();
+    writeln!(input, "dereg {}", small.to_raw()).unwrap();
+    assert_eq!(child::read_tagged(out, "dereg "), "ok");
+    // A copy into the withdrawn region fails, and lands nowhere.
+    assert_eq!(
+        run(Op::Write, &one(src, 4096), &one(small, 4096), None),
+        Status::Failed(FailCode::REGION_GONE)
+    );
+    assert_eq!(e.stats().ring.live, 0);
+    e.check_quiescent().unwrap();
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -446,13 +563,38 @@ fn unhex(text: &str) -> Vec<u8> {
 fn ipc_exporter_child() {
     let e = Engine::new(config()).unwrap();
     let mut regions = vec![e.alloc_vram(4096).unwrap(), e.alloc_vram(1 << 20).unwrap()];
+    let dram = e.alloc_region(1 << 20).unwrap();
     let lines = child::stdin_lines();
     // The harness printed "test ipc_exporter_child ... " without a newline.
     println!();
-    loop {
-        println!("md {}", hex(&e.local_metadata().unwrap()));
-        match lines.recv().as_deref() {
-            Ok("more") => regions.push(e.alloc_vram(64 << 10).unwrap()),
+    println!("ids {} {} {}", regions[0].to_raw(), regions[1].to_raw(), dram.to_raw());
+    println!("md {}", hex(&e.local_metadata().unwrap()));
+    let mut note = [0u8; 256];
+    while let Ok(line) = lines.recv() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("more") => {
+                regions.push(e.alloc_vram(64 << 10).unwrap());
+                println!("md {}", hex(&e.local_metadata().unwrap()));
+            }
+            Some("pop") => {
+                let mut notes = Vec::new();
+                while let Some(n) = e.pop_notification(&mut note).unwrap() {
+                    notes.push(String::from_utf8_lossy(&note[..n.len]).into_owned());
+                }
+                println!("notes {}", notes.join(","));
+            }
+            Some("dereg") => {
+                let id = ringxfer::RegionId::from_raw(words.next().unwrap().parse().unwrap());
+                match e.deregister(id) {
+                    Ok(()) => {
+                        regions.retain(|&r| r != id);
+                        println!("dereg ok");
+                    }
+                    Err(Error::Busy { .. }) => println!("dereg busy"),
+                    Err(other) => println!("dereg {other}"),
+                }
+            }
             _ => break,
         }
     }
@@ -483,6 +625,10 @@ fn ipc_importer_child() {
         .unwrap();
     let mut out = BufReader::new(exporter.stdout.take().unwrap());
     let mut input = exporter.stdin.take().unwrap();
+    let ids: Vec<u64> = child::read_tagged(&mut out, "ids ")
+        .split(' ')
+        .map(|w| w.parse().unwrap())
+        .collect();
     let blob = unhex(&child::read_tagged(&mut out, "md "));
 
     let e = Engine::new(config()).unwrap();
@@ -529,10 +675,33 @@ fn ipc_importer_child() {
     assert_eq!(e.stats().cuda_ipc_mappings, 3);
     assert_eq!(e.peer_name(peer).unwrap(), "gpu");
 
-    // The engine's drop closes every mapping.
-    drop(e);
-    assert_eq!(fake.ipc(), (0, 3));
+    ipc_transfers(&e, peer, &ids, &mut input, &mut out);
+
+    // The peer's process ends: transfers to its GPU memory fail PEER_LOST (the
+    // liveness check runs at most once a millisecond), and move nothing.
     writeln!(input, "quit").unwrap();
     drop(input);
     assert!(exporter.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(5));
+    let src = e.alloc_region(4096).unwrap();
+    let big = ringxfer::RegionId::from_raw(ids[1]);
+    let h = e
+        .prepare(
+            Op::Write,
+            &[Desc::new(src, 0, 4096)],
+            peer,
+            &[Desc::new(big, 0, 4096)],
+            None,
+        )
+        .unwrap();
+    e.post(h).unwrap();
+    assert_eq!(
+        e.wait(h, Duration::from_secs(5)).unwrap(),
+        Status::Failed(ringxfer::FailCode::PEER_LOST)
+    );
+    e.release(h).unwrap();
+
+    // The engine's drop closes every mapping.
+    drop(e);
+    assert_eq!(fake.ipc(), (0, 3));
 }

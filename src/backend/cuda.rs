@@ -17,7 +17,7 @@
 // Unsafe code: the CUDA driver API (the crate root denies it elsewhere).
 #![allow(unsafe_code)]
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys;
@@ -28,8 +28,12 @@ use crate::mem::Resolved;
 use crate::ring::{FailCode, FailSource, Handle, Outcome, TransportId};
 use crate::types::Op;
 
+use super::DeviceLink;
+use super::local::LocalLink;
 use super::{Expire, Sink, Started, Transport, TransportStats, Xfer};
 use crate::mem::Registry;
+use crate::notify::Outbox;
+use crate::sys::regtable::RegTable;
 use crate::types::RegionId;
 
 /// A failed driver call as a transfer's failure code.
@@ -71,6 +75,52 @@ pub(crate) struct Cuda {
     uuid: [u8; 16],
     /// IPC mappings of peers' GPU regions open now (`cuda_ipc`).
     pub(crate) ipc_mappings: AtomicUsize,
+    /// Per slot: what a transfer to a peer in another process holds until its event
+    /// completes (preallocated), and whether it holds anything.
+    peer_slots: Box<[Mutex<PeerSlot>]>,
+    peer_held: Box<[AtomicBool]>,
+}
+
+/// What a transfer to a peer's mapped memory holds while its copies run: the owner's
+/// registration entries it pinned (so the owner's `deregister` is `Busy` meanwhile)
+/// and the notification to deliver once the copies are done.
+struct PeerSlot {
+    /// The remote side, resolved to addresses in this process (`max_descs_per_xfer`
+    /// reserved).
+    remote: Vec<Resolved>,
+    /// The peer's link and GPU mappings, kept alive until the copies are done (a
+    /// reload of the peer meanwhile does not unmap memory under them).
+    link: Option<(Arc<LocalLink>, Arc<DeviceLink>)>,
+    regs: Option<Arc<RegTable>>,
+    /// Entries pinned in `regs` (`max_descs_per_xfer` reserved).
+    pinned: Vec<usize>,
+    outbox: Option<Arc<Outbox>>,
+    /// The notification (`max_notif_bytes` reserved) and whether there is one.
+    notif: Vec<u8>,
+    notify: bool,
+}
+
+impl PeerSlot {
+    /// Lets go of what the transfer held; delivers its notification if it is done.
+    fn release(&mut self, handle: Handle, done: bool) {
+        self.remote.clear();
+        if let Some(regs) = self.regs.take() {
+            for &entry in &self.pinned {
+                regs.unpin(entry);
+            }
+        }
+        self.pinned.clear();
+        if let Some(outbox) = self.outbox.take() {
+            if self.notify && done {
+                outbox.deliver(handle, &self.notif);
+            } else if self.notify {
+                outbox.unreserve();
+            }
+        }
+        self.notify = false;
+        self.notif.clear();
+        self.link = None;
+    }
 }
 
 // SAFETY: the driver API is thread-safe; the raw handles are only destroyed in Drop
@@ -82,7 +132,7 @@ unsafe impl Sync for Cuda {}
 
 impl Cuda {
     /// Probes the driver and creates the context, streams and `capacity` events.
-    pub(crate) fn open(config: &CudaConfig, capacity: usize) -> Result<Cuda> {
+    pub(crate) fn open(config: &CudaConfig, capacity: usize, max_descs: usize, max_notif_bytes: usize) -> Result<Cuda> {
         // cudarc panics when libcuda cannot be loaded: probe first.
         // SAFETY: only tries to dlopen the library's candidate names.
         if !unsafe { sys::is_culib_present() } {
@@ -129,6 +179,20 @@ impl Cuda {
             ordinal: config.device,
             uuid: [0; 16],
             ipc_mappings: AtomicUsize::new(0),
+            peer_slots: (0..capacity)
+                .map(|_| {
+                    Mutex::new(PeerSlot {
+                        remote: Vec::with_capacity(max_descs),
+                        link: None,
+                        regs: None,
+                        pinned: Vec::with_capacity(max_descs),
+                        outbox: None,
+                        notif: Vec::with_capacity(max_notif_bytes),
+                        notify: false,
+                    })
+                })
+                .collect(),
+            peer_held: (0..capacity).map(|_| AtomicBool::new(false)).collect(),
         };
         // SAFETY: valid out-pointers; everything created is released by Drop, which
         // runs on the error paths below too.
@@ -380,6 +444,10 @@ impl Cuda {
                     Outcome::Failed(fail_code(error))
                 }
             };
+            if self.peer_held[index].swap(false, Ordering::AcqRel) {
+                let mut peer = self.peer_slots[index].lock().unwrap_or_else(|e| e.into_inner());
+                peer.release(Handle::from_raw(raw), outcome == Outcome::Done);
+            }
             // Cleared before the slot can be reused (the sink frees it): a new
             // transfer in the slot sets its own bit afterwards.
             self.busy[index / 64].fetch_and(!(1 << (index % 64)), Ordering::AcqRel);
@@ -430,11 +498,97 @@ impl Cuda {
     }
 }
 
+impl Cuda {
+    /// A transfer to a peer in another process on this node whose GPU memory is
+    /// mapped here (and whose engine-allocated host memory is): its remote side is
+    /// resolved to addresses in this process, the owner's entries are pinned, the
+    /// notification is staged, and the copies go on the slot's stream; `progress`
+    /// unpins and delivers the notification when the event completes.
+    fn start_peer(&self, x: &Xfer<'_>, link: &Arc<LocalLink>, device: &Arc<DeviceLink>) -> Result<Started> {
+        let index = x.handle.index() as usize;
+        let mut peer = self.peer_slots[index].lock().unwrap_or_else(|e| e.into_inner());
+        let regs = link.regtable().ok_or(Error::UnknownPeer { peer: x.peer() })?;
+        if !link.alive() {
+            return Ok(Started::Ended(Outcome::Failed(FailCode::PEER_LOST)));
+        }
+        peer.regs = Some(Arc::clone(regs));
+        peer.link = Some((Arc::clone(link), Arc::clone(device)));
+        for d in x.remote() {
+            let raw = d.region.to_raw();
+            let (addr, vram) = match device.region(raw) {
+                Some((start, len)) if d.offset.checked_add(d.len).is_some_and(|end| end <= len) => {
+                    ((start + d.offset) as usize, true)
+                }
+                Some(_) => {
+                    // The peer was reloaded since prepare with another export.
+                    peer.release(x.handle, false);
+                    return Err(Error::UnknownRegion { region: raw });
+                }
+                None => match link.segment_addr(d) {
+                    Some(addr) => (addr, false),
+                    None => {
+                        peer.release(x.handle, false);
+                        return Err(Error::InvalidDescriptor {
+                            reason: "a GPU copy reaches a peer's host memory only in regions its engine allocated \
+                                     (alloc_region: shared memory)",
+                        });
+                    }
+                },
+            };
+            let (entry, generation) = super::local::region_entry(raw);
+            if !regs.pin(entry, generation) {
+                peer.release(x.handle, false);
+                return Ok(Started::Ended(Outcome::Failed(FailCode::REGION_GONE)));
+            }
+            peer.pinned.push(entry);
+            peer.remote.push(Resolved {
+                addr,
+                len: d.len as usize,
+                vram,
+                ..Resolved::default()
+            });
+        }
+        if let Some(notif) = x.notif() {
+            let outbox = link.outbox();
+            if !outbox.reserve() {
+                peer.release(x.handle, false);
+                peer.remote.clear();
+                return Err(Error::InboxFull { peer: x.peer() });
+            }
+            peer.outbox = Some(Arc::clone(outbox));
+            peer.notif.extend_from_slice(notif);
+            peer.notify = true;
+        }
+        let posted = self.post(x.handle, x.op(), x.local(), &peer.remote);
+        peer.remote.clear();
+        Ok(match posted {
+            Ok(Ok(failure)) => {
+                self.peer_held[index].store(true, Ordering::Release);
+                Started::Handed(failure)
+            }
+            Ok(Err(outcome)) => {
+                peer.release(x.handle, false);
+                Started::Ended(outcome)
+            }
+            Err(e) => {
+                peer.release(x.handle, false);
+                return Err(e);
+            }
+        })
+    }
+}
+
 impl Transport for Cuda {
     /// Enqueues the copies and records the slot's event; `progress` ends the transfer
     /// when the event completes.
     #[inline]
     fn start(&self, x: &Xfer<'_>, _sink: Sink<'_>) -> Result<Started> {
+        if let Some(link) = x.link {
+            return match link {
+                super::Link::Local(local, Some(device)) => self.start_peer(x, local, device),
+                _ => Err(Error::UnknownPeer { peer: x.peer() }),
+            };
+        }
         Ok(match self.post(x.handle, x.op(), x.local(), x.own())? {
             Err(outcome) => Started::Ended(outcome),
             Ok(failure) => Started::Handed(failure),

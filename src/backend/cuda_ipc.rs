@@ -203,6 +203,8 @@ impl Drop for Mapping {
 /// The GPU regions of a peer in another process on this node, mapped here: one
 /// mapping per distinct IPC handle it exports.
 pub(crate) struct IpcLink {
+    /// (region id, where it starts in this process, its length), sorted by id.
+    regions: Vec<(u64, u64, u64)>,
     mappings: Vec<Arc<Mapping>>,
 }
 
@@ -234,6 +236,7 @@ impl IpcLink {
             ));
         }
         let mut mappings: Vec<Arc<Mapping>> = Vec::new();
+        let mut regions = Vec::with_capacity(info.regions.len());
         for r in &info.regions {
             let mapping = match mappings.iter().find(|m| m.handle == r.handle) {
                 Some(m) => Arc::clone(m),
@@ -247,13 +250,23 @@ impl IpcLink {
                     m
                 }
             };
-            mapping
+            let start = mapping
                 .base
                 .checked_add(r.offset)
-                .and_then(|start| start.checked_add(r.len))
+                .filter(|start| start.checked_add(r.len).is_some())
                 .ok_or_else(|| unreachable("its GPU export is out of range"))?;
+            regions.push((r.id, start, r.len));
         }
-        Ok(Some(IpcLink { mappings }))
+        regions.sort_unstable_by_key(|&(id, _, _)| id);
+        Ok(Some(IpcLink { regions, mappings }))
+    }
+
+    /// Where the peer's GPU region `id` starts in this process, and its length.
+    #[inline]
+    pub(crate) fn region(&self, id: u64) -> Option<(u64, u64)> {
+        let i = self.regions.binary_search_by_key(&id, |&(id, _, _)| id).ok()?;
+        let (_, start, len) = self.regions[i];
+        Some((start, len))
     }
 }
 

@@ -99,6 +99,14 @@ pub(crate) enum Via {
 }
 
 impl Via {
+    /// The transport for a transfer to a peer whose GPU memory is mapped here
+    /// ([`Link::moves_device_memory`]): the cuda transport's when either side names
+    /// GPU memory, else this one.
+    #[inline]
+    pub(crate) fn with_device_memory(self, device: bool) -> Via {
+        if device { Via::Cuda } else { self }
+    }
+
     /// Which transport moves a transfer between the engine's own regions, given what
     /// its pairs name; `None` for GPU memory with a file anywhere in the transfer, or
     /// a pair of two non-memory sides (other than GPU ↔ GPU): no transport moves
@@ -256,7 +264,7 @@ pub(crate) enum Link {
     /// In this process, or another process on this host (with the peer's GPU
     /// regions mapped here, where it exports any and both engines have the cuda
     /// transport).
-    Local(local::LocalLink, Option<DeviceLink>),
+    Local(Arc<local::LocalLink>, Option<Arc<DeviceLink>>),
     /// Through the fabric endpoint.
     Fabric(fabric::FabricLink),
     /// The sim transport's peer.
@@ -281,6 +289,25 @@ impl Link {
             #[cfg(feature = "testing")]
             Link::Sim => (Via::Sim, false),
         }
+    }
+
+    /// The length of the peer's GPU region `id` if it is mapped here (a peer in
+    /// another process on this node, through the cuda transport).
+    pub(crate) fn device_region(&self, id: u64) -> Option<u64> {
+        match self {
+            #[cfg(feature = "cuda")]
+            Link::Local(_, Some(device)) => device.region(id).map(|(_, len)| len),
+            _ => {
+                let _ = id;
+                None
+            }
+        }
+    }
+
+    /// Whether the local side of a transfer to this peer may name GPU memory (the
+    /// cuda transport moves it to and from the peer's mapped regions).
+    pub(crate) fn moves_device_memory(&self) -> bool {
+        matches!(self, Link::Local(_, Some(_)))
     }
 
     /// Whether remote descriptors are checked against the peer's regions (the sim
@@ -317,6 +344,7 @@ pub(crate) struct Settings<'a> {
     pub(crate) engine_id: u64,
     pub(crate) capacity: usize,
     pub(crate) max_notif_bytes: usize,
+    pub(crate) max_descs_per_xfer: usize,
     pub(crate) max_peers: usize,
     pub(crate) max_registrations: usize,
     pub(crate) inbox_capacity: usize,
@@ -424,7 +452,15 @@ impl Transports {
         #[cfg(feature = "cuda")]
         let cuda = settings
             .cuda
-            .map(|c| cuda::Cuda::open(c, settings.capacity).map(Arc::new))
+            .map(|c| {
+                cuda::Cuda::open(
+                    c,
+                    settings.capacity,
+                    settings.max_descs_per_xfer,
+                    settings.max_notif_bytes,
+                )
+                .map(Arc::new)
+            })
             .transpose()?;
         #[cfg(not(feature = "cuda"))]
         if settings.cuda.is_some() {
@@ -605,7 +641,7 @@ impl Transports {
         }
         let previous_link = previous;
         let previous = match previous {
-            Some(Link::Local(l, _)) => Some(l),
+            Some(Link::Local(l, _)) => Some(&**l),
             _ => None,
         };
         let (link, max) = local::LocalLink::connect(md, shared, previous)?;
@@ -616,13 +652,13 @@ impl Transports {
                     Some(Link::Local(_, Some(d))) => Some(d),
                     _ => None,
                 };
-                cuda_ipc::IpcLink::connect(cuda, md, previous)?
+                cuda_ipc::IpcLink::connect(cuda, md, previous.map(|d| &**d))?.map(Arc::new)
             }
             None => None,
         };
         #[cfg(not(feature = "cuda"))]
         let device = None;
-        Ok((Link::Local(link, device), max))
+        Ok((Link::Local(Arc::new(link), device), max))
     }
 
     /// Called for every new region of host memory: the cuda transport page-locks it

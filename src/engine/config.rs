@@ -138,6 +138,7 @@ impl Config {
             engine_id,
             capacity: self.capacity,
             max_notif_bytes: self.max_notif_bytes,
+            max_descs_per_xfer: self.max_descs_per_xfer,
             max_peers: self.max_peers,
             max_registrations: self.max_registrations,
             inbox_capacity: self.inbox_capacity,

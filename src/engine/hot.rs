@@ -102,9 +102,17 @@ impl Engine {
                 return Err(Error::NotificationTooLarge { len: n.len(), max });
             }
         }
-        remote.iter().try_for_each(|d| p.check(d))?;
+        let mut remote_device = false;
+        for d in remote {
+            remote_device |= p.check(d)?;
+        }
         // GPU memory moves to a peer only through a transport that registered it.
         let (via, keyed) = p.link.route();
+        if p.link.moves_device_memory() {
+            // GPU memory on either side goes to the cuda transport (the local side
+            // is seen when it is resolved, in `hold_sides`).
+            return Ok((Allowed::Device, via.with_device_memory(remote_device)));
+        }
         Ok((if keyed { Allowed::Keyed } else { Allowed::Memory }, via))
     }
 
@@ -126,6 +134,9 @@ impl Engine {
         let pinner = registry.pinner();
         if allowed != Allowed::Anything {
             pinner.hold_all(local, local_out, allowed, holder)?;
+            if allowed == Allowed::Device && local_out[..local.len()].iter().any(|r| r.vram) {
+                return Ok(via.with_device_memory(true));
+            }
             return Ok(via);
         }
         let pairs = pinner.hold_pairs(local, remote, (local_out, own_out), holder)?;

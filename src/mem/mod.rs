@@ -187,6 +187,9 @@ pub(crate) enum Allowed {
     /// Host memory, and GPU memory registered with the keying transport: a transfer
     /// to a peer reached through it.
     Keyed,
+    /// Host memory and any GPU memory: a transfer to a peer whose GPU memory is
+    /// mapped here (the cuda transport moves it).
+    Device,
     /// Memory, files and GPU memory: a transfer between the engine's own regions.
     Anything,
 }

@@ -36,7 +36,8 @@ impl Pinner<'_> {
                     });
                 }
             },
-            Allowed::Keyed | Allowed::Memory => memory_only(resolved)?,
+            Allowed::Device if resolved.vram => resolved,
+            Allowed::Keyed | Allowed::Memory | Allowed::Device => memory_only(resolved)?,
         };
         Ok(resolved)
     }

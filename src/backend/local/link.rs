@@ -56,7 +56,7 @@ struct Remote {
     pidfd: Option<OwnedFd>,
     /// The peer's registration table: is a region still registered, and pins for
     /// copies into memory that is not in a segment.
-    regs: RegTable,
+    regs: Arc<RegTable>,
     /// Parallel to `Peer::regions`.
     memory: Vec<RemoteMemory>,
     alive: AtomicBool,
@@ -150,10 +150,10 @@ impl LocalLink {
                     _ => Ok(RemoteMemory::Process { addr: r.addr }),
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let regs = RegTable::open(
+            let regs = Arc::new(RegTable::open(
                 &info.dir.join(regtable_name(&info.prefix)),
                 info.max_registrations as usize,
-            )?;
+            )?);
             let remote = Remote {
                 pid: md.process_id,
                 pidfd: pidfd_open(md.process_id),
@@ -183,8 +183,32 @@ impl LocalLink {
 
     /// Our lane in the peer's inbox.
     #[inline]
-    pub(crate) fn outbox(&self) -> &Outbox {
+    pub(crate) fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
+    }
+
+    /// The peer's registration table, for a peer in another process (its regions'
+    /// entries are pinned while a copy uses them).
+    pub(crate) fn regtable(&self) -> Option<&Arc<RegTable>> {
+        match &self.reach {
+            Reach::OtherProcess(r) => Some(&r.regs),
+            Reach::InProcess(_) => None,
+        }
+    }
+
+    /// Where the bytes of a remote descriptor lie in this process, for a region of a
+    /// peer in another process that lives in a shared-memory segment mapped here;
+    /// `None` otherwise (or out of the segment's bounds).
+    pub(crate) fn segment_addr(&self, d: &Desc) -> Option<usize> {
+        let Reach::OtherProcess(remote) = &self.reach else {
+            return None;
+        };
+        let i = self.regions.binary_search_by_key(&d.region.to_raw(), |r| r.id).ok()?;
+        let RemoteMemory::Mapped(segment) = &remote.memory[i] else {
+            return None;
+        };
+        let end = d.offset.checked_add(d.len)?;
+        (end <= segment.len() as u64).then(|| segment.as_ptr() as usize + d.offset as usize)
     }
 
     /// Moves the bytes of one transfer and says how it ended.
@@ -305,7 +329,7 @@ impl Remote {
 }
 
 /// A region id's (table index, generation).
-fn region_entry(raw: u64) -> (usize, u64) {
+pub(crate) fn region_entry(raw: u64) -> (usize, u64) {
     ((raw & 0xF_FFFF) as usize, raw >> 20)
 }
 
