@@ -504,7 +504,7 @@ impl Cuda {
     /// resolved to addresses in this process, the owner's entries are pinned, the
     /// notification is staged, and the copies go on the slot's stream; `progress`
     /// unpins and delivers the notification when the event completes.
-    fn start_peer(&self, x: &Xfer<'_>, link: &Arc<LocalLink>, device: &Arc<DeviceLink>) -> Result<Started> {
+    fn start_peer(&self, x: Xfer<'_>, link: &Arc<LocalLink>, device: &Arc<DeviceLink>) -> Result<Started> {
         let index = x.handle.index() as usize;
         let mut peer = self.peer_slots[index].lock().unwrap_or_else(|e| e.into_inner());
         let regs = link.regtable().ok_or(Error::UnknownPeer { peer: x.peer() })?;
@@ -582,7 +582,7 @@ impl Transport for Cuda {
     /// Enqueues the copies and records the slot's event; `progress` ends the transfer
     /// when the event completes.
     #[inline]
-    fn start(&self, x: &Xfer<'_>, _sink: Sink<'_>) -> Result<Started> {
+    fn start(&self, x: Xfer<'_>, _sink: Sink<'_>) -> Result<Started> {
         if let Some(link) = x.link {
             return match link {
                 super::Link::Local(local, Some(device)) => self.start_peer(x, local, device),

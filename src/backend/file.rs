@@ -222,21 +222,21 @@ impl Files {
     pub(crate) fn shut_down(&self) {
         self.queue.shut_down();
     }
+
+    /// Queues a posted transfer for the workers (or its waiter).
+    #[inline(always)]
+    pub(crate) fn submit(&self, handle: Handle) {
+        self.queue.submit(handle);
+    }
 }
 
 impl Transport for Files {
     #[inline(always)]
-    fn start(&self, _xfer: &Xfer<'_>, _sink: Sink<'_>) -> Result<Started> {
+    fn start(&self, _xfer: Xfer<'_>, _sink: Sink<'_>) -> Result<Started> {
         if self.workers == 0 {
             return Err(absent(super::Via::File));
         }
-        Ok(Started::Handed(0))
-    }
-
-    #[inline]
-    fn launch(&self, handle: Handle, _word: u32, _sink: Sink<'_>) {
-        // A worker (or the transfer's waiter) ends it.
-        self.queue.submit(handle);
+        Ok(Started::Job)
     }
 
     fn cancel(&self, handle: Handle) {

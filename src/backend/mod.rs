@@ -205,6 +205,10 @@ pub(crate) enum Started {
     /// [`Transport::launch`] (after letting go of the slot's context). The word is the
     /// transport's own (e.g. a failure already known).
     Handed(u32),
+    /// It runs as a job on the engine's worker threads: the poster queues it with
+    /// [`Transports::queue_job`] (after letting go of the slot's context), and a
+    /// worker, or the transfer's waiter, runs it and ends it.
+    Job,
 }
 
 /// What every transport does. Hot path: `start`, `launch`, `progress`, `cancel`;
@@ -213,7 +217,7 @@ pub(crate) enum Started {
 pub(crate) trait Transport {
     /// Starts a posted transfer. An error means nothing moved and the transport kept
     /// nothing of it: the transfer is prepared again.
-    fn start(&self, xfer: &Xfer<'_>, sink: Sink<'_>) -> Result<Started>;
+    fn start(&self, xfer: Xfer<'_>, sink: Sink<'_>) -> Result<Started>;
 
     /// Takes over a transfer `start` answered [`Started::Handed`]: from here the
     /// transport ends it (through `sink` or its `progress`).
@@ -502,7 +506,7 @@ impl Transports {
     /// a call here and the `Result` it returns through memory cost more than the
     /// match.
     #[inline(always)]
-    pub(crate) fn start(&self, via: Via, xfer: &Xfer<'_>, sink: Sink<'_>) -> Result<Started> {
+    pub(crate) fn start(&self, via: Via, xfer: Xfer<'_>, sink: Sink<'_>) -> Result<Started> {
         match via {
             Via::Memory => Ok(Started::Ended(file::run(xfer.op(), xfer.local(), xfer.own()))),
             Via::Local => Transport::start(&self.local, xfer, sink),
@@ -521,8 +525,7 @@ impl Transports {
     #[inline(always)]
     pub(crate) fn launch(&self, via: Via, handle: Handle, word: u32, sink: Sink<'_>) {
         match via {
-            Via::Memory | Via::Local => {}
-            Via::File => Transport::launch(&self.files, handle, word, sink),
+            Via::Memory | Via::Local | Via::File => {}
             Via::Fabric => {
                 if let Some(t) = &self.fabric {
                     Transport::launch(t, handle, word, sink);
@@ -573,6 +576,12 @@ impl Transports {
 
     // ----- jobs run on the engine's worker threads -----
 
+    /// Queues a transfer whose `start` answered [`Started::Job`] for the workers.
+    #[inline(always)]
+    pub(crate) fn queue_job(&self, handle: Handle) {
+        self.files.submit(handle);
+    }
+
     /// Worker threads the engine runs for transports that need them.
     pub(crate) fn worker_threads(&self) -> usize {
         self.files.workers()
@@ -591,7 +600,7 @@ impl Transports {
 
     /// Runs a job's transfer.
     #[inline]
-    pub(crate) fn run_job(&self, xfer: &Xfer<'_>) -> Outcome {
+    pub(crate) fn run_job(&self, xfer: Xfer<'_>) -> Outcome {
         file::run(xfer.op(), xfer.local(), xfer.own())
     }
 

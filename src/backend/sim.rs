@@ -338,7 +338,7 @@ impl Sim {
 
 impl Transport for Sim {
     /// Copies the notification; `launch` takes the transfer.
-    fn start(&self, x: &Xfer<'_>, _sink: Sink<'_>) -> Result<Started> {
+    fn start(&self, x: Xfer<'_>, _sink: Sink<'_>) -> Result<Started> {
         self.stage(x.handle, x.notif());
         Ok(Started::Handed(0))
     }

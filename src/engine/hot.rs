@@ -121,7 +121,7 @@ impl Engine {
     /// and records their regions as held by `holder`; says which transport moves the
     /// transfer (for one to [`PeerId::SELF`], decided from what its pairs name). On
     /// error it holds nothing.
-    #[inline]
+    #[inline(always)]
     pub(super) fn hold_sides(
         &self,
         local: &[Desc],
@@ -163,13 +163,13 @@ impl Engine {
         let t = posted.context();
         let via = t.via;
         let started = if t.peer == PeerId::SELF.0 {
-            self.core.transports.start(via, &xfer(t, handle, None), &mut sink)
+            self.core.transports.start(via, xfer(t, handle, None), &mut sink)
         } else {
             match self.find_peer(t.peer) {
                 Some(peer) => self
                     .core
                     .transports
-                    .start(via, &xfer(t, handle, Some(&peer.link)), &mut sink),
+                    .start(via, xfer(t, handle, Some(&peer.link)), &mut sink),
                 None => Err(Error::UnknownPeer { peer: t.peer }),
             }
         };
@@ -183,6 +183,10 @@ impl Engine {
             }
             Ok(Started::Handed(word)) => {
                 self.core.transports.launch(via, handle, word, &mut sink);
+                Ok(())
+            }
+            Ok(Started::Job) => {
+                self.core.transports.queue_job(handle);
                 Ok(())
             }
             Err(e) => {

@@ -96,7 +96,7 @@ impl Core {
         } else {
             // The job's holder alone ends the transfer, after `posted` is dropped.
             let posted = self.ring.resume(job);
-            self.transports.run_job(&xfer(posted.context(), handle, None))
+            self.transports.run_job(xfer(posted.context(), handle, None))
         };
         self.complete(handle, outcome);
     }

@@ -64,6 +64,7 @@ impl Holds {
     }
 
     /// `holder`'s block: `[count local, count own, local 0, own 0, …]`.
+    #[inline]
     pub(super) fn cells(&self, holder: Holder) -> &[AtomicU32] {
         let h = match holder {
             Holder::Slot(i) => i,
@@ -98,6 +99,7 @@ impl Holds {
     /// let go, and then reads an entry this copy wrote, misses that holder's region —
     /// but that holder had let go, and through the Release/Acquire pair its accesses
     /// still happen before the scan. (Plain `mov`s on x86.)
+    #[inline]
     pub(super) fn copy(&self, from: Holder, to: Holder) {
         let (from, to) = (self.cells(from), self.cells(to));
         for side in 0..2 {
@@ -112,6 +114,7 @@ impl Holds {
 
     /// Empties `holder`'s rows. Release: the holder's accesses to the regions happen
     /// before a deregistration that finds the rows empty (its loads are Acquire).
+    #[inline]
     pub(super) fn clear(&self, holder: Holder) {
         let cells = self.cells(holder);
         cells[0].store(0, Ordering::Release);

@@ -196,6 +196,7 @@ pub(crate) enum Allowed {
 
 /// Refuses a file or GPU region where only host memory will do (a peer's copy, a
 /// `memcpy`).
+#[inline(always)]
 fn memory_only(r: Resolved) -> Result<Resolved> {
     if r.vram {
         return Err(Error::InvalidDescriptor {

@@ -13,7 +13,7 @@ impl Transport for Fabric {
     /// Posts the transfer's operations; the poster's reference is handed over with
     /// `launch`.
     #[inline]
-    fn start(&self, x: &Xfer<'_>, sink: Sink<'_>) -> Result<Started> {
+    fn start(&self, x: Xfer<'_>, sink: Sink<'_>) -> Result<Started> {
         let Some(Link::Fabric(link)) = x.link else {
             return Err(Error::UnknownPeer { peer: x.peer() });
         };

@@ -152,7 +152,7 @@ impl Drop for Local {
 impl Transport for Local {
     /// Moves the bytes now, then queues the notification at the peer.
     #[inline(always)]
-    fn start(&self, x: &Xfer<'_>, _sink: Sink<'_>) -> Result<Started> {
+    fn start(&self, x: Xfer<'_>, _sink: Sink<'_>) -> Result<Started> {
         let Some(Link::Local(link, _)) = x.link else {
             return Err(Error::UnknownPeer { peer: x.peer() });
         };
