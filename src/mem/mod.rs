@@ -664,61 +664,46 @@ impl Registry {
         self.holds.bytes()
     }
 
-    /// Every live registration, for the metadata blob.
-    /// (id, device address, length) of every GPU region.
-    pub(crate) fn device_regions(&self) -> Vec<(u64, usize, u64)> {
+    /// What `f` gives for each live registration (its id and region), under the read
+    /// lock (control path: it allocates the list).
+    fn collect_live<T>(&self, mut f: impl FnMut(u64, &Region) -> Option<T>) -> Vec<T> {
         let table = self.read();
         table
             .entries
             .iter()
             .enumerate()
-            .filter_map(|(index, e)| {
-                let r = e.region.as_ref().filter(|r| r.kind == MemKind::Vram)?;
-                Some((e.generation << INDEX_BITS | index as u64, r.addr, r.len))
-            })
+            .filter_map(|(index, e)| f(e.generation << INDEX_BITS | index as u64, e.region.as_ref()?))
             .collect()
     }
 
+    /// (id, device address, length) of every GPU region.
+    pub(crate) fn device_regions(&self) -> Vec<(u64, usize, u64)> {
+        self.collect_live(|id, r| (r.kind == MemKind::Vram).then_some((id, r.addr, r.len)))
+    }
+
+    /// Every live registration peers may name, for the metadata blob. Files are
+    /// reached only by their own engine, and GPU memory through the metadata only when
+    /// a keying transport registered it (the cuda transport publishes its own export):
+    /// those are left out.
     pub(crate) fn regions(&self) -> Vec<RegionInfo> {
-        let table = self.read();
-        table
-            .entries
-            .iter()
-            .enumerate()
-            .filter_map(|(index, e)| {
-                // Files are reached only by their own engine, and GPU memory too unless
-                // it is registered with a keying transport: those are not published.
-                let r = e
-                    .region
-                    .as_ref()
-                    .filter(|r| r.file.is_none() && (r.kind != MemKind::Vram || r.key.is_some()))?;
-                Some(RegionInfo {
-                    id: e.generation << INDEX_BITS | index as u64,
-                    addr: r.addr as u64,
-                    len: r.len,
-                    kind: r.kind,
-                    device: r.device,
-                    // The local transport's key: 1 = in a shared-memory segment named
-                    // after the region, 0 = process memory (reached with process_vm_*).
-                    remote_key: u64::from(r.segment.is_some()),
-                })
+        self.collect_live(|id, r| {
+            (r.file.is_none() && (r.kind != MemKind::Vram || r.key.is_some())).then(|| RegionInfo {
+                id,
+                addr: r.addr as u64,
+                len: r.len,
+                kind: r.kind,
+                device: r.device,
+                // The local transport's key: 1 = in a shared-memory segment named after
+                // the region, 0 = process memory (reached with process_vm_*).
+                remote_key: u64::from(r.segment.is_some()),
             })
-            .collect()
+        })
     }
 
     /// (region id, remote key) of every memory region registered with the keying
     /// transport.
     pub(crate) fn keys(&self) -> Vec<(u64, u64)> {
-        let table = self.read();
-        table
-            .entries
-            .iter()
-            .enumerate()
-            .filter_map(|(index, e)| {
-                let key = e.region.as_ref()?.key.as_ref()?.remote;
-                Some((e.generation << INDEX_BITS | index as u64, key))
-            })
-            .collect()
+        self.collect_live(|id, r| Some((id, r.key.as_ref()?.remote)))
     }
 
     /// Registers host memory with the keying transport, if the engine has one.
