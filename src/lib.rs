@@ -62,6 +62,8 @@ pub use error::{Error, Result};
 pub use kv::{KvConfig, KvStore};
 pub use mem::FileOptions;
 pub use notify::{Notification, SenderId};
+#[cfg(all(feature = "testing", feature = "cuda"))]
+pub use testing::fuzz_cuda_export;
 pub use types::{
     CancelResult, Desc, FailCode, FailSource, Handle, Op, Outcome, PeerId, RegionId, Released, Status, TransportId,
 };

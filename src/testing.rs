@@ -78,3 +78,14 @@ impl Engine {
         result
     }
 }
+
+/// Fuzzing entry point: parses `data` as the cuda transport's GPU export (what a
+/// peer's metadata carries under `BackendKind::Cuda`, decoded at `load_peer`),
+/// checking that whatever parses encodes back to the same bytes.
+#[cfg(feature = "cuda")]
+pub fn fuzz_cuda_export(data: &[u8]) {
+    use crate::backend::cuda_ipc::IpcInfo;
+    if let Some(info) = IpcInfo::decode(data) {
+        assert_eq!(info.encode(), data, "a decoded GPU export re-encodes to its bytes");
+    }
+}

@@ -1,6 +1,9 @@
 //! Peer metadata whose local-transport info is arbitrary: `load_peer` must refuse it
 //! with a typed error (or load a peer that really exists), never panic, never map a
-//! file it should not, and leave the engine's ledger clean.
+//! file it should not, and leave the engine's ledger clean. The same bytes, read as a
+//! cuda transport's GPU export (which `load_peer` decodes for a peer in another
+//! process when both engines have the transport), must parse or be refused, never
+//! panic, and round-trip when they parse.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -38,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
         }],
         regions: vec![],
     };
+    ringxfer::fuzz_cuda_export(conn);
     let Ok(blob) = md.encode() else { return };
     let e = engine();
     let _ = e.load_peer(&blob);
