@@ -94,3 +94,112 @@ fn host_to_device_and_back_on_a_real_gpu() {
     assert_eq!(e.stats().cuda_events, events, "no event created per transfer");
     e.check_quiescent().unwrap();
 }
+
+/// GPU memory of another process on the same GPU, through CUDA IPC: this test runs
+/// its own binary again as the owner (`gpu_owner_child`), loads it as a peer, and
+/// moves 4 KiB, 1 MiB and 64 MiB from host memory here into the owner's GPU memory,
+/// from there into this engine's GPU memory, and back to host memory, checking the
+/// bytes and the notification the owner pops. Skipped like the test above where there
+/// is no GPU.
+#[test]
+fn gpu_memory_of_another_process() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+
+    let Some(e) = gpu_engine() else { return };
+    let mut owner = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "gpu_owner_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(owner.stdout.take().unwrap());
+    let mut input = owner.stdin.take().unwrap();
+    let mut tagged = |tag: &str| -> String {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "the owner exited before {tag:?}");
+            if let Some(rest) = line.trim_end().strip_prefix(tag) {
+                return rest.to_owned();
+            }
+        }
+    };
+    let remote_gpu = ringxfer::RegionId::from_raw(tagged("gpu ").parse().unwrap());
+    let hex = tagged("md ");
+    let blob: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    let peer = e.load_peer(&blob).unwrap();
+    assert!(e.stats().cuda_ipc_mappings >= 1);
+
+    let host = e.alloc_region(64 << 20).unwrap();
+    let back = e.alloc_region(64 << 20).unwrap();
+    let gpu = e.alloc_vram(64 << 20).unwrap();
+    let run = |op, local: ringxfer::RegionId, remote: ringxfer::RegionId, size: u64, notif: Option<&[u8]>| {
+        let h = e
+            .prepare(
+                op,
+                &[Desc::new(local, 0, size)],
+                peer,
+                &[Desc::new(remote, 0, size)],
+                notif,
+            )
+            .unwrap();
+        e.post(h).unwrap();
+        assert_eq!(
+            e.wait(h, Duration::from_secs(30)).unwrap(),
+            Status::Done,
+            "{op:?} {size}"
+        );
+        e.release(h).unwrap();
+    };
+    for size in [4096usize, 1 << 20, 64 << 20] {
+        let data: Vec<u8> = (0..size).map(|i| (i * 29 + size) as u8).collect();
+        e.write_region(host, 0, &data).unwrap();
+        run(Op::Write, host, remote_gpu, size as u64, Some(b"landed"));
+        run(Op::Read, gpu, remote_gpu, size as u64, None);
+        run(Op::Write, gpu, remote_gpu, size as u64, None);
+        run(Op::Read, back, remote_gpu, size as u64, None);
+        let mut got = vec![0u8; size];
+        e.read_region(back, 0, &mut got).unwrap();
+        assert!(got == data, "{size} bytes through another process's GPU memory");
+    }
+    writeln!(input, "pop").unwrap();
+    assert_eq!(tagged("notes "), "3");
+    writeln!(input, "quit").unwrap();
+    drop(input);
+    assert!(owner.wait().unwrap().success());
+    e.check_quiescent().unwrap();
+}
+
+#[test]
+#[ignore = "run by gpu_memory_of_another_process"]
+fn gpu_owner_child() {
+    let Some(e) = gpu_engine() else { return };
+    let gpu = e.alloc_vram(64 << 20).unwrap();
+    let hex: String = e.local_metadata().unwrap().iter().map(|b| format!("{b:02x}")).collect();
+    // The harness printed "test gpu_owner_child ... " without a newline.
+    println!("\ngpu {}\nmd {hex}", gpu.to_raw());
+    let mut note = [0u8; 256];
+    for line in std::io::stdin().lines() {
+        match line.unwrap().as_str() {
+            "pop" => {
+                let mut n = 0;
+                while e.pop_notification(&mut note).unwrap().is_some() {
+                    n += 1;
+                }
+                println!("notes {n}");
+            }
+            _ => break,
+        }
+    }
+    e.deregister(gpu).unwrap();
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Every GPU test and GPU bench of ringxfer, from prebuilt binaries, in under 5 minutes
+# on a one-GPU machine (no Rust toolchain needed), then a short table.
+#
+# Build the bundle here, then carry it to the GPU machine:
+#   ../shared/tools/device-bundle.sh gpu        # .device/: ringxfer-bench, test-gpu, this script
+#   bash .device/gpu-check.sh                   # on the GPU machine
+#
+# Tests run with RINGXFER_REQUIRE_GPU=1: no GPU is a failure, not a skip.
+set -uo pipefail
+cd "$(dirname "$0")"
+bench=./ringxfer-bench
+[ -x "$bench" ] || bench=../target/release/ringxfer-bench
+results=()
+row() { results+=("$(printf '%-44s %s' "$1" "$2")"); }
+
+nvidia-smi -L 2>/dev/null || echo "nvidia-smi: not found"
+
+for t in ./test-gpu ../target/release/deps/gpu-*; do
+  [ -x "$t" ] || continue
+  if out=$(RINGXFER_REQUIRE_GPU=1 timeout 150 "$t" --test-threads=1 2>&1); then
+    row "tests/gpu.rs ($(grep -o '[0-9]* passed' <<<"$out" | head -1))" ok
+  else
+    row "tests/gpu.rs" FAILED
+    tail -n 30 <<<"$out"
+  fi
+  break
+done
+
+# One line of the bench's table for a case: "<GB/s> <ratio>" of its last row.
+case_row() {
+  timeout 60 "$bench" --backend cuda "$@" --num-iter 2000 --warmup-iter 200 --rounds 3 2>&1 |
+    tr '\r' '\n' | awk '$1 ~ /^[0-9]+[KMG]$/ && $NF ~ /x$/ {gbs = $4; ratio = $NF}
+      END {print gbs " GB/s, " ratio " of the raw loop"}'
+}
+row "cuda host->GPU 64 MiB, window 16" "$(case_row --start-block-size 64M --max-block-size 64M)"
+row "cuda GPU->host 64 MiB, window 16" "$(case_row --op read --start-block-size 64M --max-block-size 64M)"
+row "cuda GPU->GPU 64 MiB, window 16" "$(case_row --initiator-seg vram --start-block-size 64M --max-block-size 64M)"
+row "cuda host->GPU 4 KiB, window 16" "$(case_row --start-block-size 4K --max-block-size 4K)"
+row "cuda host->GPU 64 x 4 KiB scattered" "$(case_row --start-block-size 4K --max-block-size 4K --start-batch-size 64 --max-batch-size 64)"
+
+echo
+echo "ringxfer GPU check"
+printf '%s\n' "${results[@]}"
