@@ -26,7 +26,7 @@ mod lists;
 mod server;
 mod stats;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -59,6 +59,8 @@ pub(crate) struct Core {
     pub(crate) ring: SlotRing<Transfer>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) transports: Transports,
+    /// The engine's threads (workers, progress) that have started running.
+    threads_started: AtomicUsize,
 }
 
 impl Core {
@@ -190,10 +192,11 @@ impl Engine {
             ring,
             shared,
             transports,
+            threads_started: AtomicUsize::new(0),
         });
         let workers = spawn_workers(&core)?;
         let progress_thread = match core.transports.wants_progress_thread() {
-            true => match spawn_progress(&core) {
+            true => match spawn_progress(&core, workers.len()) {
                 Ok(thread) => Some(thread),
                 Err(e) => {
                     core.transports.stop_workers();
@@ -311,7 +314,10 @@ impl Engine {
     }
 }
 
-/// Starts the worker threads the transports need (the file transport's I/O workers).
+/// Starts the worker threads the transports need (the file transport's I/O workers),
+/// and returns once each is running: a thread's own start-up (the runtime names it,
+/// sets up its stack guard, allocates) is over before the engine is handed out, never
+/// in the middle of its first transfers.
 fn spawn_workers(core: &Arc<Core>) -> Result<Vec<JoinHandle<()>>> {
     let count = core.transports.worker_threads();
     let mut workers = Vec::with_capacity(count);
@@ -319,8 +325,10 @@ fn spawn_workers(core: &Arc<Core>) -> Result<Vec<JoinHandle<()>>> {
         let worker_core = Arc::clone(core);
         match std::thread::Builder::new()
             .name(format!("ringxfer-io-{i}"))
-            .spawn(move || worker_core.work())
-        {
+            .spawn(move || {
+                worker_core.threads_started.fetch_add(1, Ordering::Release);
+                worker_core.work();
+            }) {
             Ok(worker) => workers.push(worker),
             Err(e) => {
                 // Undo: stop the workers already started.
@@ -330,18 +338,32 @@ fn spawn_workers(core: &Arc<Core>) -> Result<Vec<JoinHandle<()>>> {
             }
         }
     }
+    wait_started(core, count, &workers);
     Ok(workers)
 }
 
-/// Starts the progress thread (`FabricConfig::progress_thread`).
-fn spawn_progress(core: &Arc<Core>) -> Result<(Arc<AtomicBool>, JoinHandle<()>)> {
+/// Waits until `count` threads of the engine said they run (a counter in the core:
+/// nothing to allocate or free), or ended (panicked) first.
+fn wait_started(core: &Core, count: usize, threads: &[JoinHandle<()>]) {
+    while core.threads_started.load(Ordering::Acquire) < count && !threads.iter().any(JoinHandle::is_finished) {
+        std::thread::yield_now();
+    }
+}
+
+/// Starts the progress thread (`FabricConfig::progress_thread`), and returns once it
+/// is running (as `spawn_workers`).
+fn spawn_progress(core: &Arc<Core>, before: usize) -> Result<(Arc<AtomicBool>, JoinHandle<()>)> {
     let stop = Arc::new(AtomicBool::new(false));
     let (thread_core, thread_stop) = (Arc::clone(core), Arc::clone(&stop));
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name(String::from("ringxfer-progress"))
-        .spawn(move || progress_loop(&thread_core, &thread_stop))
-        .map(|thread| (stop, thread))
-        .map_err(|e| Error::io("starting the progress thread", &e))
+        .spawn(move || {
+            thread_core.threads_started.fetch_add(1, Ordering::Release);
+            progress_loop(&thread_core, &thread_stop);
+        })
+        .map_err(|e| Error::io("starting the progress thread", &e))?;
+    wait_started(core, before + 1, std::slice::from_ref(&thread));
+    Ok((stop, thread))
 }
 
 /// The progress thread's loop: progress, and sleep a little when there is nothing
