@@ -547,17 +547,6 @@ fn ipc_transfers(
     e.check_quiescent().unwrap();
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Vec<u8> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
-}
-
 #[test]
 #[ignore = "run by gpu_regions_map_across_processes, in a process with the fake driver"]
 fn ipc_exporter_child() {
@@ -568,14 +557,14 @@ fn ipc_exporter_child() {
     // The harness printed "test ipc_exporter_child ... " without a newline.
     println!();
     println!("ids {} {} {}", regions[0].to_raw(), regions[1].to_raw(), dram.to_raw());
-    println!("md {}", hex(&e.local_metadata().unwrap()));
+    println!("md {}", child::hex(&e.local_metadata().unwrap()));
     let mut note = [0u8; 256];
     while let Ok(line) = lines.recv() {
         let mut words = line.split_whitespace();
         match words.next() {
             Some("more") => {
                 regions.push(e.alloc_vram(64 << 10).unwrap());
-                println!("md {}", hex(&e.local_metadata().unwrap()));
+                println!("md {}", child::hex(&e.local_metadata().unwrap()));
             }
             Some("pop") => {
                 let mut notes = Vec::new();
@@ -607,29 +596,15 @@ fn ipc_exporter_child() {
 #[ignore = "run by gpu_regions_map_across_processes, in a process with the fake driver"]
 fn ipc_importer_child() {
     use ringxfer::wire::metadata::{BackendKind, Metadata};
-    use std::io::{BufReader, Write};
-    use std::process::Stdio;
+    use std::io::Write;
 
     let fake = Fake::open();
-    let mut exporter = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "ipc_exporter_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(exporter.stdout.take().unwrap());
-    let mut input = exporter.stdin.take().unwrap();
+    let (mut exporter, mut input, mut out) = child::spawn_test("ipc_exporter_child");
     let ids: Vec<u64> = child::read_tagged(&mut out, "ids ")
         .split(' ')
         .map(|w| w.parse().unwrap())
         .collect();
-    let blob = unhex(&child::read_tagged(&mut out, "md "));
+    let blob = child::unhex(&child::read_tagged(&mut out, "md "));
 
     let e = Engine::new(config()).unwrap();
     let peer = e.load_peer(&blob).unwrap();
@@ -641,7 +616,7 @@ fn ipc_importer_child() {
     assert_eq!(fake.ipc(), (2, 2));
     // A new region: only its allocation is opened, the same peer id is kept.
     writeln!(input, "more").unwrap();
-    let grown = unhex(&child::read_tagged(&mut out, "md "));
+    let grown = child::unhex(&child::read_tagged(&mut out, "md "));
     assert_eq!(e.load_peer(&grown).unwrap(), peer);
     assert_eq!(fake.ipc(), (3, 3));
     assert_eq!(e.stats().cuda_ipc_mappings, 3);

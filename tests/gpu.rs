@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use ringxfer::{Config, CudaConfig, Desc, Engine, Error, Op, Status};
 
+#[path = "support/child.rs"]
+mod child;
 #[path = "support/skip.rs"]
 mod skip;
 
@@ -103,40 +105,12 @@ fn host_to_device_and_back_on_a_real_gpu() {
 /// is no GPU.
 #[test]
 fn gpu_memory_of_another_process() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::{Command, Stdio};
+    use std::io::Write;
 
     let Some(e) = gpu_engine() else { return };
-    let mut owner = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "gpu_owner_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(owner.stdout.take().unwrap());
-    let mut input = owner.stdin.take().unwrap();
-    let mut tagged = |tag: &str| -> String {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(out.read_line(&mut line).unwrap() > 0, "the owner exited before {tag:?}");
-            if let Some(rest) = line.trim_end().strip_prefix(tag) {
-                return rest.to_owned();
-            }
-        }
-    };
-    let remote_gpu = ringxfer::RegionId::from_raw(tagged("gpu ").parse().unwrap());
-    let hex = tagged("md ");
-    let blob: Vec<u8> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect();
+    let (mut owner, mut input, mut out) = child::spawn_test("gpu_owner_child");
+    let remote_gpu = ringxfer::RegionId::from_raw(child::read_tagged(&mut out, "gpu ").parse().unwrap());
+    let blob = child::unhex(&child::read_tagged(&mut out, "md "));
     let peer = e.load_peer(&blob).unwrap();
     assert!(e.stats().cuda_ipc_mappings >= 1);
 
@@ -173,7 +147,7 @@ fn gpu_memory_of_another_process() {
         assert!(got == data, "{size} bytes through another process's GPU memory");
     }
     writeln!(input, "pop").unwrap();
-    assert_eq!(tagged("notes "), "3");
+    assert_eq!(child::read_tagged(&mut out, "notes "), "3");
     writeln!(input, "quit").unwrap();
     drop(input);
     assert!(owner.wait().unwrap().success());
@@ -185,9 +159,12 @@ fn gpu_memory_of_another_process() {
 fn gpu_owner_child() {
     let Some(e) = gpu_engine() else { return };
     let gpu = e.alloc_vram(64 << 20).unwrap();
-    let hex: String = e.local_metadata().unwrap().iter().map(|b| format!("{b:02x}")).collect();
     // The harness printed "test gpu_owner_child ... " without a newline.
-    println!("\ngpu {}\nmd {hex}", gpu.to_raw());
+    println!(
+        "\ngpu {}\nmd {}",
+        gpu.to_raw(),
+        child::hex(&e.local_metadata().unwrap())
+    );
     let mut note = [0u8; 256];
     for line in std::io::stdin().lines() {
         match line.unwrap().as_str() {

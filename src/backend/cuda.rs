@@ -535,7 +535,7 @@ impl Cuda {
                     }
                 },
             };
-            let (entry, generation) = super::local::region_entry(raw);
+            let (entry, generation) = (d.region.index(), d.region.generation());
             if !regs.pin(entry, generation) {
                 peer.release(x.handle, false);
                 return Ok(Started::Ended(Outcome::Failed(FailCode::REGION_GONE)));
@@ -552,7 +552,6 @@ impl Cuda {
             let outbox = link.outbox();
             if !outbox.reserve() {
                 peer.release(x.handle, false);
-                peer.remote.clear();
                 return Err(Error::InboxFull { peer: x.peer() });
             }
             peer.outbox = Some(Arc::clone(outbox));

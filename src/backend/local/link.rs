@@ -236,7 +236,7 @@ impl LocalLink {
                     let Ok(i) = self.regions.binary_search_by_key(&d.region.to_raw(), |r| r.id) else {
                         return Outcome::Failed(FailCode::PEER_LOST);
                     };
-                    let (entry, generation) = region_entry(d.region.to_raw());
+                    let (entry, generation) = (d.region.index(), d.region.generation());
                     match &remote_peer.memory[i] {
                         RemoteMemory::Mapped(segment) => {
                             // A deregistered region fails the transfer rather than take
@@ -326,11 +326,6 @@ impl Remote {
         }
         !gone
     }
-}
-
-/// A region id's (table index, generation).
-pub(crate) fn region_entry(raw: u64) -> (usize, u64) {
-    ((raw & 0xF_FFFF) as usize, raw >> 20)
 }
 
 /// A pidfd for `pid` (Linux ≥ 5.3), or `None` where the kernel has none.

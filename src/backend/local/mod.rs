@@ -16,7 +16,7 @@ mod link;
 
 use std::sync::{Arc, Mutex, Weak};
 
-pub(crate) use self::link::{LocalLink, region_entry};
+pub(crate) use self::link::LocalLink;
 use super::{Link, Sink, Started, Transport, Xfer};
 use crate::error::{Error, Result};
 use crate::mem::Registry;
