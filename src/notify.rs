@@ -354,6 +354,11 @@ pub(crate) struct Outbox {
 impl Outbox {
     /// Claims a lane of `map` for the engine `owner` named `name` (control path). A
     /// lane whose owner process no longer exists is reclaimed.
+    /// The index of the lane this outbox holds in the receiver's inbox.
+    pub(crate) fn lane(&self) -> usize {
+        self.lane
+    }
+
     pub(crate) fn claim(map: Arc<InboxMap>, owner: u64, name: &str) -> Result<Outbox> {
         let lanes = map.geometry.lanes;
         let claim = owner >> 32 << 32 | CLAIMING_MARK;
@@ -397,12 +402,6 @@ impl Outbox {
             reserved: AtomicU64::new(tail),
             publish: Mutex::new(()),
         })
-    }
-
-    /// The lane this sender writes.
-    #[cfg(test)]
-    pub(crate) fn lane(&self) -> SenderId {
-        SenderId(self.lane as u32)
     }
 
     /// Reserves room for one notification; false if the receiver's lane is full.

@@ -1,4 +1,4 @@
-//! Loom model checks of the ring's protocol: every interleaving of a few threads,
+//! Loom model checks of the ring's protocols and the registration table's pins: every interleaving of a few threads,
 //! with the free list's and the state word's atomics under loom's control.
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test --release --test loom`; each test sets
@@ -310,6 +310,128 @@ mod job_queue {
             runs.extend(drain(&q));
             assert_eq!(runs, vec![h(1)], "popped {popped:?}");
             assert!(q.is_empty());
+        });
+    }
+}
+
+/// The registration table's pin protocol (`ring::pins`): an owner never closes an
+/// entry under a pin of a live peer, and a refused close leaves the entry open.
+mod pins {
+    use super::*;
+    use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use ringxfer::ring::{PinLane, PinTable};
+
+    /// The words of a table of one entry and `lanes` lanes, lane `i` held by pid
+    /// `i + 1` under epoch 1.
+    struct Words {
+        entries: Vec<AtomicU64>,
+        lanes: Vec<AtomicU64>,
+        counts: Vec<AtomicU64>,
+        /// Set by the owner once a close succeeded (it may now free the memory).
+        freed: AtomicBool,
+    }
+
+    impl Words {
+        fn new(lanes: usize) -> Words {
+            Words {
+                entries: vec![AtomicU64::new(0)],
+                lanes: (0..lanes as u64).map(|i| AtomicU64::new((i + 1) << 32 | 1)).collect(),
+                counts: (0..lanes).map(|_| AtomicU64::new(0)).collect(),
+                freed: AtomicBool::new(false),
+            }
+        }
+
+        fn table(&self) -> PinTable<'_> {
+            PinTable::new(&self.entries, &self.lanes, &self.counts)
+        }
+    }
+
+    /// A peer's copy: pin, check the memory is not freed under it, unpin.
+    fn copy(words: &Words, lane: usize) -> bool {
+        let lane = PinLane { lane, epoch: 1 };
+        let pinned = words.table().pin(lane, 0, 1);
+        if pinned {
+            assert!(
+                !words.freed.load(Ordering::SeqCst),
+                "the owner freed memory under a pin"
+            );
+            words.table().unpin(lane, 0);
+        }
+        pinned
+    }
+
+    /// The owner deregisters: if the close succeeds it frees the memory.
+    fn deregister(words: &Words) -> bool {
+        let closed = words.table().close(0, 1, |_| true).is_ok();
+        if closed {
+            words.freed.store(true, Ordering::SeqCst);
+        } else {
+            assert!(words.table().is_open(0, 1), "a refused close must leave the entry open");
+        }
+        closed
+    }
+
+    #[test]
+    fn a_close_never_frees_memory_under_a_live_pin() {
+        model(3, || {
+            let words = Arc::new(Words::new(1));
+            words.table().open(0, 1);
+            let peer = {
+                let words = words.clone();
+                thread::spawn(move || copy(&words, 0))
+            };
+            let closed = deregister(&words);
+            let copied = peer.join().unwrap();
+            // Either may win; after both, a retried close always succeeds.
+            let _ = (closed, copied);
+            if !closed {
+                assert!(deregister(&words));
+            }
+            assert!(!words.table().is_open(0, 1));
+        });
+    }
+
+    #[test]
+    fn two_peers_and_the_owner() {
+        model(2, || {
+            let words = Arc::new(Words::new(2));
+            words.table().open(0, 1);
+            let peers: Vec<_> = (0..2)
+                .map(|lane| {
+                    let words = words.clone();
+                    thread::spawn(move || copy(&words, lane))
+                })
+                .collect();
+            let closed = deregister(&words);
+            for p in peers {
+                p.join().unwrap();
+            }
+            if !closed {
+                assert!(deregister(&words));
+            }
+        });
+    }
+
+    #[test]
+    fn a_dead_peers_pin_holds_nothing() {
+        model(3, || {
+            let words = Arc::new(Words::new(2));
+            words.table().open(0, 1);
+            // Lane 0's holder (pid 1) pinned and died without unpinning.
+            assert!(words.table().pin(PinLane { lane: 0, epoch: 1 }, 0, 1));
+            let peer = {
+                let words = words.clone();
+                thread::spawn(move || copy(&words, 1))
+            };
+            let dead = |pid: u32| pid != 1;
+            let closed = words.table().close(0, 1, dead).is_ok();
+            if closed {
+                words.freed.store(true, Ordering::SeqCst);
+            }
+            peer.join().unwrap();
+            if !closed {
+                assert!(words.table().close(0, 1, dead).is_ok(), "only the live peer held it");
+            }
         });
     }
 }

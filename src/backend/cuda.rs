@@ -25,7 +25,7 @@ use cudarc::driver::sys;
 use super::cuda_config::CudaConfig;
 use crate::error::{Error, Result};
 use crate::mem::Resolved;
-use crate::ring::{FailCode, FailSource, Handle, Outcome, TransportId};
+use crate::ring::{FailCode, FailSource, Handle, Outcome, PinLane, TransportId};
 use crate::types::Op;
 
 use super::DeviceLink;
@@ -91,7 +91,7 @@ struct PeerSlot {
     /// The peer's link and GPU mappings, kept alive until the copies are done (a
     /// reload of the peer meanwhile does not unmap memory under them).
     link: Option<(Arc<LocalLink>, Arc<DeviceLink>)>,
-    regs: Option<Arc<RegTable>>,
+    regs: Option<(Arc<RegTable>, PinLane)>,
     /// Entries pinned in `regs` (`max_descs_per_xfer` reserved).
     pinned: Vec<usize>,
     outbox: Option<Arc<Outbox>>,
@@ -104,9 +104,9 @@ impl PeerSlot {
     /// Lets go of what the transfer held; delivers its notification if it is done.
     fn release(&mut self, handle: Handle, done: bool) {
         self.remote.clear();
-        if let Some(regs) = self.regs.take() {
+        if let Some((regs, lane)) = self.regs.take() {
             for &entry in &self.pinned {
-                regs.unpin(entry);
+                regs.unpin(lane, entry);
             }
         }
         self.pinned.clear();
@@ -507,11 +507,11 @@ impl Cuda {
     fn start_peer(&self, x: Xfer<'_>, link: &Arc<LocalLink>, device: &Arc<DeviceLink>) -> Result<Started> {
         let index = x.handle.index() as usize;
         let mut peer = self.peer_slots[index].lock().unwrap_or_else(|e| e.into_inner());
-        let regs = link.regtable().ok_or(Error::UnknownPeer { peer: x.peer() })?;
+        let (regs, lane) = link.regtable().ok_or(Error::UnknownPeer { peer: x.peer() })?;
         if !link.alive() {
             return Ok(Started::Ended(Outcome::Failed(FailCode::PEER_LOST)));
         }
-        peer.regs = Some(Arc::clone(regs));
+        peer.regs = Some((Arc::clone(regs), lane));
         peer.link = Some((Arc::clone(link), Arc::clone(device)));
         for d in x.remote() {
             let raw = d.region.to_raw();
@@ -536,7 +536,7 @@ impl Cuda {
                 },
             };
             let (entry, generation) = (d.region.index(), d.region.generation());
-            if !regs.pin(entry, generation) {
+            if !regs.pin(lane, entry, generation) {
                 peer.release(x.handle, false);
                 return Ok(Started::Ended(Outcome::Failed(FailCode::REGION_GONE)));
             }

@@ -314,6 +314,15 @@ impl Link {
         matches!(self, Link::Local(_, Some(_)))
     }
 
+    /// Whether the peer is known to be gone: its process on this host exited (a
+    /// fabric peer's or the sim's liveness is not known here: never gone).
+    pub(crate) fn gone(&self) -> bool {
+        match self {
+            Link::Local(local, _) => !local.alive(),
+            _ => false,
+        }
+    }
+
     /// Whether remote descriptors are checked against the peer's regions (the sim
     /// moves no bytes and accepts any).
     pub(crate) fn checks_regions(&self) -> bool {

@@ -101,6 +101,12 @@ impl Config {
         if self.max_peers == 0 || self.max_peers > 4096 {
             return bad("max_peers", "must be 1 to 4096");
         }
+        if self.max_registrations * self.max_peers > 1 << 26 {
+            return bad(
+                "max_peers",
+                "max_registrations × max_peers must be at most 2^26 (a pin count per region and peer process)",
+            );
+        }
         if self.max_notif_bytes > 1 << 16 {
             return bad("max_notif_bytes", "must be at most 65536");
         }

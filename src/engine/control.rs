@@ -160,7 +160,7 @@ impl Engine {
         // table's write lock, which the hot path's readers would otherwise wait on.
         let previous = {
             let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
-            peers.iter().find(|p| p.engine_id == md.engine_id).map(Arc::clone)
+            peers.by_engine(md.engine_id).map(Arc::clone)
         };
         let (link, max_notif_bytes) = self.core.transports.connect(
             &md,
@@ -178,23 +178,28 @@ impl Engine {
         self.add_peer(peer)
     }
 
-    /// Puts a peer in the table, in place of the same engine's if it was loaded
-    /// before (whose mappings are closed outside the lock).
+    /// Puts a peer in the table: in place of the same engine's if it was loaded
+    /// before (a reload), or of a previous incarnation's of the same name whose
+    /// process is gone (a restart), keeping its id; the peer replaced is dropped
+    /// (its mappings closed) outside the lock.
     pub(crate) fn add_peer(&self, peer: Arc<Peer>) -> Result<PeerId> {
         let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = peers.iter().position(|p| p.engine_id == peer.engine_id) {
-            let old = std::mem::replace(&mut peers[i], peer);
-            drop(peers);
-            drop(old); // unmaps outside the lock
-            return Ok(PeerId(i as u32));
-        }
-        if peers.len() >= self.config.max_peers {
-            return Err(Error::PeerTableFull {
-                capacity: self.config.max_peers,
-            });
-        }
-        peers.push(peer);
-        Ok(PeerId(peers.len() as u32 - 1))
+        let (id, old) = peers.insert(peer)?;
+        drop(peers);
+        drop(old);
+        Ok(id)
+    }
+
+    /// Forgets a peer: its id names nothing from now on, and what this engine holds
+    /// to reach it (mapped segments and GPU memory, its inbox lane, its fabric
+    /// address) is let go once no transfer uses it (transfers already prepared to it
+    /// fail to post with `UnknownPeer`; those in flight end as they would have).
+    pub fn unload_peer(&self, peer: PeerId) -> Result<()> {
+        let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        let old = peers.remove(peer.0)?;
+        drop(peers);
+        drop(old);
+        Ok(())
     }
 
     /// The libfabric provider the fabric transport uses (e.g. `tcp;ofi_rxm`), if it
@@ -207,7 +212,7 @@ impl Engine {
     pub fn peer_name(&self, peer: PeerId) -> Result<String> {
         let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
         peers
-            .get(peer.0 as usize)
+            .get(peer.0)
             .map(|p| p.name.clone())
             .ok_or(Error::UnknownPeer { peer: peer.0 })
     }

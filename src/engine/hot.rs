@@ -95,7 +95,7 @@ impl Engine {
             };
         }
         let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
-        let p = peers.get(peer.0 as usize).ok_or(Error::UnknownPeer { peer: peer.0 })?;
+        let p = peers.get(peer.0).ok_or(Error::UnknownPeer { peer: peer.0 })?;
         if let Some(n) = notif {
             let max = self.config.max_notif_bytes.min(p.max_notif_bytes);
             if n.len() > max {

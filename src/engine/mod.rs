@@ -23,6 +23,7 @@ mod config;
 mod control;
 mod hot;
 mod lists;
+mod peers;
 mod server;
 mod stats;
 
@@ -151,7 +152,7 @@ pub struct Engine {
     fixed_bytes: u64,
     /// The progress thread and its stop flag.
     progress_thread: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
-    peers: RwLock<Vec<Arc<Peer>>>,
+    peers: RwLock<peers::PeerTable>,
     lists: RwLock<Vec<ListEntry>>,
 }
 
@@ -211,7 +212,7 @@ impl Engine {
         Ok(Engine {
             fixed_bytes,
             progress_thread,
-            peers: RwLock::new(Vec::with_capacity(config.max_peers)),
+            peers: RwLock::new(peers::PeerTable::new(config.max_peers)),
             lists: RwLock::new(lists),
             config,
             core,
@@ -226,6 +227,7 @@ impl Engine {
         shm::sweep_dead(&shm::dir());
         let registry = Registry::new(
             config.max_registrations,
+            config.max_peers,
             (config.capacity, config.max_prepared_lists, config.max_descs_per_xfer),
             prefix.clone(),
             opening.keyring(),
@@ -310,7 +312,7 @@ impl Engine {
     #[inline]
     fn find_peer(&self, peer: u32) -> Option<Arc<Peer>> {
         let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
-        peers.get(peer as usize).map(Arc::clone)
+        peers.get(peer).map(Arc::clone)
     }
 }
 

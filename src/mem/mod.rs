@@ -271,9 +271,11 @@ pub(crate) struct Resolved {
 
 impl Registry {
     /// A table of `capacity` entries, with rows of [`Holds`] for `slots` ring slots and
-    /// `lists` prepared lists of at most `per_side` descriptors a side.
+    /// `lists` prepared lists of at most `per_side` descriptors a side; `lanes` peers in
+    /// other processes may pin its entries (one per inbox lane).
     pub(crate) fn new(
         capacity: usize,
+        lanes: usize,
         (slots, lists, per_side): (usize, usize, usize),
         segment_prefix: String,
         keyring: Option<Arc<dyn Keyring>>,
@@ -288,7 +290,7 @@ impl Registry {
         // Popped from the back: reversed so ids are handed out from index 0 up.
         let free = (0..capacity as u32).rev().collect();
         let segment_dir = shm::dir();
-        let remote = RegTable::create(&segment_dir, &regtable_name(&segment_prefix), capacity)?;
+        let remote = RegTable::create(&segment_dir, &regtable_name(&segment_prefix), capacity, lanes)?;
         Ok(Registry {
             table: RwLock::new(Table { entries, free }),
             pins: (0..capacity).map(|_| AtomicU32::new(0)).collect(),

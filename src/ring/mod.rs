@@ -12,12 +12,16 @@
 //!   step. [`SlotRing::complete`] is the only way a posted transfer ends.
 //! - [`JobQueue`]: posted slots waiting for worker threads, each queued at most once,
 //!   whose jobs their waiters may take out of the slot instead.
+//! - [`PinTable`]: the pin protocol of the registration table peers in other
+//!   processes read (in `sys::regtable`): a region is never deregistered under a copy
+//!   of a live peer, and a dead peer's pins hold nothing.
 //! - `sync`: the atomics the above are built on, swapped for loom's under `cfg(loom)`.
 //!
 //! See `docs/design.md` for why it has this shape.
 
 mod free_list;
 mod job_queue;
+mod pins;
 mod slot_ring;
 mod state;
 mod sync;
@@ -29,4 +33,7 @@ pub use crate::types::{
 pub use free_list::FreeList;
 pub(crate) use job_queue::Job;
 pub use job_queue::{JobQueue, Popped};
+pub use pins::{PinLane, PinTable};
 pub use slot_ring::{HIGH_WATER_SAMPLE, RingStats, SlotRing};
+/// The word type of a [`PinTable`] (loom's under `cfg(loom)`).
+pub(crate) use sync::AtomicU64 as PinWord;

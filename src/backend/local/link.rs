@@ -25,7 +25,7 @@ use super::LocalInfo;
 use crate::error::{Error, Result};
 use crate::mem::{Resolved, regtable_name, segment_name};
 use crate::notify::{Geometry, InboxMap, Outbox};
-use crate::ring::{FailCode, FailSource, Outcome};
+use crate::ring::{FailCode, FailSource, Outcome, PinLane};
 use crate::shared::Shared;
 use crate::sys::regtable::RegTable;
 use crate::sys::shm::Segment;
@@ -57,6 +57,8 @@ struct Remote {
     /// The peer's registration table: is a region still registered, and pins for
     /// copies into memory that is not in a segment.
     regs: Arc<RegTable>,
+    /// Our lane in that table (the index of our lane in the peer's inbox).
+    lane: PinLane,
     /// Parallel to `Peer::regions`.
     memory: Vec<RemoteMemory>,
     alive: AtomicBool,
@@ -153,11 +155,14 @@ impl LocalLink {
             let regs = Arc::new(RegTable::open(
                 &info.dir.join(regtable_name(&info.prefix)),
                 info.max_registrations as usize,
+                geometry.lanes,
             )?);
             let remote = Remote {
                 pid: md.process_id,
                 pidfd: pidfd_open(md.process_id),
                 regs,
+                // Set below, once our inbox lane is known.
+                lane: PinLane { lane: 0, epoch: 0 },
                 memory,
                 alive: AtomicBool::new(true),
                 checked_at: AtomicU64::new(0),
@@ -168,10 +173,24 @@ impl LocalLink {
             }
             (Reach::OtherProcess(remote), inbox)
         };
-        let outbox = match previous.filter(|p| p.engine_id == md.engine_id) {
+        let previous = previous.filter(|p| p.engine_id == md.engine_id);
+        let outbox = match previous {
             Some(p) => Arc::clone(&p.outbox),
             None => Arc::new(Outbox::claim(inbox, us.engine_id, &us.name)?),
         };
+        let mut reach = reach;
+        if let Reach::OtherProcess(remote) = &mut reach {
+            // Our pins in the peer's table go in the lane of our inbox lane's index:
+            // the same lane (and epoch) as before for a reload, so pins of copies
+            // still running under the previous load keep counting.
+            remote.lane = match previous.and_then(LocalLink::pin_lane) {
+                Some(lane) => lane,
+                None => remote
+                    .regs
+                    .take_lane(outbox.lane())
+                    .ok_or_else(|| unreachable("its registration table has fewer lanes than its inbox"))?,
+            };
+        }
         let link = LocalLink {
             regions,
             outbox,
@@ -187,13 +206,17 @@ impl LocalLink {
         &self.outbox
     }
 
-    /// The peer's registration table, for a peer in another process (its regions'
-    /// entries are pinned while a copy uses them).
-    pub(crate) fn regtable(&self) -> Option<&Arc<RegTable>> {
+    /// The peer's registration table and our lane in it, for a peer in another
+    /// process (its regions' entries are pinned while a copy uses them).
+    pub(crate) fn regtable(&self) -> Option<(&Arc<RegTable>, PinLane)> {
         match &self.reach {
-            Reach::OtherProcess(r) => Some(&r.regs),
+            Reach::OtherProcess(r) => Some((&r.regs, r.lane)),
             Reach::InProcess(_) => None,
         }
+    }
+
+    fn pin_lane(&self) -> Option<PinLane> {
+        self.regtable().map(|(_, lane)| lane)
     }
 
     /// Where the bytes of a remote descriptor lie in this process, for a region of a
@@ -266,11 +289,11 @@ impl LocalLink {
                             };
                             // Pinned in the peer's table: it cannot deregister (and then
                             // free) this memory until the copy is over.
-                            if !remote_peer.regs.pin(entry, generation) {
+                            if !remote_peer.regs.pin(remote_peer.lane, entry, generation) {
                                 return Outcome::Failed(FailCode::REGION_GONE);
                             }
                             let copied = process_vm_copy(op, remote_peer.pid, l, remote_addr);
-                            remote_peer.regs.unpin(entry);
+                            remote_peer.regs.unpin(remote_peer.lane, entry);
                             if let Err(errno) = copied {
                                 return Outcome::Failed(FailCode::new(FailSource::Errno, errno as u32));
                             }
