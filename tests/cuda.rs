@@ -566,6 +566,7 @@ fn ipc_exporter_child() {
                 regions.push(e.alloc_vram(64 << 10).unwrap());
                 println!("md {}", child::hex(&e.local_metadata().unwrap()));
             }
+            Some("md") => println!("md {}", child::hex(&e.local_metadata().unwrap())),
             Some("pop") => {
                 let mut notes = Vec::new();
                 while let Some(n) = e.pop_notification(&mut note).unwrap() {
@@ -652,6 +653,22 @@ fn ipc_importer_child() {
 
     ipc_transfers(&e, peer, &ids, &mut input, &mut out);
 
+    // An initiator killed while its copy into the exporter's GPU region holds a pin
+    // leaves the exporter nothing held: its deregister is Busy while that process
+    // lives, and goes through once it is gone.
+    let big = ringxfer::RegionId::from_raw(ids[1]);
+    writeln!(input, "md").unwrap();
+    let now = child::unhex(&child::read_tagged(&mut out, "md "));
+    let (mut doomed, mut doomed_in, mut doomed_out) = child::spawn_test("ipc_doomed_initiator_child");
+    writeln!(doomed_in, "{} {}", big.to_raw(), child::hex(&now)).unwrap();
+    assert_eq!(child::read_tagged(&mut doomed_out, "posted"), "");
+    writeln!(input, "dereg {}", big.to_raw()).unwrap();
+    assert_eq!(child::read_tagged(&mut out, "dereg "), "busy");
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    writeln!(input, "dereg {}", big.to_raw()).unwrap();
+    assert_eq!(child::read_tagged(&mut out, "dereg "), "ok");
+
     // The peer's process ends: transfers to its GPU memory fail PEER_LOST (the
     // liveness check runs at most once a millisecond), and move nothing.
     writeln!(input, "quit").unwrap();
@@ -659,7 +676,6 @@ fn ipc_importer_child() {
     assert!(exporter.wait().unwrap().success());
     std::thread::sleep(Duration::from_millis(5));
     let src = e.alloc_region(4096).unwrap();
-    let big = ringxfer::RegionId::from_raw(ids[1]);
     let h = e
         .prepare(
             Op::Write,
@@ -675,8 +691,91 @@ fn ipc_importer_child() {
         Status::Failed(ringxfer::FailCode::PEER_LOST)
     );
     e.release(h).unwrap();
+    assert_eq!(
+        e.stats().cuda_ipc_mappings,
+        3,
+        "held until the peer is unloaded or replaced"
+    );
+
+    // The exporter restarts (same name, a new engine): loading it takes the dead
+    // one's entry, so the same peer id, and closes the dead one's mappings.
+    let (mut exporter, mut input, mut out) = child::spawn_test("ipc_exporter_child");
+    let ids: Vec<u64> = child::read_tagged(&mut out, "ids ")
+        .split(' ')
+        .map(|w| w.parse().unwrap())
+        .collect();
+    let blob = child::unhex(&child::read_tagged(&mut out, "md "));
+    assert_eq!(e.load_peer(&blob).unwrap(), peer);
+    assert_eq!(e.stats().cuda_ipc_mappings, 2);
+    assert_eq!(fake.ipc(), (2, 5));
+    let big = ringxfer::RegionId::from_raw(ids[1]);
+    let back = e.alloc_region(4096).unwrap();
+    e.write_region(src, 0, &[0x5a; 4096]).unwrap();
+    for (op, local) in [(Op::Write, src), (Op::Read, back)] {
+        let h = e
+            .prepare(op, &[Desc::new(local, 0, 4096)], peer, &[Desc::new(big, 0, 4096)], None)
+            .unwrap();
+        e.post(h).unwrap();
+        assert_eq!(e.wait(h, Duration::from_secs(5)).unwrap(), Status::Done);
+        e.release(h).unwrap();
+    }
+    let mut got = [0u8; 4096];
+    e.read_region(back, 0, &mut got).unwrap();
+    assert!(got.iter().all(|&b| b == 0x5a), "the restarted peer's GPU memory");
+
+    // Unloading the peer closes its mappings; its id names nothing any more.
+    e.unload_peer(peer).unwrap();
+    assert_eq!(e.stats().cuda_ipc_mappings, 0);
+    assert_eq!(fake.ipc(), (0, 5));
+    assert!(matches!(
+        e.prepare(
+            Op::Write,
+            &[Desc::new(src, 0, 4096)],
+            peer,
+            &[Desc::new(big, 0, 4096)],
+            None
+        ),
+        Err(Error::UnknownPeer { .. })
+    ));
+    assert!(matches!(e.unload_peer(peer), Err(Error::UnknownPeer { .. })));
+    // Loaded again, it gets a new id: the old one stays stale.
+    let again = e.load_peer(&blob).unwrap();
+    assert_ne!(again, peer);
+    assert!(matches!(e.peer_name(peer), Err(Error::UnknownPeer { .. })));
+    writeln!(input, "quit").unwrap();
+    drop(input);
+    assert!(exporter.wait().unwrap().success());
+    e.check_quiescent().unwrap();
 
     // The engine's drop closes every mapping.
     drop(e);
-    assert_eq!(fake.ipc(), (0, 3));
+    assert_eq!(fake.ipc(), (0, 7));
+}
+
+/// An initiator that dies holding a pin in the exporter's registration table: it
+/// posts a copy into the exporter's GPU region and never lets the copy end (nothing
+/// calls progress), then waits to be killed.
+#[test]
+#[ignore = "run by gpu_regions_map_across_processes, in a process with the fake driver"]
+fn ipc_doomed_initiator_child() {
+    let line = child::stdin_lines().recv().unwrap();
+    let (region, blob) = line.split_once(' ').unwrap();
+    let target = ringxfer::RegionId::from_raw(region.parse().unwrap());
+    let e = Engine::new(config()).unwrap();
+    let peer = e.load_peer(&child::unhex(blob)).unwrap();
+    let src = e.alloc_region(4096).unwrap();
+    let h = e
+        .prepare(
+            Op::Write,
+            &[Desc::new(src, 0, 4096)],
+            peer,
+            &[Desc::new(target, 0, 4096)],
+            None,
+        )
+        .unwrap();
+    e.post(h).unwrap();
+    println!();
+    println!("posted");
+    std::thread::sleep(Duration::from_secs(60));
+    std::process::exit(1);
 }

@@ -294,6 +294,36 @@ fn a_dropped_peer_fails_transfers_and_cannot_be_loaded() {
 }
 
 #[test]
+fn an_unloaded_peers_id_stays_stale_when_its_entry_is_reused() {
+    let (a, b, src, dst, peer) = connected(4096);
+    let h = write(&a, peer, src, dst, 8, None);
+    a.unload_peer(peer).unwrap();
+    assert_eq!(a.stats().peers, 0);
+    // Prepared before the unload: it cannot be posted to a peer that is gone.
+    assert!(matches!(a.post(h), Err(Error::UnknownPeer { .. })));
+    a.release(h).unwrap();
+    assert!(matches!(a.unload_peer(peer), Err(Error::UnknownPeer { .. })));
+    // Another engine loaded in the freed entry gets a new id; the old one names nothing.
+    let c = engine("c");
+    let other = a.load_peer(&c.local_metadata().unwrap()).unwrap();
+    assert_ne!(other, peer);
+    assert_eq!(a.peer_name(other).unwrap(), "c");
+    assert!(matches!(a.peer_name(peer), Err(Error::UnknownPeer { .. })));
+    assert!(matches!(
+        a.prepare(Op::Write, &[Desc::new(src, 0, 8)], peer, &[Desc::new(dst, 0, 8)], None),
+        Err(Error::UnknownPeer { .. })
+    ));
+    // Loading b again works, under yet another id.
+    let again = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    assert!(again != peer && again != other);
+    let h = write(&a, again, src, dst, 8, None);
+    a.post(h).unwrap();
+    assert_eq!(a.wait(h, WAIT).unwrap(), Status::Done);
+    a.release(h).unwrap();
+    assert_quiescent(&a);
+}
+
+#[test]
 fn cancel_before_post_returns_everything() {
     let (a, b, src, dst, peer) = connected(4096);
     let h = write(&a, peer, src, dst, 8, Some(b"n"));

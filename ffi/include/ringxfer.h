@@ -475,6 +475,11 @@ rx_status rx_load_peer(const rx_engine *engine,
                        size_t len,
                        uint32_t *out_peer);
 
+// Forgets a loaded peer: its id names nothing from now on (`RX_UNKNOWN_PEER`), and
+// what the engine holds to reach it (mappings, its inbox lane) is let go once no
+// transfer uses it.
+rx_status rx_unload_peer(const rx_engine *engine, uint32_t peer);
+
 // Fetches a peer's metadata from its metadata server at `addr` ("host:port") and
 // loads it.
 rx_status rx_fetch_peer(const rx_engine *engine, const char *addr, uint32_t *out_peer);

@@ -248,6 +248,9 @@ class Engine {
     return peer;
   }
 
+  /// Forgets a loaded peer (its id is stale from now on).
+  Result<void> unload_peer(uint32_t peer) const { return from_c(rx_unload_peer(engine_, peer)); }
+
   /// Prepares a transfer without a notification.
   Result<Transfer> prepare(Op op, Span<rx_desc> local, uint32_t peer, Span<rx_desc> remote) const {
     return prepare_impl(op, local, peer, remote, nullptr, 0);

@@ -78,6 +78,19 @@ pub unsafe extern "C" fn rx_load_peer(
     })
 }
 
+/// Forgets a loaded peer: its id names nothing from now on (`RX_UNKNOWN_PEER`), and
+/// what the engine holds to reach it (mappings, its inbox lane) is let go once no
+/// transfer uses it.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rx_unload_peer(engine: *const rx_engine, peer: u32) -> rx_status {
+    guard(|| {
+        // SAFETY: see `engine`.
+        let e = tri!(unsafe { self::engine(engine) });
+        rx!(e.unload_peer(ringxfer::PeerId(peer)));
+        rx_status::RX_OK
+    })
+}
+
 /// Fetches a peer's metadata from its metadata server at `addr` ("host:port") and
 /// loads it.
 #[unsafe(no_mangle)]

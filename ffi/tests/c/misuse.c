@@ -129,6 +129,13 @@ int main(void) {
   bool popped;
   expect("pop_small_buffer", rx_pop_notification(b, small, sizeof small, &n, &popped), RX_BUFFER_TOO_SMALL);
   expect("unknown_peer", rx_prepare(a, RX_OP_WRITE, &l, 1, 99, &r, 1, NULL, 0, &h), RX_UNKNOWN_PEER);
+  expect("unload_unknown_peer", rx_unload_peer(a, 99), RX_UNKNOWN_PEER);
+  uint32_t extra;
+  if (rx_load_peer(b, amd, amd_len, &extra) != RX_OK) return 1;
+  expect("unload_peer", rx_unload_peer(b, extra), RX_OK);
+  expect("unloaded_peer_is_stale", rx_prepare(b, RX_OP_WRITE, &bl, 1, extra, &ar, 1, NULL, 0, &h), RX_UNKNOWN_PEER);
+  expect("unload_twice", rx_unload_peer(b, extra), RX_UNKNOWN_PEER);
+  still_usable("unload_peer");
   uint8_t garbage[32] = "definitely not metadata";
   expect("bad_metadata", rx_load_peer(a, garbage, sizeof garbage, &peer), RX_METADATA);
   rx_desc oob = {src, 4090, 64};
