@@ -38,6 +38,14 @@ row "cuda GPU->host 64 MiB, window 16" "$(case_row --op read --start-block-size 
 row "cuda GPU->GPU 64 MiB, window 16" "$(case_row --initiator-seg vram --start-block-size 64M --max-block-size 64M)"
 row "cuda host->GPU 4 KiB, window 16" "$(case_row --start-block-size 4K --max-block-size 4K)"
 row "cuda host->GPU 64 x 4 KiB scattered" "$(case_row --start-block-size 4K --max-block-size 4K --start-batch-size 64 --max-batch-size 64)"
+# Two processes (CUDA IPC): the target engine in a child process, against a raw loop
+# into memory the child exported and this process opened with cuIpcOpenMemHandle.
+ipc="--two-process --initiator-seg vram --target-seg vram"
+row "IPC GPU->peer GPU 64 MiB, window 16" "$(case_row $ipc --start-block-size 64M --max-block-size 64M)"
+row "IPC GPU->peer GPU 4 KiB, window 16" "$(case_row $ipc --start-block-size 4K --max-block-size 4K)"
+row "IPC GPU->peer GPU 4 KiB, window 1" "$(case_row $ipc --start-block-size 4K --max-block-size 4K --window 1)"
+row "IPC peer GPU->GPU 64 MiB (read)" "$(case_row $ipc --op read --start-block-size 64M --max-block-size 64M)"
+row "IPC host->peer GPU 1 MiB, window 16" "$(case_row --two-process --target-seg vram --start-block-size 1M --max-block-size 1M)"
 
 echo
 echo "ringxfer GPU check"

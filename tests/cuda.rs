@@ -650,6 +650,14 @@ fn ipc_importer_child() {
     }
     assert_eq!(e.stats().cuda_ipc_mappings, 3);
     assert_eq!(e.peer_name(peer).unwrap(), "gpu");
+    // On another device of the node that this one reaches (the fake's second device,
+    // with peer access): accepted, and nothing is opened again.
+    let mut conn = good.clone();
+    conn[17..33].copy_from_slice(b"rxfake-gpu-0001\0");
+    md.backends[at].conn = conn;
+    assert_eq!(e.load_peer(&md.encode().unwrap()).unwrap(), peer);
+    assert_eq!(fake.ipc(), (3, 3));
+    assert_eq!(e.load_peer(&grown).unwrap(), peer);
 
     ipc_transfers(&e, peer, &ids, &mut input, &mut out);
 

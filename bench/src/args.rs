@@ -48,7 +48,12 @@ OPTIONS:
                              moves at most this much (default 2G; 0 = no cap)
   --threads N                initiator threads sharing the engine (default 1)
   --two-process              the target engine runs in a child process this tool
-                             starts (shared-memory transport) instead of in-process
+                             starts (shared-memory transport) instead of in-process;
+                             with --backend cuda the initiator writes the child's
+                             GPU memory through CUDA IPC (or its shared-memory host
+                             region with --target-seg dram), against a raw loop
+                             copying to memory of the child's opened with
+                             cuIpcOpenMemHandle (a host buffer here for dram)
   --json FILE                also write the results as JSON
   --soak SECONDS             instead of the sweep: random transfers (sizes up to the
                              max block, cancels, releases in flight) on every thread
@@ -204,8 +209,8 @@ pub(crate) fn parse_args() -> Result<Args, String> {
     if a.start_batch == 0 || a.start_batch > a.max_batch || a.max_batch > 65536 {
         return Err("need 0 < --start-batch-size <= --max-batch-size <= 65536".into());
     }
-    if (a.file || a.fabric || a.cuda) && a.two_process {
-        return Err("--two-process goes with --backend local".into());
+    if (a.file || a.fabric) && a.two_process {
+        return Err("--two-process goes with --backend local or cuda".into());
     }
     if a.provider.is_some() && !a.fabric {
         return Err("--provider goes with --backend fabric".into());

@@ -10,6 +10,7 @@
 //! ringxfer-bench --threads 2 --json out.json
 //! ringxfer-bench --backend fabric --provider tcp --window 16   # against raw libfabric
 //! ringxfer-bench --backend cuda --initiator-seg dram --target-seg vram   # against raw cudarc
+//! ringxfer-bench --two-process --backend cuda --initiator-seg vram --target-seg vram
 //! ```
 //!
 //! It ends by printing the initiator's ledger and exits non-zero if anything is left
@@ -56,6 +57,9 @@ fn main() -> ExitCode {
     let mode = match (args.file, args.two_process) {
         (true, _) if args.mapped => "file (mapped), baseline pread/pwrite on the same file",
         (true, _) => "file, baseline pread/pwrite on the same file",
+        (false, true) if args.cuda => {
+            "cuda, two processes (CUDA IPC), baseline a raw cudarc loop into IPC-opened memory"
+        }
         (false, true) => "local, two processes",
         (false, false) if args.fabric => "fabric (two engines in this process), baseline a raw libfabric RMA loop",
         (false, false) if args.cuda => "cuda, baseline a raw cudarc copy loop",
@@ -64,7 +68,7 @@ fn main() -> ExitCode {
     let provider = match &s.target {
         Target::Fabric(..) => format!(", provider {}", s.initiator.fabric_provider().unwrap_or_default()),
         #[cfg(feature = "cuda")]
-        Target::Cuda(raw) => format!(
+        Target::Cuda(raw) | Target::CudaChild(_, raw) => format!(
             ", {} -> {}{}",
             if args.initiator_vram { "VRAM" } else { "DRAM" },
             if args.target_vram { "VRAM" } else { "DRAM" },

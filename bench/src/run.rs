@@ -162,7 +162,7 @@ pub(crate) fn run_baseline(s: &Setup, args: &Args, block: u64, batch: u64, iters
             run_raw(raw, args, block, batch, iters).map_err(|e| format!("raw libfabric loop: {e}"))
         }
         #[cfg(feature = "cuda")]
-        Target::Cuda(raw) => {
+        Target::Cuda(raw) | Target::CudaChild(_, raw) => {
             let total = iters * args.threads as u64;
             raw.run(
                 args.op,

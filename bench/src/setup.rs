@@ -21,6 +21,11 @@ pub(crate) enum Target {
     /// The raw cudarc baseline (the target memory is the initiator engine's own).
     #[cfg(feature = "cuda")]
     Cuda(Box<CudaRawLoop>),
+    /// `--two-process --backend cuda`: the target process, and the raw baseline
+    /// copying into GPU memory of that process's that it opened with
+    /// `cuIpcOpenMemHandle` (the child made it for the baseline alone).
+    #[cfg(feature = "cuda")]
+    CudaChild(std::process::Child, Box<CudaRawLoop>),
     /// A data file, removed at the end, and the memory its transfers move: registered
     /// with the engine (`register_dram`) and used by the `pread`/`pwrite` baseline too,
     /// so both sides move the same bytes between the same pages. (With a buffer of
@@ -44,6 +49,11 @@ impl Drop for Setup {
         match &mut self.target {
             Target::Child(child) => {
                 // Closing its stdin tells the target to print its ledger and exit.
+                drop(child.stdin.take());
+                let _ = child.wait();
+            }
+            #[cfg(feature = "cuda")]
+            Target::CudaChild(child, _) => {
                 drop(child.stdin.take());
                 let _ = child.wait();
             }
@@ -97,6 +107,28 @@ pub(crate) fn setup(args: &Args) -> Result<Setup, String> {
         .filter(|&l| l <= 16 << 30)
         .ok_or("max block × max batch × threads exceeds 16 GiB")?;
     let initiator = Engine::new(config("initiator", args)).map_err(|e| e.to_string())?;
+    #[cfg(feature = "cuda")]
+    if args.cuda && args.two_process {
+        let src = if args.initiator_vram {
+            initiator.alloc_vram(len as usize).map_err(|e| e.to_string())?
+        } else {
+            alloc_touched(&initiator, len)?
+        };
+        let (child, addr, dst, handle) = spawn_target(len, args)?;
+        let peer = initiator.fetch_peer(addr.as_str()).map_err(|e| e.to_string())?;
+        let raw = match handle {
+            Some(h) => CudaRawLoop::with_peer_target(0, len as usize, args.initiator_vram, h, args.window),
+            None => CudaRawLoop::new(0, len as usize, args.initiator_vram, false, args.window),
+        }
+        .map_err(|e| format!("raw cudarc baseline: {e}"))?;
+        return Ok(Setup {
+            initiator,
+            target: Target::CudaChild(child, Box::new(raw)),
+            peer,
+            src,
+            dst,
+        });
+    }
     #[cfg(feature = "cuda")]
     if args.cuda {
         let side = |vram: bool| -> Result<RegionId, String> {
@@ -152,30 +184,8 @@ pub(crate) fn setup(args: &Args) -> Result<Setup, String> {
     }
     let src = alloc_touched(&initiator, len)?;
     if args.two_process {
-        use std::io::BufRead;
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut child = std::process::Command::new(exe)
-            .args([
-                "--serve-target",
-                &len.to_string(),
-                "--max-batch-size",
-                &args.max_batch.to_string(),
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("starting the target process: {e}"))?;
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().ok_or("no target stdout")?)
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
-        let mut parts = line.split_whitespace();
-        let (Some("TARGET"), Some(addr), Some(dst)) = (parts.next(), parts.next(), parts.next()) else {
-            let _ = child.kill();
-            return Err(format!("the target process said {line:?}"));
-        };
-        let dst = RegionId::from_raw(dst.parse().map_err(|_| "bad region id from the target")?);
-        let peer = initiator.fetch_peer(addr).map_err(|e| e.to_string())?;
+        let (child, addr, dst, _) = spawn_target(len, args)?;
+        let peer = initiator.fetch_peer(addr.as_str()).map_err(|e| e.to_string())?;
         return Ok(Setup {
             initiator,
             target: Target::Child(child),
@@ -204,6 +214,58 @@ pub(crate) fn setup(args: &Args) -> Result<Setup, String> {
     })
 }
 
+/// The IPC handle of the target's baseline memory, as the target prints it.
+type IpcHandle = [u8; 64];
+
+/// Starts the target process of `--two-process`; returns it, its metadata server's
+/// address, its region, and (`--backend cuda`, target in GPU memory) the IPC handle
+/// of the memory it made for the raw baseline.
+fn spawn_target(len: u64, args: &Args) -> Result<(std::process::Child, String, RegionId, Option<IpcHandle>), String> {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut command = std::process::Command::new(exe);
+    command.args([
+        "--serve-target",
+        &len.to_string(),
+        "--max-batch-size",
+        &args.max_batch.to_string(),
+    ]);
+    if args.cuda {
+        command.args([
+            "--backend",
+            "cuda",
+            "--target-seg",
+            if args.target_vram { "vram" } else { "dram" },
+        ]);
+    }
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting the target process: {e}"))?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().ok_or("no target stdout")?)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let mut parts = line.split_whitespace();
+    let (Some("TARGET"), Some(addr), Some(dst)) = (parts.next(), parts.next(), parts.next()) else {
+        let _ = child.kill();
+        return Err(format!("the target process said {line:?}"));
+    };
+    let dst = RegionId::from_raw(dst.parse().map_err(|_| "bad region id from the target")?);
+    let handle = match parts.next() {
+        Some(hex) if hex.len() == 128 => {
+            let mut h = [0u8; 64];
+            for (i, b) in h.iter_mut().enumerate() {
+                *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| "bad IPC handle from the target")?;
+            }
+            Some(h)
+        }
+        _ => None,
+    };
+    Ok((child, addr.to_owned(), dst, handle))
+}
+
 /// The data file of `--backend file`.
 pub(crate) fn data_file(args: &Args) -> std::path::PathBuf {
     std::path::Path::new(args.path.as_deref().unwrap_or(".")).join(format!("ringxfer-bench-{}.dat", std::process::id()))
@@ -215,9 +277,9 @@ pub(crate) fn data_file(args: &Args) -> std::path::PathBuf {
 pub(crate) fn serve_target(len: u64, args: &Args) -> ExitCode {
     let run = || -> Result<(), String> {
         let engine = Engine::new(config("target", args)).map_err(|e| e.to_string())?;
-        let dst = alloc_touched(&engine, len)?;
+        let (dst, baseline) = target_memory(&engine, len, args)?;
         let server = engine.serve_metadata("127.0.0.1:0").map_err(|e| e.to_string())?;
-        println!("TARGET {} {}", server.local_addr(), dst.to_raw());
+        println!("TARGET {} {} {baseline}", server.local_addr(), dst.to_raw());
         std::io::stdout().flush().map_err(|e| e.to_string())?;
         let mut sink = Vec::new();
         let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
@@ -235,4 +297,21 @@ pub(crate) fn serve_target(len: u64, args: &Args) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The target's region, and what the initiator's baseline needs printed: for GPU
+/// memory (`--backend cuda`), the IPC handle, in hex, of an allocation as large made
+/// for the baseline alone (leaked until the process exits); otherwise "-".
+fn target_memory(engine: &Engine, len: u64, args: &Args) -> Result<(RegionId, String), String> {
+    #[cfg(feature = "cuda")]
+    if args.cuda && args.target_vram {
+        let dst = engine.alloc_vram(len as usize).map_err(|e| e.to_string())?;
+        let raw = CudaRawLoop::new(0, len as usize, false, true, 1).map_err(|e| format!("baseline memory: {e}"))?;
+        let handle = raw.ipc_handle().map_err(|e| format!("baseline memory: {e}"))?;
+        // The initiator's baseline copies into it until this process exits.
+        std::mem::forget(raw);
+        return Ok((dst, handle.iter().map(|b| format!("{b:02x}")).collect()));
+    }
+    let _ = args;
+    Ok((alloc_touched(engine, len)?, "-".into()))
 }

@@ -496,6 +496,11 @@ impl Cuda {
     pub(crate) fn uuid(&self) -> [u8; 16] {
         self.uuid
     }
+
+    /// The device's driver handle.
+    pub(crate) fn cu_device(&self) -> sys::CUdevice {
+        self.device
+    }
 }
 
 impl Cuda {

@@ -12,8 +12,10 @@
 //!   ones; dropping the link (a reload, the engine's drop) closes what no link uses.
 //!   `EngineStats::cuda_ipc_mappings` counts the mappings open.
 //!
-//! A peer on another node, or whose GPU this engine cannot see, is refused at
-//! `load_peer` with the reason. Nothing here runs on the hot path.
+//! A peer on another node, or whose GPU this engine cannot reach (not visible, or no
+//! peer access), is refused at `load_peer` with the reason; a peer on another device
+//! of the node that is reachable is mapped like one on the same device (copies
+//! between the devices go peer to peer). Nothing here runs on the hot path.
 
 // Unsafe code: the CUDA driver's IPC calls (the crate root denies it elsewhere).
 #![allow(unsafe_code)]
@@ -135,8 +137,35 @@ pub(crate) fn device_uuid(device: sys::CUdevice) -> Result<[u8; 16]> {
     Ok(uuid.bytes.map(|b| b as u8))
 }
 
-/// The metadata entry describing the engine's exportable GPU regions; `None` when it
-/// has none. A region whose allocation has no legacy IPC handle (VMM memory, say) is
+/// Whether this engine's device can copy to and from memory on the device `uuid`:
+/// it is that device, or a visible device with that UUID that it has peer access to
+/// (`cuDeviceCanAccessPeer`; the mapping then enables it, lazily).
+fn reaches(cuda: &Cuda, uuid: [u8; 16]) -> bool {
+    if uuid == cuda.uuid() {
+        return true;
+    }
+    let mut count = 0;
+    // SAFETY: a valid out-pointer; the driver is initialised.
+    if unsafe { sys::cuDeviceGetCount(&mut count) } != sys::CUresult::CUDA_SUCCESS {
+        return false;
+    }
+    (0..count).any(|ordinal| {
+        let mut device = 0;
+        // SAFETY: a valid out-pointer and an ordinal below the count.
+        if unsafe { sys::cuDeviceGet(&mut device, ordinal) } != sys::CUresult::CUDA_SUCCESS {
+            return false;
+        }
+        let mut can = 0;
+        device_uuid(device).is_ok_and(|u| u == uuid)
+            // SAFETY: a valid out-pointer and two devices from cuDeviceGet.
+            && unsafe { sys::cuDeviceCanAccessPeer(&mut can, cuda.cu_device(), device) } == sys::CUresult::CUDA_SUCCESS
+            && can == 1
+    })
+}
+
+/// The metadata entry describing the engine's exportable GPU regions (none is an
+/// entry too: it says the peer has the transport, so this engine's GPU memory may
+/// move to and from the peer's shared-memory host regions). A region whose allocation has no legacy IPC handle (VMM memory, say) is
 /// left out: peers in other processes cannot reach it.
 pub(crate) fn publish(cuda: &Cuda, registry: &Registry) -> Option<BackendInfo> {
     let regions: Vec<Exported> = registry
@@ -151,9 +180,6 @@ pub(crate) fn publish(cuda: &Cuda, registry: &Registry) -> Option<BackendInfo> {
             })
         })
         .collect();
-    if regions.is_empty() {
-        return None;
-    }
     let info = IpcInfo {
         node: node_id(),
         device: cuda.uuid(),
@@ -230,9 +256,10 @@ impl IpcLink {
                 "its GPU memory is on another node (a different boot id): reach it over the fabric",
             ));
         }
-        if info.device != cuda.uuid() {
+        if !info.regions.is_empty() && !reaches(cuda, info.device) {
             return Err(unreachable(
-                "its GPU memory is on a device this engine's CUDA context does not use (another UUID)",
+                "its GPU memory is on a device this engine does not use and cannot reach \
+                 (no visible device has that UUID, or it has no peer access to ours)",
             ));
         }
         let mut mappings: Vec<Arc<Mapping>> = Vec::new();

@@ -2,9 +2,11 @@
 //! cuda` measures the engine against, on the same device, in the same run.
 //!
 //! One stream, `window` events used round-robin, two buffers (host memory
-//! page-locked with `cuMemHostRegister`, or device memory from `cuMemAlloc`), and a
-//! loop of `cuMemcpy*Async` + `cuEventRecord`, waiting (by query) on an event only
-//! when its turn comes round again. No slots, handles or ledgers.
+//! page-locked with `cuMemHostRegister`, device memory from `cuMemAlloc`, or — for a
+//! target in another process — device memory of that process opened here with
+//! `cuIpcOpenMemHandle`), and a loop of `cuMemcpy*Async` + `cuEventRecord`, waiting
+//! (by query) on an event only when its turn comes round again. No slots, handles or
+//! ledgers.
 
 // Unsafe code: the CUDA driver API, for the raw baseline (the crate root denies it elsewhere).
 #![allow(unsafe_code)]
@@ -28,20 +30,25 @@ fn check(r: sys::CUresult, what: &'static str) -> Result<()> {
 enum Buffer {
     Host(Vec<u8>),
     Device(sys::CUdeviceptr),
+    /// Another process's device memory, opened from its IPC handle.
+    Mapped(sys::CUdeviceptr),
 }
 
 impl Buffer {
     fn is_device(&self) -> bool {
-        matches!(self, Buffer::Device(_))
+        !matches!(self, Buffer::Host(_))
     }
 
     fn addr(&self) -> u64 {
         match self {
             Buffer::Host(v) => v.as_ptr() as u64,
-            Buffer::Device(p) => *p,
+            Buffer::Device(p) | Buffer::Mapped(p) => *p,
         }
     }
 }
+
+/// Bytes of a legacy CUDA IPC handle.
+pub const IPC_HANDLE_BYTES: usize = 64;
 
 /// The raw loop's context, stream, events and buffers, set up once and run many times.
 pub struct CudaRawLoop {
@@ -127,6 +134,85 @@ impl CudaRawLoop {
         }
     }
 
+    /// The loop of [`new`](CudaRawLoop::new) with, as its target, another process's
+    /// device memory of at least `bytes` bytes whose IPC handle is `handle` (that
+    /// process's [`ipc_handle`](CudaRawLoop::ipc_handle)), opened here once and closed
+    /// at drop: the baseline of `ringxfer-bench --two-process --backend cuda`.
+    pub fn with_peer_target(
+        device: u32,
+        bytes: usize,
+        initiator_vram: bool,
+        handle: [u8; IPC_HANDLE_BYTES],
+        window: usize,
+    ) -> Result<CudaRawLoop> {
+        let mut raw = CudaRawLoop::new(device, 0, initiator_vram, false, window)?;
+        // SAFETY: our context; a valid out-pointer. The buffers are replaced (the
+        // zero-byte ones `new` made are released first).
+        unsafe {
+            check(sys::cuCtxSetCurrent(raw.ctx), "cuCtxSetCurrent")?;
+            raw.release_buffers();
+            raw.initiator = Self::buffer(bytes, initiator_vram)?;
+            let mut h: sys::CUipcMemHandle = std::mem::zeroed();
+            for (dst, &b) in h.reserved.iter_mut().zip(handle.iter()) {
+                *dst = b as _;
+            }
+            let mut p = 0;
+            check(
+                sys::cuIpcOpenMemHandle_v2(&mut p, h, 1), // CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS
+                "cuIpcOpenMemHandle",
+            )?;
+            raw.target = Buffer::Mapped(p);
+        }
+        Ok(raw)
+    }
+
+    /// The IPC handle of the target buffer (device memory), for another process's
+    /// [`with_peer_target`](CudaRawLoop::with_peer_target).
+    pub fn ipc_handle(&self) -> Result<[u8; IPC_HANDLE_BYTES]> {
+        let Buffer::Device(p) = self.target else {
+            return Err(Error::InvalidDescriptor {
+                reason: "only device memory has an IPC handle",
+            });
+        };
+        let mut out = [0u8; IPC_HANDLE_BYTES];
+        // SAFETY: our context and a live allocation of ours; a valid out-pointer.
+        unsafe {
+            check(sys::cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")?;
+            let mut h: sys::CUipcMemHandle = std::mem::zeroed();
+            check(sys::cuIpcGetMemHandle(&mut h, p), "cuIpcGetMemHandle")?;
+            for (dst, &b) in out.iter_mut().zip(h.reserved.iter()) {
+                *dst = b as u8;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Frees both buffers (the context is current, the stream drained).
+    ///
+    /// # Safety
+    /// No copy uses them.
+    unsafe fn release_buffers(&mut self) {
+        for b in [&mut self.initiator, &mut self.target] {
+            // SAFETY: each buffer was made by `buffer` or `with_peer_target` and is
+            // released once: it is replaced by an empty host buffer.
+            unsafe {
+                match b {
+                    Buffer::Device(p) => {
+                        let _ = sys::cuMemFree_v2(*p);
+                    }
+                    Buffer::Mapped(p) => {
+                        let _ = sys::cuIpcCloseMemHandle(*p);
+                    }
+                    Buffer::Host(v) if !v.is_empty() => {
+                        let _ = sys::cuMemHostUnregister(v.as_mut_ptr().cast());
+                    }
+                    Buffer::Host(_) => {}
+                }
+            }
+            *b = Buffer::Host(Vec::new());
+        }
+    }
+
     /// Copies `iters` transfers of `batch` blocks of `block` bytes (initiator →
     /// target for a WRITE), `window` in flight, after `warmup` untimed ones.
     pub fn run(&self, op: Op, block: usize, batch: usize, iters: u64, warmup: u64) -> Result<Duration> {
@@ -196,17 +282,7 @@ impl Drop for CudaRawLoop {
             if !self.stream.is_null() {
                 let _ = sys::cuStreamSynchronize(self.stream);
             }
-            for b in [&mut self.initiator, &mut self.target] {
-                match b {
-                    Buffer::Device(p) => {
-                        let _ = sys::cuMemFree_v2(*p);
-                    }
-                    Buffer::Host(v) if !v.is_empty() => {
-                        let _ = sys::cuMemHostUnregister(v.as_mut_ptr().cast());
-                    }
-                    Buffer::Host(_) => {}
-                }
-            }
+            self.release_buffers();
             for &e in &self.events {
                 let _ = sys::cuEventDestroy_v2(e);
             }

@@ -91,12 +91,18 @@ CUresult cuInit(unsigned flags) {
 }
 CUresult cuDeviceGetCount(int *count) {
   if (!initialised) return CUDA_ERROR_NOT_INITIALIZED;
-  *count = 1;
+  *count = 2;
   return CUDA_SUCCESS;
 }
+/* Two devices, each reaching the other (memory is host memory either way). */
 CUresult cuDeviceGet(CUdevice *device, int ordinal) {
-  if (ordinal != 0) return CUDA_ERROR_INVALID_VALUE;
-  *device = 0;
+  if (ordinal < 0 || ordinal > 1) return CUDA_ERROR_INVALID_VALUE;
+  *device = ordinal;
+  return CUDA_SUCCESS;
+}
+CUresult cuDeviceCanAccessPeer(int *can, CUdevice device, CUdevice peer) {
+  if (device < 0 || device > 1 || peer < 0 || peer > 1) return CUDA_ERROR_INVALID_VALUE;
+  *can = 1;
   return CUDA_SUCCESS;
 }
 CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice device) {
@@ -314,8 +320,8 @@ CUresult cuIpcCloseMemHandle(CUdeviceptr ptr) {
 }
 typedef struct { char bytes[16]; } CUuuid;
 CUresult cuDeviceGetUuid(CUuuid *uuid, CUdevice device) {
-  if (device != 0) return CUDA_ERROR_INVALID_VALUE;
-  memcpy(uuid->bytes, "rxfake-gpu-0000", 16);
+  if (device < 0 || device > 1) return CUDA_ERROR_INVALID_VALUE;
+  memcpy(uuid->bytes, device ? "rxfake-gpu-0001" : "rxfake-gpu-0000", 16);
   return CUDA_SUCCESS;
 }
 
