@@ -684,16 +684,7 @@ fn ipc_importer_child() {
     assert!(exporter.wait().unwrap().success());
     std::thread::sleep(Duration::from_millis(5));
     let src = e.alloc_region(4096).unwrap();
-    let h = e
-        .prepare(
-            Op::Write,
-            &[Desc::new(src, 0, 4096)],
-            peer,
-            &[Desc::new(big, 0, 4096)],
-            None,
-        )
-        .unwrap();
-    e.post(h).unwrap();
+    let h = post_page(&e, Op::Write, src, peer, big);
     assert_eq!(
         e.wait(h, Duration::from_secs(5)).unwrap(),
         Status::Failed(ringxfer::FailCode::PEER_LOST)
@@ -720,10 +711,7 @@ fn ipc_importer_child() {
     let back = e.alloc_region(4096).unwrap();
     e.write_region(src, 0, &[0x5a; 4096]).unwrap();
     for (op, local) in [(Op::Write, src), (Op::Read, back)] {
-        let h = e
-            .prepare(op, &[Desc::new(local, 0, 4096)], peer, &[Desc::new(big, 0, 4096)], None)
-            .unwrap();
-        e.post(h).unwrap();
+        let h = post_page(&e, op, local, peer, big);
         assert_eq!(e.wait(h, Duration::from_secs(5)).unwrap(), Status::Done);
         e.release(h).unwrap();
     }
@@ -760,6 +748,28 @@ fn ipc_importer_child() {
     assert_eq!(fake.ipc(), (0, 7));
 }
 
+/// Prepares and posts one 4 KiB transfer between the first pages of `local` and of
+/// the peer's `remote`.
+fn post_page(
+    e: &Engine,
+    op: Op,
+    local: ringxfer::RegionId,
+    peer: ringxfer::PeerId,
+    remote: ringxfer::RegionId,
+) -> ringxfer::Handle {
+    let h = e
+        .prepare(
+            op,
+            &[Desc::new(local, 0, 4096)],
+            peer,
+            &[Desc::new(remote, 0, 4096)],
+            None,
+        )
+        .unwrap();
+    e.post(h).unwrap();
+    h
+}
+
 /// An initiator that dies holding a pin in the exporter's registration table: it
 /// posts a copy into the exporter's GPU region and never lets the copy end (nothing
 /// calls progress), then waits to be killed.
@@ -772,16 +782,7 @@ fn ipc_doomed_initiator_child() {
     let e = Engine::new(config()).unwrap();
     let peer = e.load_peer(&child::unhex(blob)).unwrap();
     let src = e.alloc_region(4096).unwrap();
-    let h = e
-        .prepare(
-            Op::Write,
-            &[Desc::new(src, 0, 4096)],
-            peer,
-            &[Desc::new(target, 0, 4096)],
-            None,
-        )
-        .unwrap();
-    e.post(h).unwrap();
+    post_page(&e, Op::Write, src, peer, target);
     println!();
     println!("posted");
     std::thread::sleep(Duration::from_secs(60));
