@@ -36,7 +36,11 @@ fn config() -> Config {
     Config {
         name: "gpu".into(),
         capacity: CAPACITY,
-        cuda: Some(CudaConfig::default()),
+        cuda: Some(CudaConfig {
+            // Set by gpu_vmm_regions_map_across_processes for the processes it runs.
+            vmm: std::env::var_os("RINGXFER_TEST_VMM").is_some(),
+            ..CudaConfig::default()
+        }),
         ..Config::default()
     }
 }
@@ -87,12 +91,18 @@ fn gpu_memory_and_the_fabric_with_the_fake_driver() {
 
 /// Runs the ignored test `child` in a child process with the fake driver.
 fn run_child(child: &str) {
+    run_child_with(child, &[]);
+}
+
+/// [`run_child`] with more environment variables for the child.
+fn run_child_with(child: &str, env: &[(&str, &str)]) {
     if std::env::var_os("RINGXFER_FAKE_CUDA").is_some() {
         return;
     }
-    let dir = build_fake_driver(child);
+    let dir = build_fake_driver(&format!("{child}{}", env.len()));
     let out = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", child, "--ignored", "--nocapture", "--test-threads=1"])
+        .envs(env.iter().copied())
         .env("LD_LIBRARY_PATH", &dir)
         .env("RINGXFER_FAKE_CUDA", dir.join("libcuda.so"))
         .output()
@@ -121,6 +131,7 @@ struct Fake {
     fail: unsafe extern "C" fn(i32, i64),
     ipc_open: unsafe extern "C" fn() -> i64,
     ipc_opened: unsafe extern "C" fn() -> i64,
+    vmm_imports: unsafe extern "C" fn() -> i64,
 }
 
 impl Fake {
@@ -137,6 +148,7 @@ impl Fake {
                 fail: *lib.get(b"fake_cuda_fail\0").unwrap(),
                 ipc_open: *lib.get(b"fake_cuda_ipc_open\0").unwrap(),
                 ipc_opened: *lib.get(b"fake_cuda_ipc_opened\0").unwrap(),
+                vmm_imports: *lib.get(b"fake_cuda_vmm_imports\0").unwrap(),
                 _lib: lib,
             }
         }
@@ -153,6 +165,11 @@ impl Fake {
     fn ipc(&self) -> (i64, i64) {
         // SAFETY: plain getters.
         unsafe { ((self.ipc_open)(), (self.ipc_opened)()) }
+    }
+    /// VMM allocations imported from file descriptors since load.
+    fn vmm_imports(&self) -> i64 {
+        // SAFETY: a plain getter.
+        unsafe { (self.vmm_imports)() }
     }
     fn created(&self) -> i64 {
         // SAFETY: a plain getter.
@@ -430,6 +447,14 @@ fn gpu_regions_map_across_processes() {
     run_child("ipc_importer_child");
 }
 
+/// The same, with every engine's `alloc_vram` made with the VMM API
+/// (`CudaConfig::vmm`): exported as file descriptors, fetched with `pidfd_getfd`,
+/// imported and mapped once each.
+#[test]
+fn gpu_vmm_regions_map_across_processes() {
+    run_child_with("ipc_importer_child", &[("RINGXFER_TEST_VMM", "1")]);
+}
+
 /// Moves bytes through the mappings of the exporter's memory: host and GPU memory
 /// here to and from its GPU regions and its shared-memory region, one descriptor and
 /// a scattered batch, with notifications; a withdrawn region fails `REGION_GONE`; a
@@ -612,6 +637,9 @@ fn ipc_importer_child() {
     // Two allocations exported: two mappings, in the ledger and in the driver.
     assert_eq!(e.stats().cuda_ipc_mappings, 2);
     assert_eq!(fake.ipc(), (2, 2));
+    // With the VMM API they came as descriptors (else as legacy IPC handles).
+    let vmm = std::env::var_os("RINGXFER_TEST_VMM").is_some();
+    assert_eq!(fake.vmm_imports(), if vmm { 2 } else { 0 });
     // A reload with nothing changed opens nothing.
     assert_eq!(e.load_peer(&blob).unwrap(), peer);
     assert_eq!(fake.ipc(), (2, 2));

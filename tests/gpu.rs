@@ -19,7 +19,11 @@ fn gpu_engine() -> Option<Engine> {
     let config = Config {
         name: "gpu".into(),
         capacity: 256,
-        cuda: Some(CudaConfig::default()),
+        cuda: Some(CudaConfig {
+            // Set for the processes of gpu_vmm_memory_of_another_process.
+            vmm: std::env::var_os("RINGXFER_TEST_VMM").is_some(),
+            ..CudaConfig::default()
+        }),
         ..Config::default()
     };
     match Engine::new(config) {
@@ -105,10 +109,21 @@ fn host_to_device_and_back_on_a_real_gpu() {
 /// is no GPU.
 #[test]
 fn gpu_memory_of_another_process() {
+    across_processes(&[]);
+}
+
+/// The same with the owner's GPU memory made with the VMM API (`CudaConfig::vmm`),
+/// shared as a file descriptor that this process fetches with `pidfd_getfd`.
+#[test]
+fn gpu_vmm_memory_of_another_process() {
+    across_processes(&[("RINGXFER_TEST_VMM", "1")]);
+}
+
+fn across_processes(owner_env: &[(&str, &str)]) {
     use std::io::Write;
 
     let Some(e) = gpu_engine() else { return };
-    let (mut owner, mut input, mut out) = child::spawn_test("gpu_owner_child");
+    let (mut owner, mut input, mut out) = child::spawn_test_with("gpu_owner_child", owner_env);
     let remote_gpu = ringxfer::RegionId::from_raw(child::read_tagged(&mut out, "gpu ").parse().unwrap());
     let blob = child::unhex(&child::read_tagged(&mut out, "md "));
     let peer = e.load_peer(&blob).unwrap();

@@ -39,6 +39,7 @@ const UNSAFE_ALLOWED: &[&str] = &[
     "backend/cuda.rs",
     "backend/cuda_raw.rs",
     "backend/cuda_ipc.rs",
+    "backend/cuda_vmm.rs",
     "backend/file.rs",
     "backend/local/",
     "notify.rs",

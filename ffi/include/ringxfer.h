@@ -54,6 +54,10 @@
 // `rx_config::cuda_flags`: do not page-lock host regions for the GPU.
 #define RX_CUDA_NO_PIN_HOST 2
 
+// `rx_config::cuda_flags`: allocate `rx_alloc_vram` memory with the VMM API
+// (`cuMemCreate`), shared with peers as a file descriptor (`CudaConfig::vmm`).
+#define RX_CUDA_VMM 4
+
 // `rx_config::fabric_flags`: turn the fabric transport on.
 #define RX_FABRIC_ENABLE 1
 

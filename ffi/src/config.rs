@@ -63,6 +63,9 @@ pub struct rx_config {
 pub const RX_CUDA_ENABLE: u32 = 1;
 /// `rx_config::cuda_flags`: do not page-lock host regions for the GPU.
 pub const RX_CUDA_NO_PIN_HOST: u32 = 2;
+/// `rx_config::cuda_flags`: allocate `rx_alloc_vram` memory with the VMM API
+/// (`cuMemCreate`), shared with peers as a file descriptor (`CudaConfig::vmm`).
+pub const RX_CUDA_VMM: u32 = 4;
 
 /// `rx_config::fabric_flags`: turn the fabric transport on.
 pub const RX_FABRIC_ENABLE: u32 = 1;
@@ -163,7 +166,7 @@ unsafe fn fabric_from(cfg: &rx_config) -> Result<Option<FabricConfig>, rx_status
 
 /// The cuda transport `cfg` asks for: `None` without `RX_CUDA_ENABLE`.
 fn cuda_from(cfg: &rx_config) -> Result<Option<CudaConfig>, rx_status> {
-    if cfg.cuda_flags & !(RX_CUDA_ENABLE | RX_CUDA_NO_PIN_HOST) != 0 {
+    if cfg.cuda_flags & !(RX_CUDA_ENABLE | RX_CUDA_NO_PIN_HOST | RX_CUDA_VMM) != 0 {
         return Err(invalid("unknown cuda_flags"));
     }
     if cfg.cuda_flags & RX_CUDA_ENABLE == 0 {
@@ -174,5 +177,6 @@ fn cuda_from(cfg: &rx_config) -> Result<Option<CudaConfig>, rx_status> {
         streams: cfg.cuda_streams as usize,
         stream: (cfg.cuda_stream != 0).then_some(cfg.cuda_stream),
         pin_host: cfg.cuda_flags & RX_CUDA_NO_PIN_HOST == 0,
+        vmm: cfg.cuda_flags & RX_CUDA_VMM != 0,
     }))
 }

@@ -75,6 +75,13 @@ pub(crate) struct Cuda {
     uuid: [u8; 16],
     /// IPC mappings of peers' GPU regions open now (`cuda_ipc`).
     pub(crate) ipc_mappings: AtomicUsize,
+    /// `CudaConfig::vmm`: `alloc_vram` uses the VMM API.
+    vmm: bool,
+    /// The VMM allocations this engine exports: (start, size, descriptor, serial),
+    /// one per live `alloc_vram` region made with `vmm` (`cuda_vmm`). The serial
+    /// tells apart exports that reuse a descriptor number.
+    pub(crate) vmm_exports: Mutex<Vec<(u64, u64, i32, u64)>>,
+    pub(crate) vmm_serial: AtomicU64,
     /// Per slot: what a transfer to a peer in another process holds until its event
     /// completes (preallocated), and whether it holds anything.
     peer_slots: Box<[Mutex<PeerSlot>]>,
@@ -179,6 +186,9 @@ impl Cuda {
             ordinal: config.device,
             uuid: [0; 16],
             ipc_mappings: AtomicUsize::new(0),
+            vmm: config.vmm,
+            vmm_exports: Mutex::new(Vec::new()),
+            vmm_serial: AtomicU64::new(0),
             peer_slots: (0..capacity)
                 .map(|_| {
                     Mutex::new(PeerSlot {
@@ -653,13 +663,19 @@ pub(crate) fn pin_host(cuda: &Arc<Cuda>, registry: &Registry, id: RegionId) -> R
     }
 }
 
-/// Allocates `len` bytes of device memory (`cuMemAlloc`) and registers them; freed
-/// when the region is deregistered or the engine dropped.
+/// Allocates `len` bytes of device memory (`cuMemAlloc`, or the VMM API with
+/// `CudaConfig::vmm`) and registers them; freed when the region is deregistered or
+/// the engine dropped.
 pub(crate) fn alloc_region(cuda: &Arc<Cuda>, registry: &Registry, len: usize) -> Result<RegionId> {
     if len == 0 {
         return Err(Error::InvalidDescriptor {
             reason: "a region cannot be empty",
         });
+    }
+    if cuda.vmm {
+        let owner = super::cuda_vmm::VmmAlloc::new(cuda, len)?;
+        let ptr = owner.ptr;
+        return registry.register_vram(ptr as usize, len as u64, cuda.device(), Some(Box::new(owner)));
     }
     let ptr = cuda.alloc(len)?;
     let owner = DeviceAlloc {

@@ -18,6 +18,13 @@ pub struct CudaConfig {
     /// `cuMemHostRegister` when it is registered (undone when it goes), so host ↔ GPU
     /// copies are asynchronous DMA rather than staged. Default true.
     pub pin_host: bool,
+    /// Allocate `alloc_vram` memory with the virtual memory management API
+    /// (`cuMemCreate`, shareable as a POSIX file descriptor, mapped with
+    /// `cuMemMap`) instead of `cuMemAlloc`. Peers in other processes on the node then
+    /// map it through that descriptor (fetched with `pidfd_getfd`, which needs the
+    /// same rights as `ptrace` over this process) instead of a legacy IPC handle.
+    /// Default false.
+    pub vmm: bool,
 }
 
 impl Default for CudaConfig {
@@ -27,6 +34,7 @@ impl Default for CudaConfig {
             streams: 4,
             stream: None,
             pin_host: true,
+            vmm: false,
         }
     }
 }

@@ -2,9 +2,11 @@
 //! engine's GPU regions, and the mappings a peer opens of them.
 //!
 //! - **Export** (`publish`): every GPU region whose allocation has a legacy IPC
-//!   handle (`cuIpcGetMemHandle`, `cuMemAlloc` memory) is listed in the engine's
-//!   metadata, under [`BackendKind::Cuda`], with its offset in that allocation, next
-//!   to the node's identity (the kernel's boot id) and the device's UUID.
+//!   handle (`cuIpcGetMemHandle`, `cuMemAlloc` memory), or is a VMM allocation this
+//!   engine made and shares as a file descriptor (`cuda_vmm`), is listed in the
+//!   engine's metadata, under [`BackendKind::Cuda`], with its offset in that
+//!   allocation, next to the node's identity (the kernel's boot id) and the device's
+//!   UUID.
 //! - **Import** (`load_peer`, control path): a peer in another process on the same
 //!   node whose device this engine can see gets each distinct handle opened once
 //!   (`cuIpcOpenMemHandle`, lazy peer access), kept in its [`IpcLink`]. Reloading the
@@ -31,11 +33,18 @@ use crate::mem::Registry;
 use crate::wire::metadata::{BackendInfo, BackendKind, Metadata};
 
 /// The wire format's version byte.
-const VERSION: u8 = 1;
-/// Bytes of a legacy IPC handle.
+const VERSION: u8 = 2;
+/// Bytes of a legacy IPC handle (and of every entry's handle field).
 const HANDLE_BYTES: usize = 64;
-/// Bytes of one exported region: id, offset, length, handle.
-const ENTRY_BYTES: usize = 8 + 8 + 8 + HANDLE_BYTES;
+/// Bytes of one exported region: id, offset, length, kind, handle.
+const ENTRY_BYTES: usize = 8 + 8 + 8 + 1 + HANDLE_BYTES;
+/// An entry's kind: a legacy IPC handle (`cuIpcGetMemHandle`).
+const LEGACY: u8 = 0;
+/// An entry's kind: a VMM allocation shared as a POSIX file descriptor; the handle
+/// field holds the descriptor's number in the exporting process (4 bytes), the
+/// allocation's size (8 bytes) and the export's serial there (8 bytes: a descriptor
+/// number reused for a later allocation is another export, never a stale match).
+const POSIX_FD: u8 = 1;
 /// At most this many exported regions in one blob (the registry's own limit).
 const MAX_ENTRIES: usize = 1 << 20;
 
@@ -47,7 +56,9 @@ pub(crate) struct Exported {
     /// Where the region starts in its allocation.
     pub(crate) offset: u64,
     pub(crate) len: u64,
-    /// The allocation's IPC handle.
+    /// [`LEGACY`] or [`POSIX_FD`].
+    pub(crate) kind: u8,
+    /// The allocation's IPC handle, or its descriptor and size.
     pub(crate) handle: [u8; HANDLE_BYTES],
 }
 
@@ -72,6 +83,7 @@ impl IpcInfo {
             out.extend_from_slice(&r.id.to_le_bytes());
             out.extend_from_slice(&r.offset.to_le_bytes());
             out.extend_from_slice(&r.len.to_le_bytes());
+            out.push(r.kind);
             out.extend_from_slice(&r.handle);
         }
         out
@@ -98,7 +110,8 @@ impl IpcInfo {
                     id: u64_at(e, 0)?,
                     offset: u64_at(e, 8)?,
                     len: u64_at(e, 16)?,
-                    handle: e[24..].try_into().ok()?,
+                    kind: Some(e[24]).filter(|&k| k == LEGACY || k == POSIX_FD)?,
+                    handle: e[25..].try_into().ok()?,
                 })
             })
             .collect::<Option<Vec<_>>>()?;
@@ -172,10 +185,11 @@ pub(crate) fn publish(cuda: &Cuda, registry: &Registry) -> Option<BackendInfo> {
         .device_regions()
         .into_iter()
         .filter_map(|(id, addr, len)| {
-            export(cuda, addr, len).map(|(offset, handle)| Exported {
+            export(cuda, addr, len).map(|(offset, kind, handle)| Exported {
                 id,
                 offset,
                 len,
+                kind,
                 handle,
             })
         })
@@ -191,9 +205,21 @@ pub(crate) fn publish(cuda: &Cuda, registry: &Registry) -> Option<BackendInfo> {
     })
 }
 
-/// (offset in its allocation, the allocation's IPC handle) of device memory at
-/// `addr`, or `None` where the driver gives no handle.
-fn export(cuda: &Cuda, addr: usize, len: u64) -> Option<(u64, [u8; HANDLE_BYTES])> {
+/// (offset in its allocation, the entry's kind, its handle field) of device memory
+/// at `addr`: a VMM allocation this engine exports as a descriptor, else the legacy
+/// IPC handle of a `cuMemAlloc` allocation; `None` where there is neither.
+fn export(cuda: &Cuda, addr: usize, len: u64) -> Option<(u64, u8, [u8; HANDLE_BYTES])> {
+    if let Some((base, size, fd, serial)) = super::cuda_vmm::exported(cuda, addr as u64) {
+        let offset = addr as u64 - base;
+        if offset.checked_add(len)? > size {
+            return None;
+        }
+        let mut handle = [0u8; HANDLE_BYTES];
+        handle[..4].copy_from_slice(&fd.to_le_bytes());
+        handle[4..12].copy_from_slice(&size.to_le_bytes());
+        handle[12..20].copy_from_slice(&serial.to_le_bytes());
+        return Some((offset, POSIX_FD, handle));
+    }
     cuda.make_current().ok()?;
     let (mut base, mut size) = (0, 0);
     // SAFETY: valid out-pointers; the driver checks `addr`.
@@ -205,22 +231,32 @@ fn export(cuda: &Cuda, addr: usize, len: u64) -> Option<(u64, [u8; HANDLE_BYTES]
     let mut handle = sys::CUipcMemHandle { reserved: [0; 64] };
     // SAFETY: a valid out-pointer; `base` is an allocation's start.
     let r = unsafe { sys::cuIpcGetMemHandle(&mut handle, base) };
-    (r == sys::CUresult::CUDA_SUCCESS).then(|| (offset, handle.reserved.map(|b| b as u8)))
+    (r == sys::CUresult::CUDA_SUCCESS).then(|| (offset, LEGACY, handle.reserved.map(|b| b as u8)))
 }
 
-/// One opened IPC handle, closed when the last link using it goes.
+/// One opened export (an IPC handle, or a VMM allocation's descriptor), closed when
+/// the last link using it goes.
 struct Mapping {
     cuda: Arc<Cuda>,
-    handle: [u8; HANDLE_BYTES],
+    /// The entry's kind and handle field: what tells one export from another.
+    key: (u8, [u8; HANDLE_BYTES]),
     /// The allocation's start in this process.
     base: u64,
+    /// A VMM import (unmapped at drop), or `None` for a legacy IPC handle.
+    vmm: Option<super::cuda_vmm::Imported>,
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
         if self.cuda.make_current().is_ok() {
-            // SAFETY: `base` came from cuIpcOpenMemHandle and is closed once, here.
-            let _ = unsafe { sys::cuIpcCloseMemHandle(self.base) };
+            match &self.vmm {
+                Some(imported) => imported.close(),
+                None => {
+                    // SAFETY: `base` came from cuIpcOpenMemHandle and is closed once,
+                    // here.
+                    let _ = unsafe { sys::cuIpcCloseMemHandle(self.base) };
+                }
+            }
         }
         self.cuda.ipc_mappings.fetch_sub(1, Ordering::Relaxed);
     }
@@ -265,13 +301,14 @@ impl IpcLink {
         let mut mappings: Vec<Arc<Mapping>> = Vec::new();
         let mut regions = Vec::with_capacity(info.regions.len());
         for r in &info.regions {
-            let mapping = match mappings.iter().find(|m| m.handle == r.handle) {
+            let key = (r.kind, r.handle);
+            let mapping = match mappings.iter().find(|m| m.key == key) {
                 Some(m) => Arc::clone(m),
                 None => {
-                    let reused = previous.and_then(|p| p.mappings.iter().find(|m| m.handle == r.handle));
+                    let reused = previous.and_then(|p| p.mappings.iter().find(|m| m.key == key));
                     let m = match reused {
                         Some(m) => Arc::clone(m),
-                        None => Arc::new(open(cuda, r.handle).map_err(|e| unreachable(&e))?),
+                        None => Arc::new(open(cuda, md.process_id, key).map_err(|e| unreachable(&e))?),
                     };
                     mappings.push(Arc::clone(&m));
                     m
@@ -297,25 +334,35 @@ impl IpcLink {
     }
 }
 
-/// Opens one IPC handle; the error says why in words.
-fn open(cuda: &Arc<Cuda>, handle: [u8; HANDLE_BYTES]) -> std::result::Result<Mapping, String> {
-    cuda.make_current().map_err(|e| e.to_string())?;
-    let raw = sys::CUipcMemHandle {
-        reserved: handle.map(|b| b as std::ffi::c_char),
+/// Opens one export of process `pid`; the error says why in words.
+fn open(cuda: &Arc<Cuda>, pid: u32, key: (u8, [u8; HANDLE_BYTES])) -> std::result::Result<Mapping, String> {
+    let (kind, handle) = key;
+    let (base, vmm) = if kind == POSIX_FD {
+        let fd = i32::from_le_bytes(handle[..4].try_into().unwrap_or_default());
+        let size = u64::from_le_bytes(handle[4..12].try_into().unwrap_or_default());
+        let imported = super::cuda_vmm::Imported::open(cuda, pid, fd, size)?;
+        (imported.base, Some(imported))
+    } else {
+        cuda.make_current().map_err(|e| e.to_string())?;
+        let raw = sys::CUipcMemHandle {
+            reserved: handle.map(|b| b as std::ffi::c_char),
+        };
+        let mut base = 0;
+        // SAFETY: a valid out-pointer; the driver checks the handle.
+        let r = unsafe {
+            sys::cuIpcOpenMemHandle_v2(&mut base, raw, 1 /* CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS */)
+        };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            return Err(format!("cuIpcOpenMemHandle of one of its GPU regions failed: {r:?}"));
+        }
+        (base, None)
     };
-    let mut base = 0;
-    // SAFETY: a valid out-pointer; the driver checks the handle.
-    let r = unsafe {
-        sys::cuIpcOpenMemHandle_v2(&mut base, raw, 1 /* CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS */)
-    };
-    if r != sys::CUresult::CUDA_SUCCESS {
-        return Err(format!("cuIpcOpenMemHandle of one of its GPU regions failed: {r:?}"));
-    }
     cuda.ipc_mappings.fetch_add(1, Ordering::Relaxed);
     Ok(Mapping {
         cuda: Arc::clone(cuda),
-        handle,
+        key,
         base,
+        vmm,
     })
 }
 
@@ -332,6 +379,7 @@ mod tests {
                 id: 7 << 20 | 3,
                 offset: 4096,
                 len: 1 << 20,
+                kind: POSIX_FD,
                 handle: [9; 64],
             }],
         };
@@ -343,6 +391,9 @@ mod tests {
         let mut long = bytes.clone();
         long.push(0);
         assert_eq!(IpcInfo::decode(&long), None);
+        let mut unknown_kind = bytes.clone();
+        unknown_kind[1 + 32 + 4 + 24] = 7;
+        assert_eq!(IpcInfo::decode(&unknown_kind), None);
     }
 
     #[test]

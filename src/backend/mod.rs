@@ -44,6 +44,8 @@ pub(crate) mod cuda_config;
 pub(crate) mod cuda_ipc;
 #[cfg(all(feature = "cuda", feature = "testing"))]
 pub(crate) mod cuda_raw;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda_vmm;
 pub mod fabric;
 pub(crate) mod file;
 pub(crate) mod local;

@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 typedef int CUresult;
@@ -50,6 +51,7 @@ enum {
   CUDA_ERROR_NOT_READY = 600,
   CUDA_ERROR_ILLEGAL_ADDRESS = 700,
   CUDA_ERROR_LAUNCH_FAILED = 719,
+  CUDA_ERROR_NOT_SUPPORTED = 801,
 };
 
 struct fake_ctx { int device; };
@@ -217,6 +219,166 @@ static struct mapping *entry_of(struct mapping *table, CUdeviceptr p) {
   return NULL;
 }
 
+/* The VMM API: a physical allocation (cuMemCreate) is an unlinked shared-memory
+   object held by a file descriptor; its handle is its index + 1 in `phys`. A
+   shareable handle (POSIX fd) is a dup of that descriptor, so another process that
+   fetched it (pidfd_getfd) imports the same memory. Address ranges are reserved
+   PROT_NONE and mapped over with the object. An imported allocation counts as an
+   IPC open until its last reference (the handle, each mapping) goes. */
+typedef unsigned long long CUmemGenericAllocationHandle;
+struct phys { int fd; size_t size; int refs; int imported; };
+static struct phys phys[MAX_MAPS];
+struct vmap { CUdeviceptr base; size_t size; int phys; };
+static struct vmap vmaps[MAX_MAPS];
+static long vmm_seq, vmm_imports;
+long fake_cuda_vmm_imports(void) { return __atomic_load_n(&vmm_imports, __ATOMIC_SEQ_CST); }
+
+/* A new physical allocation over `fd` (owned); 0 if the table is full (lock held). */
+static CUmemGenericAllocationHandle new_phys(int fd, size_t size, int imported) {
+  for (int i = 0; i < MAX_MAPS; i++)
+    if (phys[i].refs == 0) {
+      phys[i] = (struct phys){fd, size, 1, imported};
+      if (imported) {
+        __atomic_add_fetch(&ipc_open, 1, __ATOMIC_SEQ_CST);
+        __atomic_add_fetch(&ipc_opened, 1, __ATOMIC_SEQ_CST);
+      }
+      return (CUmemGenericAllocationHandle)i + 1;
+    }
+  return 0;
+}
+static struct phys *phys_of(CUmemGenericAllocationHandle h) {
+  return h >= 1 && h <= MAX_MAPS && phys[h - 1].refs > 0 ? &phys[h - 1] : NULL;
+}
+static void unref_phys(struct phys *p) {
+  if (--p->refs == 0) {
+    close(p->fd);
+    if (p->imported) __atomic_sub_fetch(&ipc_open, 1, __ATOMIC_SEQ_CST);
+  }
+}
+static struct vmap *vmap_of(CUdeviceptr p) {
+  for (int i = 0; i < MAX_MAPS; i++)
+    if (vmaps[i].base && p >= vmaps[i].base && p < vmaps[i].base + vmaps[i].size) return &vmaps[i];
+  return NULL;
+}
+
+CUresult cuMemGetAllocationGranularity(size_t *granularity, const void *prop, int option) {
+  (void)prop, (void)option;
+  *granularity = 65536;
+  return CUDA_SUCCESS;
+}
+CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, const void *prop,
+                     unsigned long long flags) {
+  (void)prop, (void)flags;
+  if (size == 0 || size % 65536) return CUDA_ERROR_INVALID_VALUE;
+  char name[48];
+  snprintf(name, sizeof name, "/rxfake-vmm-%d-%ld", (int)getpid(), __atomic_add_fetch(&vmm_seq, 1, __ATOMIC_SEQ_CST));
+  int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+  if (fd < 0) return CUDA_ERROR_OUT_OF_MEMORY;
+  shm_unlink(name);
+  if (ftruncate(fd, (off_t)size) != 0) {
+    close(fd);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
+  pthread_mutex_lock(&lock);
+  *handle = new_phys(fd, size, 0);
+  pthread_mutex_unlock(&lock);
+  if (!*handle) close(fd);
+  return *handle ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+CUresult cuMemRelease(CUmemGenericAllocationHandle handle) {
+  pthread_mutex_lock(&lock);
+  struct phys *p = phys_of(handle);
+  if (p) unref_phys(p);
+  pthread_mutex_unlock(&lock);
+  return p ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+CUresult cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t align, CUdeviceptr addr,
+                             unsigned long long flags) {
+  (void)align, (void)addr, (void)flags;
+  void *p = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+  *ptr = (CUdeviceptr)(uintptr_t)p;
+  return CUDA_SUCCESS;
+}
+CUresult cuMemAddressFree(CUdeviceptr ptr, size_t size) {
+  return munmap((void *)(uintptr_t)ptr, size) == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle handle,
+                  unsigned long long flags) {
+  (void)flags;
+  pthread_mutex_lock(&lock);
+  struct phys *p = phys_of(handle);
+  struct vmap *v = NULL;
+  for (int i = 0; p && i < MAX_MAPS && !v; i++)
+    if (!vmaps[i].base) v = &vmaps[i];
+  void *m = v && offset + size <= p->size
+                ? mmap((void *)(uintptr_t)ptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, p->fd, (off_t)offset)
+                : MAP_FAILED;
+  if (m != MAP_FAILED) {
+    *v = (struct vmap){ptr, size, (int)(handle - 1)};
+    p->refs++;
+  }
+  pthread_mutex_unlock(&lock);
+  return m != MAP_FAILED ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+CUresult cuMemUnmap(CUdeviceptr ptr, size_t size) {
+  pthread_mutex_lock(&lock);
+  struct vmap *v = vmap_of(ptr);
+  int ok = v && v->base == ptr && v->size == size;
+  if (ok) {
+    mmap((void *)(uintptr_t)ptr, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+    unref_phys(&phys[v->phys]);
+    v->base = 0;
+  }
+  pthread_mutex_unlock(&lock);
+  return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const void *desc, size_t count) {
+  (void)desc;
+  pthread_mutex_lock(&lock);
+  struct vmap *v = vmap_of(ptr);
+  pthread_mutex_unlock(&lock);
+  return v && count >= 1 && ptr + size <= v->base + v->size ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *handle, void *addr) {
+  pthread_mutex_lock(&lock);
+  struct vmap *v = vmap_of((CUdeviceptr)(uintptr_t)addr);
+  if (v) {
+    phys[v->phys].refs++;
+    *handle = (CUmemGenericAllocationHandle)v->phys + 1;
+  }
+  pthread_mutex_unlock(&lock);
+  return v ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+/* CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR = 1. */
+CUresult cuMemExportToShareableHandle(void *shareable, CUmemGenericAllocationHandle handle, int type,
+                                      unsigned long long flags) {
+  (void)flags;
+  if (type != 1) return CUDA_ERROR_NOT_SUPPORTED;
+  pthread_mutex_lock(&lock);
+  struct phys *p = phys_of(handle);
+  int fd = p ? dup(p->fd) : -1;
+  pthread_mutex_unlock(&lock);
+  if (fd < 0) return CUDA_ERROR_INVALID_VALUE;
+  *(int *)shareable = fd;
+  return CUDA_SUCCESS;
+}
+CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle, void *os_handle, int type) {
+  if (type != 1) return CUDA_ERROR_NOT_SUPPORTED;
+  int fd = dup((int)(intptr_t)os_handle);
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st) != 0 || st.st_size <= 0) {
+    if (fd >= 0) close(fd);
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  __atomic_add_fetch(&vmm_imports, 1, __ATOMIC_SEQ_CST);
+  pthread_mutex_lock(&lock);
+  *handle = new_phys(fd, (size_t)st.st_size, 1);
+  pthread_mutex_unlock(&lock);
+  if (!*handle) close(fd);
+  return *handle ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+
 CUresult cuMemAlloc_v2(CUdeviceptr *ptr, size_t bytes) {
   size_t size = bytes ? bytes : 1;
   pthread_mutex_lock(&lock);
@@ -258,8 +420,13 @@ CUresult cuMemGetAddressRange_v2(CUdeviceptr *base, size_t *size, CUdeviceptr pt
     if (base) *base = m->base;
     if (size) *size = m->size;
   }
+  struct vmap *v = m ? NULL : vmap_of(ptr);
+  if (v) {
+    if (base) *base = v->base;
+    if (size) *size = v->size;
+  }
   pthread_mutex_unlock(&lock);
-  return m ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
+  return m || v ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
 }
 
 /* The IPC handle: "rxfake1\0", the size (8 bytes), the object's name (48 bytes). */

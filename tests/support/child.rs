@@ -39,8 +39,14 @@ pub fn read_tagged(stdout: &mut BufReader<ChildStdout>, tag: &str) -> String {
 /// Parent side: runs the ignored test `name` of this same binary as a child, with
 /// piped stdin and stdout (the environment is inherited).
 pub fn spawn_test(name: &str) -> (Child, ChildStdin, BufReader<ChildStdout>) {
+    spawn_test_with(name, &[])
+}
+
+/// [`spawn_test`] with more environment variables for the child.
+pub fn spawn_test_with(name: &str, env: &[(&str, &str)]) -> (Child, ChildStdin, BufReader<ChildStdout>) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", name, "--ignored", "--nocapture", "--test-threads=1"])
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
