@@ -633,7 +633,10 @@ fn ipc_importer_child() {
     let blob = child::unhex(&child::read_tagged(&mut out, "md "));
 
     let e = Engine::new(config()).unwrap();
+    let pinned = fake.host_pins();
     let peer = e.load_peer(&blob).unwrap();
+    // The peer's shared-memory region is page-locked here for GPU copies.
+    assert_eq!(fake.host_pins(), pinned + 1);
     // Two allocations exported: two mappings, in the ledger and in the driver.
     assert_eq!(e.stats().cuda_ipc_mappings, 2);
     assert_eq!(fake.ipc(), (2, 2));
@@ -771,9 +774,10 @@ fn ipc_importer_child() {
     assert!(exporter.wait().unwrap().success());
     e.check_quiescent().unwrap();
 
-    // The engine's drop closes every mapping.
+    // The engine's drop closes every mapping and unlocks every page.
     drop(e);
     assert_eq!(fake.ipc(), (0, 7));
+    assert_eq!(fake.host_pins(), 0);
 }
 
 /// Prepares and posts one 4 KiB transfer between the first pages of `local` and of

@@ -28,6 +28,7 @@ use std::sync::atomic::Ordering;
 use cudarc::driver::sys;
 
 use super::cuda::Cuda;
+use super::local::LocalLink;
 use crate::error::{Error, Result};
 use crate::mem::Registry;
 use crate::wire::metadata::{BackendInfo, BackendKind, Metadata};
@@ -268,13 +269,34 @@ pub(crate) struct IpcLink {
     /// (region id, where it starts in this process, its length), sorted by id.
     regions: Vec<(u64, u64, u64)>,
     mappings: Vec<Arc<Mapping>>,
+    /// The peer's shared-memory segments page-locked here (their starts).
+    host_pins: Vec<usize>,
+    cuda: Arc<Cuda>,
+    /// Keeps the segments mapped until they are unlocked (see `Drop`).
+    _local: Arc<LocalLink>,
+}
+
+impl Drop for IpcLink {
+    fn drop(&mut self) {
+        for &addr in &self.host_pins {
+            self.cuda.host_unregister(addr);
+        }
+    }
 }
 
 impl IpcLink {
     /// Maps the GPU regions the engine `md` describes exports, if it is another
     /// process with any; reuses the mappings of `previous` (the same peer, loaded
     /// before) for handles that did not change.
-    pub(crate) fn connect(cuda: &Arc<Cuda>, md: &Metadata, previous: Option<&IpcLink>) -> Result<Option<IpcLink>> {
+    /// With `CudaConfig::pin_host`, the peer's shared-memory host regions that `local`
+    /// mapped here are page-locked for the GPU too (undone when the link goes; the
+    /// link keeps `local`, and so the mappings, until then).
+    pub(crate) fn connect(
+        cuda: &Arc<Cuda>,
+        md: &Metadata,
+        local: &Arc<LocalLink>,
+        previous: Option<&IpcLink>,
+    ) -> Result<Option<IpcLink>> {
         let Some(conn) = md.backends.iter().find(|b| b.kind == BackendKind::Cuda) else {
             return Ok(None);
         };
@@ -322,7 +344,22 @@ impl IpcLink {
             regions.push((r.id, start, r.len));
         }
         regions.sort_unstable_by_key(|&(id, _, _)| id);
-        Ok(Some(IpcLink { regions, mappings }))
+        let mut host_pins = Vec::new();
+        if cuda.pins_host() {
+            for (addr, len) in local.mapped_segments() {
+                // Pageable is slower, not wrong: a range the driver refuses stays so.
+                if cuda.host_register(addr, len).is_ok() {
+                    host_pins.push(addr);
+                }
+            }
+        }
+        Ok(Some(IpcLink {
+            regions,
+            mappings,
+            host_pins,
+            cuda: Arc::clone(cuda),
+            _local: Arc::clone(local),
+        }))
     }
 
     /// Where the peer's GPU region `id` starts in this process, and its length.

@@ -665,6 +665,7 @@ impl Transports {
             _ => None,
         };
         let (link, max) = local::LocalLink::connect(md, shared, previous)?;
+        let link = Arc::new(link);
         #[cfg(feature = "cuda")]
         let device = match &self.cuda {
             Some(cuda) => {
@@ -672,13 +673,13 @@ impl Transports {
                     Some(Link::Local(_, Some(d))) => Some(d),
                     _ => None,
                 };
-                cuda_ipc::IpcLink::connect(cuda, md, previous.map(|d| &**d))?.map(Arc::new)
+                cuda_ipc::IpcLink::connect(cuda, md, &link, previous.map(|d| &**d))?.map(Arc::new)
             }
             None => None,
         };
         #[cfg(not(feature = "cuda"))]
         let device = None;
-        Ok((Link::Local(Arc::new(link), device), max))
+        Ok((Link::Local(link, device), max))
     }
 
     /// Called for every new region of host memory: the cuda transport page-locks it

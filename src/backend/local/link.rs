@@ -219,6 +219,22 @@ impl LocalLink {
         self.regtable().map(|(_, lane)| lane)
     }
 
+    /// The peer's shared-memory segments mapped here: (start, length) each (none for
+    /// a peer in this process).
+    pub(crate) fn mapped_segments(&self) -> Vec<(usize, usize)> {
+        match &self.reach {
+            Reach::OtherProcess(remote) => remote
+                .memory
+                .iter()
+                .filter_map(|m| match m {
+                    RemoteMemory::Mapped(segment) => Some((segment.as_ptr() as usize, segment.len())),
+                    _ => None,
+                })
+                .collect(),
+            Reach::InProcess(_) => Vec::new(),
+        }
+    }
+
     /// Where the bytes of a remote descriptor lie in this process, for a region of a
     /// peer in another process that lives in a shared-memory segment mapped here;
     /// `None` otherwise (or out of the segment's bounds).
