@@ -45,6 +45,7 @@ row "IPC GPU->peer GPU 64 MiB, window 16" "$(case_row $ipc --start-block-size 64
 row "IPC GPU->peer GPU 4 KiB, window 16" "$(case_row $ipc --start-block-size 4K --max-block-size 4K)"
 row "IPC GPU->peer GPU 4 KiB, window 1" "$(case_row $ipc --start-block-size 4K --max-block-size 4K --window 1)"
 row "IPC peer GPU->GPU 64 MiB (read)" "$(case_row $ipc --op read --start-block-size 64M --max-block-size 64M)"
+row "IPC (VMM fd) GPU->peer GPU 64 MiB" "$(case_row $ipc --cuda-vmm --start-block-size 64M --max-block-size 64M)"
 row "IPC host->peer GPU 1 MiB, window 16" "$(case_row --two-process --target-seg vram --start-block-size 1M --max-block-size 1M)"
 
 echo

@@ -22,6 +22,9 @@ OPTIONS:
                              window
   --initiator-seg dram|vram  with --backend cuda: the initiator's memory (default dram)
   --target-seg dram|vram     with --backend cuda: the target's memory (default vram)
+  --cuda-vmm                 with --backend cuda: GPU memory from the VMM API
+                             (cuMemCreate; shared with the target process as a file
+                             descriptor) instead of cuMemAlloc
   --provider NAME            with --backend fabric: tcp, shm, verbs, efa, ... (default:
                              libfabric's choice, or RINGXFER_FI_PROVIDER)
   --window N                 transfers in flight per thread (default 1; 16 with
@@ -90,6 +93,8 @@ pub(crate) struct Args {
     pub(crate) cuda: bool,
     pub(crate) initiator_vram: bool,
     pub(crate) target_vram: bool,
+    /// `--cuda-vmm`: `alloc_vram` with the VMM API (`CudaConfig::vmm`).
+    pub(crate) cuda_vmm: bool,
     pub(crate) serve_target: Option<u64>,
     pub(crate) json: Option<String>,
     /// `--soak SECONDS`: random transfers for that long, the ledger every 2 s.
@@ -143,6 +148,7 @@ pub(crate) fn parse_args() -> Result<Args, String> {
         cuda: false,
         initiator_vram: false,
         target_vram: true,
+        cuda_vmm: false,
         serve_target: None,
         json: None,
         soak: None,
@@ -172,6 +178,7 @@ pub(crate) fn parse_args() -> Result<Args, String> {
             }
             Long("initiator-seg") => a.initiator_vram = segment(&value(&mut parser)?)?,
             Long("target-seg") => a.target_vram = segment(&value(&mut parser)?)?,
+            Long("cuda-vmm") => a.cuda_vmm = true,
             Long("provider") => a.provider = Some(value(&mut parser)?),
             Long("window") => a.window = number(value(&mut parser)?)? as usize,
             Long("path") => a.path = Some(value(&mut parser)?),
@@ -211,6 +218,9 @@ pub(crate) fn parse_args() -> Result<Args, String> {
     }
     if (a.file || a.fabric) && a.two_process {
         return Err("--two-process goes with --backend local or cuda".into());
+    }
+    if a.cuda_vmm && !a.cuda {
+        return Err("--cuda-vmm goes with --backend cuda".into());
     }
     if a.provider.is_some() && !a.fabric {
         return Err("--provider goes with --backend fabric".into());

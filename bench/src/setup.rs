@@ -80,7 +80,10 @@ fn config(name: &str, args: &Args) -> Config {
             ..FabricConfig::default()
         }),
         #[cfg(feature = "cuda")]
-        cuda: args.cuda.then(CudaConfig::default),
+        cuda: args.cuda.then(|| CudaConfig {
+            vmm: args.cuda_vmm,
+            ..CudaConfig::default()
+        }),
         ..Config::default()
     }
 }
