@@ -663,11 +663,14 @@ fn ipc_importer_child() {
     let another_node = |c: &mut Vec<u8>| c[1] ^= 0xff;
     let another_device = |c: &mut Vec<u8>| c[17] ^= 0xff;
     let truncated = |c: &mut Vec<u8>| c.truncate(c.len() - 1);
+    // The first entry (after the 37-byte header): id, offset, then its length.
+    let beyond = |c: &mut Vec<u8>| c[37 + 16..37 + 24].copy_from_slice(&(1u64 << 40).to_le_bytes());
     type Spoil<'a> = &'a dyn Fn(&mut Vec<u8>);
-    let cases: [(&str, Spoil); 3] = [
+    let cases: [(&str, Spoil); 4] = [
         ("another node", &another_node),
         ("does not use", &another_device),
         ("malformed", &truncated),
+        ("out of range", &beyond),
     ];
     for (reason, spoil) in cases {
         let mut conn = good.clone();
@@ -728,14 +731,20 @@ fn ipc_importer_child() {
     );
 
     // The exporter restarts (same name, a new engine): loading it takes the dead
-    // one's entry, so the same peer id, and closes the dead one's mappings.
+    // one's entry under a new id (the new process hands out the same region ids, so
+    // nothing made for the dead one may reach it) and closes the dead one's mappings.
     let (mut exporter, mut input, mut out) = child::spawn_test("ipc_exporter_child");
     let ids: Vec<u64> = child::read_tagged(&mut out, "ids ")
         .split(' ')
         .map(|w| w.parse().unwrap())
         .collect();
     let blob = child::unhex(&child::read_tagged(&mut out, "md "));
-    assert_eq!(e.load_peer(&blob).unwrap(), peer);
+    let dead = peer;
+    let peer = e.load_peer(&blob).unwrap();
+    assert_ne!(peer, dead);
+    assert_eq!(peer.0 & 0xfff, dead.0 & 0xfff, "the dead one's entry");
+    assert!(matches!(e.peer_name(dead), Err(Error::UnknownPeer { .. })));
+    assert_eq!(e.stats().peers, 1);
     assert_eq!(e.stats().cuda_ipc_mappings, 2);
     assert_eq!(fake.ipc(), (2, 5));
     let big = ringxfer::RegionId::from_raw(ids[1]);

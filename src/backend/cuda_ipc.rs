@@ -243,6 +243,8 @@ struct Mapping {
     key: (u8, [u8; HANDLE_BYTES]),
     /// The allocation's start in this process.
     base: u64,
+    /// The bytes mapped from `base`.
+    size: u64,
     /// A VMM import (unmapped at drop), or `None` for a legacy IPC handle.
     vmm: Option<super::cuda_vmm::Imported>,
 }
@@ -336,11 +338,11 @@ impl IpcLink {
                     m
                 }
             };
-            let start = mapping
-                .base
-                .checked_add(r.offset)
-                .filter(|start| start.checked_add(r.len).is_some())
-                .ok_or_else(|| unreachable("its GPU export is out of range"))?;
+            // The export comes from outside: the region must lie inside what was mapped.
+            if r.offset.checked_add(r.len).is_none_or(|end| end > mapping.size) {
+                return Err(unreachable("its GPU export is out of range"));
+            }
+            let start = mapping.base + r.offset;
             regions.push((r.id, start, r.len));
         }
         regions.sort_unstable_by_key(|&(id, _, _)| id);
@@ -374,11 +376,11 @@ impl IpcLink {
 /// Opens one export of process `pid`; the error says why in words.
 fn open(cuda: &Arc<Cuda>, pid: u32, key: (u8, [u8; HANDLE_BYTES])) -> std::result::Result<Mapping, String> {
     let (kind, handle) = key;
-    let (base, vmm) = if kind == POSIX_FD {
+    let (base, size, vmm) = if kind == POSIX_FD {
         let fd = i32::from_le_bytes(handle[..4].try_into().unwrap_or_default());
         let size = u64::from_le_bytes(handle[4..12].try_into().unwrap_or_default());
         let imported = super::cuda_vmm::Imported::open(cuda, pid, fd, size)?;
-        (imported.base, Some(imported))
+        (imported.base, size, Some(imported))
     } else {
         cuda.make_current().map_err(|e| e.to_string())?;
         let raw = sys::CUipcMemHandle {
@@ -392,13 +394,22 @@ fn open(cuda: &Arc<Cuda>, pid: u32, key: (u8, [u8; HANDLE_BYTES])) -> std::resul
         if r != sys::CUresult::CUDA_SUCCESS {
             return Err(format!("cuIpcOpenMemHandle of one of its GPU regions failed: {r:?}"));
         }
-        (base, None)
+        let (mut start, mut size) = (0, 0);
+        // SAFETY: valid out-pointers; `base` was just mapped.
+        let r = unsafe { sys::cuMemGetAddressRange_v2(&mut start, &mut size, base) };
+        if r != sys::CUresult::CUDA_SUCCESS || start != base {
+            // SAFETY: opened just above, closed once.
+            let _ = unsafe { sys::cuIpcCloseMemHandle(base) };
+            return Err(format!("the size of one of its mapped GPU regions is unknown: {r:?}"));
+        }
+        (base, size as u64, None)
     };
     cuda.ipc_mappings.fetch_add(1, Ordering::Relaxed);
     Ok(Mapping {
         cuda: Arc::clone(cuda),
         key,
         base,
+        size,
         vmm,
     })
 }

@@ -136,10 +136,14 @@ impl VmmAlloc {
         // SAFETY: the driver returned a new descriptor that nothing else owns.
         let fd = (raw_fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw_fd) });
         let ptr = mapped?;
-        let fd = fd.ok_or(Error::Cuda {
-            what: "cuMemExportToShareableHandle",
-            code: 0,
-        })?;
+        let Some(fd) = fd else {
+            // SAFETY: mapped just above, unmapped once; nothing uses it yet.
+            unsafe { unmap(ptr, size) };
+            return Err(Error::Cuda {
+                what: "cuMemExportToShareableHandle",
+                code: 0,
+            });
+        };
         let mut exports = cuda.vmm_exports.lock().unwrap_or_else(|e| e.into_inner());
         let serial = cuda.vmm_serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         exports.push((ptr, size as u64, fd.as_raw_fd(), serial));

@@ -4,8 +4,10 @@
 //!
 //! - A reload of the same engine (same engine id) replaces its entry: same id.
 //! - An engine that restarted (same name, the previous process gone) takes the entry
-//!   of its previous incarnation: same id, and the old link (its mappings, its inbox
-//!   lane) is dropped.
+//!   of its previous incarnation under the next generation: a new id (the new process
+//!   hands out the same region ids as the dead one, so descriptors and prepared lists
+//!   made for the dead one must not reach it), and the old link (its mappings, its
+//!   inbox lane) is dropped.
 //! - `unload_peer` empties an entry; a later load may reuse it under the next
 //!   generation.
 //!
@@ -74,24 +76,23 @@ impl PeerTable {
     /// outside the table's lock: dropping it may unmap memory).
     pub(crate) fn insert(&mut self, peer: Arc<Peer>) -> Result<(PeerId, Option<Arc<Peer>>)> {
         let same_engine = |e: &Entry| e.peer.as_ref().is_some_and(|p| p.engine_id == peer.engine_id);
-        let restarted = |e: &Entry| e.name == peer.name && e.peer.as_ref().is_some_and(|p| p.link.gone());
-        let at = self
-            .entries
-            .iter()
-            .position(same_engine)
-            .or_else(|| self.entries.iter().position(restarted));
-        if let Some(i) = at {
-            self.entries[i].name.clone_from(&peer.name);
+        if let Some(i) = self.entries.iter().position(same_engine) {
             let old = self.entries[i].peer.replace(peer);
             return Ok((self.id(i), old));
         }
-        let i = match self.entries.iter().position(|e| e.peer.is_none()) {
+        let restarted = |e: &Entry| e.name == peer.name && e.peer.as_ref().is_some_and(|p| p.link.gone());
+        let i = match self.entries.iter().position(restarted) {
             Some(i) => {
-                let e = &mut self.entries[i];
-                e.generation = (e.generation + 1) % GENERATIONS;
-                if e.generation << INDEX_BITS | i as u32 == PeerId::SELF.0 {
-                    e.generation = 0;
-                }
+                let old = self.entries[i].peer.take();
+                self.next_generation(i);
+                self.entries[i].peer = Some(peer);
+                return Ok((self.id(i), old));
+            }
+            None => self.entries.iter().position(|e| e.peer.is_none()),
+        };
+        let i = match i {
+            Some(i) => {
+                self.next_generation(i);
                 i
             }
             None if self.entries.len() < self.capacity => {
@@ -111,6 +112,15 @@ impl PeerTable {
         self.entries[i].name.clone_from(&peer.name);
         self.entries[i].peer = Some(peer);
         Ok((self.id(i), None))
+    }
+
+    /// Moves entry `i` to its next generation: ids of the previous one are stale.
+    fn next_generation(&mut self, i: usize) {
+        let e = &mut self.entries[i];
+        e.generation = (e.generation + 1) % GENERATIONS;
+        if e.generation << INDEX_BITS | i as u32 == PeerId::SELF.0 {
+            e.generation = 0;
+        }
     }
 
     /// Takes the peer `id` out of the table.

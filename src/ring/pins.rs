@@ -152,14 +152,11 @@ impl<'a> PinTable<'a> {
         let mine = u64::from(lane.epoch) << 32;
         let mut c = count.load(Ordering::SeqCst);
         loop {
-            let raised = if c >> 32 == u64::from(lane.epoch) {
-                c + 1
-            } else {
-                mine | 1
-            };
-            if c & STATE == STATE {
+            let ours = c >> 32 == u64::from(lane.epoch);
+            if ours && c & STATE == STATE {
                 return false; // 2^32 - 1 pins of one lane on one region
             }
+            let raised = if ours { c + 1 } else { mine | 1 };
             match count.compare_exchange_weak(c, raised, Ordering::SeqCst, Ordering::SeqCst) {
                 Ok(_) => break,
                 Err(now) => c = now,

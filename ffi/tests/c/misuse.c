@@ -175,7 +175,7 @@ int main(void) {
   expect("cuda_no_driver", rx_engine_new(&gpu, &e), RX_CUDA_UNAVAILABLE);
   expect("cuda_no_driver_no_output", e == NULL ? RX_OK : RX_PANIC, RX_OK);
   expect("cuda_no_driver_text", rx_last_error(msg, sizeof msg, &msg_len) == RX_OK && strstr(msg, "libcuda") ? RX_OK : RX_PANIC, RX_OK);
-  gpu.cuda_flags = 4;
+  gpu.cuda_flags = 0x80;
   expect("cuda_bad_flags", rx_engine_new(&gpu, &e), RX_INVALID_ARGUMENT);
   expect("vram_without_cuda", rx_alloc_vram(a, 4096, &region), RX_CUDA_UNAVAILABLE);
   expect("register_vram_without_cuda", rx_register_vram(a, 0x1000, 4096, &region), RX_CUDA_UNAVAILABLE);
