@@ -626,11 +626,7 @@ fn ipc_importer_child() {
 
     let fake = Fake::open();
     let (mut exporter, mut input, mut out) = child::spawn_test("ipc_exporter_child");
-    let ids: Vec<u64> = child::read_tagged(&mut out, "ids ")
-        .split(' ')
-        .map(|w| w.parse().unwrap())
-        .collect();
-    let blob = child::unhex(&child::read_tagged(&mut out, "md "));
+    let (ids, blob) = exporter_said(&mut out);
 
     let e = Engine::new(config()).unwrap();
     let pinned = fake.host_pins();
@@ -734,11 +730,7 @@ fn ipc_importer_child() {
     // one's entry under a new id (the new process hands out the same region ids, so
     // nothing made for the dead one may reach it) and closes the dead one's mappings.
     let (mut exporter, mut input, mut out) = child::spawn_test("ipc_exporter_child");
-    let ids: Vec<u64> = child::read_tagged(&mut out, "ids ")
-        .split(' ')
-        .map(|w| w.parse().unwrap())
-        .collect();
-    let blob = child::unhex(&child::read_tagged(&mut out, "md "));
+    let (ids, blob) = exporter_said(&mut out);
     let dead = peer;
     let peer = e.load_peer(&blob).unwrap();
     assert_ne!(peer, dead);
@@ -787,6 +779,15 @@ fn ipc_importer_child() {
     drop(e);
     assert_eq!(fake.ipc(), (0, 7));
     assert_eq!(fake.host_pins(), 0);
+}
+
+/// What an `ipc_exporter_child` prints first: its region ids and its metadata.
+fn exporter_said(out: &mut std::io::BufReader<std::process::ChildStdout>) -> (Vec<u64>, Vec<u8>) {
+    let ids = child::read_tagged(out, "ids ")
+        .split(' ')
+        .map(|w| w.parse().unwrap())
+        .collect();
+    (ids, child::unhex(&child::read_tagged(out, "md ")))
 }
 
 /// Prepares and posts one 4 KiB transfer between the first pages of `local` and of

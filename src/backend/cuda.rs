@@ -41,7 +41,8 @@ fn fail_code(r: sys::CUresult) -> FailCode {
     FailCode::new(FailSource::Transport(TransportId::CUDA), (r as u32).min(0x3fff))
 }
 
-fn check(r: sys::CUresult, what: &'static str) -> Result<()> {
+/// `Ok` for `CUDA_SUCCESS`, else the call's name and code.
+pub(crate) fn check(r: sys::CUresult, what: &'static str) -> Result<()> {
     if r == sys::CUresult::CUDA_SUCCESS {
         Ok(())
     } else {

@@ -15,16 +15,9 @@ use std::time::{Duration, Instant};
 
 use cudarc::driver::sys;
 
+use super::cuda::check;
 use crate::error::{Error, Result};
 use crate::types::Op;
-
-fn check(r: sys::CUresult, what: &'static str) -> Result<()> {
-    if r == sys::CUresult::CUDA_SUCCESS {
-        Ok(())
-    } else {
-        Err(Error::Cuda { what, code: r as i32 })
-    }
-}
 
 /// One side's buffer of the raw loop.
 enum Buffer {

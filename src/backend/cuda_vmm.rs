@@ -22,15 +22,8 @@ use std::sync::Arc;
 use cudarc::driver::sys;
 
 use super::cuda::Cuda;
+use super::cuda::check;
 use crate::error::{Error, Result};
-
-fn check(r: sys::CUresult, what: &'static str) -> Result<()> {
-    if r == sys::CUresult::CUDA_SUCCESS {
-        Ok(())
-    } else {
-        Err(Error::Cuda { what, code: r as i32 })
-    }
-}
 
 /// Pinned device memory on `device`, shareable as a POSIX file descriptor.
 fn properties(device: i32) -> sys::CUmemAllocationProp {
