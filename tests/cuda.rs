@@ -455,6 +455,72 @@ fn gpu_vmm_regions_map_across_processes() {
     run_child_with("ipc_importer_child", &[("RINGXFER_TEST_VMM", "1")]);
 }
 
+/// GPU memory the exporter allocated itself with the VMM API and registered
+/// (`register_vram`): exported as a descriptor where it was created shareable that
+/// way, mapped once here, bytes moved both ways; memory not created shareable is not
+/// published; deregistering withdraws the export, and the exporter's memory stays
+/// its own (it unmaps and frees it after its engine is gone).
+#[test]
+fn gpu_caller_vmm_memory_maps_across_processes() {
+    run_child("ipc_caller_vmm_child");
+}
+
+#[test]
+#[ignore = "run by gpu_caller_vmm_memory_maps_across_processes, in a process with the fake driver"]
+fn ipc_caller_vmm_child() {
+    use ringxfer::RegionId;
+    use std::io::Write;
+
+    let fake = Fake::open();
+    let (mut exporter, mut input, mut out) = child::spawn_test("ipc_exporter_child");
+    let _ = exporter_said(&mut out);
+    writeln!(input, "caller").unwrap();
+    let ids: Vec<u64> = child::read_tagged(&mut out, "caller ")
+        .split(' ')
+        .map(|w| w.parse().unwrap())
+        .collect();
+    let (shared, unshared) = (RegionId::from_raw(ids[0]), RegionId::from_raw(ids[1]));
+    let blob = child::unhex(&child::read_tagged(&mut out, "md "));
+
+    let e = Engine::new(config()).unwrap();
+    let peer = e.load_peer(&blob).unwrap();
+    // Its two alloc_vram regions (IPC handles) and the shareable caller allocation.
+    assert_eq!(e.stats().cuda_ipc_mappings, 3);
+    assert_eq!(fake.ipc(), (3, 3));
+    assert_eq!(fake.vmm_imports(), 1);
+
+    let src = e.alloc_region(64 << 10).unwrap();
+    let back = e.alloc_region(64 << 10).unwrap();
+    let pattern: Vec<u8> = (0..64u32 << 10).map(|i| (i * 13 + i / 4096) as u8).collect();
+    e.write_region(src, 0, &pattern).unwrap();
+    let all = |r| [Desc::new(r, 0, 64 << 10)];
+    for (op, local) in [(Op::Write, src), (Op::Read, back)] {
+        let h = e.prepare(op, &all(local), peer, &all(shared), None).unwrap();
+        e.post(h).unwrap();
+        assert_eq!(e.wait(h, Duration::from_secs(5)).unwrap(), Status::Done);
+        e.release(h).unwrap();
+    }
+    let mut got = vec![0u8; 64 << 10];
+    e.read_region(back, 0, &mut got).unwrap();
+    assert!(got == pattern, "the caller's VMM memory, written and read back");
+    // The unshareable allocation was not published: no peer can reach it.
+    assert!(e.prepare(Op::Write, &all(src), peer, &all(unshared), None).is_err());
+
+    // Withdrawn by its owner: a reload closes its mapping.
+    writeln!(input, "dereg {}", shared.to_raw()).unwrap();
+    assert_eq!(child::read_tagged(&mut out, "dereg "), "ok");
+    writeln!(input, "md").unwrap();
+    let now = child::unhex(&child::read_tagged(&mut out, "md "));
+    assert_eq!(e.load_peer(&now).unwrap(), peer);
+    assert_eq!(e.stats().cuda_ipc_mappings, 2);
+    assert_eq!(fake.ipc(), (2, 3));
+    writeln!(input, "quit").unwrap();
+    drop(input);
+    assert!(exporter.wait().unwrap().success(), "the exporter's own memory");
+    e.unload_peer(peer).unwrap();
+    e.check_quiescent().unwrap();
+}
+
 /// Moves bytes through the mappings of the exporter's memory: host and GPU memory
 /// here to and from its GPU regions and its shared-memory region, one descriptor and
 /// a scattered batch, with notifications; a withdrawn region fails `REGION_GONE`; a
@@ -584,9 +650,23 @@ fn ipc_exporter_child() {
     println!("ids {} {} {}", regions[0].to_raw(), regions[1].to_raw(), dram.to_raw());
     println!("md {}", child::hex(&e.local_metadata().unwrap()));
     let mut note = [0u8; 256];
+    // GPU memory this process allocated itself and registered.
+    let mut caller = Vec::new();
     while let Ok(line) = lines.recv() {
         let mut words = line.split_whitespace();
         match words.next() {
+            Some("caller") => {
+                let mut ids = Vec::new();
+                for shareable in [true, false] {
+                    let (ptr, len) = caller_vmm::alloc(64 << 10, shareable);
+                    // SAFETY: live device memory of this process, freed below only
+                    // after the engine is gone.
+                    ids.push(unsafe { e.register_vram(ptr, len) }.unwrap().to_raw());
+                    caller.push((ptr, len));
+                }
+                println!("caller {} {}", ids[0], ids[1]);
+                println!("md {}", child::hex(&e.local_metadata().unwrap()));
+            }
             Some("more") => {
                 regions.push(e.alloc_vram(64 << 10).unwrap());
                 println!("md {}", child::hex(&e.local_metadata().unwrap()));
@@ -615,6 +695,55 @@ fn ipc_exporter_child() {
     }
     for r in regions {
         e.deregister(r).unwrap();
+    }
+    drop(e);
+    // The engine neither unmapped nor freed the memory it was only lent.
+    for (ptr, len) in caller {
+        caller_vmm::free(ptr, len);
+    }
+}
+
+/// GPU memory an application allocates itself with the VMM API (as PyTorch's
+/// expandable segments do), shareable as a file descriptor or not.
+mod caller_vmm {
+    use cudarc::driver::sys;
+
+    fn ok(r: sys::CUresult, what: &str) {
+        assert_eq!(r, sys::CUresult::CUDA_SUCCESS, "{what}");
+    }
+
+    /// `len` bytes (a multiple of the fake's 64 KiB granularity) mapped read-write.
+    pub fn alloc(len: usize, shareable: bool) -> (u64, usize) {
+        // SAFETY: a plain C struct; all-zero is its documented default.
+        let mut prop: sys::CUmemAllocationProp = unsafe { std::mem::zeroed() };
+        prop.type_ = sys::CUmemAllocationType::CU_MEM_ALLOCATION_TYPE_PINNED;
+        if shareable {
+            prop.requestedHandleTypes = sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+        }
+        prop.location.type_ = sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE;
+        let access = sys::CUmemAccessDesc {
+            location: prop.location,
+            flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+        };
+        let (mut handle, mut ptr) = (0, 0);
+        // SAFETY: valid pointers; the engine made the driver ready in this process.
+        unsafe {
+            ok(sys::cuMemCreate(&mut handle, len, &prop, 0), "cuMemCreate");
+            ok(sys::cuMemAddressReserve(&mut ptr, len, 0, 0, 0), "cuMemAddressReserve");
+            ok(sys::cuMemMap(ptr, len, 0, handle, 0), "cuMemMap");
+            ok(sys::cuMemSetAccess(ptr, len, &access, 1), "cuMemSetAccess");
+            ok(sys::cuMemRelease(handle), "cuMemRelease");
+        }
+        (ptr, len)
+    }
+
+    /// Unmaps and frees memory from [`alloc`]: fails if someone else unmapped it.
+    pub fn free(ptr: u64, len: usize) {
+        // SAFETY: mapped by `alloc`, unmapped once.
+        unsafe {
+            ok(sys::cuMemUnmap(ptr, len), "cuMemUnmap of the caller's memory");
+            ok(sys::cuMemAddressFree(ptr, len), "cuMemAddressFree");
+        }
     }
 }
 

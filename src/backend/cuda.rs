@@ -686,6 +686,15 @@ pub(crate) fn alloc_region(cuda: &Arc<Cuda>, registry: &Registry, len: usize) ->
     registry.register_vram(ptr as usize, len as u64, cuda.device(), Some(Box::new(owner)))
 }
 
+/// Registers GPU memory the caller allocated; memory from the VMM API created
+/// shareable as a file descriptor is exported to peers in other processes that way
+/// (`cuMemAlloc` memory is exported by its IPC handle).
+pub(crate) fn register_region(cuda: &Arc<Cuda>, registry: &Registry, ptr: u64, len: usize) -> Result<RegionId> {
+    let export = super::cuda_vmm::export_caller_memory(cuda, ptr, len as u64)?;
+    let owner = export.map(|e| Box::new(e) as Box<dyn std::any::Any + Send + Sync>);
+    registry.register_vram(ptr as usize, len as u64, cuda.device(), owner)
+}
+
 /// A host region page-locked for the GPU, unlocked when its region goes.
 struct HostPin {
     cuda: Arc<Cuda>,

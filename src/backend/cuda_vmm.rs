@@ -84,14 +84,71 @@ unsafe fn unmap(ptr: u64, size: usize) {
     }
 }
 
-/// An `alloc_vram` allocation made with the VMM API: unmapped, freed and its exported
-/// descriptor closed when its region goes.
-pub(crate) struct VmmAlloc {
+/// One allocation's exported descriptor, listed in the transport's `vmm_exports`
+/// (published to peers) while it lives; withdrawn and closed when dropped.
+pub(crate) struct Export {
     cuda: Arc<Cuda>,
+    serial: u64,
+    /// The descriptor peers fetch.
+    _fd: OwnedFd,
+}
+
+impl Export {
+    /// Lists `fd`, the export of the allocation mapped at `base` for `size` bytes.
+    fn new(cuda: &Arc<Cuda>, base: u64, size: u64, fd: OwnedFd) -> Export {
+        let mut exports = cuda.vmm_exports.lock().unwrap_or_else(|e| e.into_inner());
+        let serial = cuda.vmm_serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        exports.push((base, size, fd.as_raw_fd(), serial));
+        drop(exports);
+        Export {
+            cuda: Arc::clone(cuda),
+            serial,
+            _fd: fd,
+        }
+    }
+}
+
+impl Drop for Export {
+    fn drop(&mut self) {
+        let mut exports = self.cuda.vmm_exports.lock().unwrap_or_else(|e| e.into_inner());
+        exports.retain(|&(.., serial)| serial != self.serial);
+    }
+}
+
+/// Exports `handle` as a POSIX file descriptor.
+///
+/// # Safety
+/// The context is current; `handle` is live.
+unsafe fn export_fd(handle: sys::CUmemGenericAllocationHandle) -> Result<OwnedFd> {
+    let mut raw_fd: i32 = -1;
+    // SAFETY: per the contract; the out-pointer holds an int.
+    let r = unsafe {
+        sys::cuMemExportToShareableHandle(
+            (&mut raw_fd as *mut i32).cast(),
+            handle,
+            sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+            0,
+        )
+    };
+    check(r, "cuMemExportToShareableHandle")?;
+    if raw_fd < 0 {
+        return Err(Error::Cuda {
+            what: "cuMemExportToShareableHandle",
+            code: 0,
+        });
+    }
+    // SAFETY: the driver returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw_fd) })
+}
+
+/// An `alloc_vram` allocation made with the VMM API: its export withdrawn and
+/// closed, and the memory unmapped and freed, when its region goes.
+pub(crate) struct VmmAlloc {
     pub(crate) ptr: u64,
     size: usize,
-    /// The exported descriptor peers fetch (closed after the export is withdrawn).
-    _fd: OwnedFd,
+    /// Dropped after `drop` below: the listing outlives the mapping by a moment,
+    /// harmlessly (the region is already deregistered, so nothing publishes it).
+    export: Export,
 }
 
 impl VmmAlloc {
@@ -109,58 +166,76 @@ impl VmmAlloc {
         let mut handle = 0;
         // SAFETY: valid pointers; released below (the mapping keeps the memory).
         check(unsafe { sys::cuMemCreate(&mut handle, size, &prop, 0) }, "cuMemCreate")?;
-        let mut raw_fd: i32 = -1;
-        // SAFETY: the context is current and `handle` live; the out-pointer holds an int.
-        let exported = check(
-            unsafe {
-                sys::cuMemExportToShareableHandle(
-                    (&mut raw_fd as *mut i32).cast(),
-                    handle,
-                    sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
-                    0,
-                )
-            },
-            "cuMemExportToShareableHandle",
-        );
-        // SAFETY: as above.
-        let mapped = exported.and_then(|()| unsafe { map(handle, size, device) });
+        // SAFETY: the context is current and `handle` live.
+        let fd = unsafe { export_fd(handle) };
+        let mapped = match &fd {
+            // SAFETY: as above.
+            Ok(_) => unsafe { map(handle, size, device) },
+            Err(e) => Err(e.clone()),
+        };
         // SAFETY: our handle, released once; a mapping holds the memory from here.
         let _ = unsafe { sys::cuMemRelease(handle) };
-        // SAFETY: the driver returned a new descriptor that nothing else owns.
-        let fd = (raw_fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw_fd) });
         let ptr = mapped?;
-        let Some(fd) = fd else {
-            // SAFETY: mapped just above, unmapped once; nothing uses it yet.
-            unsafe { unmap(ptr, size) };
-            return Err(Error::Cuda {
-                what: "cuMemExportToShareableHandle",
-                code: 0,
-            });
-        };
-        let mut exports = cuda.vmm_exports.lock().unwrap_or_else(|e| e.into_inner());
-        let serial = cuda.vmm_serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        exports.push((ptr, size as u64, fd.as_raw_fd(), serial));
-        drop(exports);
+        let fd = fd?;
         Ok(VmmAlloc {
-            cuda: Arc::clone(cuda),
             ptr,
             size,
-            _fd: fd,
+            export: Export::new(cuda, ptr, size as u64, fd),
         })
     }
 }
 
 impl Drop for VmmAlloc {
     fn drop(&mut self) {
-        let mut exports = self.cuda.vmm_exports.lock().unwrap_or_else(|e| e.into_inner());
-        exports.retain(|&(ptr, ..)| ptr != self.ptr);
-        drop(exports);
-        if self.cuda.make_current().is_ok() {
+        if self.export.cuda.make_current().is_ok() {
             // SAFETY: made by `new`, unmapped once; the transport's quiesce drained
             // the copies before regions go.
             unsafe { unmap(self.ptr, self.size) };
         }
     }
+}
+
+/// The export of GPU memory the caller allocated with the VMM API and registers
+/// (`register_vram`) at `ptr` for `len` bytes: the allocation holding it (as mapped
+/// here, from `cuMemGetAddressRange`) exported as a descriptor, withdrawn when the
+/// region goes. `None`, and the region is not exported this way, where the memory is
+/// not a VMM allocation (`cuMemAlloc` memory is exported by IPC handle at publish),
+/// was not created shareable as a POSIX file descriptor, or the range runs past the
+/// allocation (a range over several allocations cannot be mapped as one elsewhere).
+pub(crate) fn export_caller_memory(cuda: &Arc<Cuda>, ptr: u64, len: u64) -> Result<Option<Export>> {
+    cuda.make_current()?;
+    let mut handle = 0;
+    // SAFETY: a valid out-pointer; the driver checks `ptr` (and fails for memory
+    // that is not a VMM mapping).
+    let r = unsafe { sys::cuMemRetainAllocationHandle(&mut handle, ptr as *mut std::ffi::c_void) };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return Ok(None);
+    }
+    // SAFETY: a plain C struct the driver fills; `handle` was just retained.
+    let mut prop: sys::CUmemAllocationProp = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers; `handle` is live.
+    let props = check(
+        unsafe { sys::cuMemGetAllocationPropertiesFromHandle(&mut prop, handle) },
+        "cuMemGetAllocationPropertiesFromHandle",
+    );
+    let fd_type = sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR.0;
+    // A bit set: the handle types the allocation was created shareable as.
+    let shareable = props.map(|()| prop.requestedHandleTypes.0 & fd_type != 0);
+    let (mut base, mut size) = (0, 0);
+    // SAFETY: valid out-pointers; the driver checks `ptr`.
+    let range = unsafe { sys::cuMemGetAddressRange_v2(&mut base, &mut size, ptr) };
+    let inside = range == sys::CUresult::CUDA_SUCCESS
+        && ptr >= base
+        && (ptr - base).checked_add(len).is_some_and(|end| end <= size as u64);
+    let fd = match shareable {
+        // SAFETY: the context is current and `handle` live.
+        Ok(true) if inside => unsafe { export_fd(handle) }.map(Some),
+        Ok(_) => Ok(None),
+        Err(e) => Err(e),
+    };
+    // SAFETY: retained above, released once.
+    let _ = unsafe { sys::cuMemRelease(handle) };
+    Ok(fd?.map(|fd| Export::new(cuda, base, size as u64, fd)))
 }
 
 /// The VMM export holding `addr`: (allocation start, its size, the descriptor number

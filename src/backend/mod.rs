@@ -697,7 +697,7 @@ impl Transports {
     pub(crate) fn register_vram(&self, registry: &Registry, dev_ptr: u64, len: usize) -> Result<RegionId> {
         #[cfg(feature = "cuda")]
         if let Some(cuda) = &self.cuda {
-            return registry.register_vram(dev_ptr as usize, len as u64, cuda.device(), None);
+            return cuda::register_region(cuda, registry, dev_ptr, len);
         }
         let _ = (registry, dev_ptr, len);
         Err(absent(Via::Cuda))

@@ -226,7 +226,7 @@ static struct mapping *entry_of(struct mapping *table, CUdeviceptr p) {
    PROT_NONE and mapped over with the object. An imported allocation counts as an
    IPC open until its last reference (the handle, each mapping) goes. */
 typedef unsigned long long CUmemGenericAllocationHandle;
-struct phys { int fd; size_t size; int refs; int imported; };
+struct phys { int fd; size_t size; int refs; int imported; int types; };
 static struct phys phys[MAX_MAPS];
 struct vmap { CUdeviceptr base; size_t size; int phys; };
 static struct vmap vmaps[MAX_MAPS];
@@ -234,10 +234,10 @@ static long vmm_seq, vmm_imports;
 long fake_cuda_vmm_imports(void) { return __atomic_load_n(&vmm_imports, __ATOMIC_SEQ_CST); }
 
 /* A new physical allocation over `fd` (owned); 0 if the table is full (lock held). */
-static CUmemGenericAllocationHandle new_phys(int fd, size_t size, int imported) {
+static CUmemGenericAllocationHandle new_phys(int fd, size_t size, int imported, int types) {
   for (int i = 0; i < MAX_MAPS; i++)
     if (phys[i].refs == 0) {
-      phys[i] = (struct phys){fd, size, 1, imported};
+      phys[i] = (struct phys){fd, size, 1, imported, types};
       if (imported) {
         __atomic_add_fetch(&ipc_open, 1, __ATOMIC_SEQ_CST);
         __atomic_add_fetch(&ipc_opened, 1, __ATOMIC_SEQ_CST);
@@ -268,8 +268,9 @@ CUresult cuMemGetAllocationGranularity(size_t *granularity, const void *prop, in
 }
 CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, const void *prop,
                      unsigned long long flags) {
-  (void)prop, (void)flags;
+  (void)flags;
   if (size == 0 || size % 65536) return CUDA_ERROR_INVALID_VALUE;
+  int types = ((const int *)prop)[1]; /* CUmemAllocationProp.requestedHandleTypes */
   char name[48];
   snprintf(name, sizeof name, "/rxfake-vmm-%d-%ld", (int)getpid(), __atomic_add_fetch(&vmm_seq, 1, __ATOMIC_SEQ_CST));
   int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
@@ -280,7 +281,7 @@ CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, const vo
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
   pthread_mutex_lock(&lock);
-  *handle = new_phys(fd, size, 0);
+  *handle = new_phys(fd, size, 0, types);
   pthread_mutex_unlock(&lock);
   if (!*handle) close(fd);
   return *handle ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
@@ -350,14 +351,27 @@ CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *handle, void 
   pthread_mutex_unlock(&lock);
   return v ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
-/* CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR = 1. */
+/* The first 16 bytes of CUmemAllocationProp: pinned, the requested handle types,
+   on device 0. */
+CUresult cuMemGetAllocationPropertiesFromHandle(void *prop, CUmemGenericAllocationHandle handle) {
+  pthread_mutex_lock(&lock);
+  struct phys *p = phys_of(handle);
+  if (p) {
+    int *fields = prop;
+    fields[0] = 1, fields[1] = p->types, fields[2] = 1, fields[3] = 0;
+  }
+  pthread_mutex_unlock(&lock);
+  return p ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+/* CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR = 1; only an allocation created asking
+   for it exports one. */
 CUresult cuMemExportToShareableHandle(void *shareable, CUmemGenericAllocationHandle handle, int type,
                                       unsigned long long flags) {
   (void)flags;
   if (type != 1) return CUDA_ERROR_NOT_SUPPORTED;
   pthread_mutex_lock(&lock);
   struct phys *p = phys_of(handle);
-  int fd = p ? dup(p->fd) : -1;
+  int fd = p && (p->types & 1) ? dup(p->fd) : -1;
   pthread_mutex_unlock(&lock);
   if (fd < 0) return CUDA_ERROR_INVALID_VALUE;
   *(int *)shareable = fd;
@@ -373,7 +387,7 @@ CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle, vo
   }
   __atomic_add_fetch(&vmm_imports, 1, __ATOMIC_SEQ_CST);
   pthread_mutex_lock(&lock);
-  *handle = new_phys(fd, (size_t)st.st_size, 1);
+  *handle = new_phys(fd, (size_t)st.st_size, 1, 1);
   pthread_mutex_unlock(&lock);
   if (!*handle) close(fd);
   return *handle ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
