@@ -128,6 +128,15 @@ pub enum Error {
         /// The configured limit.
         max: usize,
     },
+    /// More block ids than `Config::max_blocks_per_xfer` on one side of a block
+    /// transfer.
+    #[error("too many block ids: {count} (max_blocks_per_xfer is {max})")]
+    TooManyBlocks {
+        /// How many the transfer's indexed sets name on that side.
+        count: usize,
+        /// The configured limit.
+        max: usize,
+    },
     /// The prepared list was released (or never existed).
     #[error("unknown prepared list {list:#x}: released, or never prepared")]
     UnknownList {

@@ -65,7 +65,8 @@ pub use notify::{Notification, SenderId};
 #[cfg(all(feature = "testing", feature = "cuda"))]
 pub use testing::fuzz_cuda_export;
 pub use types::{
-    CancelResult, Desc, FailCode, FailSource, Handle, Op, Outcome, PeerId, RegionId, Released, Status, TransportId,
+    Blocks, CancelResult, Desc, FailCode, FailSource, Handle, Op, Outcome, PeerId, RegionId, Released, Status,
+    TransportId,
 };
 
 /// The README's examples compile and run as doctests.

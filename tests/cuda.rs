@@ -132,6 +132,7 @@ struct Fake {
     ipc_open: unsafe extern "C" fn() -> i64,
     ipc_opened: unsafe extern "C" fn() -> i64,
     vmm_imports: unsafe extern "C" fn() -> i64,
+    copies: unsafe extern "C" fn() -> i64,
 }
 
 impl Fake {
@@ -149,6 +150,7 @@ impl Fake {
                 ipc_open: *lib.get(b"fake_cuda_ipc_open\0").unwrap(),
                 ipc_opened: *lib.get(b"fake_cuda_ipc_opened\0").unwrap(),
                 vmm_imports: *lib.get(b"fake_cuda_vmm_imports\0").unwrap(),
+                copies: *lib.get(b"fake_cuda_copies\0").unwrap(),
                 _lib: lib,
             }
         }
@@ -170,6 +172,11 @@ impl Fake {
     fn vmm_imports(&self) -> i64 {
         // SAFETY: a plain getter.
         unsafe { (self.vmm_imports)() }
+    }
+    /// Copies launched since load.
+    fn copies(&self) -> i64 {
+        // SAFETY: a plain getter.
+        unsafe { (self.copies)() }
     }
     fn created(&self) -> i64 {
         // SAFETY: a plain getter.
@@ -272,6 +279,42 @@ fn fake_driver_child() {
     e.read_region(back, 0, &mut out[..8192]).unwrap();
     assert_eq!(&out[..8192], &pattern[4096..4096 + 8192]);
 
+    // Block transfers: scattered host pages to GPU pages (one copy per run of pages
+    // contiguous on both sides), and back; contiguous ones in one copy.
+    let ids: Vec<u32> = (0..64).map(|k| (k * 37) % 256).collect();
+    let sorted: Vec<u32> = (0..64).collect();
+    let blocks = |op: Op, region, host_ids: &[u32], gpu_ids: &[u32]| -> (Status, i64) {
+        let before = fake.copies();
+        let local = [ringxfer::Blocks::indexed(region, 0, 4096, 4096, host_ids)];
+        let remote = [ringxfer::Blocks::indexed(gpu, 0, 4096, 4096, gpu_ids)];
+        let h = e.prepare_blocks(op, &local, me, &remote, None).unwrap();
+        e.post(h).unwrap();
+        let s = e.wait(h, Duration::from_secs(10)).unwrap();
+        e.release(h).unwrap();
+        (s, fake.copies() - before)
+    };
+    assert_eq!(blocks(Op::Write, host, &ids, &sorted), (Status::Done, 64));
+    assert_eq!(blocks(Op::Read, back, &ids, &sorted), (Status::Done, 64));
+    assert_eq!(
+        blocks(Op::Read, back, &sorted, &sorted),
+        (Status::Done, 1),
+        "one run, one copy"
+    );
+    e.read_region(back, 0, &mut out).unwrap();
+    for (k, &id) in ids.iter().enumerate() {
+        let (at, page) = (k * 4096, id as usize * 4096);
+        assert_eq!(
+            out[at..at + 4096],
+            pattern[page..page + 4096],
+            "page {id} → GPU block {k} → back"
+        );
+    }
+    fake.fail_next(2);
+    match blocks(Op::Write, host, &ids, &sorted).0 {
+        Status::Failed(code) => assert_eq!(code.source(), FailSource::Transport(ringxfer::TransportId::CUDA)),
+        other => panic!("a failed copy in a block transfer ended it {other:?}"),
+    }
+
     // 100,000 transfers, a window of them in flight: not one event more, and not one
     // allocation.
     let mut in_flight = std::collections::VecDeque::with_capacity(CAPACITY);
@@ -328,7 +371,7 @@ fn fake_driver_child() {
     }
     assert_eq!(fake.created(), created_at_start);
     let s = e.stats();
-    assert_eq!(s.ring.failed, 3);
+    assert_eq!(s.ring.failed, 4);
     e.check_quiescent().unwrap();
     drop(e);
     assert_eq!(fake.live(), 0, "every event destroyed with the engine");

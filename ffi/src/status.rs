@@ -174,7 +174,7 @@ impl From<&Error> for rx_status {
             Error::RegistryFull { .. } => rx_status::RX_REGISTRY_FULL,
             Error::OutOfMemory { .. } => rx_status::RX_OUT_OF_MEMORY,
             Error::LengthMismatch { .. } => rx_status::RX_LENGTH_MISMATCH,
-            Error::TooManyDescriptors { .. } => rx_status::RX_TOO_MANY_DESCRIPTORS,
+            Error::TooManyDescriptors { .. } | Error::TooManyBlocks { .. } => rx_status::RX_TOO_MANY_DESCRIPTORS,
             Error::UnknownPeer { .. } => rx_status::RX_UNKNOWN_PEER,
             Error::PeerTableFull { .. } => rx_status::RX_PEER_TABLE_FULL,
             Error::UnknownList { .. } => rx_status::RX_UNKNOWN_LIST,

@@ -354,15 +354,16 @@ impl Cuda {
         &self,
         handle: Handle,
         op: Op,
-        local: &[Resolved],
-        own: &[Resolved],
+        runs: super::runs::Runs<'_>,
+        other: &[Resolved],
     ) -> Result<std::result::Result<u32, Outcome>> {
         self.make_current()?;
         let index = handle.index() as usize;
         let stream = self.streams[index % self.streams.len()];
         let event = self.events[index];
         let mut failure = None;
-        for (l, o) in local.iter().zip(own) {
+        for run in runs {
+            let (l, o) = (&run.local, &run.other(&other[run.pair]));
             let (src, dst) = match op {
                 Op::Write => (l, o),
                 Op::Read => (o, l),
@@ -574,7 +575,7 @@ impl Cuda {
             peer.notif.extend_from_slice(notif);
             peer.notify = true;
         }
-        let posted = self.post(x.handle, x.op(), x.local(), &peer.remote);
+        let posted = self.post(x.handle, x.op(), x.runs(), &peer.remote);
         peer.remote.clear();
         Ok(match posted {
             Ok(Ok(failure)) => {
@@ -604,7 +605,7 @@ impl Transport for Cuda {
                 _ => Err(Error::UnknownPeer { peer: x.peer() }),
             };
         }
-        Ok(match self.post(x.handle, x.op(), x.local(), x.own())? {
+        Ok(match self.post(x.handle, x.op(), x.runs(), x.own())? {
             Err(outcome) => Started::Ended(outcome),
             Ok(failure) => Started::Handed(failure),
         })

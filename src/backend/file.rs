@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::runs::Runs;
 use super::{Sink, Started, Transport, Xfer, absent};
 use crate::error::Result;
 use crate::mem::Resolved;
@@ -255,11 +256,15 @@ impl Transport for Files {
 /// a batch of blocks written to or read from one stretch of a file costs one system
 /// call, not one per block.
 #[inline]
-pub(crate) fn run(op: Op, local: &[Resolved], remote: &[Resolved]) -> Outcome {
+pub(crate) fn run(op: Op, mut runs: Runs<'_>, other: &[Resolved]) -> Outcome {
+    let Some(first) = runs.next() else {
+        return Outcome::Done;
+    };
+    let first = (first.local, first.other(&other[first.pair]));
     // One piece between memory and an unmapped file (the common case): its one call,
     // without the gathering.
-    if let ([l], [r]) = (local, remote)
-        && let Ok(Piece::Io(io)) = piece(op, l, r)
+    if runs.clone().next().is_none()
+        && let Ok(Piece::Io(io)) = piece(op, first.0, first.1)
     {
         let mut iov = [libc::iovec {
             iov_base: io.memory as *mut libc::c_void,
@@ -268,7 +273,8 @@ pub(crate) fn run(op: Op, local: &[Resolved], remote: &[Resolved]) -> Outcome {
         return outcome(all(io.direction, io.fd, &mut iov, io.offset).and_then(|()| durable(io.fd, io.sync)));
     }
     let mut group = Group::new();
-    for (l, r) in local.iter().zip(remote) {
+    let rest = runs.map(|r| (r.local, r.other(&other[r.pair])));
+    for (l, r) in std::iter::once(first).chain(rest) {
         let result = match piece(op, l, r) {
             Ok(Piece::Copy { src, dst }) => group.flush().and_then(|()| {
                 // SAFETY: both ranges are held registrations of `len` bytes: memory,
@@ -287,10 +293,10 @@ pub(crate) fn run(op: Op, local: &[Resolved], remote: &[Resolved]) -> Outcome {
 }
 
 /// What one descriptor pair asks of the file transport.
-enum Piece<'a> {
+enum Piece {
     /// Memory (or a mapped file's mapping) to memory: a copy, then `fdatasync` of the
     /// destination's file if it asks.
-    Copy { src: &'a Resolved, dst: &'a Resolved },
+    Copy { src: Resolved, dst: Resolved },
     /// A system call between memory and an unmapped file.
     Io(Io),
 }
@@ -311,7 +317,7 @@ struct Io {
 /// `EBADF` (as a `pwrite` into a read-only descriptor gives), file to file a transport
 /// failure (refused at prepare already).
 #[inline(always)]
-fn piece<'a>(op: Op, l: &'a Resolved, r: &'a Resolved) -> Result<Piece<'a>, FailCode> {
+fn piece(op: Op, l: Resolved, r: Resolved) -> Result<Piece, FailCode> {
     let (src, dst) = match op {
         Op::Write => (l, r),
         Op::Read => (r, l),
@@ -322,7 +328,7 @@ fn piece<'a>(op: Op, l: &'a Resolved, r: &'a Resolved) -> Result<Piece<'a>, Fail
     }
     // A mapped file is memory to copy to or from.
     let fd = |r: &Resolved| if r.mapped { None } else { r.fd };
-    Ok(match (fd(src), fd(dst)) {
+    Ok(match (fd(&src), fd(&dst)) {
         (None, None) => Piece::Copy { src, dst },
         (None, Some(fd)) => Piece::Io(Io {
             direction: Direction::ToFile,

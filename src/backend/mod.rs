@@ -49,6 +49,7 @@ pub(crate) mod cuda_vmm;
 pub mod fabric;
 pub(crate) mod file;
 pub(crate) mod local;
+pub(crate) mod runs;
 #[cfg(feature = "testing")]
 pub(crate) mod sim;
 
@@ -151,6 +152,15 @@ pub(crate) struct Transfer {
     pub(crate) own: Box<[Resolved]>,
     pub(crate) notif: Box<[u8]>,
     pub(crate) notif_len: Option<usize>,
+    /// A block transfer: each descriptor pair is a pair of block sets' spans, shaped
+    /// by `shapes` (the ids in `local_ids` and `remote_ids`).
+    pub(crate) blocks: bool,
+    pub(crate) shapes: Box<[runs::Shape]>,
+    /// Block ids of the indexed sets, `max_blocks_per_xfer` a side.
+    pub(crate) local_ids: Box<[u32]>,
+    pub(crate) remote_ids: Box<[u32]>,
+    /// A block transfer's local spans before they are resolved (at prepare only).
+    pub(crate) spans: Box<[Desc]>,
 }
 
 /// A posted transfer, as its transport sees it: its context (borrowed from its slot
@@ -169,12 +179,6 @@ impl<'a> Xfer<'a> {
         self.t.op
     }
 
-    /// The local side, resolved and held.
-    #[inline(always)]
-    pub(crate) fn local(&self) -> &'a [Resolved] {
-        &self.t.local[..self.t.count]
-    }
-
     /// A transfer between the engine's own regions: the other side.
     #[inline(always)]
     pub(crate) fn own(&self) -> &'a [Resolved] {
@@ -187,6 +191,13 @@ impl<'a> Xfer<'a> {
         &self.t.remote[..self.t.count]
     }
 
+    /// What moves: contiguous runs over `local()`, each with its place in the other
+    /// side's descriptor of the same pair (`own()[pair]` or `remote()[pair]`).
+    #[inline(always)]
+    pub(crate) fn runs(&self) -> runs::Runs<'a> {
+        runs_of(self.t)
+    }
+
     #[inline(always)]
     pub(crate) fn notif(&self) -> Option<&'a [u8]> {
         self.t.notif_len.map(|n| &self.t.notif[..n])
@@ -197,6 +208,17 @@ impl<'a> Xfer<'a> {
     pub(crate) fn peer(&self) -> u32 {
         self.t.peer
     }
+}
+
+/// The runs of transfer `t` (see [`Xfer::runs`]).
+#[inline(always)]
+pub(crate) fn runs_of(t: &Transfer) -> runs::Runs<'_> {
+    let plan = t.blocks.then(|| runs::Plan {
+        shapes: &t.shapes[..t.count],
+        local_ids: &t.local_ids,
+        remote_ids: &t.remote_ids,
+    });
+    runs::Runs::new(&t.local[..t.count], plan)
 }
 
 /// What a transport's `start` did with a posted transfer.
@@ -519,7 +541,7 @@ impl Transports {
     #[inline(always)]
     pub(crate) fn start(&self, via: Via, xfer: Xfer<'_>, sink: Sink<'_>) -> Result<Started> {
         match via {
-            Via::Memory => Ok(Started::Ended(file::run(xfer.op(), xfer.local(), xfer.own()))),
+            Via::Memory => Ok(Started::Ended(file::run(xfer.op(), xfer.runs(), xfer.own()))),
             Via::Local => Transport::start(&self.local, xfer, sink),
             Via::File => Transport::start(&self.files, xfer, sink),
             Via::Fabric => Transport::start(self.fabric.as_ref().ok_or_else(|| absent(via))?, xfer, sink),
@@ -612,7 +634,7 @@ impl Transports {
     /// Runs a job's transfer.
     #[inline]
     pub(crate) fn run_job(&self, xfer: Xfer<'_>) -> Outcome {
-        file::run(xfer.op(), xfer.local(), xfer.own())
+        file::run(xfer.op(), xfer.runs(), xfer.own())
     }
 
     /// Tells the worker threads to finish the queue and stop.

@@ -22,6 +22,11 @@ pub struct Config {
     /// max_prepared_lists × 8) × this bytes: each slot's descriptor storage (two resolved
     /// sides and the remote descriptors) and each holder's record of the regions it holds.
     pub max_descs_per_xfer: usize,
+    /// Block ids a block transfer ([`Engine::prepare_blocks`](crate::Engine::prepare_blocks))
+    /// holds on each side, over all its indexed sets, 0 ..= 2^24 (strided sets store
+    /// no ids; their pairs count against `max_descs_per_xfer`). Default 1024. Memory:
+    /// capacity × 8 × this bytes.
+    pub max_blocks_per_xfer: usize,
     /// Registered regions at once, 1 ..= 2^20. Default 1024.
     pub max_registrations: usize,
     /// Peers this engine loads, and senders it accepts notifications from, 1 ..= 4096.
@@ -67,6 +72,7 @@ impl Default for Config {
             name: String::from("ringxfer"),
             capacity: 1024,
             max_descs_per_xfer: 64,
+            max_blocks_per_xfer: 1024,
             max_registrations: 1024,
             max_peers: 64,
             max_notif_bytes: 256,
@@ -94,6 +100,9 @@ impl Config {
         }
         if self.max_descs_per_xfer == 0 || self.max_descs_per_xfer > 1 << 16 {
             return bad("max_descs_per_xfer", "must be 1 to 65536");
+        }
+        if self.max_blocks_per_xfer > 1 << 24 {
+            return bad("max_blocks_per_xfer", "must be at most 2^24");
         }
         if self.max_registrations == 0 || self.max_registrations > 1 << 20 {
             return bad("max_registrations", "must be 1 to 2^20");

@@ -85,6 +85,14 @@ impl Engine {
                 remote: r.len,
             });
         }
+        self.route(peer, remote, notif)
+    }
+
+    /// The checks against the peer: the notification within both engines' limits and
+    /// every remote descriptor against the peer's metadata; says what the local side
+    /// may name and which transport moves the transfer.
+    #[inline(always)]
+    pub(super) fn route(&self, peer: PeerId, remote: &[Desc], notif: Option<&[u8]>) -> Result<(Allowed, Via)> {
         if peer == PeerId::SELF {
             // Checked when resolved, against this engine's own registrations.
             return match notif {

@@ -19,6 +19,7 @@
 //! - `stats.rs`: the counters and the ledger;
 //! - `server.rs`: metadata over TCP.
 
+mod blocks;
 mod config;
 mod control;
 mod hot;
@@ -37,6 +38,7 @@ use self::lists::ListEntry;
 pub use self::lists::ListId;
 pub use self::server::{MetadataServer, fetch_metadata};
 pub use self::stats::EngineStats;
+use crate::backend::runs::Shape;
 use crate::backend::{Link, Transfer, Transports, WORKER_QUIET, Xfer};
 use crate::error::{Error, Result};
 use crate::mem::{Holder, Registry, Resolved};
@@ -257,6 +259,7 @@ impl Engine {
     /// The slot ring, every slot's context allocated now.
     fn ring(config: &Config, first_generation: u64, transports: &Transports) -> Result<SlotRing<Transfer>> {
         let (d, m) = (config.max_descs_per_xfer, config.max_notif_bytes);
+        let b = config.max_blocks_per_xfer;
         let ring = SlotRing::with_contexts_from(config.capacity, first_generation, |slot| Transfer {
             slot: slot as usize,
             op: Op::Write,
@@ -268,6 +271,11 @@ impl Engine {
             own: vec![Resolved::default(); d].into_boxed_slice(),
             notif: vec![0; m].into_boxed_slice(),
             notif_len: None,
+            blocks: false,
+            shapes: vec![Shape::default(); d].into_boxed_slice(),
+            local_ids: vec![0; b].into_boxed_slice(),
+            remote_ids: vec![0; b].into_boxed_slice(),
+            spans: vec![Desc::new(RegionId::from_raw(0), 0, 0); d].into_boxed_slice(),
         })?;
         // The slot freed last is taken again first (its lines are still in cache),
         // unless a transport relies on reuse spreading over every slot.
@@ -282,7 +290,9 @@ impl Engine {
     /// registration table, and what each transport reports of its own.
     fn fixed_bytes(config: &Config, core: &Core) -> u64 {
         let (d, m) = (config.max_descs_per_xfer, config.max_notif_bytes);
-        let per_slot = d * (2 * std::mem::size_of::<Resolved>() + std::mem::size_of::<Desc>()) + m;
+        let per_desc =
+            2 * std::mem::size_of::<Resolved>() + 2 * std::mem::size_of::<Desc>() + std::mem::size_of::<Shape>();
+        let per_slot = d * per_desc + m + config.max_blocks_per_xfer * 8;
         (config.capacity * per_slot
             + Self::geometry(config).segment_bytes()
             + config.max_registrations * std::mem::size_of::<usize>() * 8
@@ -392,6 +402,7 @@ fn progress_loop(core: &Core, stop: &AtomicBool) {
 fn reclaim(registry: &Registry, t: &mut Transfer) {
     registry.let_go(Holder::Slot(t.slot));
     t.count = 0;
+    t.blocks = false;
     t.notif_len = None;
 }
 

@@ -3,10 +3,12 @@
 //! how it ends ([`FailCode`], [`Outcome`], [`Status`]). Nothing here knows a transport
 //! or the engine; every other module may use it.
 
+mod blocks;
 mod desc;
 mod fail;
 mod handle;
 
+pub use blocks::Blocks;
 pub use desc::{Desc, RegionId};
 pub use fail::{CancelResult, FailCode, FailSource, Outcome, Released, Status, TransportId};
 pub use handle::{FIRST_GENERATION, GENERATION_BITS, Handle, INDEX_BITS, MAX_CAPACITY, MAX_GENERATION};

@@ -506,7 +506,12 @@ CUresult cuDeviceGetUuid(CUuuid *uuid, CUdevice device) {
   return CUDA_SUCCESS;
 }
 
+/* Copies launched (every cuMemcpy*Async call), for tests that count driver calls. */
+static long copies;
+long fake_cuda_copies(void) { return __atomic_load_n(&copies, __ATOMIC_SEQ_CST); }
+
 static CUresult copy(void *dst, const void *src, size_t n) {
+  __atomic_add_fetch(&copies, 1, __ATOMIC_SEQ_CST);
   if (should_fail(&fail_copy)) return CUDA_ERROR_ILLEGAL_ADDRESS;
   if (n) memmove(dst, src, n);
   return CUDA_SUCCESS;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::wire::{self, ABORT, HELLO, NOTIFY};
 use super::{Fabric, Sink, api, sys};
+use crate::backend::runs::Runs;
 use crate::error::{Error, Result};
 use crate::mem::Resolved;
 use crate::ring::{FailCode, FailSource, Handle, Outcome, TransportId};
@@ -230,7 +231,7 @@ impl Fabric {
         &self,
         handle: Handle,
         op: Op,
-        local: &[Resolved],
+        runs: Runs<'_>,
         remote: impl Fn(usize) -> (u64, u64),
         dest: u64,
         tag: u16,
@@ -245,15 +246,16 @@ impl Fabric {
         slot.phase.store(PHASE_DATA, Ordering::Relaxed);
         slot.dest.store(dest, Ordering::Relaxed);
         let max = self.ep.domain.max_msg_size;
-        let ops: u64 = local.iter().map(|l| l.len.div_ceil(max).max(1) as u64).sum();
+        let ops: u64 = runs.clone().map(|r| r.local.len.div_ceil(max).max(1) as u64).sum();
         let message_len = self.stage_notify(handle, op, ops, tag, notif);
         slot.message_len.store(message_len, Ordering::Relaxed);
         // The poster's reference: completions cannot finish the slot while we post.
         slot.pending.store(1, Ordering::Release);
         let imm = self.immediate(handle, tag);
         let mut posted = false;
-        'descs: for (i, l) in local.iter().enumerate() {
-            let (raddr, key) = remote(i);
+        'descs: for run in runs {
+            let (l, (raddr, key)) = (&run.local, remote(run.pair));
+            let raddr = raddr + run.at;
             let mut done = 0;
             while done < l.len {
                 let len = (l.len - done).min(max);

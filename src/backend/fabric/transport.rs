@@ -26,16 +26,7 @@ impl Transport for Fabric {
             });
         }
         let target = |i: usize| link.target(&x.remote()[i]).unwrap_or_default();
-        self.post(
-            x.handle,
-            x.op(),
-            x.local(),
-            target,
-            link.addr,
-            link.tag,
-            x.notif(),
-            sink,
-        )?;
+        self.post(x.handle, x.op(), x.runs(), target, link.addr, link.tag, x.notif(), sink)?;
         Ok(Started::Handed(0))
     }
 

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::LocalInfo;
+use crate::backend::runs::Runs;
 use crate::error::{Error, Result};
 use crate::mem::{Resolved, regtable_name, segment_name};
 use crate::notify::{Geometry, InboxMap, Outbox};
@@ -251,13 +252,14 @@ impl LocalLink {
     }
 
     /// Moves the bytes of one transfer and says how it ended.
-    pub(crate) fn transfer(&self, op: Op, local: &[Resolved], remote: &[Desc]) -> Outcome {
+    pub(crate) fn transfer(&self, op: Op, runs: Runs<'_>, remote: &[Desc]) -> Outcome {
         match &self.reach {
             Reach::InProcess(target) => {
                 // The peer's registry read lock is held while its memory is copied, so
                 // it cannot deregister (or drop) a region under the copy.
                 let access = target.registry.access();
-                for (l, d) in local.iter().zip(remote) {
+                for run in runs {
+                    let (l, d) = (&run.local, &run.other(&remote[run.pair]));
                     let Ok(r) = access.resolve(d) else {
                         return Outcome::Failed(FailCode::PEER_LOST);
                     };
@@ -271,7 +273,8 @@ impl LocalLink {
                 if !remote_peer.alive() {
                     return Outcome::Failed(FailCode::PEER_LOST);
                 }
-                for (l, d) in local.iter().zip(remote) {
+                for run in runs {
+                    let (l, d) = (&run.local, &run.other(&remote[run.pair]));
                     let Ok(i) = self.regions.binary_search_by_key(&d.region.to_raw(), |r| r.id) else {
                         return Outcome::Failed(FailCode::PEER_LOST);
                     };

@@ -164,7 +164,7 @@ impl Transport for Local {
                 Error::PeerLost { peer: x.peer() }
             });
         }
-        let outcome = link.transfer(x.op(), x.local(), x.remote());
+        let outcome = link.transfer(x.op(), x.runs(), x.remote());
         if let Some(notif) = x.notif() {
             if outcome == crate::ring::Outcome::Done {
                 outbox.deliver(x.handle, notif);
