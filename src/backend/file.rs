@@ -256,15 +256,11 @@ impl Transport for Files {
 /// a batch of blocks written to or read from one stretch of a file costs one system
 /// call, not one per block.
 #[inline]
-pub(crate) fn run(op: Op, mut runs: Runs<'_>, other: &[Resolved]) -> Outcome {
-    let Some(first) = runs.next() else {
-        return Outcome::Done;
-    };
-    let first = (first.local, first.other(&other[first.pair]));
+pub(crate) fn run(op: Op, runs: Runs<'_>, other: &[Resolved]) -> Outcome {
     // One piece between memory and an unmapped file (the common case): its one call,
     // without the gathering.
-    if runs.clone().next().is_none()
-        && let Ok(Piece::Io(io)) = piece(op, first.0, first.1)
+    if let Some(only) = runs.single()
+        && let Ok(Piece::Io(io)) = piece(op, only, &other[0])
     {
         let mut iov = [libc::iovec {
             iov_base: io.memory as *mut libc::c_void,
@@ -273,9 +269,9 @@ pub(crate) fn run(op: Op, mut runs: Runs<'_>, other: &[Resolved]) -> Outcome {
         return outcome(all(io.direction, io.fd, &mut iov, io.offset).and_then(|()| durable(io.fd, io.sync)));
     }
     let mut group = Group::new();
-    let rest = runs.map(|r| (r.local, r.other(&other[r.pair])));
-    for (l, r) in std::iter::once(first).chain(rest) {
-        let result = match piece(op, l, r) {
+    for run in runs {
+        let (l, r) = (run.local, run.other(&other[run.pair]));
+        let result = match piece(op, &l, &r) {
             Ok(Piece::Copy { src, dst }) => group.flush().and_then(|()| {
                 // SAFETY: both ranges are held registrations of `len` bytes: memory,
                 // or a mapped file's mapping (which lives as long as the registration).
@@ -293,10 +289,10 @@ pub(crate) fn run(op: Op, mut runs: Runs<'_>, other: &[Resolved]) -> Outcome {
 }
 
 /// What one descriptor pair asks of the file transport.
-enum Piece {
+enum Piece<'a> {
     /// Memory (or a mapped file's mapping) to memory: a copy, then `fdatasync` of the
     /// destination's file if it asks.
-    Copy { src: Resolved, dst: Resolved },
+    Copy { src: &'a Resolved, dst: &'a Resolved },
     /// A system call between memory and an unmapped file.
     Io(Io),
 }
@@ -317,7 +313,7 @@ struct Io {
 /// `EBADF` (as a `pwrite` into a read-only descriptor gives), file to file a transport
 /// failure (refused at prepare already).
 #[inline(always)]
-fn piece(op: Op, l: Resolved, r: Resolved) -> Result<Piece, FailCode> {
+fn piece<'a>(op: Op, l: &'a Resolved, r: &'a Resolved) -> Result<Piece<'a>, FailCode> {
     let (src, dst) = match op {
         Op::Write => (l, r),
         Op::Read => (r, l),
@@ -328,7 +324,7 @@ fn piece(op: Op, l: Resolved, r: Resolved) -> Result<Piece, FailCode> {
     }
     // A mapped file is memory to copy to or from.
     let fd = |r: &Resolved| if r.mapped { None } else { r.fd };
-    Ok(match (fd(&src), fd(&dst)) {
+    Ok(match (fd(src), fd(dst)) {
         (None, None) => Piece::Copy { src, dst },
         (None, Some(fd)) => Piece::Io(Io {
             direction: Direction::ToFile,

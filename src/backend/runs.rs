@@ -110,6 +110,18 @@ impl<'a> Runs<'a> {
     }
 }
 
+impl Runs<'_> {
+    /// The local side of a one-descriptor transfer (the common case, told apart
+    /// without walking): its one run, paired with the other side's one descriptor.
+    #[inline(always)]
+    pub(crate) fn single(&self) -> Option<&Resolved> {
+        match (self.local, &self.blocks) {
+            ([only], None) => Some(only),
+            _ => None,
+        }
+    }
+}
+
 impl Iterator for Runs<'_> {
     type Item = Run;
 
