@@ -269,6 +269,8 @@ typedef struct {
   uint32_t capacity;
   // Descriptors per transfer, 1–65536.
   uint32_t max_descs_per_xfer;
+  // Block ids a block transfer holds on each side, 0–2^24.
+  uint32_t max_blocks_per_xfer;
   // Registered regions at once, 1–2^20.
   uint32_t max_registrations;
   // Peers (and notification senders), 1–4096.
@@ -317,6 +319,24 @@ typedef struct {
   // Length in bytes (non-zero).
   uint64_t len;
 } rx_desc;
+
+// `count` equal blocks of one region, `block_len` bytes each: block `k` starts at
+// `offset + id × stride`, where `id` is `ids[k]`, or `k` when `ids` is NULL (a
+// strided set). See `rx_prepare_blocks`.
+typedef struct {
+  // The region id.
+  uint64_t region;
+  // Where block id 0 starts in the region.
+  uint64_t offset;
+  // Each block's length in bytes (non-zero).
+  uint64_t block_len;
+  // Bytes from one block id to the next.
+  uint64_t stride;
+  // `count` block ids, or NULL for ids `0..count`.
+  const uint32_t *ids;
+  // How many blocks.
+  uint32_t count;
+} rx_blocks;
 
 // A transfer's status.
 typedef struct {
@@ -511,6 +531,21 @@ rx_status rx_prepare(const rx_engine *engine,
                      const uint8_t *notif,
                      size_t notif_len,
                      uint64_t *out_handle);
+
+// Prepares a block transfer (`op` is an `rx_op`): block `k` of `local[i]` moves to
+// or from block `k` of `remote[i]`; pairs have equal block length and count. The
+// indexed sets' ids are copied (at most `max_blocks_per_xfer` a side); `local` and
+// `remote` need not outlive the call. Otherwise as `rx_prepare`.
+rx_status rx_prepare_blocks(const rx_engine *engine,
+                            uint32_t op,
+                            const rx_blocks *local,
+                            size_t local_len,
+                            uint32_t peer,
+                            const rx_blocks *remote,
+                            size_t remote_len,
+                            const uint8_t *notif,
+                            size_t notif_len,
+                            uint64_t *out_handle);
 
 // Starts a prepared transfer. `RX_INBOX_FULL`: the peer's inbox lane is full and the
 // transfer stays prepared (retry, or release it).

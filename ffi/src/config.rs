@@ -21,6 +21,8 @@ pub struct rx_config {
     pub capacity: u32,
     /// Descriptors per transfer, 1–65536.
     pub max_descs_per_xfer: u32,
+    /// Block ids a block transfer holds on each side, 0–2^24.
+    pub max_blocks_per_xfer: u32,
     /// Registered regions at once, 1–2^20.
     pub max_registrations: u32,
     /// Peers (and notification senders), 1–4096.
@@ -81,6 +83,7 @@ pub unsafe extern "C" fn rx_config_default(out: *mut rx_config) -> rx_status {
             name: std::ptr::null(),
             capacity: d.capacity as u32,
             max_descs_per_xfer: d.max_descs_per_xfer as u32,
+            max_blocks_per_xfer: d.max_blocks_per_xfer as u32,
             max_registrations: d.max_registrations as u32,
             max_peers: d.max_peers as u32,
             max_notif_bytes: d.max_notif_bytes as u32,
@@ -116,6 +119,7 @@ pub(crate) unsafe fn config_from(cfg: &rx_config) -> Result<Config, rx_status> {
     }
     c.capacity = cfg.capacity as usize;
     c.max_descs_per_xfer = cfg.max_descs_per_xfer as usize;
+    c.max_blocks_per_xfer = cfg.max_blocks_per_xfer as usize;
     c.max_registrations = cfg.max_registrations as usize;
     c.max_peers = cfg.max_peers as usize;
     c.max_notif_bytes = cfg.max_notif_bytes as usize;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use ringxfer::ring::{CancelResult, FailSource, Handle, Status, TransportId};
-use ringxfer::{Desc, ListId, Op, PeerId};
+use ringxfer::{Blocks, Desc, ListId, Op, PeerId, RegionId};
 
 use crate::boundary::{engine, guard, need, put, slice};
 use crate::engine::rx_engine;
@@ -170,6 +170,90 @@ pub unsafe extern "C" fn rx_prepare(
         // SAFETY: the caller's buffer contract (see `notification`).
         let notif = tri!(unsafe { notification(notif, notif_len) });
         let h = rx!(e.prepare(op, local, PeerId(peer), remote, notif));
+        // SAFETY: checked non-NULL.
+        unsafe { put(out_handle, h.to_raw()) }
+    })
+}
+
+/// `count` equal blocks of one region, `block_len` bytes each: block `k` starts at
+/// `offset + id × stride`, where `id` is `ids[k]`, or `k` when `ids` is NULL (a
+/// strided set). See `rx_prepare_blocks`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct rx_blocks {
+    /// The region id.
+    pub region: u64,
+    /// Where block id 0 starts in the region.
+    pub offset: u64,
+    /// Each block's length in bytes (non-zero).
+    pub block_len: u64,
+    /// Bytes from one block id to the next.
+    pub stride: u64,
+    /// `count` block ids, or NULL for ids `0..count`.
+    pub ids: *const u32,
+    /// How many blocks.
+    pub count: u32,
+}
+
+/// One side of a pair of block sets, read from C. `ids` was checked by `check_ids`.
+fn blocks_of<'a>(b: &rx_blocks) -> Blocks<'a> {
+    let region = RegionId::from_raw(b.region);
+    if b.ids.is_null() {
+        return Blocks::strided(region, b.offset, b.block_len, b.stride, b.count);
+    }
+    // SAFETY: checked non-NULL and aligned by `check_ids`; the caller promises `count`
+    // readable ids for the call.
+    let ids = unsafe { std::slice::from_raw_parts(b.ids, b.count as usize) };
+    Blocks::indexed(region, b.offset, b.block_len, b.stride, ids)
+}
+
+/// Checks that every set's ids are NULL or an aligned array.
+fn check_ids(sets: &[rx_blocks]) -> Result<(), rx_status> {
+    match sets.iter().any(|b| !b.ids.is_null() && !b.ids.is_aligned()) {
+        true => Err(invalid("misaligned block ids")),
+        false => Ok(()),
+    }
+}
+
+/// Prepares a block transfer (`op` is an `rx_op`): block `k` of `local[i]` moves to
+/// or from block `k` of `remote[i]`; pairs have equal block length and count. The
+/// indexed sets' ids are copied (at most `max_blocks_per_xfer` a side); `local` and
+/// `remote` need not outlive the call. Otherwise as `rx_prepare`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rx_prepare_blocks(
+    engine: *const rx_engine,
+    op: u32,
+    local: *const rx_blocks,
+    local_len: usize,
+    peer: u32,
+    remote: *const rx_blocks,
+    remote_len: usize,
+    notif: *const u8,
+    notif_len: usize,
+    out_handle: *mut u64,
+) -> rx_status {
+    guard(|| {
+        tri!(need(out_handle));
+        // SAFETY: see `engine` and `notification`.
+        let e = tri!(unsafe { self::engine(engine) });
+        let op = tri!(op_from(op));
+        // SAFETY: the caller promises `local_len` readable sets.
+        let local = tri!(unsafe { slice(local, local_len) });
+        // SAFETY: the caller promises `remote_len` readable sets.
+        let remote = tri!(unsafe { slice(remote, remote_len) });
+        tri!(check_ids(local));
+        tri!(check_ids(remote));
+        if local.len() != remote.len() {
+            return status_of(Err(ringxfer::Error::LengthMismatch {
+                what: "block set count",
+                local: local.len() as u64,
+                remote: remote.len() as u64,
+            }));
+        }
+        // SAFETY: the caller's buffer contract (see `notification`).
+        let notif = tri!(unsafe { notification(notif, notif_len) });
+        let pair = |i: usize| (blocks_of(&local[i]), blocks_of(&remote[i]));
+        let h = rx!(e.prepare_blocks_with(op, local.len(), pair, PeerId(peer), notif));
         // SAFETY: checked non-NULL.
         unsafe { put(out_handle, h.to_raw()) }
     })

@@ -28,13 +28,6 @@ impl Engine {
         remote: &[Blocks<'_>],
         notif: Option<&[u8]>,
     ) -> Result<Handle> {
-        let max = self.config.max_descs_per_xfer;
-        if local.len() > max {
-            return Err(Error::TooManyDescriptors {
-                count: local.len(),
-                max,
-            });
-        }
         if local.len() != remote.len() {
             return Err(Error::LengthMismatch {
                 what: "block set count",
@@ -42,15 +35,34 @@ impl Engine {
                 remote: remote.len() as u64,
             });
         }
-        if local.is_empty() {
+        self.prepare_blocks_with(op, local.len(), |i| (local[i], remote[i]), peer, notif)
+    }
+
+    /// [`prepare_blocks`](Engine::prepare_blocks) for `pairs` pairs of block sets
+    /// that `pair(i)` reads from the caller's own layout (the C API's `rx_blocks`
+    /// arrays), without gathering them first.
+    pub fn prepare_blocks_with<'a>(
+        &self,
+        op: Op,
+        pairs: usize,
+        pair_at: impl Fn(usize) -> (Blocks<'a>, Blocks<'a>),
+        peer: PeerId,
+        notif: Option<&[u8]>,
+    ) -> Result<Handle> {
+        let max = self.config.max_descs_per_xfer;
+        if pairs > max {
+            return Err(Error::TooManyDescriptors { count: pairs, max });
+        }
+        if pairs == 0 {
             return Err(Error::InvalidDescriptor {
                 reason: "a block transfer needs block sets",
             });
         }
-        let n = local.len();
+        let n = pairs;
         self.core.ring.acquire_try(|t: &mut Transfer| {
             let (mut used_local, mut used_remote) = (0, 0);
-            for (i, (l, r)) in local.iter().zip(remote).enumerate() {
+            for i in 0..n {
+                let (l, r) = &pair_at(i);
                 pair(l, r)?;
                 let (local_side, local_span) = stash(l, &mut t.local_ids, &mut used_local)?;
                 let (remote_side, remote_span) = stash(r, &mut t.remote_ids, &mut used_remote)?;

@@ -10,7 +10,6 @@ use super::wire::{self, ABORT, HELLO, NOTIFY};
 use super::{Fabric, Sink, api, sys};
 use crate::backend::runs::Runs;
 use crate::error::{Error, Result};
-use crate::mem::Resolved;
 use crate::ring::{FailCode, FailSource, Handle, Outcome, TransportId};
 use crate::types::Op;
 
@@ -179,7 +178,7 @@ impl Fabric {
         &self,
         dest: u64,
         tag: u16,
-        local: &Resolved,
+        local: &crate::mem::Resolved,
         raddr: u64,
         key: u64,
         handle: Handle,
