@@ -163,6 +163,18 @@ pub(crate) struct Transfer {
     pub(crate) spans: Box<[Desc]>,
 }
 
+impl Transfer {
+    /// Stages the notification sent after the last byte lands (`None`: none); its
+    /// length was checked against `max_notif_bytes`.
+    #[inline(always)]
+    pub(crate) fn stage_notif(&mut self, notif: Option<&[u8]>) {
+        self.notif_len = notif.map(|bytes| {
+            self.notif[..bytes.len()].copy_from_slice(bytes);
+            bytes.len()
+        });
+    }
+}
+
 /// A posted transfer, as its transport sees it: its context (borrowed from its slot
 /// while the poster or the job's holder holds it), its handle, and how its peer is
 /// reached.

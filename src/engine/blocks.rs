@@ -38,27 +38,26 @@ impl Engine {
         self.prepare_blocks_with(op, local.len(), |i| (local[i], remote[i]), peer, notif)
     }
 
-    /// [`prepare_blocks`](Engine::prepare_blocks) for `pairs` pairs of block sets
-    /// that `pair(i)` reads from the caller's own layout (the C API's `rx_blocks`
+    /// [`prepare_blocks`](Engine::prepare_blocks) for `n` pairs of block sets that
+    /// `pair_at(i)` reads from the caller's own layout (the C API's `rx_blocks`
     /// arrays), without gathering them first.
     pub fn prepare_blocks_with<'a>(
         &self,
         op: Op,
-        pairs: usize,
+        n: usize,
         pair_at: impl Fn(usize) -> (Blocks<'a>, Blocks<'a>),
         peer: PeerId,
         notif: Option<&[u8]>,
     ) -> Result<Handle> {
         let max = self.config.max_descs_per_xfer;
-        if pairs > max {
-            return Err(Error::TooManyDescriptors { count: pairs, max });
+        if n > max {
+            return Err(Error::TooManyDescriptors { count: n, max });
         }
-        if pairs == 0 {
+        if n == 0 {
             return Err(Error::InvalidDescriptor {
                 reason: "a block transfer needs block sets",
             });
         }
-        let n = pairs;
         self.core.ring.acquire_try(|t: &mut Transfer| {
             let (mut used_local, mut used_remote) = (0, 0);
             for i in 0..n {
@@ -83,10 +82,7 @@ impl Engine {
             t.op = op;
             t.peer = peer.0;
             t.count = n;
-            t.notif_len = notif.map(|bytes| {
-                t.notif[..bytes.len()].copy_from_slice(bytes);
-                bytes.len()
-            });
+            t.stage_notif(notif);
             t.blocks = true;
             Ok(())
         })

@@ -40,10 +40,7 @@ impl Engine {
                     *to = *from;
                 }
             }
-            t.notif_len = notif.map(|n| {
-                t.notif[..n.len()].copy_from_slice(n);
-                n.len()
-            });
+            t.stage_notif(notif);
             Ok(())
         })
     }

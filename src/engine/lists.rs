@@ -122,10 +122,7 @@ impl Engine {
                 t.peer = l.peer;
                 t.count = n;
                 t.remote[..n].copy_from_slice(&l.remote);
-                t.notif_len = notif.map(|bytes| {
-                    t.notif[..bytes.len()].copy_from_slice(bytes);
-                    bytes.len()
-                });
+                t.stage_notif(notif);
                 Ok::<(), Error>(())
             })?
         };

@@ -28,6 +28,15 @@
     }                                                                                  \
   } while (0)
 
+/* Posts a prepared transfer, waits until it is DONE, and releases it. */
+static void post_to_done(const rx_engine *e, uint64_t h) {
+  rx_xfer_status st;
+  CHECK(rx_post(e, h));
+  CHECK(rx_wait(e, h, 5000000, &st));
+  EXPECT(st.state == RX_XFER_DONE);
+  CHECK(rx_release(e, h));
+}
+
 enum { BLOCK = 4096, BLOCKS = 8 };
 
 int main(void) {
@@ -66,11 +75,8 @@ int main(void) {
   uint64_t h;
   CHECK(rx_prepare(a, RX_OP_WRITE, local, BLOCKS, peer, remote, BLOCKS, (const uint8_t *)note,
                    strlen(note), &h));
-  CHECK(rx_post(a, h));
+  post_to_done(a, h);
   rx_xfer_status st;
-  CHECK(rx_wait(a, h, 5000000, &st));
-  EXPECT(st.state == RX_XFER_DONE);
-  CHECK(rx_release(a, h));
 
   uint8_t buf[256];
   rx_notification n;
@@ -81,10 +87,7 @@ int main(void) {
   /* Read everything back (remote order reversed again). */
   for (uint64_t i = 0; i < BLOCKS; i++) local[i].region = back;
   CHECK(rx_prepare(a, RX_OP_READ, local, BLOCKS, peer, remote, BLOCKS, NULL, 0, &h));
-  CHECK(rx_post(a, h));
-  CHECK(rx_wait(a, h, 5000000, &st));
-  EXPECT(st.state == RX_XFER_DONE);
-  CHECK(rx_release(a, h));
+  post_to_done(a, h);
   unsigned char out[BLOCK * BLOCKS];
   CHECK(rx_read_region(a, back, 0, out, sizeof out));
   EXPECT(memcmp(out, pattern, sizeof out) == 0);
@@ -95,16 +98,10 @@ int main(void) {
   rx_blocks from = {src, 0, BLOCK, BLOCK, reversed, BLOCKS};
   rx_blocks into = {dst, 0, BLOCK, BLOCK, NULL, BLOCKS};
   CHECK(rx_prepare_blocks(a, RX_OP_WRITE, &from, 1, peer, &into, 1, NULL, 0, &h));
-  CHECK(rx_post(a, h));
-  CHECK(rx_wait(a, h, 5000000, &st));
-  EXPECT(st.state == RX_XFER_DONE);
-  CHECK(rx_release(a, h));
+  post_to_done(a, h);
   rx_blocks home = {back, 0, BLOCK, BLOCK, NULL, BLOCKS};
   CHECK(rx_prepare_blocks(a, RX_OP_READ, &home, 1, peer, &into, 1, NULL, 0, &h));
-  CHECK(rx_post(a, h));
-  CHECK(rx_wait(a, h, 5000000, &st));
-  EXPECT(st.state == RX_XFER_DONE);
-  CHECK(rx_release(a, h));
+  post_to_done(a, h);
   CHECK(rx_read_region(a, back, 0, out, sizeof out));
   for (int k = 0; k < BLOCKS; k++) EXPECT(memcmp(out + k * BLOCK, pattern + (BLOCKS - 1 - k) * BLOCK, BLOCK) == 0);
   /* Pairs of unequal counts are refused, and hold nothing. */
@@ -149,15 +146,9 @@ int main(void) {
   CHECK(rx_register_file(a, path, RX_FILE_WRITABLE | RX_FILE_CREATE, 1 << 20, &file));
   rx_desc mem = {src, 0, BLOCK}, in_file = {file, 12345, BLOCK}, mem_back = {back, 0, BLOCK};
   CHECK(rx_prepare(a, RX_OP_WRITE, &mem, 1, RX_PEER_SELF, &in_file, 1, NULL, 0, &h));
-  CHECK(rx_post(a, h));
-  CHECK(rx_wait(a, h, 5000000, &st));
-  EXPECT(st.state == RX_XFER_DONE);
-  CHECK(rx_release(a, h));
+  post_to_done(a, h);
   CHECK(rx_prepare(a, RX_OP_READ, &mem_back, 1, RX_PEER_SELF, &in_file, 1, NULL, 0, &h));
-  CHECK(rx_post(a, h));
-  CHECK(rx_wait(a, h, 5000000, &st));
-  EXPECT(st.state == RX_XFER_DONE);
-  CHECK(rx_release(a, h));
+  post_to_done(a, h);
   CHECK(rx_read_region(a, back, 0, out, BLOCK));
   EXPECT(memcmp(out, pattern, BLOCK) == 0);
   CHECK(rx_deregister(a, file));
