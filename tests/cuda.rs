@@ -133,6 +133,11 @@ struct Fake {
     ipc_opened: unsafe extern "C" fn() -> i64,
     vmm_imports: unsafe extern "C" fn() -> i64,
     copies: unsafe extern "C" fn() -> i64,
+    batched: unsafe extern "C" fn() -> i64,
+    calls: unsafe extern "C" fn(*const std::ffi::c_char) -> i64,
+    calls_reset: unsafe extern "C" fn(),
+    set_polls: unsafe extern "C" fn(i32),
+    hold: unsafe extern "C" fn(i32),
 }
 
 impl Fake {
@@ -151,6 +156,11 @@ impl Fake {
                 ipc_opened: *lib.get(b"fake_cuda_ipc_opened\0").unwrap(),
                 vmm_imports: *lib.get(b"fake_cuda_vmm_imports\0").unwrap(),
                 copies: *lib.get(b"fake_cuda_copies\0").unwrap(),
+                batched: *lib.get(b"fake_cuda_batched\0").unwrap(),
+                calls: *lib.get(b"fake_cuda_calls\0").unwrap(),
+                calls_reset: *lib.get(b"fake_cuda_calls_reset\0").unwrap(),
+                set_polls: *lib.get(b"fake_cuda_set_polls\0").unwrap(),
+                hold: *lib.get(b"fake_cuda_hold\0").unwrap(),
                 _lib: lib,
             }
         }
@@ -177,6 +187,31 @@ impl Fake {
     fn copies(&self) -> i64 {
         // SAFETY: a plain getter.
         unsafe { (self.copies)() }
+    }
+    /// Copies made inside batch calls since load.
+    fn batched(&self) -> i64 {
+        // SAFETY: a plain getter.
+        unsafe { (self.batched)() }
+    }
+    /// Calls of the driver entry point `name` (of all of them for "") since the last
+    /// `reset_calls`.
+    fn calls(&self, name: &std::ffi::CStr) -> i64 {
+        // SAFETY: a NUL-terminated name; the fake only reads it.
+        unsafe { (self.calls)(name.as_ptr()) }
+    }
+    fn reset_calls(&self) {
+        // SAFETY: a plain setter.
+        unsafe { (self.calls_reset)() }
+    }
+    /// Queries an event reads NOT_READY before it completes (0: done at once).
+    fn set_polls(&self, polls: i32) {
+        // SAFETY: a plain setter.
+        unsafe { (self.set_polls)(polls) }
+    }
+    /// While on, no recorded event completes.
+    fn hold(&self, on: bool) {
+        // SAFETY: a plain setter.
+        unsafe { (self.hold)(on as i32) }
     }
     fn created(&self) -> i64 {
         // SAFETY: a plain getter.
@@ -283,22 +318,24 @@ fn fake_driver_child() {
     // contiguous on both sides), and back; contiguous ones in one copy.
     let ids: Vec<u32> = (0..64).map(|k| (k * 37) % 256).collect();
     let sorted: Vec<u32> = (0..64).collect();
-    let blocks = |op: Op, region, host_ids: &[u32], gpu_ids: &[u32]| -> (Status, i64) {
-        let before = fake.copies();
+    // With the batch API (the fake has it): the runs of a transfer go in one call.
+    assert!(e.stats().cuda_batch);
+    let blocks = |op: Op, region, host_ids: &[u32], gpu_ids: &[u32]| -> (Status, i64, i64) {
+        let before = (fake.copies(), fake.batched());
         let local = [ringxfer::Blocks::indexed(region, 0, 4096, 4096, host_ids)];
         let remote = [ringxfer::Blocks::indexed(gpu, 0, 4096, 4096, gpu_ids)];
         let h = e.prepare_blocks(op, &local, me, &remote, None).unwrap();
         e.post(h).unwrap();
         let s = e.wait(h, Duration::from_secs(10)).unwrap();
         e.release(h).unwrap();
-        (s, fake.copies() - before)
+        (s, fake.copies() - before.0, fake.batched() - before.1)
     };
-    assert_eq!(blocks(Op::Write, host, &ids, &sorted), (Status::Done, 64));
-    assert_eq!(blocks(Op::Read, back, &ids, &sorted), (Status::Done, 64));
+    assert_eq!(blocks(Op::Write, host, &ids, &sorted), (Status::Done, 0, 64));
+    assert_eq!(blocks(Op::Read, back, &ids, &sorted), (Status::Done, 0, 64));
     assert_eq!(
         blocks(Op::Read, back, &sorted, &sorted),
-        (Status::Done, 1),
-        "one run, one copy"
+        (Status::Done, 1, 0),
+        "one run, one plain copy"
     );
     e.read_region(back, 0, &mut out).unwrap();
     for (k, &id) in ids.iter().enumerate() {
@@ -309,11 +346,19 @@ fn fake_driver_child() {
             "page {id} → GPU block {k} → back"
         );
     }
-    fake.fail_next(2);
+    fake.fail_next(4);
     match blocks(Op::Write, host, &ids, &sorted).0 {
-        Status::Failed(code) => assert_eq!(code.source(), FailSource::Transport(ringxfer::TransportId::CUDA)),
-        other => panic!("a failed copy in a block transfer ended it {other:?}"),
+        Status::Failed(code) => {
+            assert_eq!(code.source(), FailSource::Transport(ringxfer::TransportId::CUDA));
+            assert_eq!(code.value(), 1, "the batch call's CUDA code (CUDA_ERROR_INVALID_VALUE)");
+        }
+        other => panic!("a failed batch call ended its block transfer {other:?}"),
     }
+    assert_eq!(
+        blocks(Op::Write, host, &ids, &sorted),
+        (Status::Done, 0, 64),
+        "the slot is reused"
+    );
 
     // 100,000 transfers, a window of them in flight: not one event more, and not one
     // allocation.
@@ -376,6 +421,144 @@ fn fake_driver_child() {
     drop(e);
     assert_eq!(fake.live(), 0, "every event destroyed with the engine");
     assert_eq!(fake.host_pins(), 0, "every host pin undone with its region");
+}
+
+#[test]
+fn driver_calls_with_the_fake_driver() {
+    run_child("driver_calls_child");
+}
+
+/// Driver calls, counted per entry point by the fake driver, in steady state (the
+/// GPU is done by the first query: `set_polls(0)`): a one-descriptor transfer makes
+/// two calls to post (the copy, the record) and one to complete (the query); a
+/// 64-block transfer makes two to post (one batch call, the record), 65 without the
+/// batch API; a progress turn with sixteen transfers in flight and none done asks
+/// only each stream's oldest, not all sixteen.
+#[test]
+#[ignore = "run by driver_calls_with_the_fake_driver, with the fake libcuda.so on LD_LIBRARY_PATH"]
+fn driver_calls_child() {
+    let e = Engine::new(config()).unwrap();
+    let fake = Fake::open();
+    fake.set_polls(0);
+    let host = e.alloc_region(1 << 20).unwrap();
+    let gpu = e.alloc_vram(1 << 20).unwrap();
+    let me = e.local_peer();
+    let page = |k: u64| (Desc::new(host, k * 4096, 4096), Desc::new(gpu, k * 4096, 4096));
+    let prepare = |k: u64| {
+        let (l, r) = page(k);
+        e.prepare(Op::Write, &[l], me, &[r], None).unwrap()
+    };
+    // Warm: the first call on this thread makes the context current.
+    let h = prepare(0);
+    e.post(h).unwrap();
+    assert_eq!(e.wait(h, Duration::from_secs(10)).unwrap(), Status::Done);
+    e.release(h).unwrap();
+
+    let all = c"";
+    let h = prepare(1);
+    fake.reset_calls();
+    e.post(h).unwrap();
+    assert_eq!(fake.calls(all), 2, "post: the copy and the record");
+    assert_eq!(fake.calls(c"cuMemcpyHtoDAsync_v2"), 1);
+    assert_eq!(fake.calls(c"cuEventRecord"), 1);
+    fake.reset_calls();
+    assert_eq!(e.wait(h, Duration::from_secs(10)).unwrap(), Status::Done);
+    assert_eq!(fake.calls(all), 1, "completion: one query");
+    e.release(h).unwrap();
+    e.progress();
+    assert_eq!(fake.calls(all), 1, "progress with nothing in flight asks nothing");
+
+    // Steady state, a window of 16 in flight: three calls per transfer.
+    let mut window = std::collections::VecDeque::with_capacity(16);
+    fake.reset_calls();
+    for i in 0..1000u64 {
+        let h = prepare(i % 256);
+        e.post(h).unwrap();
+        window.push_back(h);
+        if window.len() == 16 {
+            let h = window.pop_front().unwrap();
+            assert_eq!(e.wait(h, Duration::from_secs(10)).unwrap(), Status::Done);
+            e.release(h).unwrap();
+        }
+    }
+    while let Some(h) = window.pop_front() {
+        assert_eq!(e.wait(h, Duration::from_secs(10)).unwrap(), Status::Done);
+        e.release(h).unwrap();
+    }
+    assert_eq!(fake.calls(c"cuEventQuery"), 1000, "one query per transfer");
+    assert_eq!(fake.calls(all), 3000);
+    assert_eq!(fake.calls(c"cuCtxGetCurrent") + fake.calls(c"cuCtxSetCurrent"), 0);
+
+    // Sixteen in flight, none done: a progress turn (and a wait that times out) asks
+    // each stream's oldest only.
+    let streams = CudaConfig::default().streams as i64;
+    fake.hold(true);
+    let handles: Vec<_> = (0..16).map(prepare).collect();
+    for &h in &handles {
+        e.post(h).unwrap();
+    }
+    fake.reset_calls();
+    assert_eq!(e.progress(), 0);
+    assert_eq!(fake.calls(all), streams, "one query per stream, not one per transfer");
+    fake.reset_calls();
+    assert!(matches!(e.wait(handles[5], Duration::ZERO), Err(Error::Timeout { .. })));
+    assert_eq!(fake.calls(all), streams);
+    fake.hold(false);
+    fake.reset_calls();
+    assert_eq!(e.wait(handles[5], Duration::from_secs(10)).unwrap(), Status::Done);
+    for &h in &handles {
+        assert_eq!(e.wait(h, Duration::from_secs(10)).unwrap(), Status::Done);
+        e.release(h).unwrap();
+    }
+    assert_eq!(fake.calls(all), 16, "one query per transfer that ended");
+
+    // 64 scattered blocks: one batch call and the record; without the batch API, one
+    // copy per block.
+    let ids: Vec<u32> = (0..64).map(|k| (k * 37) % 256).collect();
+    let sorted: Vec<u32> = (0..64).collect();
+    let post_blocks = |e: &Engine, host, gpu| {
+        let local = [ringxfer::Blocks::indexed(host, 0, 4096, 4096, &ids)];
+        let remote = [ringxfer::Blocks::indexed(gpu, 0, 4096, 4096, &sorted)];
+        let h = e
+            .prepare_blocks(Op::Write, &local, e.local_peer(), &remote, None)
+            .unwrap();
+        fake.reset_calls();
+        e.post(h).unwrap();
+        let posted = fake.calls(all);
+        assert_eq!(e.wait(h, Duration::from_secs(10)).unwrap(), Status::Done);
+        e.release(h).unwrap();
+        posted
+    };
+    assert_eq!(
+        post_blocks(&e, host, gpu),
+        2,
+        "64 blocks: one batch call and the record"
+    );
+    assert_eq!(fake.calls(c"cuMemcpyBatchAsync_v2"), 1);
+    let unbatched = Engine::new(Config {
+        name: "gpu-unbatched".into(),
+        cuda: Some(CudaConfig {
+            batch: false,
+            ..CudaConfig::default()
+        }),
+        ..config()
+    })
+    .unwrap();
+    assert!(!unbatched.stats().cuda_batch);
+    let (host2, gpu2) = (
+        unbatched.alloc_region(1 << 20).unwrap(),
+        unbatched.alloc_vram(1 << 20).unwrap(),
+    );
+    assert_eq!(
+        post_blocks(&unbatched, host2, gpu2),
+        65,
+        "one copy per block, then the record"
+    );
+    assert_eq!(fake.calls(c"cuMemcpyBatchAsync_v2"), 0);
+    drop(unbatched);
+
+    fake.set_polls(2);
+    e.check_quiescent().unwrap();
 }
 
 /// GPU memory and the fabric (`FI_HMEM`), on the providers here: tcp offers no

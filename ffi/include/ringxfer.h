@@ -58,6 +58,10 @@
 // (`cuMemCreate`), shared with peers as a file descriptor (`CudaConfig::vmm`).
 #define RX_CUDA_VMM 4
 
+// `rx_config::cuda_flags`: one `cuMemcpy*Async` per run, never the batch API
+// (`CudaConfig::batch` off).
+#define RX_CUDA_NO_BATCH 8
+
 // `rx_config::fabric_flags`: turn the fabric transport on.
 #define RX_FABRIC_ENABLE 1
 
@@ -401,6 +405,9 @@ typedef struct {
   // Peers' GPU regions mapped into this process: one mapping per distinct IPC
   // handle per peer in another process on this node (0 without the cuda transport).
   uint64_t cuda_ipc_mappings;
+  // 1 where the cuda transport posts a transfer's runs with `cuMemcpyBatchAsync`,
+  // 0 where it makes one copy call per run or has no cuda transport.
+  uint64_t cuda_batch;
 } rx_stats;
 
 #ifdef __cplusplus

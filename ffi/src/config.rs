@@ -68,6 +68,9 @@ pub const RX_CUDA_NO_PIN_HOST: u32 = 2;
 /// `rx_config::cuda_flags`: allocate `rx_alloc_vram` memory with the VMM API
 /// (`cuMemCreate`), shared with peers as a file descriptor (`CudaConfig::vmm`).
 pub const RX_CUDA_VMM: u32 = 4;
+/// `rx_config::cuda_flags`: one `cuMemcpy*Async` per run, never the batch API
+/// (`CudaConfig::batch` off).
+pub const RX_CUDA_NO_BATCH: u32 = 8;
 
 /// `rx_config::fabric_flags`: turn the fabric transport on.
 pub const RX_FABRIC_ENABLE: u32 = 1;
@@ -170,7 +173,7 @@ unsafe fn fabric_from(cfg: &rx_config) -> Result<Option<FabricConfig>, rx_status
 
 /// The cuda transport `cfg` asks for: `None` without `RX_CUDA_ENABLE`.
 fn cuda_from(cfg: &rx_config) -> Result<Option<CudaConfig>, rx_status> {
-    if cfg.cuda_flags & !(RX_CUDA_ENABLE | RX_CUDA_NO_PIN_HOST | RX_CUDA_VMM) != 0 {
+    if cfg.cuda_flags & !(RX_CUDA_ENABLE | RX_CUDA_NO_PIN_HOST | RX_CUDA_VMM | RX_CUDA_NO_BATCH) != 0 {
         return Err(invalid("unknown cuda_flags"));
     }
     if cfg.cuda_flags & RX_CUDA_ENABLE == 0 {
@@ -182,5 +185,6 @@ fn cuda_from(cfg: &rx_config) -> Result<Option<CudaConfig>, rx_status> {
         stream: (cfg.cuda_stream != 0).then_some(cfg.cuda_stream),
         pin_host: cfg.cuda_flags & RX_CUDA_NO_PIN_HOST == 0,
         vmm: cfg.cuda_flags & RX_CUDA_VMM != 0,
+        batch: cfg.cuda_flags & RX_CUDA_NO_BATCH == 0,
     }))
 }

@@ -49,6 +49,9 @@ pub struct rx_stats {
     /// Peers' GPU regions mapped into this process: one mapping per distinct IPC
     /// handle per peer in another process on this node (0 without the cuda transport).
     pub cuda_ipc_mappings: u64,
+    /// 1 where the cuda transport posts a transfer's runs with `cuMemcpyBatchAsync`,
+    /// 0 where it makes one copy call per run or has no cuda transport.
+    pub cuda_batch: u64,
 }
 
 /// Writes the engine's counters and ledger to `*out`.
@@ -87,5 +90,6 @@ fn stats_of(s: EngineStats) -> rx_stats {
         notifications_delivered: s.notifications_delivered,
         notifications_stale: s.notifications_stale,
         cuda_ipc_mappings: s.cuda_ipc_mappings as u64,
+        cuda_batch: s.cuda_batch as u64,
     }
 }

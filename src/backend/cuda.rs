@@ -17,12 +17,15 @@
 // Unsafe code: the CUDA driver API (the crate root denies it elsewhere).
 #![allow(unsafe_code)]
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys;
 
+use super::cuda_batch::{BatchFn, Kinds, Staged};
 use super::cuda_config::CudaConfig;
+use super::cuda_order::StreamOrder;
 use crate::error::{Error, Result};
 use crate::mem::Resolved;
 use crate::ring::{FailCode, FailSource, Handle, Outcome, PinLane, TransportId};
@@ -65,8 +68,13 @@ pub(crate) struct Cuda {
     /// enqueued); the transfer ends with it once the event says the stream drained.
     failed: Box<[AtomicU32]>,
     pending: AtomicUsize,
-    /// One bit per slot with a transfer in flight, so progress visits only those.
-    busy: Box<[AtomicU64]>,
+    /// Per stream, its transfers in flight oldest first: progress queries only the
+    /// oldest not yet ended (`cuda_order`).
+    order: StreamOrder,
+    /// `cuMemcpyBatchAsync`, where the driver has it and `CudaConfig::batch` is on.
+    batch: Option<BatchFn>,
+    /// Per slot: the copies staged for the batch call (`cuda_batch`).
+    staged: Box<[Mutex<Staged>]>,
     progress: Mutex<()>,
     events_live: AtomicUsize,
     pin_host: bool,
@@ -180,7 +188,16 @@ impl Cuda {
             in_flight: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
             failed: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
             pending: AtomicUsize::new(0),
-            busy: (0..capacity.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            order: StreamOrder::new(
+                if config.stream.is_some() {
+                    1
+                } else {
+                    config.streams.max(1)
+                },
+                capacity,
+            ),
+            batch: None,
+            staged: Box::new([]),
             progress: Mutex::new(()),
             events_live: AtomicUsize::new(0),
             pin_host: config.pin_host,
@@ -264,19 +281,42 @@ impl Cuda {
             }
             check(sys::cuStreamSynchronize(s), "cuStreamSynchronize")?;
         }
+        // The batch API, resolved now so posting never looks a symbol up. Not on the
+        // legacy default stream (a caller's stream 0), which it does not take.
+        if config.batch && !cuda.streams[0].is_null() {
+            cuda.batch = BatchFn::probe();
+        }
+        cuda.staged = (0..capacity)
+            .map(|_| Mutex::new(Staged::new(cuda.batch.is_some())))
+            .collect();
         Ok(cuda)
     }
 
-    /// Makes the engine's context current on this thread. The driver is asked which
-    /// context is current (the caller's code may have switched it since).
+    /// Makes the engine's context current on this thread, once: the thread remembers
+    /// the context it made current, and later calls cost no driver call. A thread
+    /// that makes another context current and then uses the engine again must make
+    /// the engine's current again (`cudaSetDevice` of its device does that: the
+    /// engine uses the device's primary context); a failed post forgets what the
+    /// thread remembered, so the next call asks the driver again.
     pub(crate) fn make_current(&self) -> Result<()> {
-        let mut current: sys::CUcontext = std::ptr::null_mut();
-        // SAFETY: a valid out-pointer.
-        if unsafe { sys::cuCtxGetCurrent(&mut current) } == sys::CUresult::CUDA_SUCCESS && current == self.ctx {
+        let ctx = self.ctx as usize;
+        if CURRENT.with(Cell::get) == ctx {
             return Ok(());
         }
-        // SAFETY: a retained context.
-        check(unsafe { sys::cuCtxSetCurrent(self.ctx) }, "cuCtxSetCurrent")
+        let mut current: sys::CUcontext = std::ptr::null_mut();
+        // SAFETY: a valid out-pointer.
+        let same = unsafe { sys::cuCtxGetCurrent(&mut current) } == sys::CUresult::CUDA_SUCCESS && current == self.ctx;
+        if !same {
+            // SAFETY: a retained context.
+            check(unsafe { sys::cuCtxSetCurrent(self.ctx) }, "cuCtxSetCurrent")?;
+        }
+        CURRENT.with(|c| c.set(ctx));
+        Ok(())
+    }
+
+    /// Whether posting uses `cuMemcpyBatchAsync`.
+    pub(crate) fn batches(&self) -> bool {
+        self.batch.is_some()
     }
 
     /// Bytes of host memory it allocated at start (its per-slot tables; the events
@@ -284,7 +324,8 @@ impl Cuda {
     pub(crate) fn bytes(&self) -> usize {
         std::mem::size_of_val(&*self.in_flight)
             + std::mem::size_of_val(&*self.failed)
-            + std::mem::size_of_val(&*self.busy)
+            + self.order.bytes()
+            + self.staged.first().map_or(0, |s| lock(s).bytes() * self.staged.len())
             + std::mem::size_of_val(&*self.events)
     }
 
@@ -361,6 +402,7 @@ impl Cuda {
         let index = handle.index() as usize;
         let stream = self.streams[index % self.streams.len()];
         let event = self.events[index];
+        let mut staged = lock(&self.staged[index]);
         let mut failure = None;
         for run in runs {
             let (l, o) = (&run.local, &run.other(&other[run.pair]));
@@ -368,23 +410,47 @@ impl Cuda {
                 Op::Write => (l, o),
                 Op::Read => (o, l),
             };
-            // SAFETY: both sides are pinned by the transfer until its slot is freed,
-            // which waits for the event; lengths were checked equal at prepare.
-            let r = unsafe {
-                match (src.vram, dst.vram) {
-                    (false, true) => sys::cuMemcpyHtoDAsync_v2(dst.addr as u64, src.addr as *const _, src.len, stream),
-                    (true, false) => sys::cuMemcpyDtoHAsync_v2(dst.addr as *mut _, src.addr as u64, src.len, stream),
-                    (true, true) => sys::cuMemcpyDtoDAsync_v2(dst.addr as u64, src.addr as u64, src.len, stream),
-                    (false, false) => {
-                        std::ptr::copy(src.addr as *const u8, dst.addr as *mut u8, src.len);
-                        sys::CUresult::CUDA_SUCCESS
-                    }
+            let kinds = Kinds {
+                src_vram: src.vram,
+                dst_vram: dst.vram,
+            };
+            let r = if !src.vram && !dst.vram {
+                // SAFETY: both host ranges are held by the transfer; lengths were
+                // checked equal at prepare.
+                unsafe { std::ptr::copy(src.addr as *const u8, dst.addr as *mut u8, src.len) };
+                sys::CUresult::CUDA_SUCCESS
+            } else if let Some(batch) = self.batch {
+                let mut r = sys::CUresult::CUDA_SUCCESS;
+                if staged.is_full() {
+                    r = staged.issue(batch, stream, self.ordinal);
                 }
+                staged.push(dst.addr as u64, src.addr as u64, src.len, kinds);
+                r
+            } else {
+                // SAFETY: as `copy_one` asks.
+                unsafe { copy_one(dst.addr as u64, src.addr as u64, src.len, kinds, stream) }
             };
             if r != sys::CUresult::CUDA_SUCCESS {
                 failure = Some(fail_code(r));
                 break;
             }
+        }
+        if failure.is_some() {
+            staged.clear();
+        }
+        let r = match (staged.len(), self.batch) {
+            (0, _) | (_, None) => sys::CUresult::CUDA_SUCCESS,
+            (1, _) => {
+                let (dst, src, len, kinds) = staged.only();
+                staged.clear();
+                // SAFETY: as `copy_one` asks: a staged run of this transfer.
+                unsafe { copy_one(dst, src, len, kinds, stream) }
+            }
+            (_, Some(batch)) => staged.issue(batch, stream, self.ordinal),
+        };
+        drop(staged);
+        if r != sys::CUresult::CUDA_SUCCESS {
+            failure = Some(fail_code(r));
         }
         // SAFETY: the slot's own event, used by this transfer only.
         let recorded = unsafe { sys::cuEventRecord(event, stream) };
@@ -393,7 +459,11 @@ impl Cuda {
             // enqueued above touches the regions after the slot is freed.
             // SAFETY: our stream.
             let _ = unsafe { sys::cuStreamSynchronize(stream) };
+            forget_current();
             return Ok(Err(Outcome::Failed(failure.unwrap_or(fail_code(recorded)))));
+        }
+        if failure.is_some() {
+            forget_current();
         }
         Ok(Ok(failure.map_or(0, FailCode::to_bits)))
     }
@@ -404,7 +474,8 @@ impl Cuda {
         self.failed[index].store(failure, Ordering::Relaxed);
         self.in_flight[index].store(handle.to_raw(), Ordering::Release);
         self.pending.fetch_add(1, Ordering::AcqRel);
-        self.busy[index / 64].fetch_or(1 << (index % 64), Ordering::AcqRel);
+        let queued = self.order.push(index % self.order.streams(), index as u32);
+        debug_assert!(queued, "a slot is queued once while in flight");
     }
 
     /// Queries the events of transfers in flight; reports the ended ones to `sink`.
@@ -417,23 +488,21 @@ impl Cuda {
             return 0;
         }
         let mut ended = 0;
-        for (word_index, word) in self.busy.iter().enumerate() {
-            let mut bits = word.load(Ordering::Acquire);
-            while bits != 0 {
-                let bit = bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                let index = word_index * 64 + bit;
-                if self.poll(index, sink) {
-                    ended += 1;
+        for stream in 0..self.order.streams() {
+            // Oldest first; the first not yet done ends this stream's turn.
+            while let Some(index) = self.order.front(stream) {
+                if !self.poll(stream, index as usize, sink) {
+                    break;
                 }
+                ended += 1;
             }
         }
         ended
     }
 
-    /// Queries slot `index`'s event; true (and reported to `sink`) if its transfer
-    /// ended.
-    fn poll(&self, index: usize, sink: Sink<'_>) -> bool {
+    /// Queries slot `index`'s event (the oldest on `stream`); true (and reported to
+    /// `sink`) if its transfer ended.
+    fn poll(&self, stream: usize, index: usize, sink: Sink<'_>) -> bool {
         let slot = &self.in_flight[index];
         {
             let raw = slot.load(Ordering::Acquire);
@@ -460,15 +529,45 @@ impl Cuda {
                 let mut peer = self.peer_slots[index].lock().unwrap_or_else(|e| e.into_inner());
                 peer.release(Handle::from_raw(raw), outcome == Outcome::Done);
             }
-            // Cleared before the slot can be reused (the sink frees it): a new
-            // transfer in the slot sets its own bit afterwards.
-            self.busy[index / 64].fetch_and(!(1 << (index % 64)), Ordering::AcqRel);
+            // Dequeued before the slot can be reused (the sink frees it): a new
+            // transfer in the slot queues itself afterwards.
+            self.order.pop(stream);
             slot.store(0, Ordering::Release);
             self.pending.fetch_sub(1, Ordering::AcqRel);
             sink(Handle::from_raw(raw), outcome);
             true
         }
     }
+}
+
+/// Enqueues one copy on `stream`, by the kind of its sides.
+///
+/// # Safety
+/// Both ranges are live for `len` bytes until the stream passes this copy (the
+/// transfer holds them until its event completes); at least one side is device memory.
+unsafe fn copy_one(dst: u64, src: u64, len: usize, kinds: Kinds, stream: sys::CUstream) -> sys::CUresult {
+    // SAFETY: as the caller promises.
+    unsafe {
+        match (kinds.src_vram, kinds.dst_vram) {
+            (false, _) => sys::cuMemcpyHtoDAsync_v2(dst, src as *const _, len, stream),
+            (true, false) => sys::cuMemcpyDtoHAsync_v2(dst as *mut _, src, len, stream),
+            (true, true) => sys::cuMemcpyDtoDAsync_v2(dst, src, len, stream),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+thread_local! {
+    /// The context this thread's engine calls made current (0: none yet).
+    static CURRENT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Makes the next `make_current` on this thread ask the driver again.
+fn forget_current() {
+    CURRENT.with(|c| c.set(0));
 }
 
 impl Drop for Cuda {
@@ -627,6 +726,7 @@ impl Transport for Cuda {
 
     fn stats(&self, stats: &mut TransportStats) {
         stats.cuda_events = self.events_live();
+        stats.cuda_batch = self.batches();
         stats.cuda_ipc_mappings = self.ipc_mappings.load(Ordering::Relaxed);
     }
 

@@ -25,6 +25,11 @@ pub struct CudaConfig {
     /// same rights as `ptrace` over this process) instead of a legacy IPC handle.
     /// Default false.
     pub vmm: bool,
+    /// Post a transfer of several runs with `cuMemcpyBatchAsync` (one driver call per
+    /// 64 runs) where the driver has it (CUDA 12.8 and later), rather than one
+    /// `cuMemcpy*Async` per run; `Stats::cuda_batch` says which path is in use. Not
+    /// with a caller's `stream` 0 (the legacy default stream). Default true.
+    pub batch: bool,
 }
 
 impl Default for CudaConfig {
@@ -35,6 +40,7 @@ impl Default for CudaConfig {
             stream: None,
             pin_host: true,
             vmm: false,
+            batch: true,
         }
     }
 }

@@ -39,9 +39,13 @@
 
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda_batch;
 pub(crate) mod cuda_config;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda_ipc;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda_order;
 #[cfg(all(feature = "cuda", feature = "testing"))]
 pub(crate) mod cuda_raw;
 #[cfg(feature = "cuda")]
@@ -383,6 +387,7 @@ pub(crate) struct TransportStats {
     pub(crate) fabric: FabricStats,
     pub(crate) cuda_events: usize,
     pub(crate) cuda_ipc_mappings: usize,
+    pub(crate) cuda_batch: bool,
     #[cfg(feature = "testing")]
     pub(crate) sim: sim::SimStats,
 }

@@ -42,6 +42,11 @@ pub struct EngineStats {
     /// closed when the peer is reloaded without it or the engine is dropped; 0
     /// without the cuda transport).
     pub cuda_ipc_mappings: usize,
+    /// Whether the cuda transport posts a transfer's runs with one
+    /// `cuMemcpyBatchAsync` call (per 64 runs) rather than one `cuMemcpy*Async` per
+    /// run: true where the driver has it (CUDA 12.8 and later) and
+    /// `CudaConfig::batch` is on.
+    pub cuda_batch: bool,
     /// What the sim transport did (all zero without it; cargo feature `testing`).
     #[cfg(feature = "testing")]
     pub sim: SimStats,
@@ -89,6 +94,7 @@ impl Engine {
             fabric: transports.fabric,
             cuda_events: transports.cuda_events,
             cuda_ipc_mappings: transports.cuda_ipc_mappings,
+            cuda_batch: transports.cuda_batch,
             #[cfg(feature = "testing")]
             sim: transports.sim,
             bytes: self.fixed_bytes + self.core.shared.registry.owned_bytes(),

@@ -12,7 +12,14 @@
  *   fake_cuda_host_pins()       host ranges registered (cuMemHostRegister) and not
  *                               unregistered
  *   fake_cuda_fail(what, nth)   make the nth call from now of `what` fail
- *                               (1 cuEventRecord, 2 any cuMemcpy*Async, 3 cuEventQuery)
+ *                               (1 cuEventRecord, 2 any cuMemcpy*Async, 3 cuEventQuery,
+ *                               4 cuMemcpyBatchAsync*)
+ *   fake_cuda_calls(name)       calls of entry point `name` (all of them for "")
+ *   fake_cuda_calls_reset()     zeroes those counts
+ *   fake_cuda_set_polls(n)      queries an event reads NOT_READY after its record (2)
+ *   fake_cuda_hold(on)          while on, no recorded event completes
+ *   fake_cuda_copies()          copies made by cuMemcpy*Async calls
+ *   fake_cuda_batched()         copies made inside cuMemcpyBatchAsync calls
  *   fake_cuda_ipc_open()        IPC mappings opened (cuIpcOpenMemHandle) and not
  *                               closed, in this process
  *   fake_cuda_ipc_opened()      IPC mappings opened since load, in this process
@@ -62,9 +69,50 @@ struct fake_event { int recorded; int polls_left; unsigned magic; };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static long events_live, events_created;
-static long fail_record, fail_copy, fail_query; /* countdowns; 0 = off */
+static long fail_record, fail_copy, fail_query, fail_batch; /* countdowns; 0 = off */
 static int initialised;
 static struct fake_ctx the_ctx;
+
+/* Driver calls per entry point since load (or since fake_cuda_calls_reset). */
+#define MAX_ENTRY_POINTS 64
+static struct { const char *name; long calls; } entry_points[MAX_ENTRY_POINTS];
+static long calls_total;
+
+static void count_call(const char *name) {
+  pthread_mutex_lock(&lock);
+  calls_total++;
+  for (int i = 0; i < MAX_ENTRY_POINTS; i++) {
+    if (!entry_points[i].name) entry_points[i].name = name;
+    if (entry_points[i].name == name || strcmp(entry_points[i].name, name) == 0) {
+      entry_points[i].calls++;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&lock);
+}
+/* Calls of `name` (every entry point's for "") since load or the last reset. */
+long fake_cuda_calls(const char *name) {
+  long n = 0;
+  pthread_mutex_lock(&lock);
+  if (!name || !*name) n = calls_total;
+  for (int i = 0; name && *name && i < MAX_ENTRY_POINTS && entry_points[i].name; i++)
+    if (strcmp(entry_points[i].name, name) == 0) n = entry_points[i].calls;
+  pthread_mutex_unlock(&lock);
+  return n;
+}
+void fake_cuda_calls_reset(void) {
+  pthread_mutex_lock(&lock);
+  calls_total = 0;
+  for (int i = 0; i < MAX_ENTRY_POINTS; i++) entry_points[i].calls = 0;
+  pthread_mutex_unlock(&lock);
+}
+
+/* Queries an event answers NOT_READY after its record before it completes: 2 by
+ * default; 0 makes work complete by the first query (a GPU that is done). While held
+ * (fake_cuda_hold(1)) no recorded event completes. */
+static int polls_per_event = 2, held;
+void fake_cuda_set_polls(int polls) { __atomic_store_n(&polls_per_event, polls, __ATOMIC_SEQ_CST); }
+void fake_cuda_hold(int on) { __atomic_store_n(&held, on, __ATOMIC_SEQ_CST); }
 
 long fake_cuda_events_live(void) { return __atomic_load_n(&events_live, __ATOMIC_SEQ_CST); }
 long fake_cuda_events_created(void) { return __atomic_load_n(&events_created, __ATOMIC_SEQ_CST); }
@@ -74,6 +122,7 @@ void fake_cuda_fail(int what, long nth) {
   if (what == 1) fail_record = nth;
   if (what == 2) fail_copy = nth;
   if (what == 3) fail_query = nth;
+  if (what == 4) fail_batch = nth;
   pthread_mutex_unlock(&lock);
 }
 
@@ -87,61 +136,73 @@ static int should_fail(long *countdown) {
 }
 
 CUresult cuInit(unsigned flags) {
+  count_call(__func__);
   (void)flags;
   initialised = 1;
   return CUDA_SUCCESS;
 }
 CUresult cuDeviceGetCount(int *count) {
+  count_call(__func__);
   if (!initialised) return CUDA_ERROR_NOT_INITIALIZED;
   *count = 2;
   return CUDA_SUCCESS;
 }
 /* Two devices, each reaching the other (memory is host memory either way). */
 CUresult cuDeviceGet(CUdevice *device, int ordinal) {
+  count_call(__func__);
   if (ordinal < 0 || ordinal > 1) return CUDA_ERROR_INVALID_VALUE;
   *device = ordinal;
   return CUDA_SUCCESS;
 }
 CUresult cuDeviceCanAccessPeer(int *can, CUdevice device, CUdevice peer) {
+  count_call(__func__);
   if (device < 0 || device > 1 || peer < 0 || peer > 1) return CUDA_ERROR_INVALID_VALUE;
   *can = 1;
   return CUDA_SUCCESS;
 }
 CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice device) {
+  count_call(__func__);
   the_ctx.device = device;
   *ctx = &the_ctx;
   return CUDA_SUCCESS;
 }
 CUresult cuDevicePrimaryCtxRelease_v2(CUdevice device) {
+  count_call(__func__);
   (void)device;
   return CUDA_SUCCESS;
 }
 static __thread CUcontext current;
 CUresult cuCtxSetCurrent(CUcontext ctx) {
+  count_call(__func__);
   if (ctx != &the_ctx && ctx != NULL) return CUDA_ERROR_INVALID_VALUE;
   current = ctx;
   return CUDA_SUCCESS;
 }
 CUresult cuCtxGetCurrent(CUcontext *ctx) {
+  count_call(__func__);
   *ctx = current;
   return CUDA_SUCCESS;
 }
 
 CUresult cuStreamCreate(CUstream *stream, unsigned flags) {
+  count_call(__func__);
   (void)flags;
   *stream = calloc(1, sizeof **stream);
   return *stream ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
 }
 CUresult cuStreamDestroy_v2(CUstream stream) {
+  count_call(__func__);
   free(stream);
   return CUDA_SUCCESS;
 }
 CUresult cuStreamSynchronize(CUstream stream) {
+  count_call(__func__);
   (void)stream;
   return CUDA_SUCCESS;
 }
 
 CUresult cuEventCreate(CUevent *event, unsigned flags) {
+  count_call(__func__);
   (void)flags;
   struct fake_event *e = calloc(1, sizeof *e);
   if (!e) return CUDA_ERROR_OUT_OF_MEMORY;
@@ -152,6 +213,7 @@ CUresult cuEventCreate(CUevent *event, unsigned flags) {
   return CUDA_SUCCESS;
 }
 CUresult cuEventDestroy_v2(CUevent event) {
+  count_call(__func__);
   if (!event || event->magic != EVENT_MAGIC) return CUDA_ERROR_INVALID_HANDLE;
   event->magic = 0;
   free(event);
@@ -159,18 +221,21 @@ CUresult cuEventDestroy_v2(CUevent event) {
   return CUDA_SUCCESS;
 }
 CUresult cuEventRecord(CUevent event, CUstream stream) {
+  count_call(__func__);
   (void)stream;
   if (!event || event->magic != EVENT_MAGIC) return CUDA_ERROR_INVALID_HANDLE;
   if (should_fail(&fail_record)) return CUDA_ERROR_LAUNCH_FAILED;
-  __atomic_store_n(&event->polls_left, 2, __ATOMIC_SEQ_CST);
+  __atomic_store_n(&event->polls_left, __atomic_load_n(&polls_per_event, __ATOMIC_SEQ_CST), __ATOMIC_SEQ_CST);
   __atomic_store_n(&event->recorded, 1, __ATOMIC_SEQ_CST);
   return CUDA_SUCCESS;
 }
 CUresult cuEventQuery(CUevent event) {
+  count_call(__func__);
   if (!event || event->magic != EVENT_MAGIC) return CUDA_ERROR_INVALID_HANDLE;
   if (should_fail(&fail_query)) return CUDA_ERROR_ILLEGAL_ADDRESS;
   /* Like the real driver: an event never recorded reads as complete. */
   if (__atomic_load_n(&event->recorded, __ATOMIC_SEQ_CST) == 0) return CUDA_SUCCESS;
+  if (__atomic_load_n(&held, __ATOMIC_SEQ_CST)) return CUDA_ERROR_NOT_READY;
   if (__atomic_load_n(&event->polls_left, __ATOMIC_SEQ_CST) > 0) {
     __atomic_sub_fetch(&event->polls_left, 1, __ATOMIC_SEQ_CST);
     return CUDA_ERROR_NOT_READY;
@@ -262,12 +327,14 @@ static struct vmap *vmap_of(CUdeviceptr p) {
 }
 
 CUresult cuMemGetAllocationGranularity(size_t *granularity, const void *prop, int option) {
+  count_call(__func__);
   (void)prop, (void)option;
   *granularity = 65536;
   return CUDA_SUCCESS;
 }
 CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, const void *prop,
                      unsigned long long flags) {
+  count_call(__func__);
   (void)flags;
   if (size == 0 || size % 65536) return CUDA_ERROR_INVALID_VALUE;
   int types = ((const int *)prop)[1]; /* CUmemAllocationProp.requestedHandleTypes */
@@ -287,6 +354,7 @@ CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, const vo
   return *handle ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
 }
 CUresult cuMemRelease(CUmemGenericAllocationHandle handle) {
+  count_call(__func__);
   pthread_mutex_lock(&lock);
   struct phys *p = phys_of(handle);
   if (p) unref_phys(p);
@@ -295,6 +363,7 @@ CUresult cuMemRelease(CUmemGenericAllocationHandle handle) {
 }
 CUresult cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t align, CUdeviceptr addr,
                              unsigned long long flags) {
+  count_call(__func__);
   (void)align, (void)addr, (void)flags;
   void *p = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
@@ -302,10 +371,12 @@ CUresult cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t align, CUdevi
   return CUDA_SUCCESS;
 }
 CUresult cuMemAddressFree(CUdeviceptr ptr, size_t size) {
+  count_call(__func__);
   return munmap((void *)(uintptr_t)ptr, size) == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle handle,
                   unsigned long long flags) {
+  count_call(__func__);
   (void)flags;
   pthread_mutex_lock(&lock);
   struct phys *p = phys_of(handle);
@@ -323,6 +394,7 @@ CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAlloc
   return m != MAP_FAILED ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 CUresult cuMemUnmap(CUdeviceptr ptr, size_t size) {
+  count_call(__func__);
   pthread_mutex_lock(&lock);
   struct vmap *v = vmap_of(ptr);
   int ok = v && v->base == ptr && v->size == size;
@@ -335,6 +407,7 @@ CUresult cuMemUnmap(CUdeviceptr ptr, size_t size) {
   return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const void *desc, size_t count) {
+  count_call(__func__);
   (void)desc;
   pthread_mutex_lock(&lock);
   struct vmap *v = vmap_of(ptr);
@@ -342,6 +415,7 @@ CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const void *desc, size_t c
   return v && count >= 1 && ptr + size <= v->base + v->size ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *handle, void *addr) {
+  count_call(__func__);
   pthread_mutex_lock(&lock);
   struct vmap *v = vmap_of((CUdeviceptr)(uintptr_t)addr);
   if (v) {
@@ -354,6 +428,7 @@ CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *handle, void 
 /* The first 16 bytes of CUmemAllocationProp: pinned, the requested handle types,
    on device 0. */
 CUresult cuMemGetAllocationPropertiesFromHandle(void *prop, CUmemGenericAllocationHandle handle) {
+  count_call(__func__);
   pthread_mutex_lock(&lock);
   struct phys *p = phys_of(handle);
   if (p) {
@@ -367,6 +442,7 @@ CUresult cuMemGetAllocationPropertiesFromHandle(void *prop, CUmemGenericAllocati
    for it exports one. */
 CUresult cuMemExportToShareableHandle(void *shareable, CUmemGenericAllocationHandle handle, int type,
                                       unsigned long long flags) {
+  count_call(__func__);
   (void)flags;
   if (type != 1) return CUDA_ERROR_NOT_SUPPORTED;
   pthread_mutex_lock(&lock);
@@ -378,6 +454,7 @@ CUresult cuMemExportToShareableHandle(void *shareable, CUmemGenericAllocationHan
   return CUDA_SUCCESS;
 }
 CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle, void *os_handle, int type) {
+  count_call(__func__);
   if (type != 1) return CUDA_ERROR_NOT_SUPPORTED;
   int fd = dup((int)(intptr_t)os_handle);
   struct stat st;
@@ -394,6 +471,7 @@ CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle, vo
 }
 
 CUresult cuMemAlloc_v2(CUdeviceptr *ptr, size_t bytes) {
+  count_call(__func__);
   size_t size = bytes ? bytes : 1;
   pthread_mutex_lock(&lock);
   struct mapping *m = free_entry(allocs);
@@ -414,6 +492,7 @@ CUresult cuMemAlloc_v2(CUdeviceptr *ptr, size_t bytes) {
   return CUDA_SUCCESS;
 }
 CUresult cuMemFree_v2(CUdeviceptr ptr) {
+  count_call(__func__);
   pthread_mutex_lock(&lock);
   struct mapping *m = entry_of(allocs, ptr);
   if (!m || m->base != ptr) {
@@ -427,6 +506,7 @@ CUresult cuMemFree_v2(CUdeviceptr ptr) {
   return CUDA_SUCCESS;
 }
 CUresult cuMemGetAddressRange_v2(CUdeviceptr *base, size_t *size, CUdeviceptr ptr) {
+  count_call(__func__);
   pthread_mutex_lock(&lock);
   struct mapping *m = entry_of(allocs, ptr);
   if (!m) m = entry_of(opened, ptr);
@@ -448,6 +528,7 @@ typedef struct { char reserved[64]; } CUipcMemHandle;
 static const char HANDLE_MAGIC[8] = "rxfake1";
 
 CUresult cuIpcGetMemHandle(CUipcMemHandle *handle, CUdeviceptr ptr) {
+  count_call(__func__);
   pthread_mutex_lock(&lock);
   struct mapping *m = entry_of(allocs, ptr);
   if (m) {
@@ -460,6 +541,7 @@ CUresult cuIpcGetMemHandle(CUipcMemHandle *handle, CUdeviceptr ptr) {
   return m ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *ptr, CUipcMemHandle handle, unsigned flags) {
+  count_call(__func__);
   (void)flags;
   if (memcmp(handle.reserved, HANDLE_MAGIC, 8) != 0) return CUDA_ERROR_INVALID_VALUE;
   size_t size;
@@ -487,6 +569,7 @@ CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *ptr, CUipcMemHandle handle, unsigned
   return CUDA_SUCCESS;
 }
 CUresult cuIpcCloseMemHandle(CUdeviceptr ptr) {
+  count_call(__func__);
   pthread_mutex_lock(&lock);
   struct mapping *m = entry_of(opened, ptr);
   if (!m || m->base != ptr) {
@@ -501,6 +584,7 @@ CUresult cuIpcCloseMemHandle(CUdeviceptr ptr) {
 }
 typedef struct { char bytes[16]; } CUuuid;
 CUresult cuDeviceGetUuid(CUuuid *uuid, CUdevice device) {
+  count_call(__func__);
   if (device < 0 || device > 1) return CUDA_ERROR_INVALID_VALUE;
   memcpy(uuid->bytes, device ? "rxfake-gpu-0001" : "rxfake-gpu-0000", 16);
   return CUDA_SUCCESS;
@@ -517,32 +601,75 @@ static CUresult copy(void *dst, const void *src, size_t n) {
   return CUDA_SUCCESS;
 }
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, CUstream s) {
+  count_call(__func__);
   (void)s;
   return copy((void *)(uintptr_t)dst, src, n);
 }
 CUresult cuMemcpyDtoHAsync_v2(void *dst, CUdeviceptr src, size_t n, CUstream s) {
+  count_call(__func__);
   (void)s;
   return copy(dst, (const void *)(uintptr_t)src, n);
 }
 CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s) {
+  count_call(__func__);
   (void)s;
   return copy((void *)(uintptr_t)dst, (const void *)(uintptr_t)src, n);
 }
 static long host_pins;
 long fake_cuda_host_pins(void) { return __atomic_load_n(&host_pins, __ATOMIC_SEQ_CST); }
 CUresult cuMemHostRegister_v2(void *p, size_t bytes, unsigned flags) {
+  count_call(__func__);
   (void)flags;
   if (!p || !bytes) return CUDA_ERROR_INVALID_VALUE;
   __atomic_add_fetch(&host_pins, 1, __ATOMIC_SEQ_CST);
   return CUDA_SUCCESS;
 }
 CUresult cuMemHostUnregister(void *p) {
+  count_call(__func__);
   if (!p) return CUDA_ERROR_INVALID_VALUE;
   __atomic_sub_fetch(&host_pins, 1, __ATOMIC_SEQ_CST);
   return CUDA_SUCCESS;
 }
 CUresult cuGetErrorString(CUresult error, const char **text) {
+  count_call(__func__);
   (void)error;
   *text = "fake CUDA error";
   return CUDA_SUCCESS;
+}
+
+/* cuMemcpyBatchAsync (CUDA 12.8's, with failIdx) and its CUDA 13 form: `count`
+ * copies in one call, each between any two pointers (the fake's device memory is host
+ * memory). The attributes must be given (one at least, the first applying from copy
+ * 0), as the real driver asks. */
+typedef struct { int type; int id; } CUmemLocation;
+typedef struct { int srcAccessOrder; CUmemLocation srcLocHint, dstLocHint; unsigned flags; } CUmemcpyAttributes;
+static long batched;
+long fake_cuda_batched(void) { return __atomic_load_n(&batched, __ATOMIC_SEQ_CST); }
+static CUresult batch(CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes, size_t count,
+                      CUmemcpyAttributes *attrs, size_t *attrs_idxs, size_t num_attrs, size_t *fail_idx) {
+  if (!dsts || !srcs || !sizes || !count || !attrs || !attrs_idxs || num_attrs == 0 || attrs_idxs[0] != 0)
+    return CUDA_ERROR_INVALID_VALUE;
+  if (attrs[0].srcAccessOrder < 1 || attrs[0].srcAccessOrder > 3) return CUDA_ERROR_INVALID_VALUE;
+  if (should_fail(&fail_batch)) {
+    if (fail_idx) *fail_idx = 0;
+    return CUDA_ERROR_INVALID_VALUE;
+  }
+  for (size_t i = 0; i < count; i++) {
+    if (sizes[i]) memmove((void *)(uintptr_t)dsts[i], (const void *)(uintptr_t)srcs[i], sizes[i]);
+  }
+  __atomic_add_fetch(&batched, (long)count, __ATOMIC_SEQ_CST);
+  return CUDA_SUCCESS;
+}
+CUresult cuMemcpyBatchAsync(CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes, size_t count,
+                            CUmemcpyAttributes *attrs, size_t *attrs_idxs, size_t num_attrs, size_t *fail_idx,
+                            CUstream s) {
+  count_call(__func__);
+  (void)s;
+  return batch(dsts, srcs, sizes, count, attrs, attrs_idxs, num_attrs, fail_idx);
+}
+CUresult cuMemcpyBatchAsync_v2(CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes, size_t count,
+                               CUmemcpyAttributes *attrs, size_t *attrs_idxs, size_t num_attrs, CUstream s) {
+  count_call(__func__);
+  (void)s;
+  return batch(dsts, srcs, sizes, count, attrs, attrs_idxs, num_attrs, NULL);
 }
