@@ -120,8 +120,11 @@ pub enum Error {
         /// The remote value.
         remote: u64,
     },
-    /// More descriptors than `Config::max_descs_per_xfer`.
-    #[error("too many descriptors: {count} (max_descs_per_xfer is {max})")]
+    /// More descriptors than `Config::max_descs_per_xfer` in a transfer (or
+    /// `Config::max_list_descs` in a prepared list).
+    #[error(
+        "too many descriptors: {count} (the limit is {max}: max_descs_per_xfer in a transfer, max_list_descs in a prepared list)"
+    )]
     TooManyDescriptors {
         /// How many were given.
         count: usize,

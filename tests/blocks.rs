@@ -173,6 +173,111 @@ fn kv_blocks_within_the_engine_and_to_a_peer_in_this_process() {
     a.check_quiescent().unwrap();
 }
 
+/// NIXL's pattern: one list prepared over a whole pool of pages (far more entries
+/// than a transfer holds), posted a request's pages at a time by index.
+#[test]
+fn a_list_over_a_page_pool_is_posted_by_index() {
+    let _serial = serial();
+    const POOL: usize = 4096;
+    let a = engine("a");
+    let b = engine("b");
+    let len = POOL * PAGE;
+    let (src, target) = (a.alloc_region(len).unwrap(), b.alloc_region(len).unwrap());
+    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    let data = pattern(len, 3);
+    a.write_region(src, 0, &data).unwrap();
+    // Entry i: the source's page i to the peer's page POOL - 1 - i.
+    let local: Vec<ringxfer::Desc> = (0..POOL)
+        .map(|i| ringxfer::Desc::new(src, (i * PAGE) as u64, PAGE as u64))
+        .collect();
+    let remote: Vec<ringxfer::Desc> = (0..POOL)
+        .map(|i| ringxfer::Desc::new(target, ((POOL - 1 - i) * PAGE) as u64, PAGE as u64))
+        .collect();
+    let list = a.prepare_list(Op::Write, &local, peer, &remote).unwrap();
+    // Posted whole, it is more than a transfer holds.
+    assert!(matches!(
+        a.post_list(list, None),
+        Err(Error::TooManyDescriptors { count: POOL, max: 64 })
+    ));
+
+    let mut want = vec![0u8; len];
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut picks = Vec::with_capacity(64);
+    let mut got = vec![0u8; len];
+    let before = counting::allocations();
+    for round in 0..200 {
+        picks.clear();
+        for _ in 0..1 + round % 64 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            picks.push((rng % POOL as u64) as u32);
+        }
+        let h = a.post_list_indices(list, &picks, None).unwrap();
+        assert_eq!(a.wait(h, WAIT).unwrap(), Status::Done);
+        a.release(h).unwrap();
+        for &i in &picks {
+            let (s, d) = (i as usize * PAGE, (POOL - 1 - i as usize) * PAGE);
+            want[d..d + PAGE].copy_from_slice(&data[s..s + PAGE]);
+        }
+    }
+    assert_eq!(
+        counting::allocations() - before,
+        0,
+        "allocations over 200 posts by index"
+    );
+    b.read_region(target, 0, &mut got).unwrap();
+    assert!(got == want, "the pages picked, and only those, arrived");
+
+    // Bad picks are typed errors and post nothing.
+    let live = a.stats().ring.live;
+    assert!(matches!(
+        a.post_list_indices(list, &[0, POOL as u32], None),
+        Err(Error::InvalidDescriptor { .. })
+    ));
+    assert!(matches!(
+        a.post_list_indices(list, &[], None),
+        Err(Error::InvalidDescriptor { .. })
+    ));
+    assert!(matches!(
+        a.post_list_indices(list, &[1; 65], None),
+        Err(Error::TooManyDescriptors { count: 65, max: 64 })
+    ));
+    assert_eq!(a.stats().ring.live, live);
+    a.release_list(list).unwrap();
+    assert!(matches!(
+        a.post_list_indices(list, &[0], None),
+        Err(Error::UnknownList { .. })
+    ));
+
+    // A list's regions are recorded per run of descriptors into one region: one that
+    // alternates between two regions is fine (each is recorded once) …
+    let other = a.alloc_region(len).unwrap();
+    let mixed: Vec<ringxfer::Desc> = (0..POOL)
+        .map(|i| ringxfer::Desc::new(if i % 2 == 0 { src } else { other }, (i * PAGE) as u64, PAGE as u64))
+        .collect();
+    let list = a.prepare_list(Op::Write, &mixed, peer, &remote).unwrap();
+    a.release_list(list).unwrap();
+    // … but more separate regions than max_descs_per_xfer is refused, holding nothing.
+    let many: Vec<RegionId> = (0..65).map(|_| a.alloc_region(PAGE).unwrap()).collect();
+    let spread: Vec<ringxfer::Desc> = many.iter().map(|&r| ringxfer::Desc::new(r, 0, PAGE as u64)).collect();
+    let refused = a.prepare_list(Op::Write, &spread, peer, &remote[..65]);
+    assert!(matches!(refused, Err(Error::InvalidDescriptor { .. })), "{refused:?}");
+    for r in many {
+        a.deregister(r).unwrap();
+    }
+    assert!(matches!(
+        a.prepare_list(
+            Op::Write,
+            &local[..1].repeat(1 << 16 | 1),
+            peer,
+            &remote[..1].repeat(1 << 16 | 1)
+        ),
+        Err(Error::TooManyDescriptors { .. })
+    ));
+    a.check_quiescent().unwrap();
+}
+
 #[test]
 fn blocks_to_and_from_a_file_in_runs() {
     let _serial = serial();

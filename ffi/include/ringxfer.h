@@ -283,6 +283,9 @@ typedef struct {
   uint32_t max_notif_bytes;
   // Prepared lists alive at once, 1–4096.
   uint32_t max_prepared_lists;
+  // Descriptors per prepared list, 1–2^24 (posted whole, at most
+  // `max_descs_per_xfer`, or by index with `rx_post_list_indices`).
+  uint32_t max_list_descs;
   // Notifications queued per sender: a power of two, 1–2^20.
   uint32_t inbox_capacity;
   // I/O worker threads for file transfers, 0–64 (0 disables them).
@@ -591,6 +594,18 @@ rx_status rx_post_list(const rx_engine *engine,
                        const uint8_t *notif,
                        size_t notif_len,
                        uint64_t *out_handle);
+
+// Posts the entries `indices[0..count]` of a prepared list (descriptor pairs by
+// position; any order, repeats allowed; at most `max_descs_per_xfer`) as one new
+// transfer with an optional notification. An index past the list's end is
+// `RX_INVALID_DESCRIPTOR` and nothing is posted.
+rx_status rx_post_list_indices(const rx_engine *engine,
+                               uint64_t list,
+                               const uint32_t *indices,
+                               size_t count,
+                               const uint8_t *notif,
+                               size_t notif_len,
+                               uint64_t *out_handle);
 
 // Drops a prepared list and its pins.
 rx_status rx_release_list(const rx_engine *engine, uint64_t list);

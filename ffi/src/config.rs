@@ -31,6 +31,9 @@ pub struct rx_config {
     pub max_notif_bytes: u32,
     /// Prepared lists alive at once, 1–4096.
     pub max_prepared_lists: u32,
+    /// Descriptors per prepared list, 1–2^24 (posted whole, at most
+    /// `max_descs_per_xfer`, or by index with `rx_post_list_indices`).
+    pub max_list_descs: u32,
     /// Notifications queued per sender: a power of two, 1–2^20.
     pub inbox_capacity: u32,
     /// I/O worker threads for file transfers, 0–64 (0 disables them).
@@ -91,6 +94,7 @@ pub unsafe extern "C" fn rx_config_default(out: *mut rx_config) -> rx_status {
             max_peers: d.max_peers as u32,
             max_notif_bytes: d.max_notif_bytes as u32,
             max_prepared_lists: d.max_prepared_lists as u32,
+            max_list_descs: d.max_list_descs as u32,
             inbox_capacity: d.inbox_capacity as u32,
             file_workers: d.file_workers as u32,
             file_worker_poll_us: d.file_worker_poll.as_micros() as u32,
@@ -127,6 +131,7 @@ pub(crate) unsafe fn config_from(cfg: &rx_config) -> Result<Config, rx_status> {
     c.max_peers = cfg.max_peers as usize;
     c.max_notif_bytes = cfg.max_notif_bytes as usize;
     c.max_prepared_lists = cfg.max_prepared_lists as usize;
+    c.max_list_descs = cfg.max_list_descs as usize;
     c.inbox_capacity = cfg.inbox_capacity as usize;
     c.file_workers = cfg.file_workers as usize;
     c.file_worker_poll = std::time::Duration::from_micros(u64::from(cfg.file_worker_poll_us));

@@ -378,6 +378,34 @@ pub unsafe extern "C" fn rx_post_list(
     })
 }
 
+/// Posts the entries `indices[0..count]` of a prepared list (descriptor pairs by
+/// position; any order, repeats allowed; at most `max_descs_per_xfer`) as one new
+/// transfer with an optional notification. An index past the list's end is
+/// `RX_INVALID_DESCRIPTOR` and nothing is posted.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rx_post_list_indices(
+    engine: *const rx_engine,
+    list: u64,
+    indices: *const u32,
+    count: usize,
+    notif: *const u8,
+    notif_len: usize,
+    out_handle: *mut u64,
+) -> rx_status {
+    guard(|| {
+        tri!(need(out_handle));
+        // SAFETY: see `engine` and `notification`.
+        let e = tri!(unsafe { self::engine(engine) });
+        // SAFETY: the caller's buffer contract: `count` readable ids (NULL with 0).
+        let indices = tri!(unsafe { slice(indices, count) });
+        // SAFETY: the caller's buffer contract (see `notification`).
+        let notif = tri!(unsafe { notification(notif, notif_len) });
+        let h = rx!(e.post_list_indices(ListId::from_raw(list), indices, notif));
+        // SAFETY: checked non-NULL.
+        unsafe { put(out_handle, h.to_raw()) }
+    })
+}
+
 /// Drops a prepared list and its pins.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn rx_release_list(engine: *const rx_engine, list: u64) -> rx_status {

@@ -45,6 +45,12 @@ pub struct Config {
     /// Prepared descriptor lists alive at once ([`Engine::prepare_list`](crate::Engine::prepare_list)), 1 ..= 4096.
     /// Default 64.
     pub max_prepared_lists: usize,
+    /// Descriptors per prepared list, 1 ..= 2^24. Default 65536. A list is allocated
+    /// by `prepare_list` (control path) and posted whole (then at most
+    /// `max_descs_per_xfer` descriptors) or a subset of it by index
+    /// ([`Engine::post_list_indices`](crate::Engine::post_list_indices)); it may name
+    /// at most `max_descs_per_xfer` separate runs of regions.
+    pub max_list_descs: usize,
     /// Notifications waiting to be popped *per sender* (each sender has its own lane
     /// of the inbox), a power of two 1 ..= 2^20. A full lane is backpressure to that
     /// sender (`InboxFull`), never a silent drop. Default 128. The inbox is a
@@ -77,6 +83,7 @@ impl Default for Config {
             max_peers: 64,
             max_notif_bytes: 256,
             max_prepared_lists: 64,
+            max_list_descs: 1 << 16,
             file_workers: 2,
             file_worker_poll: Duration::from_micros(100),
             inbox_capacity: 128,
@@ -100,6 +107,9 @@ impl Config {
         }
         if self.max_descs_per_xfer == 0 || self.max_descs_per_xfer > 1 << 16 {
             return bad("max_descs_per_xfer", "must be 1 to 65536");
+        }
+        if self.max_list_descs == 0 || self.max_list_descs > 1 << 24 {
+            return bad("max_list_descs", "must be 1 to 2^24");
         }
         if self.max_blocks_per_xfer > 1 << 24 {
             return bad("max_blocks_per_xfer", "must be at most 2^24");

@@ -25,7 +25,7 @@ impl Engine {
         remote: &[Desc],
         notif: Option<&[u8]>,
     ) -> Result<Handle> {
-        let (allowed, via) = self.validate(local, peer, remote, notif)?;
+        let (allowed, via) = self.validate(self.config.max_descs_per_xfer, local, peer, remote, notif)?;
         self.core.ring.acquire_try(|t: &mut Transfer| {
             let sides = (&mut t.local[..], &mut t.own[..]);
             t.via = self.hold_sides(local, (allowed, via), remote, sides, Holder::Slot(t.slot))?;
@@ -45,18 +45,19 @@ impl Engine {
         })
     }
 
-    /// Every check of [`prepare`](Engine::prepare) that does not touch the registry;
-    /// says what the local descriptors may name and which transport moves a transfer
-    /// to a peer (one to the engine itself is routed when resolved).
+    /// Every check of [`prepare`](Engine::prepare) that does not touch the registry
+    /// (at most `max` descriptors); says what the local descriptors may name and which
+    /// transport moves a transfer to a peer (one to the engine itself is routed when
+    /// resolved).
     #[inline(always)]
     pub(super) fn validate(
         &self,
+        max: usize,
         local: &[Desc],
         peer: PeerId,
         remote: &[Desc],
         notif: Option<&[u8]>,
     ) -> Result<(Allowed, Via)> {
-        let max = self.config.max_descs_per_xfer;
         if local.len() > max {
             return Err(Error::TooManyDescriptors {
                 count: local.len(),

@@ -70,7 +70,7 @@ impl Engine {
                 reason: "a prepared list needs descriptors",
             });
         }
-        let (allowed, via) = self.validate(local, peer, remote, None)?;
+        let (allowed, via) = self.validate(self.config.max_list_descs, local, peer, remote, None)?;
         let mut resolved = vec![Resolved::default(); local.len()].into_boxed_slice();
         let mut own = vec![Resolved::default(); if peer == PeerId::SELF { local.len() } else { 0 }].into_boxed_slice();
         // The list table's lock, then the registry's (as in `post_list`), held until
@@ -102,26 +102,73 @@ impl Engine {
 
     /// Posts a prepared list as a new transfer (a fresh slot and generation each time)
     /// with an optional notification; the handle is released like any other. If the
-    /// post fails the slot is given back and nothing moved.
+    /// post fails the slot is given back and nothing moved. A list longer than
+    /// `max_descs_per_xfer` is posted by parts with
+    /// [`post_list_indices`](Engine::post_list_indices).
     pub fn post_list(&self, list: ListId, notif: Option<&[u8]>) -> Result<Handle> {
+        self.post_from_list(list, None, notif)
+    }
+
+    /// Posts the entries `indices` of a prepared list (each a descriptor pair, by its
+    /// position in the list; in any order, repeats allowed) as one new transfer with an
+    /// optional notification, without validating them again: NIXL's `makeXferReq`
+    /// with indices, for a list prepared once over a whole KV cache and posted a
+    /// request's blocks at a time. At most `max_descs_per_xfer` indices; an index past
+    /// the list's end is an error and nothing is posted. The transfer holds every
+    /// region the list holds until it is released.
+    pub fn post_list_indices(&self, list: ListId, indices: &[u32], notif: Option<&[u8]>) -> Result<Handle> {
+        self.post_from_list(list, Some(indices), notif)
+    }
+
+    fn post_from_list(&self, list: ListId, pick: Option<&[u32]>, notif: Option<&[u8]>) -> Result<Handle> {
         let h = {
             let lists = self.lists.read().unwrap_or_else(|e| e.into_inner());
             let l = lookup_list(&lists, list)?;
+            let n = pick.map_or(l.local.len(), <[u32]>::len);
+            let max = self.config.max_descs_per_xfer;
+            if n > max {
+                return Err(Error::TooManyDescriptors { count: n, max });
+            }
+            if let Some(pick) = pick {
+                if pick.is_empty() {
+                    return Err(Error::InvalidDescriptor {
+                        reason: "no list entries given",
+                    });
+                }
+                if pick.iter().any(|&i| i as usize >= l.local.len()) {
+                    return Err(Error::InvalidDescriptor {
+                        reason: "a list index is past the end of the list",
+                    });
+                }
+            }
             if let Some(n) = notif {
-                self.validate(&[], PeerId(l.peer), &[], Some(n))?;
+                self.validate(0, &[], PeerId(l.peer), &[], Some(n))?;
             }
             let registry = &self.core.shared.registry;
             self.core.ring.acquire_try(|t: &mut Transfer| {
-                let n = l.local.len();
-                t.local[..n].copy_from_slice(&l.local);
-                t.own[..l.own.len()].copy_from_slice(&l.own);
+                match pick {
+                    None => {
+                        t.local[..n].copy_from_slice(&l.local);
+                        t.own[..l.own.len()].copy_from_slice(&l.own);
+                        t.remote[..n].copy_from_slice(&l.remote);
+                    }
+                    Some(pick) => {
+                        for (k, &i) in pick.iter().enumerate() {
+                            let i = i as usize;
+                            t.local[k] = l.local[i];
+                            t.remote[k] = l.remote[i];
+                            if !l.own.is_empty() {
+                                t.own[k] = l.own[i];
+                            }
+                        }
+                    }
+                }
                 // The list is alive until `lists` is dropped (see `copy_holds`).
                 registry.copy_holds(Holder::List(list.index()), Holder::Slot(t.slot));
                 t.op = l.op;
                 t.via = l.via;
                 t.peer = l.peer;
                 t.count = n;
-                t.remote[..n].copy_from_slice(&l.remote);
                 t.stage_notif(notif);
                 Ok::<(), Error>(())
             })?

@@ -45,6 +45,8 @@ pub(super) struct Holds {
     start: usize,
     /// Words per holder: a whole number of cache lines.
     block: usize,
+    /// Records per row (`max_descs_per_xfer`).
+    per_side: usize,
     slots: usize,
     lists: usize,
 }
@@ -58,6 +60,7 @@ impl Holds {
             words,
             start,
             block,
+            per_side,
             slots,
             lists,
         }
@@ -87,6 +90,7 @@ impl Holds {
             cells,
             side,
             n: 0,
+            room: self.per_side,
             last: u32::MAX,
         }
     }
@@ -160,17 +164,38 @@ pub(super) struct Record<'a> {
     cells: &'a [AtomicU32],
     side: usize,
     n: usize,
+    room: usize,
     last: u32,
 }
 
 impl Record<'_> {
+    /// Records `entry` unless it is the last one recorded. A row has room for
+    /// `max_descs_per_xfer` records, which a transfer never exceeds; a prepared list
+    /// (up to `max_list_descs`) that does gets its region found in the row, or the
+    /// error (naming more separate runs of regions than a row holds).
     #[inline(always)]
-    pub(super) fn note(&mut self, entry: u32) {
+    pub(super) fn note(&mut self, entry: u32) -> crate::error::Result<()> {
         if entry != self.last {
             self.last = entry;
+            if self.n == self.room {
+                return self.seen(entry);
+            }
             self.cells[2 + 2 * self.n + self.side].store(entry, Ordering::Relaxed);
             self.n += 1;
         }
+        Ok(())
+    }
+
+    /// For a full row: `Ok` if `entry` is recorded already.
+    #[cold]
+    fn seen(&self, entry: u32) -> crate::error::Result<()> {
+        if (0..self.n).any(|i| self.cells[2 + 2 * i + self.side].load(Ordering::Relaxed) == entry) {
+            return Ok(());
+        }
+        Err(crate::error::Error::InvalidDescriptor {
+            reason: "a prepared list names more separate regions than max_descs_per_xfer (descriptors \
+                     into one region side by side count once)",
+        })
     }
 
     /// Stores the count. Rows filled here are written under the table's read lock, so

@@ -65,7 +65,7 @@ impl Pinner<'_> {
         let out = &mut out[..descs.len()];
         for (i, d) in descs.iter().enumerate() {
             let r = self.check(d, allowed)?;
-            row.note(r.entry);
+            row.note(r.entry)?;
             out[i] = r;
         }
         row.finish();
@@ -93,8 +93,8 @@ impl Pinner<'_> {
                 self.check(&local[i], Allowed::Anything)?,
                 self.check(&own[i], Allowed::Anything)?,
             );
-            local_row.note(l.entry);
-            own_row.note(o.entry);
+            local_row.note(l.entry)?;
+            own_row.note(o.entry)?;
             let (lf, of) = (l.fd.is_some(), o.fd.is_some());
             mixed |= (lf || l.vram) && (of || o.vram) && !(l.vram && o.vram);
             vram |= l.vram || o.vram;

@@ -123,6 +123,27 @@ int main(void) {
   }
   CHECK(rx_release_list(a, list));
 
+  /* A list over every block, posted two entries at a time by index: back's blocks 6
+     and 1 read from the peer's blocks 1 and 6 (which hold the source's 6 and 1). */
+  rx_desc home_descs[BLOCKS];
+  for (uint64_t i = 0; i < BLOCKS; i++) home_descs[i] = (rx_desc){back, i * BLOCK, BLOCK};
+  CHECK(rx_prepare_list(a, RX_OP_READ, home_descs, BLOCKS, peer, remote, BLOCKS, &list));
+  static const unsigned char zeros[BLOCK * BLOCKS];
+  CHECK(rx_write_region(a, back, 0, zeros, sizeof zeros));
+  const uint32_t pick[2] = {6, 1};
+  CHECK(rx_post_list_indices(a, list, pick, 2, NULL, 0, &h));
+  CHECK(rx_wait(a, h, 5000000, &st));
+  EXPECT(st.state == RX_XFER_DONE);
+  CHECK(rx_release(a, h));
+  CHECK(rx_read_region(a, back, 0, out, sizeof out));
+  EXPECT(memcmp(out + 6 * BLOCK, pattern + 6 * BLOCK, BLOCK) == 0);
+  EXPECT(memcmp(out + 1 * BLOCK, pattern + 1 * BLOCK, BLOCK) == 0);
+  EXPECT(memcmp(out, zeros, BLOCK) == 0);
+  const uint32_t past[1] = {BLOCKS};
+  EXPECT(rx_post_list_indices(a, list, past, 1, NULL, 0, &h) == RX_INVALID_DESCRIPTOR);
+  EXPECT(rx_post_list_indices(a, list, NULL, 1, NULL, 0, &h) == RX_INVALID_ARGUMENT);
+  CHECK(rx_release_list(a, list));
+
   CHECK(rx_notify(a, peer, (const uint8_t *)"bye", 3));
   CHECK(rx_pop_notification(b, buf, sizeof buf, &n, &popped));
   EXPECT(popped && n.len == 3);
@@ -157,7 +178,7 @@ int main(void) {
   rx_stats stats;
   CHECK(rx_engine_stats(a, &stats));
   EXPECT(stats.live == 0 && stats.pins == 0 && stats.acquired == stats.freed);
-  EXPECT(stats.done == 107 && stats.open_files == 0);
+  EXPECT(stats.done == 108 && stats.open_files == 0);
   printf("transfer.c: %llu transfers done, live %llu\n", (unsigned long long)stats.done,
          (unsigned long long)stats.live);
   rx_engine_free(a);
