@@ -37,7 +37,20 @@ row "cuda host->GPU 64 MiB, window 16" "$(case_row --start-block-size 64M --max-
 row "cuda GPU->host 64 MiB, window 16" "$(case_row --op read --start-block-size 64M --max-block-size 64M)"
 row "cuda GPU->GPU 64 MiB, window 16" "$(case_row --initiator-seg vram --start-block-size 64M --max-block-size 64M)"
 row "cuda host->GPU 4 KiB, window 16" "$(case_row --start-block-size 4K --max-block-size 4K)"
-row "cuda host->GPU 64 x 4 KiB scattered" "$(case_row --start-block-size 4K --max-block-size 4K --start-batch-size 64 --max-batch-size 64)"
+row "cuda host->GPU 64 x 4 KiB (merged: one run)" "$(case_row --start-block-size 4K --max-block-size 4K --start-batch-size 64 --max-batch-size 64)"
+# KV-shaped transfers (--kv LAYERS,BLOCKS,SIZE: LAYERS x 2 x BLOCKS pages at random
+# block ids on both sides), against the per-copy raw loop and the batch API without
+# the engine, in the same run.
+kv_row() {
+  timeout 90 "$bench" --backend cuda "$@" --num-iter 400 --warmup-iter 20 --rounds 3 2>&1 |
+    awk '/per page/ {gbs = $2; prep = $3; r1 = $NF} /batch API/ {r2 = $NF}
+      END {print gbs " GB/s, prepare " prep " us, " r1 " of per-copy, " r2 " of batch API"}'
+}
+row "cuda host->GPU 64 x 4 KiB scattered" "$(kv_row --kv 1,32,4K)"
+row "cuda host->GPU 64 x 64 KiB scattered" "$(kv_row --kv 1,32,64K)"
+row "cuda host->GPU --kv 32,256,16K random" "$(kv_row --kv 32,256,16K)"
+row "cuda GPU->host --kv 32,256,16K random" "$(kv_row --kv 32,256,16K --op read)"
+row "cuda host->GPU --kv 32,256,16K, batch off" "$(kv_row --kv 32,256,16K --cuda-no-batch)"
 # Two processes (CUDA IPC): the target engine in a child process, against a raw loop
 # into memory the child exported and this process opened with cuIpcOpenMemHandle.
 ipc="--two-process --initiator-seg vram --target-seg vram"

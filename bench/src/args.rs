@@ -25,6 +25,8 @@ OPTIONS:
   --cuda-vmm                 with --backend cuda: GPU memory from the VMM API
                              (cuMemCreate; shared with the target process as a file
                              descriptor) instead of cuMemAlloc
+  --cuda-no-batch            with --backend cuda: one cuMemcpy*Async per run, never
+                             cuMemcpyBatchAsync (CudaConfig::batch off)
   --provider NAME            with --backend fabric: tcp, shm, verbs, efa, ... (default:
                              libfabric's choice, or RINGXFER_FI_PROVIDER)
   --window N                 transfers in flight per thread (default 1; 16 with
@@ -57,6 +59,15 @@ OPTIONS:
                              region with --target-seg dram), against a raw loop
                              copying to memory of the child's opened with
                              cuIpcOpenMemHandle (a host buffer here for dram)
+  --kv LAYERS,BLOCKS,SIZE    instead of the sweep: KV-shaped transfers of LAYERS × 2
+                             (K and V) × BLOCKS pages of SIZE bytes each, at block ids
+                             picked from a pool of 2 × BLOCKS pages per layer and side
+                             (one prepare_blocks per transfer), against the same pages
+                             copied one by one: memcpy (local), pread/pwrite (file),
+                             or with --backend cuda the raw per-copy cudarc loop and
+                             the batch API (cuMemcpyBatchAsync) without the engine
+  --scatter random|contiguous  with --kv: ids shuffled independently on each side
+                             (default), or 0..BLOCKS on both (every set one run)
   --json FILE                also write the results as JSON
   --soak SECONDS             instead of the sweep: random transfers (sizes up to the
                              max block, cancels, releases in flight) on every thread
@@ -95,10 +106,58 @@ pub(crate) struct Args {
     pub(crate) target_vram: bool,
     /// `--cuda-vmm`: `alloc_vram` with the VMM API (`CudaConfig::vmm`).
     pub(crate) cuda_vmm: bool,
+    /// `--cuda-no-batch`: `CudaConfig::batch` off.
+    pub(crate) cuda_no_batch: bool,
     pub(crate) serve_target: Option<u64>,
     pub(crate) json: Option<String>,
     /// `--soak SECONDS`: random transfers for that long, the ledger every 2 s.
     pub(crate) soak: Option<u64>,
+    /// `--kv LAYERS,BLOCKS,SIZE`: KV-shaped block transfers instead of the sweep.
+    pub(crate) kv: Option<Kv>,
+}
+
+/// The shape of `--kv`: `layers` × 2 sets of `blocks` pages of `page` bytes, each set
+/// in a pool of `2 × blocks` pages per side; `random` ids or `0..blocks`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Kv {
+    pub(crate) layers: usize,
+    pub(crate) blocks: usize,
+    pub(crate) page: u64,
+    pub(crate) random: bool,
+}
+
+impl Kv {
+    /// Pages in a set's pool.
+    pub(crate) fn slots(&self) -> u64 {
+        2 * self.blocks as u64
+    }
+    /// Bytes of one side's pool (all sets).
+    pub(crate) fn pool_bytes(&self) -> u64 {
+        (self.layers * 2) as u64 * self.slots() * self.page
+    }
+    /// Bytes one transfer moves.
+    pub(crate) fn transfer_bytes(&self) -> u64 {
+        (self.layers * 2 * self.blocks) as u64 * self.page
+    }
+}
+
+/// `LAYERS,BLOCKS,SIZE`.
+fn parse_kv(s: &str) -> Result<Kv, String> {
+    let parts: Vec<&str> = s.split(',').collect();
+    let [layers, blocks, page] = parts.as_slice() else {
+        return Err(format!("--kv is LAYERS,BLOCKS,SIZE (e.g. 32,256,16K), not {s:?}"));
+    };
+    let n = |v: &str| v.trim().parse::<usize>().map_err(|_| format!("not a number in --kv: {v:?}"));
+    let kv = Kv {
+        layers: n(layers)?,
+        blocks: n(blocks)?,
+        page: parse_size(page)?,
+        random: true,
+    };
+    if kv.layers == 0 || kv.blocks == 0 || kv.page == 0 || kv.layers * 2 > 65536 || kv.layers * 2 * kv.blocks > 1 << 24 {
+        return Err("--kv needs LAYERS, BLOCKS and SIZE above 0, LAYERS × 2 ≤ 65536 and LAYERS × 2 × BLOCKS ≤ 2^24".into());
+    }
+    Ok(kv)
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -149,10 +208,13 @@ pub(crate) fn parse_args() -> Result<Args, String> {
         initiator_vram: false,
         target_vram: true,
         cuda_vmm: false,
+        cuda_no_batch: false,
         serve_target: None,
         json: None,
         soak: None,
+        kv: None,
     };
+    let mut scatter_random = None;
     let mut parser = lexopt::Parser::from_env();
     let value = |p: &mut lexopt::Parser| -> Result<String, String> {
         p.value()
@@ -179,6 +241,7 @@ pub(crate) fn parse_args() -> Result<Args, String> {
             Long("initiator-seg") => a.initiator_vram = segment(&value(&mut parser)?)?,
             Long("target-seg") => a.target_vram = segment(&value(&mut parser)?)?,
             Long("cuda-vmm") => a.cuda_vmm = true,
+            Long("cuda-no-batch") => a.cuda_no_batch = true,
             Long("provider") => a.provider = Some(value(&mut parser)?),
             Long("window") => a.window = number(value(&mut parser)?)? as usize,
             Long("path") => a.path = Some(value(&mut parser)?),
@@ -201,6 +264,14 @@ pub(crate) fn parse_args() -> Result<Args, String> {
             Long("threads") => a.threads = number(value(&mut parser)?)? as usize,
             Long("json") => a.json = Some(value(&mut parser)?),
             Long("soak") => a.soak = Some(number(value(&mut parser)?)?),
+            Long("kv") => a.kv = Some(parse_kv(&value(&mut parser)?)?),
+            Long("scatter") => {
+                scatter_random = Some(match value(&mut parser)?.as_str() {
+                    "random" => true,
+                    "contiguous" => false,
+                    other => return Err(format!("--scatter is random or contiguous, not {other:?}")),
+                })
+            }
             Long("two-process") => a.two_process = true,
             Long("serve-target") => a.serve_target = Some(number(value(&mut parser)?)?),
             Short('h') | Long("help") => {
@@ -219,8 +290,8 @@ pub(crate) fn parse_args() -> Result<Args, String> {
     if (a.file || a.fabric) && a.two_process {
         return Err("--two-process goes with --backend local or cuda".into());
     }
-    if a.cuda_vmm && !a.cuda {
-        return Err("--cuda-vmm goes with --backend cuda".into());
+    if (a.cuda_vmm || a.cuda_no_batch) && !a.cuda {
+        return Err("--cuda-vmm and --cuda-no-batch go with --backend cuda".into());
     }
     if a.provider.is_some() && !a.fabric {
         return Err("--provider goes with --backend fabric".into());
@@ -242,6 +313,18 @@ pub(crate) fn parse_args() -> Result<Args, String> {
     }
     if a.rounds.is_multiple_of(2) || a.rounds > 99 {
         return Err("--rounds must be odd, 1 ..= 99 (the median is one round)".into());
+    }
+    match (&mut a.kv, scatter_random) {
+        (None, Some(_)) => return Err("--scatter goes with --kv".into()),
+        (Some(_), _) if a.fabric || a.soak.is_some() => {
+            return Err("--kv goes with --backend local, file or cuda, without --soak".into());
+        }
+        (Some(kv), random) => {
+            kv.random = random.unwrap_or(true);
+            // The regions hold one pool per side and thread.
+            (a.start_block, a.max_block, a.start_batch, a.max_batch) = (kv.pool_bytes(), kv.pool_bytes(), 1, 1);
+        }
+        (None, None) => {}
     }
     Ok(a)
 }

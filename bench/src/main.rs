@@ -11,12 +11,14 @@
 //! ringxfer-bench --backend fabric --provider tcp --window 16   # against raw libfabric
 //! ringxfer-bench --backend cuda --initiator-seg dram --target-seg vram   # against raw cudarc
 //! ringxfer-bench --two-process --backend cuda --initiator-seg vram --target-seg vram
+//! ringxfer-bench --two-process --kv 32,256,4K --scatter random   # KV-shaped transfers
 //! ```
 //!
 //! It ends by printing the initiator's ledger and exits non-zero if anything is left
 //! live (a slot, a pin) — the run itself is a leak check.
 
 mod args;
+mod kv;
 mod report;
 mod run;
 mod setup;
@@ -52,6 +54,9 @@ fn main() -> ExitCode {
     };
     if let Some(seconds) = args.soak {
         return soak(&s, &args, seconds);
+    }
+    if let Some(shape) = args.kv {
+        return kv::kv(&s, &args, shape);
     }
     let op = if args.op == Op::Write { "WRITE" } else { "READ" };
     let mode = match (args.file, args.two_process) {

@@ -69,7 +69,8 @@ fn config(name: &str, args: &Args) -> Config {
     Config {
         name: name.into(),
         capacity: 1024,
-        max_descs_per_xfer: args.max_batch as usize,
+        max_descs_per_xfer: args.kv.map_or(args.max_batch as usize, |kv| (kv.layers * 2).max(64)),
+        max_blocks_per_xfer: args.kv.map_or(1024, |kv| kv.layers * 2 * kv.blocks),
         // One I/O worker per posting thread: more would only compete for the cores
         // the posting threads and the baseline run on.
         file_workers: args.threads,
@@ -82,6 +83,7 @@ fn config(name: &str, args: &Args) -> Config {
         #[cfg(feature = "cuda")]
         cuda: args.cuda.then(|| CudaConfig {
             vmm: args.cuda_vmm,
+            batch: !args.cuda_no_batch,
             ..CudaConfig::default()
         }),
         ..Config::default()

@@ -134,54 +134,81 @@ impl Staged {
     pub(crate) fn issue(&mut self, f: BatchFn, stream: sys::CUstream, device: u32) -> sys::CUresult {
         let n = self.len;
         self.len = 0;
-        let location = |vram: bool| sys::CUmemLocation {
-            type_: if vram {
-                sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE
-            } else {
-                sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_HOST
-            },
-            id: if vram { device as i32 } else { 0 },
-        };
-        let first = self.kinds[0];
-        // Sources are read in stream order (after the work enqueued before them).
-        // The hints name where the first copy's sides live; the driver uses them for
-        // memory it cannot place itself (managed memory) and otherwise ignores them.
-        let mut attrs = sys::CUmemcpyAttributes {
-            srcAccessOrder: sys::CUmemcpySrcAccessOrder::CU_MEMCPY_SRC_ACCESS_ORDER_STREAM,
-            srcLocHint: location(first.src_vram),
-            dstLocHint: location(first.dst_vram),
-            flags: 0,
-        };
-        let mut attrs_idx = 0usize;
         // SAFETY: the arrays hold `n` staged copies, each between two ranges the
-        // transfer holds (pinned until its slot is freed, after its event completes);
-        // the driver reads the arrays during the call only.
+        // transfer holds (pinned until its slot is freed, after its event completes).
         unsafe {
-            match f {
-                BatchFn::V2(call) => call(
-                    self.dsts.as_mut_ptr(),
-                    self.srcs.as_mut_ptr(),
-                    self.sizes.as_mut_ptr(),
+            call(
+                f,
+                (&mut self.dsts[..n], &mut self.srcs[..n], &mut self.sizes[..n]),
+                self.kinds[0],
+                stream,
+                device,
+            )
+        }
+    }
+}
+
+/// Enqueues the copies `dsts[i] ← srcs[i]` (`sizes[i]` bytes each; the three of one
+/// length, at least one) on `stream` with one call of `f`, sources read in stream
+/// order. `first`: where the first copy's sides live, and `device` the ordinal, for
+/// the location hints.
+///
+/// # Safety
+/// Every range is live until the stream passes the copies; the driver reads the
+/// arrays during the call only.
+pub(crate) unsafe fn call(
+    f: BatchFn,
+    (dsts, srcs, sizes): (&mut [sys::CUdeviceptr], &mut [sys::CUdeviceptr], &mut [usize]),
+    first: Kinds,
+    stream: sys::CUstream,
+    device: u32,
+) -> sys::CUresult {
+    let n = sizes.len().min(dsts.len()).min(srcs.len());
+    let location = |vram: bool| sys::CUmemLocation {
+        type_: if vram {
+            sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE
+        } else {
+            sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_HOST
+        },
+        id: if vram { device as i32 } else { 0 },
+    };
+    // Sources are read in stream order (after the work enqueued before them).
+    // The hints name where the first copy's sides live; the driver uses them for
+    // memory it cannot place itself (managed memory) and otherwise ignores them.
+    let mut attrs = sys::CUmemcpyAttributes {
+        srcAccessOrder: sys::CUmemcpySrcAccessOrder::CU_MEMCPY_SRC_ACCESS_ORDER_STREAM,
+        srcLocHint: location(first.src_vram),
+        dstLocHint: location(first.dst_vram),
+        flags: 0,
+    };
+    let mut attrs_idx = 0usize;
+    // SAFETY: the arrays hold `n` copies whose ranges the caller keeps live; the
+    // driver reads the arrays during the call only.
+    unsafe {
+        match f {
+            BatchFn::V2(call) => call(
+                dsts.as_mut_ptr(),
+                srcs.as_mut_ptr(),
+                sizes.as_mut_ptr(),
+                n,
+                &mut attrs,
+                &mut attrs_idx,
+                1,
+                stream,
+            ),
+            BatchFn::V1(call) => {
+                let mut fail_idx = 0usize;
+                call(
+                    dsts.as_mut_ptr(),
+                    srcs.as_mut_ptr(),
+                    sizes.as_mut_ptr(),
                     n,
                     &mut attrs,
                     &mut attrs_idx,
                     1,
+                    &mut fail_idx,
                     stream,
-                ),
-                BatchFn::V1(call) => {
-                    let mut fail_idx = 0usize;
-                    call(
-                        self.dsts.as_mut_ptr(),
-                        self.srcs.as_mut_ptr(),
-                        self.sizes.as_mut_ptr(),
-                        n,
-                        &mut attrs,
-                        &mut attrs_idx,
-                        1,
-                        &mut fail_idx,
-                        stream,
-                    )
-                }
+                )
             }
         }
     }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use cudarc::driver::sys;
 
 use super::cuda::check;
+use super::cuda_batch::{BatchFn, Kinds, call};
 use crate::error::{Error, Result};
 use crate::types::Op;
 
@@ -255,6 +256,104 @@ impl CudaRawLoop {
             // SAFETY: our event and stream.
             let r = unsafe { sys::cuEventRecord(self.events[e], self.stream) };
             check(r, "cuEventRecord")?;
+            recorded[e] = true;
+        }
+        // SAFETY: our stream.
+        check(unsafe { sys::cuStreamSynchronize(self.stream) }, "cuStreamSynchronize")?;
+        Ok(start.elapsed())
+    }
+}
+
+impl CudaRawLoop {
+    /// Whether the driver has `cuMemcpyBatchAsync` (for [`run_pieces`](Self::run_pieces)).
+    pub fn has_batch(&self) -> bool {
+        BatchFn::probe().is_some()
+    }
+
+    /// Copies `iters` transfers (after `warmup` untimed ones), `window` in flight, each
+    /// of the pieces `(initiator offset, target offset, bytes)` (initiator → target
+    /// for a WRITE): one `cuMemcpy*Async` per piece, or with `batched` one
+    /// `cuMemcpyBatchAsync` per transfer for all its pieces. The KV baselines of
+    /// `ringxfer-bench --kv`: no merging of adjacent pieces, no slots, no ledger.
+    pub fn run_pieces(
+        &self,
+        op: Op,
+        pieces: &[(u64, u64, usize)],
+        iters: u64,
+        warmup: u64,
+        batched: bool,
+    ) -> Result<Duration> {
+        let batch = match batched {
+            true => Some(BatchFn::probe().ok_or(Error::CudaUnavailable {
+                reason: "the driver has no cuMemcpyBatchAsync (CUDA 12.8 or later)".into(),
+            })?),
+            false => None,
+        };
+        // SAFETY: our context.
+        check(unsafe { sys::cuCtxSetCurrent(self.ctx) }, "cuCtxSetCurrent")?;
+        let (src, dst) = match op {
+            Op::Write => (&self.initiator, &self.target),
+            Op::Read => (&self.target, &self.initiator),
+        };
+        let kinds = Kinds {
+            src_vram: src.is_device(),
+            dst_vram: dst.is_device(),
+        };
+        // (source offset, destination offset) of a piece.
+        let sides = |&(i, t, _): &(u64, u64, usize)| match op {
+            Op::Write => (i, t),
+            Op::Read => (t, i),
+        };
+        let mut srcs: Vec<u64> = pieces.iter().map(|p| src.addr() + sides(p).0).collect();
+        let mut dsts: Vec<u64> = pieces.iter().map(|p| dst.addr() + sides(p).1).collect();
+        let mut sizes: Vec<usize> = pieces.iter().map(|p| p.2).collect();
+        let window = self.events.len();
+        let mut recorded = vec![false; window];
+        let mut start = Instant::now();
+        for i in 0..warmup + iters {
+            if i == warmup {
+                // SAFETY: our stream.
+                check(unsafe { sys::cuStreamSynchronize(self.stream) }, "cuStreamSynchronize")?;
+                recorded.iter_mut().for_each(|r| *r = false);
+                start = Instant::now();
+            }
+            let e = (i as usize) % window;
+            if recorded[e] {
+                loop {
+                    // SAFETY: a recorded event of ours.
+                    match unsafe { sys::cuEventQuery(self.events[e]) } {
+                        sys::CUresult::CUDA_ERROR_NOT_READY => std::hint::spin_loop(),
+                        r => break check(r, "cuEventQuery")?,
+                    }
+                }
+            }
+            match batch {
+                Some(f) => {
+                    // SAFETY: every piece lies in the buffers, which live as long as
+                    // `self`; the stream is synchronised before they go.
+                    let r = unsafe { call(f, (&mut dsts, &mut srcs, &mut sizes), kinds, self.stream, 0) };
+                    check(r, "cuMemcpyBatchAsync")?;
+                }
+                None => {
+                    for ((&d, &s), &n) in dsts.iter().zip(&srcs).zip(&sizes) {
+                        // SAFETY: as above.
+                        let r = unsafe {
+                            match (kinds.src_vram, kinds.dst_vram) {
+                                (false, true) => sys::cuMemcpyHtoDAsync_v2(d, s as *const _, n, self.stream),
+                                (true, false) => sys::cuMemcpyDtoHAsync_v2(d as *mut _, s, n, self.stream),
+                                (true, true) => sys::cuMemcpyDtoDAsync_v2(d, s, n, self.stream),
+                                (false, false) => {
+                                    std::ptr::copy_nonoverlapping(s as *const u8, d as *mut u8, n);
+                                    sys::CUresult::CUDA_SUCCESS
+                                }
+                            }
+                        };
+                        check(r, "cuMemcpyAsync")?;
+                    }
+                }
+            }
+            // SAFETY: our event and stream.
+            check(unsafe { sys::cuEventRecord(self.events[e], self.stream) }, "cuEventRecord")?;
             recorded[e] = true;
         }
         // SAFETY: our stream.

@@ -132,11 +132,7 @@ fn stash(b: &Blocks<'_>, ids: &mut [u32], used: &mut usize) -> Result<(Side, u64
                     max: ids.len(),
                 });
             }
-            let mut top = 0;
-            for (to, &id) in ids[start..end].iter_mut().zip(given) {
-                *to = id;
-                top = top.max(id);
-            }
+            let top = crate::sys::ids::copy_max(&mut ids[start..end], given);
             *used = end;
             (Some(start as u32), top)
         }

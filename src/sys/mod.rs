@@ -2,5 +2,6 @@
 //! registration table that other processes read through one ([`regtable`]). They
 //! know nothing of the engine, the ring or any transport.
 
+pub(crate) mod ids;
 pub(crate) mod regtable;
 pub(crate) mod shm;
