@@ -40,6 +40,7 @@ const UNSAFE_ALLOWED: &[&str] = &[
     "backend/cuda_raw.rs",
     "backend/cuda_ipc.rs",
     "backend/cuda_vmm.rs",
+    "backend/cuda_batch.rs",
     "backend/file.rs",
     "backend/local/",
     "notify.rs",
