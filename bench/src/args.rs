@@ -147,15 +147,22 @@ fn parse_kv(s: &str) -> Result<Kv, String> {
     let [layers, blocks, page] = parts.as_slice() else {
         return Err(format!("--kv is LAYERS,BLOCKS,SIZE (e.g. 32,256,16K), not {s:?}"));
     };
-    let n = |v: &str| v.trim().parse::<usize>().map_err(|_| format!("not a number in --kv: {v:?}"));
+    let n = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("not a number in --kv: {v:?}"))
+    };
     let kv = Kv {
         layers: n(layers)?,
         blocks: n(blocks)?,
         page: parse_size(page)?,
         random: true,
     };
-    if kv.layers == 0 || kv.blocks == 0 || kv.page == 0 || kv.layers * 2 > 65536 || kv.layers * 2 * kv.blocks > 1 << 24 {
-        return Err("--kv needs LAYERS, BLOCKS and SIZE above 0, LAYERS × 2 ≤ 65536 and LAYERS × 2 × BLOCKS ≤ 2^24".into());
+    if kv.layers == 0 || kv.blocks == 0 || kv.page == 0 || kv.layers * 2 > 65536 || kv.layers * 2 * kv.blocks > 1 << 24
+    {
+        return Err(
+            "--kv needs LAYERS, BLOCKS and SIZE above 0, LAYERS × 2 ≤ 65536 and LAYERS × 2 × BLOCKS ≤ 2^24".into(),
+        );
     }
     Ok(kv)
 }

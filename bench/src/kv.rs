@@ -55,7 +55,11 @@ impl Pattern {
         for (j, (l, r)) in self.sets.iter().enumerate() {
             let at = Pattern::pool(kv, base, j);
             for (&a, &b) in l.iter().zip(r) {
-                out.push((at + u64::from(a) * kv.page, at + u64::from(b) * kv.page, kv.page as usize));
+                out.push((
+                    at + u64::from(a) * kv.page,
+                    at + u64::from(b) * kv.page,
+                    kv.page as usize,
+                ));
             }
         }
         out
@@ -159,7 +163,13 @@ pub(crate) fn kv(s: &Setup, args: &Args, kv: Kv) -> ExitCode {
     let names = ["per page", "batch API"];
     for (k, name) in names.iter().enumerate().take(baselines[0].len()) {
         let base = median(baselines.iter().map(|b| b[k]).collect());
-        let ratio = median(engine_rounds.iter().zip(&baselines).map(|(e, b)| e.gbps / b[k]).collect());
+        let ratio = median(
+            engine_rounds
+                .iter()
+                .zip(&baselines)
+                .map(|(e, b)| e.gbps / b[k])
+                .collect(),
+        );
         let shown = format!("{name} {base:.3} GB/s");
         if k == 0 {
             println!("{iters:>7} {gbps:>9.3} {prepare:>11.2} {post:>9.2} {shown:>22} {ratio:>9.2}x");
@@ -347,7 +357,8 @@ fn run_pio(host: &memmap2::MmapRaw, args: &Args, kv: &Kv, pattern: &Pattern, ite
                             // SAFETY: `host` holds a pool per thread and this thread's
                             // pieces lie in its own; the engine moves these bytes only
                             // in engine rounds, all released before a round returns.
-                            let page = unsafe { std::slice::from_raw_parts_mut((memory as *mut u8).add(i as usize), n) };
+                            let page =
+                                unsafe { std::slice::from_raw_parts_mut((memory as *mut u8).add(i as usize), n) };
                             match args.op {
                                 Op::Write => file.write_all_at(page, at).expect("pwrite"),
                                 Op::Read => file.read_exact_at(page, at).expect("pread"),

@@ -353,7 +353,10 @@ impl CudaRawLoop {
                 }
             }
             // SAFETY: our event and stream.
-            check(unsafe { sys::cuEventRecord(self.events[e], self.stream) }, "cuEventRecord")?;
+            check(
+                unsafe { sys::cuEventRecord(self.events[e], self.stream) },
+                "cuEventRecord",
+            )?;
             recorded[e] = true;
         }
         // SAFETY: our stream.

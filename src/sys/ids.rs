@@ -50,6 +50,10 @@ mod tests {
             assert_eq!(to, from);
         }
         let mut to = [0; 3];
-        assert_eq!(super::copy_max(&mut to, &[1, u32::MAX, 2]), u32::MAX, "unsigned, not signed");
+        assert_eq!(
+            super::copy_max(&mut to, &[1, u32::MAX, 2]),
+            u32::MAX,
+            "unsigned, not signed"
+        );
     }
 }
