@@ -22,9 +22,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::LocalInfo;
+use super::vm::VmBatch;
 use crate::backend::runs::Runs;
 use crate::error::{Error, Result};
-use crate::mem::{Resolved, regtable_name, segment_name};
+use crate::mem::{regtable_name, segment_name};
 use crate::notify::{Geometry, InboxMap, Outbox};
 use crate::ring::{FailCode, FailSource, Outcome, PinLane};
 use crate::shared::Shared;
@@ -273,6 +274,9 @@ impl LocalLink {
                 if !remote_peer.alive() {
                     return Outcome::Failed(FailCode::PEER_LOST);
                 }
+                let errno = |e: i32| Outcome::Failed(FailCode::new(FailSource::Errno, e as u32));
+                // Runs into memory the peer registered itself, moved many per call.
+                let mut vm = VmBatch::new(op, remote_peer.pid, &remote_peer.regs, remote_peer.lane);
                 for run in runs {
                     let (l, d) = (&run.local, &run.other(&remote[run.pair]));
                     let Ok(i) = self.regions.binary_search_by_key(&d.region.to_raw(), |r| r.id) else {
@@ -281,6 +285,10 @@ impl LocalLink {
                     let (entry, generation) = (d.region.index(), d.region.generation());
                     match &remote_peer.memory[i] {
                         RemoteMemory::Mapped(segment) => {
+                            // Runs move in their order (two could overlap on this side).
+                            if let Err(e) = vm.flush() {
+                                return errno(e);
+                            }
                             // A deregistered region fails the transfer rather than take
                             // bytes nobody will read (our mapping keeps it valid).
                             if !remote_peer.regs.is_open(entry, generation) {
@@ -307,20 +315,22 @@ impl LocalLink {
                                 return Outcome::Failed(FailCode::TRANSPORT);
                             };
                             // Pinned in the peer's table: it cannot deregister (and then
-                            // free) this memory until the copy is over.
+                            // free) this memory until the copy is over (the batch
+                            // unpins it after its call).
                             if !remote_peer.regs.pin(remote_peer.lane, entry, generation) {
                                 return Outcome::Failed(FailCode::REGION_GONE);
                             }
-                            let copied = process_vm_copy(op, remote_peer.pid, l, remote_addr);
-                            remote_peer.regs.unpin(remote_peer.lane, entry);
-                            if let Err(errno) = copied {
-                                return Outcome::Failed(FailCode::new(FailSource::Errno, errno as u32));
+                            if let Err(e) = vm.push(l.addr, remote_addr as usize, l.len, entry) {
+                                return errno(e);
                             }
                         }
                         RemoteMemory::Missing => return Outcome::Failed(FailCode::PEER_LOST),
                     }
                 }
-                Outcome::Done
+                match vm.flush() {
+                    Ok(()) => Outcome::Done,
+                    Err(e) => errno(e),
+                }
             }
         }
     }
@@ -379,36 +389,4 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     }
     // SAFETY: the kernel just returned this fd to us; nothing else owns it.
     Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// Copies `l` to or from `remote_addr` in process `pid`; the errno on failure.
-fn process_vm_copy(op: Op, pid: u32, l: &Resolved, remote_addr: u64) -> std::result::Result<(), i32> {
-    let mut done = 0usize;
-    while done < l.len {
-        let local = libc::iovec {
-            iov_base: (l.addr + done) as *mut libc::c_void,
-            iov_len: l.len - done,
-        };
-        let remote = libc::iovec {
-            iov_base: (remote_addr as usize + done) as *mut libc::c_void,
-            iov_len: l.len - done,
-        };
-        // SAFETY: `local` lies in a region pinned by the transfer; the kernel checks
-        // `remote` against the peer's address space and fails rather than fault.
-        let n = unsafe {
-            match op {
-                Op::Write => libc::process_vm_writev(pid as libc::pid_t, &local, 1, &remote, 1, 0),
-                Op::Read => libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0),
-            }
-        };
-        match n {
-            n if n > 0 => done += n as usize,
-            0 => return Err(libc::EIO),
-            _ => match std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO) {
-                libc::EINTR => {}
-                errno => return Err(errno),
-            },
-        }
-    }
-    Ok(())
 }

@@ -13,6 +13,7 @@
 #![allow(unsafe_code)]
 
 mod link;
+mod vm;
 
 use std::sync::{Arc, Mutex, Weak};
 
