@@ -353,10 +353,8 @@ impl CudaRawLoop {
                 }
             }
             // SAFETY: our event and stream.
-            check(
-                unsafe { sys::cuEventRecord(self.events[e], self.stream) },
-                "cuEventRecord",
-            )?;
+            let r = unsafe { sys::cuEventRecord(self.events[e], self.stream) };
+            check(r, "cuEventRecord")?;
             recorded[e] = true;
         }
         // SAFETY: our stream.
