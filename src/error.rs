@@ -178,10 +178,10 @@ pub enum Error {
         /// The peer id.
         peer: u32,
     },
-    /// The caller's buffer cannot hold the largest notification.
-    #[error("buffer of {got} bytes is too small: notifications may be up to {needed} bytes")]
+    /// The caller's buffer cannot hold the largest notification (or the metrics text).
+    #[error("buffer of {got} bytes is too small: {needed} bytes needed")]
     BufferTooSmall {
-        /// The size needed (`max_notif_bytes`).
+        /// The size needed (`max_notif_bytes`, or the metrics text's length).
         needed: usize,
         /// The size given.
         got: usize,

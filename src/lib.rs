@@ -57,7 +57,10 @@ pub use backend::cuda_raw::CudaRawLoop;
 pub use backend::fabric;
 #[cfg(feature = "testing")]
 pub use backend::sim::{SimConfig, SimStats};
-pub use engine::{Config, Engine, EngineStats, ListId, MetadataServer, fetch_metadata};
+pub use engine::{
+    CLIENT_TIMEOUT, Config, Engine, EngineStats, ListId, MAX_CLIENTS, MetadataServer, Secret, fetch_metadata,
+    fetch_metadata_with,
+};
 pub use error::{Error, Result};
 pub use kv::{KvConfig, KvStore};
 pub use mem::FileOptions;

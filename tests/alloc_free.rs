@@ -149,3 +149,26 @@ fn a_million_engine_writes_allocate_nothing() {
     assert_eq!((s.ring.live, s.pins), (0, 0));
     assert_eq!(s.ring.done, CYCLES + CYCLES / 1000);
 }
+
+#[test]
+fn stats_metrics_and_the_quiescence_check_allocate_nothing() {
+    use ringxfer::{Config, Engine};
+    let a = Engine::new(Config {
+        name: "scraped".into(),
+        capacity: 64,
+        ..Config::default()
+    })
+    .unwrap();
+    let _region = a.alloc_region(1 << 16).unwrap();
+    let mut text = vec![0u8; 64 << 10];
+    let mut small = [0u8; 16];
+    let before = counts();
+    for _ in 0..1000 {
+        let n = a.metrics(&mut text).unwrap();
+        assert!(n > 1000);
+        assert!(a.metrics(&mut small).is_err());
+        std::hint::black_box(a.stats());
+        a.check_quiescent().unwrap();
+    }
+    assert_eq!(counts(), before, "allocations over 1,000 scrapes");
+}

@@ -157,6 +157,9 @@ enum rx_status
   RX_CUDA_UNAVAILABLE = 31,
   // A CUDA driver call failed (see `rx_last_error`).
   RX_CUDA = 32,
+  // The engine still holds something for transfers (`rx_check_quiescent`; see
+  // `rx_last_error`).
+  RX_NOT_QUIESCENT = 33,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -314,6 +317,11 @@ typedef struct {
   // A caller's `CUstream` to put every transfer on (borrowed, never destroyed; it
   // must outlive the engine), or 0 for the engine's own streams.
   size_t cuda_stream;
+  // A shared secret for the metadata server (NUL-terminated, non-empty, no
+  // whitespace), which `rx_serve_metadata` asks of clients and `rx_fetch_peer`
+  // presents; NULL takes `RINGXFER_METADATA_SECRET` from the environment, if set.
+  // Copied by `rx_engine_new`.
+  const char *metadata_secret;
 } rx_config;
 
 // One contiguous piece of a region: `len` bytes at `offset`. Same layout as the Rust
@@ -411,6 +419,18 @@ typedef struct {
   // 1 where the cuda transport posts a transfer's runs with `cuMemcpyBatchAsync`,
   // 0 where it makes one copy call per run or has no cuda transport.
   uint64_t cuda_batch;
+  // File descriptors held by file registrations.
+  uint64_t open_files_held;
+  // Notifications queued in this engine's inbox, delivered, dropped as stale.
+  uint64_t notifications[3];
+  // The fabric receiver's counters: remote writes matched, stale arrivals dropped,
+  // unattributed arrivals, notifications received, aborts, senders known,
+  // malformed messages, transfers expired at their deadline, peers lost.
+  uint64_t fabric[9];
+  // CUDA events alive (one per slot, all along; 0 without the cuda transport).
+  uint64_t cuda_events;
+  // Bytes the engine holds: allocated at start, plus regions it allocated.
+  uint64_t bytes;
 } rx_stats;
 
 #ifdef __cplusplus
@@ -630,6 +650,16 @@ rx_status rx_progress(const rx_engine *engine, size_t *out_completed);
 
 // Writes the engine's counters and ledger to `*out`.
 rx_status rx_engine_stats(const rx_engine *engine, rx_stats *out);
+
+// `RX_OK` when the engine holds nothing for transfers (no slot held, no region held
+// by a transfer, no prepared list alive); otherwise `RX_NOT_QUIESCENT`, and
+// `rx_last_error` names what is still held.
+rx_status rx_check_quiescent(const rx_engine *engine);
+
+// Writes the engine's counters in Prometheus' text exposition format into
+// `buf[0..len]` and their length to `*out_len` (no NUL is added). A buffer too small
+// is `RX_BUFFER_TOO_SMALL`, with the length needed in `*out_len`.
+rx_status rx_metrics(const rx_engine *engine, uint8_t *buf, size_t len, size_t *out_len);
 
 #ifdef __cplusplus
 }  // extern "C"

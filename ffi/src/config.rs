@@ -62,6 +62,11 @@ pub struct rx_config {
     /// A caller's `CUstream` to put every transfer on (borrowed, never destroyed; it
     /// must outlive the engine), or 0 for the engine's own streams.
     pub cuda_stream: usize,
+    /// A shared secret for the metadata server (NUL-terminated, non-empty, no
+    /// whitespace), which `rx_serve_metadata` asks of clients and `rx_fetch_peer`
+    /// presents; NULL takes `RINGXFER_METADATA_SECRET` from the environment, if set.
+    /// Copied by `rx_engine_new`.
+    pub metadata_secret: *const c_char,
 }
 
 /// `rx_config::cuda_flags`: turn the cuda transport on.
@@ -106,6 +111,7 @@ pub unsafe extern "C" fn rx_config_default(out: *mut rx_config) -> rx_status {
             cuda_device: 0,
             cuda_streams: CudaConfig::default().streams as u32,
             cuda_stream: 0,
+            metadata_secret: std::ptr::null(),
         };
         // SAFETY: the caller promises a writable rx_config (NULL is refused).
         unsafe { put(out, c) }
@@ -115,8 +121,8 @@ pub unsafe extern "C" fn rx_config_default(out: *mut rx_config) -> rx_status {
 /// The engine configuration `cfg` asks for (its strings copied).
 ///
 /// # Safety
-/// `cfg.name`, `cfg.fabric_provider` and `cfg.fabric_node` are each NULL or a
-/// NUL-terminated string.
+/// `cfg.name`, `cfg.fabric_provider`, `cfg.fabric_node` and `cfg.metadata_secret`
+/// are each NULL or a NUL-terminated string.
 pub(crate) unsafe fn config_from(cfg: &rx_config) -> Result<Config, rx_status> {
     let mut c = Config::default();
     if !cfg.name.is_null() {
@@ -141,6 +147,12 @@ pub(crate) unsafe fn config_from(cfg: &rx_config) -> Result<Config, rx_status> {
     }
     if let Some(cuda) = cuda_from(cfg)? {
         c.cuda = Some(cuda);
+    }
+    if !cfg.metadata_secret.is_null() {
+        // SAFETY: the caller promises a NUL-terminated string.
+        let secret = unsafe { CStr::from_ptr(cfg.metadata_secret) };
+        let secret = secret.to_str().map_err(|_| invalid("metadata_secret is not UTF-8"))?;
+        c.metadata_secret = Some(secret.into());
     }
     Ok(c)
 }

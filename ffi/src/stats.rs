@@ -2,9 +2,9 @@
 
 use ringxfer::EngineStats;
 
-use crate::boundary::{engine, guard, need, put};
+use crate::boundary::{engine, guard, need, put, slice_mut};
 use crate::engine::rx_engine;
-use crate::status::rx_status;
+use crate::status::{rx_status, status_of};
 
 /// Counters and the resource ledger (`rx_engine_stats`).
 #[repr(C)]
@@ -52,6 +52,18 @@ pub struct rx_stats {
     /// 1 where the cuda transport posts a transfer's runs with `cuMemcpyBatchAsync`,
     /// 0 where it makes one copy call per run or has no cuda transport.
     pub cuda_batch: u64,
+    /// File descriptors held by file registrations.
+    pub open_files_held: u64,
+    /// Notifications queued in this engine's inbox, delivered, dropped as stale.
+    pub notifications: [u64; 3],
+    /// The fabric receiver's counters: remote writes matched, stale arrivals dropped,
+    /// unattributed arrivals, notifications received, aborts, senders known,
+    /// malformed messages, transfers expired at their deadline, peers lost.
+    pub fabric: [u64; 9],
+    /// CUDA events alive (one per slot, all along; 0 without the cuda transport).
+    pub cuda_events: u64,
+    /// Bytes the engine holds: allocated at start, plus regions it allocated.
+    pub bytes: u64,
 }
 
 /// Writes the engine's counters and ledger to `*out`.
@@ -91,5 +103,65 @@ fn stats_of(s: EngineStats) -> rx_stats {
         notifications_stale: s.notifications_stale,
         cuda_ipc_mappings: s.cuda_ipc_mappings as u64,
         cuda_batch: s.cuda_batch as u64,
+        open_files_held: s.open_files as u64,
+        notifications: [
+            s.notifications_queued as u64,
+            s.notifications_delivered,
+            s.notifications_stale,
+        ],
+        fabric: [
+            s.fabric.remote_writes,
+            s.fabric.stale,
+            s.fabric.unattributed,
+            s.fabric.notifications,
+            s.fabric.aborts,
+            s.fabric.senders as u64,
+            s.fabric.malformed,
+            s.fabric.expired,
+            s.fabric.lost_peers,
+        ],
+        cuda_events: s.cuda_events as u64,
+        bytes: s.bytes,
     }
+}
+
+/// `RX_OK` when the engine holds nothing for transfers (no slot held, no region held
+/// by a transfer, no prepared list alive); otherwise `RX_NOT_QUIESCENT`, and
+/// `rx_last_error` names what is still held.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rx_check_quiescent(engine: *const rx_engine) -> rx_status {
+    guard(|| {
+        // SAFETY: see `engine`.
+        let e = tri!(unsafe { self::engine(engine) });
+        status_of(e.check_quiescent())
+    })
+}
+
+/// Writes the engine's counters in Prometheus' text exposition format into
+/// `buf[0..len]` and their length to `*out_len` (no NUL is added). A buffer too small
+/// is `RX_BUFFER_TOO_SMALL`, with the length needed in `*out_len`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rx_metrics(
+    engine: *const rx_engine,
+    buf: *mut u8,
+    len: usize,
+    out_len: *mut usize,
+) -> rx_status {
+    guard(|| {
+        tri!(need(out_len));
+        // SAFETY: see `engine`.
+        let e = tri!(unsafe { self::engine(engine) });
+        // SAFETY: the caller's buffer contract: `len` writable bytes (NULL with 0).
+        let text = tri!(unsafe { slice_mut(buf, len) });
+        match e.metrics(text) {
+            // SAFETY: checked non-NULL.
+            Ok(n) => unsafe { put(out_len, n) },
+            Err(ringxfer::Error::BufferTooSmall { needed, .. }) => {
+                // SAFETY: checked non-NULL.
+                let _ = unsafe { put(out_len, needed) };
+                status_of(Err(ringxfer::Error::BufferTooSmall { needed, got: len }))
+            }
+            Err(other) => status_of(Err(other)),
+        }
+    })
 }

@@ -80,11 +80,14 @@ pub enum rx_status {
     RX_CUDA_UNAVAILABLE = 31,
     /// A CUDA driver call failed (see `rx_last_error`).
     RX_CUDA = 32,
+    /// The engine still holds something for transfers (`rx_check_quiescent`; see
+    /// `rx_last_error`).
+    RX_NOT_QUIESCENT = 33,
 }
 
 impl rx_status {
     /// Every status, for turning a number from C back into one.
-    pub(crate) const ALL: [rx_status; 33] = [
+    pub(crate) const ALL: [rx_status; 34] = [
         rx_status::RX_OK,
         rx_status::RX_INVALID_ARGUMENT,
         rx_status::RX_RING_FULL,
@@ -118,6 +121,7 @@ impl rx_status {
         rx_status::RX_FABRIC,
         rx_status::RX_CUDA_UNAVAILABLE,
         rx_status::RX_CUDA,
+        rx_status::RX_NOT_QUIESCENT,
     ];
 
     pub(crate) fn describe(self) -> &'static std::ffi::CStr {
@@ -155,6 +159,7 @@ impl rx_status {
             rx_status::RX_FABRIC => c"libfabric call failed",
             rx_status::RX_CUDA_UNAVAILABLE => c"CUDA unavailable",
             rx_status::RX_CUDA => c"CUDA call failed",
+            rx_status::RX_NOT_QUIESCENT => c"the engine still holds transfers, regions or lists",
         }
     }
 }
@@ -193,6 +198,7 @@ impl From<&Error> for rx_status {
             Error::Fabric { .. } => rx_status::RX_FABRIC,
             Error::CudaUnavailable { .. } => rx_status::RX_CUDA_UNAVAILABLE,
             Error::Cuda { .. } => rx_status::RX_CUDA,
+            Error::NotQuiescent { .. } => rx_status::RX_NOT_QUIESCENT,
             _ => rx_status::RX_UNSUPPORTED,
         }
     }

@@ -9,6 +9,29 @@ use crate::backend::fabric::FabricConfig;
 use crate::backend::sim::SimConfig;
 use crate::error::{Error, Result};
 
+/// A shared secret (`Config::metadata_secret`): `"..".into()`; its `Debug` is
+/// redacted, so a logged `Config` does not leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Secret {
+        Secret(s.to_owned())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Secret {
+        Secret(s)
+    }
+}
+
 /// Engine capacities, all fixed at [`Engine::new`](crate::Engine::new). Every field has a default
 /// ([`Config::default`]) and a documented range.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +88,11 @@ pub struct Config {
     /// it off. With it on, `alloc_vram`/`register_vram` regions move to and from host
     /// memory (and each other) in transfers with [`Engine::local_peer`](crate::Engine::local_peer).
     pub cuda: Option<CudaConfig>,
+    /// A shared secret for the metadata server: [`serve_metadata`](crate::Engine::serve_metadata)
+    /// answers only a client presenting it, and [`fetch_peer`](crate::Engine::fetch_peer)
+    /// presents it. `None` (the default) takes `RINGXFER_METADATA_SECRET` from the
+    /// environment, if set. Non-empty, no whitespace. (`Debug` never shows it.)
+    pub metadata_secret: Option<Secret>,
     /// The fault-injecting sim transport, for tests and fuzzing (cargo feature
     /// `testing`): `None` (the default) leaves it off; with it, `Engine::sim_peer`
     /// makes a peer it serves.
@@ -89,6 +117,7 @@ impl Default for Config {
             inbox_capacity: 128,
             fabric: None,
             cuda: None,
+            metadata_secret: None,
             #[cfg(feature = "testing")]
             sim: None,
         }
@@ -129,6 +158,12 @@ impl Config {
         if self.max_notif_bytes > 1 << 16 {
             return bad("max_notif_bytes", "must be at most 65536");
         }
+        if self
+            .secret()
+            .is_some_and(|s| s.is_empty() || s.contains(char::is_whitespace))
+        {
+            return bad("metadata_secret", "must be non-empty, without whitespace");
+        }
         if self.file_workers > 64 {
             return bad("file_workers", "must be at most 64");
         }
@@ -157,6 +192,14 @@ impl Config {
     }
 
     /// What the transports are built from.
+    /// The metadata secret: the field, else `RINGXFER_METADATA_SECRET`.
+    pub(crate) fn secret(&self) -> Option<String> {
+        self.metadata_secret
+            .as_ref()
+            .map(|s| s.0.clone())
+            .or_else(|| std::env::var("RINGXFER_METADATA_SECRET").ok())
+    }
+
     pub(crate) fn settings(&self, engine_id: u64) -> Settings<'_> {
         Settings {
             name: &self.name,

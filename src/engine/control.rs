@@ -1,8 +1,9 @@
 //! The control path: memory registration, metadata and peers.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use super::{Engine, MetadataServer, fetch_metadata};
+use super::{Engine, MetadataServer, fetch_metadata_with};
 use crate::error::{Error, Result};
 use crate::mem::FileOptions;
 use crate::notify::SenderId;
@@ -142,13 +143,18 @@ impl Engine {
     /// background thread, until the returned server is dropped. Each connection gets
     /// the metadata as it is at that moment: a `u32` little-endian length, then the blob.
     pub fn serve_metadata(&self, addr: impl std::net::ToSocketAddrs) -> Result<MetadataServer> {
-        MetadataServer::start(Arc::downgrade(&self.core), &self.config.name, addr)
+        MetadataServer::start(
+            Arc::downgrade(&self.core),
+            &self.config.name,
+            self.config.secret(),
+            addr,
+        )
     }
 
     /// Fetches a peer's metadata from its [`serve_metadata`](Engine::serve_metadata)
     /// address and loads it.
     pub fn fetch_peer(&self, addr: impl std::net::ToSocketAddrs) -> Result<PeerId> {
-        let blob = fetch_metadata(addr)?;
+        let blob = fetch_metadata_with(addr, self.config.secret().as_deref())?;
         self.load_peer(&blob)
     }
 
@@ -185,6 +191,7 @@ impl Engine {
     pub(crate) fn add_peer(&self, peer: Arc<Peer>) -> Result<PeerId> {
         let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
         let (id, old) = peers.insert(peer)?;
+        self.core.census.peers.store(peers.len(), Ordering::Relaxed);
         drop(peers);
         drop(old);
         Ok(id)
@@ -197,6 +204,7 @@ impl Engine {
     pub fn unload_peer(&self, peer: PeerId) -> Result<()> {
         let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
         let old = peers.remove(peer.0)?;
+        self.core.census.peers.store(peers.len(), Ordering::Relaxed);
         drop(peers);
         drop(old);
         Ok(())

@@ -1,6 +1,8 @@
 //! Prepared descriptor lists: validated, and their regions held, once; posted many
 //! times ([`Engine::prepare_list`], [`Engine::post_list`]).
 
+use std::sync::atomic::Ordering;
+
 use super::Engine;
 use crate::backend::{Transfer, Via};
 use crate::error::{Error, Result};
@@ -97,7 +99,10 @@ impl Engine {
             remote: remote.into(),
             own,
         });
-        Ok(ListId(entry.generation << 20 | index as u64))
+        let id = ListId(entry.generation << 20 | index as u64);
+        let alive = lists.iter().filter(|e| e.list.is_some()).count();
+        self.core.census.lists.store(alive, Ordering::Relaxed);
+        Ok(id)
     }
 
     /// Posts a prepared list as a new transfer (a fresh slot and generation each time)
@@ -190,6 +195,8 @@ impl Engine {
             self.core.shared.registry.let_go(Holder::List(list.index()));
         }
         entry.generation += 1;
+        let alive = lists.iter().filter(|e| e.list.is_some()).count();
+        self.core.census.lists.store(alive, Ordering::Relaxed);
         Ok(())
     }
 }

@@ -24,6 +24,7 @@ mod config;
 mod control;
 mod hot;
 mod lists;
+mod metrics;
 mod peers;
 mod server;
 mod stats;
@@ -33,10 +34,10 @@ use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-pub use self::config::Config;
+pub use self::config::{Config, Secret};
 use self::lists::ListEntry;
 pub use self::lists::ListId;
-pub use self::server::{MetadataServer, fetch_metadata};
+pub use self::server::{CLIENT_TIMEOUT, MAX_CLIENTS, MetadataServer, fetch_metadata, fetch_metadata_with};
 pub use self::stats::EngineStats;
 use crate::backend::runs::Shape;
 use crate::backend::{Link, Transfer, Transports, WORKER_QUIET, Xfer};
@@ -64,6 +65,17 @@ pub(crate) struct Core {
     pub(crate) transports: Transports,
     /// The engine's threads (workers, progress) that have started running.
     threads_started: AtomicUsize,
+    /// What the engine's own tables hold, kept here for `Core::stats` (which the
+    /// metadata server calls without the engine).
+    census: Census,
+}
+
+/// Counts of the engine's control-path tables, stored when they change.
+#[derive(Default)]
+pub(crate) struct Census {
+    peers: AtomicUsize,
+    lists: AtomicUsize,
+    fixed_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Core {
@@ -150,8 +162,6 @@ pub struct Engine {
     config: Config,
     core: Arc<Core>,
     workers: Vec<JoinHandle<()>>,
-    /// Bytes allocated by `Engine::new` (see `EngineStats::bytes`).
-    fixed_bytes: u64,
     /// The progress thread and its stop flag.
     progress_thread: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     peers: RwLock<peers::PeerTable>,
@@ -196,6 +206,7 @@ impl Engine {
             shared,
             transports,
             threads_started: AtomicUsize::new(0),
+            census: Census::default(),
         });
         let workers = spawn_workers(&core)?;
         let progress_thread = match core.transports.wants_progress_thread() {
@@ -210,9 +221,9 @@ impl Engine {
             false => None,
         };
         let fixed_bytes = Self::fixed_bytes(&config, &core);
+        core.census.fixed_bytes.store(fixed_bytes, Ordering::Relaxed);
         let lists = (0..config.max_prepared_lists).map(|_| ListEntry::default()).collect();
         Ok(Engine {
-            fixed_bytes,
             progress_thread,
             peers: RwLock::new(peers::PeerTable::new(config.max_peers)),
             lists: RwLock::new(lists),

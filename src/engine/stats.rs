@@ -1,7 +1,9 @@
 //! The counters and the resource ledger: [`EngineStats`], [`Engine::stats`] and
 //! [`Engine::check_quiescent`].
 
-use super::Engine;
+use std::sync::atomic::Ordering;
+
+use super::{Core, Engine};
 use crate::backend::fabric::FabricStats;
 #[cfg(feature = "testing")]
 use crate::backend::sim::SimStats;
@@ -75,18 +77,22 @@ impl Engine {
 
     /// Counters and the resource ledger.
     pub fn stats(&self) -> EngineStats {
-        let (registrations, pins, open_files) = self.core.shared.registry.counts();
-        let lists = self.lists.read().unwrap_or_else(|e| e.into_inner());
-        let prepared_lists = lists.iter().filter(|e| e.list.is_some()).count();
-        drop(lists);
-        let (notifications_queued, notifications_delivered, notifications_stale) = self.core.shared.inbox.counts();
-        let transports = self.core.transports.stats();
+        self.core.stats()
+    }
+}
+
+impl Core {
+    /// [`Engine::stats`], from the core (the metadata server has only that).
+    pub(crate) fn stats(&self) -> EngineStats {
+        let (registrations, pins, open_files) = self.shared.registry.counts();
+        let (notifications_queued, notifications_delivered, notifications_stale) = self.shared.inbox.counts();
+        let transports = self.transports.stats();
         EngineStats {
-            ring: self.core.ring.stats(),
+            ring: self.ring.stats(),
             registrations,
             pins,
-            peers: self.peers.read().unwrap_or_else(|e| e.into_inner()).len(),
-            prepared_lists,
+            peers: self.census.peers.load(Ordering::Relaxed),
+            prepared_lists: self.census.lists.load(Ordering::Relaxed),
             open_files,
             notifications_queued,
             notifications_delivered,
@@ -97,7 +103,7 @@ impl Engine {
             cuda_batch: transports.cuda_batch,
             #[cfg(feature = "testing")]
             sim: transports.sim,
-            bytes: self.fixed_bytes + self.core.shared.registry.owned_bytes(),
+            bytes: self.census.fixed_bytes.load(Ordering::Relaxed) + self.shared.registry.owned_bytes(),
         }
     }
 }

@@ -5,11 +5,17 @@
 //! directory. A segment's creator unlinks it when dropped; a process that opens a
 //! segment keeps its mapping valid after that (the memory lives until the last
 //! mapping goes), so a peer that outlives the owner never touches freed memory.
+//!
+//! Segments hold KV-cache bytes, notifications and registration tables: they are
+//! created readable and writable by their owner only (mode 0600), and a segment that
+//! another user owns, or that group or others may read or write, is refused when
+//! opened. Peers sharing memory through segments run as the same user.
 
 // Unsafe code: mapping shared-memory segments (the crate root denies it elsewhere).
 #![allow(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use memmap2::{MmapOptions, MmapRaw};
@@ -45,6 +51,7 @@ impl Segment {
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| Error::io("creating a shared-memory segment", &e))?;
         file.set_len(len as u64).map_err(|e| {
@@ -64,10 +71,9 @@ impl Segment {
             .write(true)
             .open(path)
             .map_err(|e| Error::io("opening a peer's shared-memory segment", &e))?;
-        let actual = file
-            .metadata()
-            .map_err(|e| Error::io("reading a segment's size", &e))?
-            .len();
+        let meta = file.metadata().map_err(|e| Error::io("reading a segment's size", &e))?;
+        check_private(&meta)?;
+        let actual = meta.len();
         if actual < len as u64 {
             return Err(Error::InvalidDescriptor {
                 reason: "a peer's shared-memory segment is smaller than its metadata says",
@@ -96,6 +102,31 @@ impl Segment {
     pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
+}
+
+/// Refuses a segment this process's user does not own, or that anyone else may read
+/// or write: its bytes are another tenant's (or readable by one).
+fn check_private(meta: &std::fs::Metadata) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let refuse = |message: String| Error::Io {
+        context: "opening a peer's shared-memory segment",
+        kind: std::io::ErrorKind::PermissionDenied,
+        message,
+    };
+    if meta.uid() != me {
+        return Err(refuse(format!(
+            "it belongs to uid {}, not to this process's uid {me}: peers sharing memory run as one user",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(refuse(format!(
+            "its mode {:o} lets other users read or write it (segments are created 0600)",
+            meta.mode() & 0o777
+        )));
+    }
+    Ok(())
 }
 
 impl Drop for Segment {

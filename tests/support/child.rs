@@ -30,7 +30,8 @@ pub fn read_tagged(stdout: &mut BufReader<ChildStdout>, tag: &str) -> String {
             stdout.read_line(&mut line).unwrap() > 0,
             "the target exited before printing {tag:?}"
         );
-        if let Some(rest) = line.trim_end().strip_prefix(tag) {
+        // The test harness may have begun the line ("test name ... ") first.
+        if let Some((_, rest)) = line.trim_end().split_once(tag) {
             return rest.to_owned();
         }
     }

@@ -179,6 +179,28 @@ int main(void) {
   CHECK(rx_engine_stats(a, &stats));
   EXPECT(stats.live == 0 && stats.pins == 0 && stats.acquired == stats.freed);
   EXPECT(stats.done == 108 && stats.open_files == 0);
+  EXPECT(stats.bytes > 0 && stats.cuda_events == 0 && stats.notifications[0] == 0);
+  CHECK(rx_check_quiescent(a));
+  /* A transfer prepared and not released: not quiescent, and the error says so. */
+  CHECK(rx_prepare(a, RX_OP_WRITE, local, 1, peer, remote, 1, NULL, 0, &h));
+  EXPECT(rx_check_quiescent(a) == RX_NOT_QUIESCENT);
+  char why[256];
+  size_t why_len = 0;
+  rx_last_error(why, sizeof why, &why_len);
+  EXPECT(strstr(why, "slot") != NULL);
+  CHECK(rx_release(a, h));
+  CHECK(rx_check_quiescent(a));
+  /* The counters as Prometheus text: a short buffer is told the length it needs. */
+  char small[16];
+  size_t need = 0, got = 0;
+  EXPECT(rx_metrics(a, (uint8_t *)small, sizeof small, &need) == RX_BUFFER_TOO_SMALL && need > sizeof small);
+  char *text = malloc(need + 1);
+  CHECK(rx_metrics(a, (uint8_t *)text, need, &got));
+  EXPECT(got == need);
+  text[got] = 0;
+  EXPECT(strstr(text, "ringxfer_transfers_total{engine=\"prefill\",outcome=\"done\"} 108") != NULL);
+  free(text);
+  EXPECT(rx_metrics(a, NULL, 0, NULL) == RX_INVALID_ARGUMENT);
   printf("transfer.c: %llu transfers done, live %llu\n", (unsigned long long)stats.done,
          (unsigned long long)stats.live);
   rx_engine_free(a);
