@@ -79,6 +79,22 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Sends one raw fabric NOTIFY carrying `handle` and `payload` to `peer`, as if a
+    /// transfer of this engine had sent it — a late or repeated one of an old
+    /// generation, say — for the receiver to reject. Waits for the send to complete.
+    pub fn inject_fabric_notify(&self, peer: PeerId, handle: Handle, payload: &[u8]) -> Result<()> {
+        let core = self.core();
+        let p = self.peer(peer.0)?;
+        let (Some(fabric), Link::Fabric(link)) = (core.transports.fabric(), &p.link) else {
+            return Err(Error::InvalidDescriptor {
+                reason: "not a fabric peer",
+            });
+        };
+        fabric.inject_notify(link.addr, link.tag, handle, payload, &mut |h, o| core.complete(h, o))
+    }
+}
+
 /// Fuzzing entry point: parses `data` as the cuda transport's GPU export (what a
 /// peer's metadata carries under `BackendKind::Cuda`, decoded at `load_peer`),
 /// checking that whatever parses encodes back to the same bytes.

@@ -629,6 +629,121 @@ fn old_generations_are_rejected() {
     old_generations_are_rejected_after(20_000);
 }
 
+/// Four bytes of immediate data (verbs, efa; forced here on tcp and shm) carry 12
+/// generation bits. One slot reused more than 2^12 times, then NOTIFYs and writes of
+/// old generations (exactly 2^12 back, where 12 bits are equal, and 2^20 back) and a
+/// repeat of the last: none is matched or delivered, the NOTIFYs are counted stale,
+/// and the next transfer's notification arrives once.
+#[test]
+fn four_byte_immediate_data_never_matches_an_old_generation() {
+    let _serial = serial();
+    for provider in PROVIDERS {
+        let four = |name: &str, capacity: usize, progress_thread: bool| {
+            skip::fabric_engine(Config {
+                name: name.into(),
+                capacity,
+                fabric: Some(FabricConfig {
+                    provider: Some(provider.into()),
+                    progress_thread,
+                    cq_data_bytes: Some(4),
+                    ..FabricConfig::default()
+                }),
+                ..Config::default()
+            })
+        };
+        // One slot: every transfer reuses it under the next generation.
+        let Some(a) = four("a", 1, false) else { return };
+        let Some(b) = four("b", 16, true) else { return };
+        let src = a.alloc_region(4096).unwrap();
+        let dst = b.alloc_region(1 << 20).unwrap();
+        let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+        let mut note = [0u8; 256];
+        let mut pop = |want: Option<Handle>| {
+            let start = Instant::now();
+            loop {
+                if let Some(n) = b.pop_notification(&mut note).unwrap() {
+                    assert_eq!(Some(n.handle), want, "{provider}: an unexpected notification");
+                    return;
+                }
+                if start.elapsed() > Duration::from_millis(if want.is_some() { 10_000 } else { 300 }) {
+                    assert!(want.is_none(), "{provider}: the notification never came");
+                    return;
+                }
+                std::thread::yield_now();
+            }
+        };
+        let mut last = None;
+        for i in 0..(1u64 << 12) + 8 {
+            let notif: Option<&[u8]> = if i % 256 == 0 { Some(b"kv") } else { None };
+            let remote = Desc::new(dst, (i % 256) * 4096, 64);
+            let h = a
+                .prepare(Op::Write, &[Desc::new(src, 0, 64)], peer, &[remote], notif)
+                .unwrap();
+            a.post(h).unwrap();
+            assert_eq!(a.wait(h, WAIT).unwrap(), Status::Done, "{provider}");
+            a.release(h).unwrap();
+            if notif.is_some() {
+                pop(Some(h));
+            }
+            last = Some(h);
+        }
+        let last = last.unwrap();
+        assert_eq!(last.index(), 0);
+        // The last transfer, with a notification: the receiver's entry for slot 0 is
+        // at its generation.
+        let h = a
+            .prepare(
+                Op::Write,
+                &[Desc::new(src, 0, 64)],
+                peer,
+                &[Desc::new(dst, 0, 64)],
+                Some(b"last"),
+            )
+            .unwrap();
+        a.post(h).unwrap();
+        assert_eq!(a.wait(h, WAIT).unwrap(), Status::Done);
+        a.release(h).unwrap();
+        pop(Some(h));
+        let stale_before = b.stats().fabric.stale;
+        let back = |n: u64| Handle::new(0, h.generation() - n).unwrap();
+        assert!(
+            h.generation() > (1 << 20) + 1,
+            "engines start at a random generation far above 2^20"
+        );
+        for old in [back(1 << 12), back(1 << 20), h] {
+            a.inject_fabric_write(peer, Desc::new(src, 0, 64), Desc::new(dst, 0, 64), old)
+                .unwrap();
+            a.inject_fabric_notify(peer, old, b"forged").unwrap();
+        }
+        pop(None);
+        let settle = Instant::now();
+        while b.stats().fabric.stale < stale_before + 3 && settle.elapsed() < WAIT {
+            std::thread::yield_now();
+        }
+        assert_eq!(
+            b.stats().fabric.stale,
+            stale_before + 3,
+            "{provider}: each old NOTIFY counted"
+        );
+        // The next transfer is matched and delivered, once.
+        let next = a
+            .prepare(
+                Op::Write,
+                &[Desc::new(src, 0, 64)],
+                peer,
+                &[Desc::new(dst, 0, 64)],
+                Some(b"next"),
+            )
+            .unwrap();
+        a.post(next).unwrap();
+        assert_eq!(a.wait(next, WAIT).unwrap(), Status::Done);
+        a.release(next).unwrap();
+        pop(Some(next));
+        pop(None);
+        a.check_quiescent().unwrap();
+    }
+}
+
 /// The long run (CI runs it in release): more than 2^20 transfers to one peer.
 #[test]
 #[ignore = "long: 2^20 + 1 transfers; .ci/run runs it with --release"]

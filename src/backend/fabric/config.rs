@@ -24,6 +24,12 @@ pub struct FabricConfig {
     /// the provider's until the provider gives the operation back, so a late
     /// completion can never touch a newer transfer. Default 30 s.
     pub deadline: Duration,
+    /// Use at most this many bytes of the provider's immediate data: 4 makes an
+    /// engine on a provider with 8 (tcp, shm) use the 4-byte encoding of verbs and
+    /// efa, so that path is tested where those providers are not. `None` (the
+    /// default) uses what the provider offers. Engines that exchange transfers must
+    /// agree.
+    pub cq_data_bytes: Option<usize>,
 }
 
 impl Default for FabricConfig {
@@ -34,6 +40,7 @@ impl Default for FabricConfig {
             rx_buffers: 64,
             progress_thread: false,
             deadline: Duration::from_secs(30),
+            cq_data_bytes: None,
         }
     }
 }

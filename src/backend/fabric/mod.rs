@@ -212,6 +212,12 @@ impl Fabric {
             });
         }
         let msg_size = (HEADER + max_notif_bytes.max(HELLO_MAX)).next_multiple_of(64);
+        if config.cq_data_bytes.is_some_and(|n| n != 4 && n != 8) {
+            return Err(Error::InvalidConfig {
+                field: "fabric.cq_data_bytes",
+                reason: "must be 4 or 8",
+            });
+        }
         let rx_count = config.rx_buffers;
         let ctrl = CtrlArea::new((capacity + 1 + rx_count + max_peers) * msg_size)?;
         let cq_size = (capacity * 2 + rx_count).min(1 << 16);
@@ -222,7 +228,8 @@ impl Fabric {
         } else {
             None
         };
-        let (tagged, gen_bits) = wire::immediate_layout(domain.cq_data_size);
+        let cq_data = domain.cq_data_size.min(config.cq_data_bytes.unwrap_or(usize::MAX));
+        let (tagged, gen_bits) = wire::immediate_layout(cq_data);
         let fabric = Fabric {
             ep,
             ctrl_mr,

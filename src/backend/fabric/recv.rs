@@ -36,6 +36,8 @@ struct RxEntry {
     want: u64,
     /// The receive buffer holding the NOTIFY until the writes are all seen.
     held: u32,
+    /// Whether this generation's NOTIFY (or ABORT) arrived: a second is a duplicate.
+    notified: bool,
 }
 
 impl RxEntry {
@@ -44,6 +46,7 @@ impl RxEntry {
         seen: 0,
         want: u64::MAX,
         held: NONE,
+        notified: false,
     };
 }
 
@@ -360,28 +363,27 @@ impl Fabric {
         }
     }
 
-    /// Compares two wire generations (serial arithmetic over `gen_bits`).
-    fn newer(&self, a: u64, b: u64) -> std::cmp::Ordering {
+    /// Compares two generations of `bits` bits (serial arithmetic).
+    fn newer(a: u64, b: u64, bits: u32) -> std::cmp::Ordering {
         if a == b {
             return std::cmp::Ordering::Equal;
         }
-        let mask = (1u64 << self.gen_bits) - 1;
-        if a.wrapping_sub(b) & mask < 1 << (self.gen_bits - 1) {
+        let mask = (1u64 << bits) - 1;
+        if a.wrapping_sub(b) & mask < 1 << (bits - 1) {
             std::cmp::Ordering::Greater
         } else {
             std::cmp::Ordering::Less
         }
     }
 
-    /// The entry for (peer, wire handle) after moving it to the handle's generation;
-    /// `None` (counted) if the arrival is stale or names no slot.
-    fn entry(&self, rx: &mut RxState, peer: usize, raw: u64) -> Option<usize> {
-        let (index, generation) = wire::unpack_immediate(raw, self.gen_bits);
+    /// The entry for (peer, slot `index`) after moving it to `generation` (of `bits`
+    /// bits); `None` (counted) if the arrival is stale or names no slot.
+    fn entry(&self, rx: &mut RxState, peer: usize, index: usize, generation: u64, bits: u32) -> Option<usize> {
         let Some(entry) = Self::table(rx, peer).get(index).copied() else {
             self.unattributed.fetch_add(1, Ordering::Relaxed);
             return None;
         };
-        match self.newer(generation, entry.generation) {
+        match Self::newer(generation, entry.generation, bits) {
             std::cmp::Ordering::Less if entry.generation != 0 => {
                 self.stale.fetch_add(1, Ordering::Relaxed);
                 None
@@ -408,7 +410,15 @@ impl Fabric {
             return;
         };
         self.touch(rx, peer);
-        let Some(index) = self.entry(rx, peer, data) else {
+        if !self.tagged {
+            // Four bytes of immediate data leave 12 generation bits: too few to tell
+            // a very late write from a current one. No notification waits for writes
+            // here (see `on_notify`), so a write is counted and matched to nothing.
+            self.remote_writes.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let (index, generation) = wire::unpack_immediate(data, self.gen_bits);
+        let Some(index) = self.entry(rx, peer, index, generation, self.gen_bits) else {
             return;
         };
         self.remote_writes.fetch_add(1, Ordering::Relaxed);
@@ -477,26 +487,44 @@ impl Fabric {
             return;
         };
         self.touch(rx, peer);
-        let wire = self.immediate(Handle::from_raw(h.handle), h.tag);
-        let Some(index) = self.entry(rx, peer, wire) else {
+        // With 8 bytes of immediate data, writes carry 32 generation bits and the
+        // NOTIFY is matched to its writes by them (the bits the writes carry). With 4,
+        // the NOTIFY alone decides, by its full handle: the sender sends it only once
+        // its writes completed with FI_DELIVERY_COMPLETE (their bytes are in our
+        // memory), so it waits for no count, and an old generation can never match.
+        let handle = Handle::from_raw(h.handle);
+        let found = if self.tagged {
+            let (index, generation) = wire::unpack_immediate(self.immediate(handle, h.tag), self.gen_bits);
+            self.entry(rx, peer, index, generation, self.gen_bits)
+        } else {
+            self.entry(
+                rx,
+                peer,
+                handle.index() as usize,
+                handle.generation(),
+                crate::ring::GENERATION_BITS,
+            )
+        };
+        let Some(index) = found else {
             self.repost(rx, buf);
             return;
         };
         let e = &mut Self::table(rx, peer)[index];
-        if e.held != NONE {
-            // A second NOTIFY for the same generation: a duplicate.
-            let old = std::mem::replace(&mut e.held, NONE);
+        if e.notified {
+            // A second NOTIFY (or ABORT) for the same generation: a duplicate, dropped
+            // (the first, held or delivered, stands).
             self.stale.fetch_add(1, Ordering::Relaxed);
-            self.repost(rx, old);
+            self.repost(rx, buf);
+            return;
         }
-        let e = &mut Self::table(rx, peer)[index];
+        e.notified = true;
         if h.kind == ABORT {
             e.want = u64::MAX;
             self.aborts.fetch_add(1, Ordering::Relaxed);
             self.repost(rx, buf);
             return;
         }
-        e.want = h.count;
+        e.want = if self.tagged { h.count } else { 0 };
         if e.seen >= e.want {
             if !self.deliver(rx, peer, buf) {
                 rx.blocked.push((peer as u32, buf));

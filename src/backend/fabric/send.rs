@@ -352,6 +352,44 @@ impl Fabric {
         }
     }
 
+    /// Test hook: one raw NOTIFY carrying `handle` and `payload` to `dest` (as if a
+    /// transfer of ours had sent it: a late or duplicate one of an old generation,
+    /// say), from the HELLO buffer under the `hello` lock; waits for it to complete.
+    #[cfg(feature = "testing")]
+    pub(crate) fn inject_notify(
+        &self,
+        dest: u64,
+        tag: u16,
+        handle: Handle,
+        payload: &[u8],
+        sink: Sink<'_>,
+    ) -> Result<()> {
+        let _one = self.hello.lock().unwrap_or_else(|e| e.into_inner());
+        self.wait_for_earlier_hello(Duration::from_secs(10), sink)?;
+        let buf = self.buffer(self.capacity);
+        let len = wire::write_message(buf, self.msg_size, NOTIFY, tag, handle.to_raw(), 0, payload);
+        self.inject_state.store(0, Ordering::Release);
+        let context = (&raw const self.inject_state).cast_mut().cast::<c_void>();
+        // SAFETY: the HELLO buffer is ours under the `hello` lock (an earlier HELLO's
+        // send completed above) and untouched until this send completes, waited for
+        // below; the endpoint is live.
+        let ret = self.retry_eagain(EAGAIN_PATIENCE, sink, || unsafe {
+            api::send(self.ep.ep, buf.cast(), len, self.desc(), dest, context)
+        });
+        if ret != 0 {
+            return Err(self.ep.domain.api.error("fi_send(notify)", ret));
+        }
+        loop {
+            match self.inject_state.load(Ordering::Acquire) {
+                0 => {}
+                1 => return Ok(()),
+                code => return Err(self.ep.domain.api.error("fi_send(notify)", -(code as isize - 1))),
+            }
+            self.progress(sink, None);
+            std::thread::yield_now();
+        }
+    }
+
     /// Sets the slot's deadline: `FabricConfig::deadline` from now.
     fn arm(&self, slot: &TxSlot) {
         let expires = self.epoch.elapsed().saturating_add(self.deadline).as_nanos().max(1);
