@@ -557,6 +557,43 @@ fn driver_calls_child() {
     assert_eq!(fake.calls(c"cuMemcpyBatchAsync_v2"), 0);
     drop(unbatched);
 
+    // An engine dropped with copies whose events never complete: the drop waits a
+    // bounded time, fails them with SHUTDOWN and destroys every event of its own.
+    let doomed = Engine::new(Config {
+        name: "gpu-doomed".into(),
+        ..config()
+    })
+    .unwrap();
+    let (h2, g2) = (
+        doomed.alloc_region(1 << 16).unwrap(),
+        doomed.alloc_vram(1 << 16).unwrap(),
+    );
+    fake.hold(true);
+    for k in 0..8u64 {
+        let h = doomed
+            .prepare(
+                Op::Write,
+                &[Desc::new(h2, k * 4096, 4096)],
+                doomed.local_peer(),
+                &[Desc::new(g2, k * 4096, 4096)],
+                None,
+            )
+            .unwrap();
+        doomed.post(h).unwrap();
+        if k % 2 == 0 {
+            doomed.release(h).unwrap();
+        }
+    }
+    let start = std::time::Instant::now();
+    drop(doomed);
+    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    fake.hold(false);
+    assert_eq!(
+        fake.live(),
+        CAPACITY as i64,
+        "the doomed engine's events are gone, e's remain"
+    );
+
     fake.set_polls(2);
     e.check_quiescent().unwrap();
 }

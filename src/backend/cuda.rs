@@ -582,6 +582,15 @@ impl Drop for Cuda {
             for &s in self.streams.iter() {
                 let _ = sys::cuStreamSynchronize(s);
             }
+            // Transfers to peers' mapped memory that never reported (their engine
+            // failed them with SHUTDOWN): the owners' entries are unpinned, so a
+            // peer's `deregister` is not kept `Busy` by an engine that is gone.
+            for (index, held) in self.peer_held.iter().enumerate() {
+                if held.swap(false, Ordering::AcqRel) {
+                    let raw = self.in_flight[index].load(Ordering::Acquire);
+                    lock(&self.peer_slots[index]).release(Handle::from_raw(raw), false);
+                }
+            }
             for &e in self.events.iter() {
                 if sys::cuEventDestroy_v2(e) == sys::CUresult::CUDA_SUCCESS {
                     self.events_live.fetch_sub(1, Ordering::Relaxed);

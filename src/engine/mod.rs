@@ -45,7 +45,7 @@ use crate::error::{Error, Result};
 use crate::mem::{Holder, Registry, Resolved};
 use crate::notify::{Geometry, Inbox, InboxMap, inbox_name};
 use crate::peer::Peer;
-use crate::ring::{Handle, Job, Outcome, SlotRing};
+use crate::ring::{FailCode, Handle, Job, Outcome, SlotRing};
 use crate::shared::Shared;
 use crate::sys::shm;
 use crate::types::{Desc, Op, RegionId};
@@ -417,24 +417,19 @@ fn reclaim(registry: &Registry, t: &mut Transfer) {
     t.notif_len = None;
 }
 
+/// How long an engine's drop waits for its transports to end what they hold before
+/// it closes them and fails the rest with `SHUTDOWN`.
+const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(2);
+
 impl Drop for Engine {
+    /// Shutdown ends every transfer through the one exit function: the threads stop
+    /// (queued file jobs run first), the transports get up to [`SHUTDOWN_PATIENCE`]
+    /// to end what they hold (GPU streams drained, the sim drained, the fabric's
+    /// completions read), the endpoints close — after which no operation can touch
+    /// anything — and whatever is still in flight then fails with
+    /// `FailCode::SHUTDOWN`, its slot's resources (holds, pins in peers' tables)
+    /// let go like any other transfer's. Nothing is left for the process.
     fn drop(&mut self) {
-        // Debug builds: let the asynchronous transports end what they still hold, then
-        // say (on stderr) if anything is left: a handle never released, a prepared
-        // list, a transfer a provider never gave back. Not a panic: a drop during
-        // unwinding, or with a provider holding slots, must still clean up.
-        if cfg!(debug_assertions) && !std::thread::panicking() {
-            self.core.transports.drain(&mut |h, o| self.core.complete(h, o));
-            for _ in 0..1000 {
-                if self.core.ring.stats().live == 0 {
-                    break;
-                }
-                self.core.progress();
-            }
-            if let Err(e) = self.check_quiescent() {
-                eprintln!("ringxfer: engine {:?} dropped while {e}", self.config.name);
-            }
-        }
         if let Some((stop, thread)) = self.progress_thread.take() {
             stop.store(true, Ordering::Relaxed);
             let _ = thread.join();
@@ -447,10 +442,35 @@ impl Drop for Engine {
         // GPU copies in flight finish before device memory is freed with its region,
         // and peers in this process no longer find the engine.
         self.core.transports.quiesce();
+        let core = &self.core;
+        let start = Instant::now();
+        loop {
+            core.transports.drain(&mut |h, o| core.complete(h, o));
+            core.progress();
+            let mut any = false;
+            core.ring.in_flight(|_| any = true);
+            if !any || start.elapsed() > SHUTDOWN_PATIENCE {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
         // The endpoints close before the memory registrations (and the caller's
-        // memory) go: no operation can touch them afterwards.
+        // memory) go: no operation can touch them afterwards. (A metadata server
+        // still serving holds the core weakly; then they close with the core, below.)
         if let Some(core) = Arc::get_mut(&mut self.core) {
             core.transports.close();
+        }
+        let core = &self.core;
+        core.ring.in_flight(|h| {
+            let _ = core.complete(h, Outcome::Failed(FailCode::SHUTDOWN));
+        });
+        // Debug builds say (on stderr) what the caller left: a handle never released,
+        // a prepared list. Not a panic: a drop during unwinding must still clean up.
+        if cfg!(debug_assertions)
+            && !std::thread::panicking()
+            && let Err(e) = self.check_quiescent()
+        {
+            eprintln!("ringxfer: engine {:?} dropped while {e}", self.config.name);
         }
         // Peers holding our shared half now find no regions: their transfers fail
         // instead of writing memory the caller may free after this.

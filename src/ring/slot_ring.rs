@@ -618,6 +618,18 @@ impl<C> SlotRing<C> {
         }
     }
 
+    /// Calls `f` with the handle of every transfer in flight now (posted and not yet
+    /// ended, released or not): engine shutdown ends those its transports never will.
+    pub(crate) fn in_flight(&self, mut f: impl FnMut(Handle)) {
+        for (index, slot) in self.slots.iter().enumerate() {
+            let word = slot.word.load(Ordering::Acquire);
+            // Expired ones too (a code in the word): their transport still holds them.
+            if matches!(state::state(word), POSTED | DETACHED) {
+                f(Handle::from_raw(state::generation(word) << INDEX_BITS | index as u64));
+            }
+        }
+    }
+
     /// The slot a handle names, or `InvalidHandle` for null and out-of-range indices.
     #[inline]
     fn slot(&self, handle: Handle) -> Result<&Slot<C>> {
