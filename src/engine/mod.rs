@@ -423,7 +423,7 @@ const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(2);
 
 impl Drop for Engine {
     /// Shutdown ends every transfer through the one exit function: the threads stop
-    /// (queued file jobs run first), the transports get up to [`SHUTDOWN_PATIENCE`]
+    /// (queued file jobs run first), the transports get up to `SHUTDOWN_PATIENCE` (2 s)
     /// to end what they hold (GPU streams drained, the sim drained, the fabric's
     /// completions read), the endpoints close — after which no operation can touch
     /// anything — and whatever is still in flight then fails with
