@@ -545,7 +545,7 @@ impl Cuda {
 /// # Safety
 /// Both ranges are live for `len` bytes until the stream passes this copy (the
 /// transfer holds them until its event completes); at least one side is device memory.
-unsafe fn copy_one(dst: u64, src: u64, len: usize, kinds: Kinds, stream: sys::CUstream) -> sys::CUresult {
+pub(crate) unsafe fn copy_one(dst: u64, src: u64, len: usize, kinds: Kinds, stream: sys::CUstream) -> sys::CUresult {
     // SAFETY: as the caller promises.
     unsafe {
         match (kinds.src_vram, kinds.dst_vram) {

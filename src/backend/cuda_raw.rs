@@ -210,12 +210,47 @@ impl CudaRawLoop {
     /// Copies `iters` transfers of `batch` blocks of `block` bytes (initiator →
     /// target for a WRITE), `window` in flight, after `warmup` untimed ones.
     pub fn run(&self, op: Op, block: usize, batch: usize, iters: u64, warmup: u64) -> Result<Duration> {
-        // SAFETY: our context.
-        check(unsafe { sys::cuCtxSetCurrent(self.ctx) }, "cuCtxSetCurrent")?;
-        let (src, dst) = match op {
+        let (src, dst) = self.sides(op);
+        let kinds = kinds(src, dst);
+        self.windowed(iters, warmup, || {
+            for j in 0..batch {
+                let (s, d) = (src.addr() + (j * block) as u64, dst.addr() + (j * block) as u64);
+                // SAFETY: both buffers hold block × batch bytes and live as long as
+                // `self`; the stream is synchronised before they go.
+                check(unsafe { self.copy(d, s, block, kinds) }, "cuMemcpyAsync")?;
+            }
+            Ok(())
+        })
+    }
+
+    /// (source, destination) of `op`.
+    fn sides(&self, op: Op) -> (&Buffer, &Buffer) {
+        match op {
             Op::Write => (&self.initiator, &self.target),
             Op::Read => (&self.target, &self.initiator),
-        };
+        }
+    }
+
+    /// One copy on the loop's stream (a plain `memcpy` between two host buffers).
+    ///
+    /// # Safety
+    /// Both ranges are live for `len` bytes until the stream is synchronised.
+    unsafe fn copy(&self, dst: u64, src: u64, len: usize, kinds: Kinds) -> sys::CUresult {
+        if !kinds.src_vram && !kinds.dst_vram {
+            // SAFETY: as the caller promises (host memory, copied now).
+            unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
+            return sys::CUresult::CUDA_SUCCESS;
+        }
+        // SAFETY: as the caller promises; one side is device memory.
+        unsafe { super::cuda::copy_one(dst, src, len, kinds, self.stream) }
+    }
+
+    /// The loop both runs share: `warmup` untimed then `iters` timed turns, each
+    /// waiting for its event's previous record (one event per place in the window),
+    /// enqueuing one transfer's copies with `enqueue`, and recording the event.
+    fn windowed(&self, iters: u64, warmup: u64, mut enqueue: impl FnMut() -> Result<()>) -> Result<Duration> {
+        // SAFETY: our context.
+        check(unsafe { sys::cuCtxSetCurrent(self.ctx) }, "cuCtxSetCurrent")?;
         let window = self.events.len();
         let mut recorded = vec![false; window];
         let mut start = Instant::now();
@@ -236,23 +271,7 @@ impl CudaRawLoop {
                     }
                 }
             }
-            for j in 0..batch {
-                let (s, d) = (src.addr() + (j * block) as u64, dst.addr() + (j * block) as u64);
-                // SAFETY: both buffers hold block × batch bytes and live as long as
-                // `self`; the stream is synchronised before they go.
-                let r = unsafe {
-                    match (src.is_device(), dst.is_device()) {
-                        (false, true) => sys::cuMemcpyHtoDAsync_v2(d, s as *const _, block, self.stream),
-                        (true, false) => sys::cuMemcpyDtoHAsync_v2(d as *mut _, s, block, self.stream),
-                        (true, true) => sys::cuMemcpyDtoDAsync_v2(d, s, block, self.stream),
-                        (false, false) => {
-                            std::ptr::copy_nonoverlapping(s as *const u8, d as *mut u8, block);
-                            sys::CUresult::CUDA_SUCCESS
-                        }
-                    }
-                };
-                check(r, "cuMemcpyAsync")?;
-            }
+            enqueue()?;
             // SAFETY: our event and stream.
             let r = unsafe { sys::cuEventRecord(self.events[e], self.stream) };
             check(r, "cuEventRecord")?;
@@ -261,6 +280,14 @@ impl CudaRawLoop {
         // SAFETY: our stream.
         check(unsafe { sys::cuStreamSynchronize(self.stream) }, "cuStreamSynchronize")?;
         Ok(start.elapsed())
+    }
+}
+
+/// Where a copy between `src` and `dst` reads and writes.
+fn kinds(src: &Buffer, dst: &Buffer) -> Kinds {
+    Kinds {
+        src_vram: src.is_device(),
+        dst_vram: dst.is_device(),
     }
 }
 
@@ -289,16 +316,8 @@ impl CudaRawLoop {
             })?),
             false => None,
         };
-        // SAFETY: our context.
-        check(unsafe { sys::cuCtxSetCurrent(self.ctx) }, "cuCtxSetCurrent")?;
-        let (src, dst) = match op {
-            Op::Write => (&self.initiator, &self.target),
-            Op::Read => (&self.target, &self.initiator),
-        };
-        let kinds = Kinds {
-            src_vram: src.is_device(),
-            dst_vram: dst.is_device(),
-        };
+        let (src, dst) = self.sides(op);
+        let kinds = kinds(src, dst);
         // (source offset, destination offset) of a piece.
         let sides = |&(i, t, _): &(u64, u64, usize)| match op {
             Op::Write => (i, t),
@@ -307,26 +326,7 @@ impl CudaRawLoop {
         let mut srcs: Vec<u64> = pieces.iter().map(|p| src.addr() + sides(p).0).collect();
         let mut dsts: Vec<u64> = pieces.iter().map(|p| dst.addr() + sides(p).1).collect();
         let mut sizes: Vec<usize> = pieces.iter().map(|p| p.2).collect();
-        let window = self.events.len();
-        let mut recorded = vec![false; window];
-        let mut start = Instant::now();
-        for i in 0..warmup + iters {
-            if i == warmup {
-                // SAFETY: our stream.
-                check(unsafe { sys::cuStreamSynchronize(self.stream) }, "cuStreamSynchronize")?;
-                recorded.iter_mut().for_each(|r| *r = false);
-                start = Instant::now();
-            }
-            let e = (i as usize) % window;
-            if recorded[e] {
-                loop {
-                    // SAFETY: a recorded event of ours.
-                    match unsafe { sys::cuEventQuery(self.events[e]) } {
-                        sys::CUresult::CUDA_ERROR_NOT_READY => std::hint::spin_loop(),
-                        r => break check(r, "cuEventQuery")?,
-                    }
-                }
-            }
+        self.windowed(iters, warmup, || {
             match batch {
                 Some(f) => {
                     // SAFETY: every piece lies in the buffers, which live as long as
@@ -337,29 +337,12 @@ impl CudaRawLoop {
                 None => {
                     for ((&d, &s), &n) in dsts.iter().zip(&srcs).zip(&sizes) {
                         // SAFETY: as above.
-                        let r = unsafe {
-                            match (kinds.src_vram, kinds.dst_vram) {
-                                (false, true) => sys::cuMemcpyHtoDAsync_v2(d, s as *const _, n, self.stream),
-                                (true, false) => sys::cuMemcpyDtoHAsync_v2(d as *mut _, s, n, self.stream),
-                                (true, true) => sys::cuMemcpyDtoDAsync_v2(d, s, n, self.stream),
-                                (false, false) => {
-                                    std::ptr::copy_nonoverlapping(s as *const u8, d as *mut u8, n);
-                                    sys::CUresult::CUDA_SUCCESS
-                                }
-                            }
-                        };
-                        check(r, "cuMemcpyAsync")?;
+                        check(unsafe { self.copy(d, s, n, kinds) }, "cuMemcpyAsync")?;
                     }
                 }
             }
-            // SAFETY: our event and stream.
-            let r = unsafe { sys::cuEventRecord(self.events[e], self.stream) };
-            check(r, "cuEventRecord")?;
-            recorded[e] = true;
-        }
-        // SAFETY: our stream.
-        check(unsafe { sys::cuStreamSynchronize(self.stream) }, "cuStreamSynchronize")?;
-        Ok(start.elapsed())
+            Ok(())
+        })
     }
 }
 
