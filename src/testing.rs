@@ -46,6 +46,13 @@ impl Engine {
         }
     }
 
+    /// File transport: while `on`, every file job waits before its I/O, as on a
+    /// stalled network filesystem (the job's thread, a worker or a waiter that took
+    /// it, waits too).
+    pub fn stall_file_io(&self, on: bool) {
+        self.core().transports.stall_files(on);
+    }
+
     /// Sim transport: ends everything it holds now and replays its kept handles (the
     /// end of a run, before a quiescence check).
     pub fn sim_drain(&self) {

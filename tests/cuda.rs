@@ -557,6 +557,35 @@ fn driver_calls_child() {
     assert_eq!(fake.calls(c"cuMemcpyBatchAsync_v2"), 0);
     drop(unbatched);
 
+    // A GPU copy cannot be recalled: cancel says so (in flight), and the transfer
+    // ends with its event. A stream that never completes fails it at its deadline;
+    // its slot stays the transport's until the event does complete.
+    fake.hold(true);
+    let h = prepare(2);
+    e.post(h).unwrap();
+    assert_eq!(e.cancel(h).unwrap(), ringxfer::ring::CancelResult::InFlight);
+    assert_eq!(e.status(h).unwrap(), Status::Posted);
+    fake.hold(false);
+    assert_eq!(e.wait(h, Duration::from_secs(10)).unwrap(), Status::Done);
+    e.release(h).unwrap();
+    fake.hold(true);
+    let h = prepare(3);
+    e.set_deadline(h, Some(Duration::from_millis(20))).unwrap();
+    e.post(h).unwrap();
+    assert_eq!(
+        e.wait(h, Duration::from_secs(10)).unwrap(),
+        Status::Failed(ringxfer::ring::FailCode::TIMEOUT)
+    );
+    assert_eq!(e.release(h).unwrap(), ringxfer::ring::Released::Detached);
+    assert_eq!(e.stats().ring.live, 1, "the event still holds the slot");
+    fake.hold(false);
+    let start = std::time::Instant::now();
+    while e.stats().ring.live != 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "the event never let go");
+        e.progress();
+    }
+    e.check_quiescent().unwrap();
+
     // An engine dropped with copies whose events never complete: the drop waits a
     // bounded time, fails them with SHUTDOWN and destroys every event of its own.
     let doomed = Engine::new(Config {

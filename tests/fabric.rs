@@ -21,7 +21,7 @@ const PROVIDERS: [&str; 2] = ["tcp", "shm"];
 /// An engine with the fabric transport on `provider`, or `None` (the test is skipped,
 /// said loudly) when libfabric is unavailable.
 fn engine(name: &str, provider: &str, progress_thread: bool) -> Option<Engine> {
-    engine_with(name, provider, progress_thread, FabricConfig::default().deadline)
+    engine_with(name, provider, progress_thread, Config::default().deadline.unwrap())
 }
 
 fn engine_with(name: &str, provider: &str, progress_thread: bool, deadline: Duration) -> Option<Engine> {
@@ -41,10 +41,10 @@ fn engine_at(
         fabric: Some(FabricConfig {
             provider: Some(provider.into()),
             progress_thread,
-            deadline,
             node,
             ..FabricConfig::default()
         }),
+        deadline: Some(deadline),
         ..Config::default()
     })
 }
@@ -114,6 +114,81 @@ fn write_and_read_with_notification_in_one_process() {
     }
 }
 
+/// A fabric transfer cancelled in flight is abandoned: it reads Failed(CANCELLED) at
+/// once, the target never gets its notification, and its slot is freed exactly once,
+/// when the provider lets go of the operations.
+#[test]
+fn a_cancelled_fabric_transfer_is_abandoned_and_its_slot_freed_once() {
+    use ringxfer::ring::{CancelResult, FailCode, Released};
+    const LEN: u64 = 16 << 20;
+    for provider in PROVIDERS {
+        let Some(a) = engine("a", provider, false) else { return };
+        let Some(b) = engine("b", provider, true) else { return };
+        let src = a.alloc_region(LEN as usize).unwrap();
+        let dst = b.alloc_region(LEN as usize).unwrap();
+        let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+        let (mut abandoned, mut ended) = (0, 0);
+        for round in 0..20 {
+            let h = a
+                .prepare(
+                    Op::Write,
+                    &[Desc::new(src, 0, LEN)],
+                    peer,
+                    &[Desc::new(dst, 0, LEN)],
+                    Some(b"cancelled"),
+                )
+                .unwrap();
+            a.post(h).unwrap();
+            match a.cancel(h).unwrap() {
+                CancelResult::Abandoned => {
+                    abandoned += 1;
+                    assert_eq!(a.status(h).unwrap(), Status::Failed(FailCode::CANCELLED));
+                    assert_eq!(a.cancel(h).unwrap(), CancelResult::AlreadyComplete);
+                    // Released at once: detached, the provider still has it.
+                    let released = a.release(h).unwrap();
+                    let start = std::time::Instant::now();
+                    while a.stats().ring.live != 0 {
+                        assert!(start.elapsed() < WAIT, "{provider}: the abandoned slot never came back");
+                        a.progress();
+                    }
+                    assert!(matches!(released, Released::Detached | Released::Freed));
+                }
+                CancelResult::AlreadyComplete => {
+                    ended += 1;
+                    a.release(h).unwrap();
+                }
+                other => panic!("{provider} round {round}: {other:?}"),
+            }
+        }
+        assert!(
+            abandoned > 0,
+            "{provider}: no cancel found a 16 MiB write in flight ({ended} ended first)"
+        );
+        // Only transfers that ended before their cancel were announced.
+        std::thread::sleep(Duration::from_millis(50));
+        let mut note = [0u8; 256];
+        let mut notes = 0;
+        while b.pop_notification(&mut note).unwrap().is_some() {
+            notes += 1;
+        }
+        assert!(
+            notes <= ended,
+            "{provider}: {notes} notifications for {ended} transfers not cancelled"
+        );
+        let ring = a.stats().ring;
+        assert_eq!(
+            (ring.acquired, ring.freed),
+            (20, 20),
+            "{provider}: every slot freed once"
+        );
+        assert_eq!(
+            ring.failed, abandoned as u64,
+            "{provider}: each abandoned one counted failed"
+        );
+        a.check_quiescent().unwrap();
+    }
+}
+
 // ----- two processes -----
 //
 // The test re-runs its own binary as the target (`fabric_child`, ignored in normal
@@ -147,7 +222,7 @@ fn fabric_child() {
     let provider = std::env::var("RINGXFER_TEST_PROVIDER").unwrap();
     // In another network namespace: bind the endpoint and the metadata server there.
     let node = std::env::var("RINGXFER_TEST_NODE").ok();
-    let deadline = FabricConfig::default().deadline;
+    let deadline = Config::default().deadline.unwrap();
     let b = engine_at("target", &provider, true, deadline, node.clone()).unwrap();
     let region = b.alloc_region(REGION).unwrap();
     let server = b
@@ -520,6 +595,12 @@ fn error_completions_end_every_slot() {
             8,
             "{provider}: every transfer ended FAILED or was refused"
         );
+        // The engine's check may fail a transfer at its deadline before the fabric's
+        // own scan (every millisecond of progress) finds it: give that a turn.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(5) {
+            a.progress();
+        }
         let s = a.stats();
         // Only transfers the deadline failed may still be held (by the provider, which
         // never gave them back); every other slot is free and unpinned.

@@ -251,6 +251,10 @@ enum rx_cancel_result
   RX_CANCEL_IN_FLIGHT = 1,
   // It had already ended.
   RX_CANCEL_ALREADY_COMPLETE = 2,
+  // In flight on the fabric, whose operations cannot be recalled: it reads
+  // failed (engine code 7, cancelled) from now on, its notification is not sent,
+  // and its slot is freed once the operations let go.
+  RX_CANCEL_ABANDONED = 3,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -299,8 +303,10 @@ typedef struct {
   // The fabric transport (libfabric): 0 leaves it off; `RX_FABRIC_ENABLE`, plus
   // `RX_FABRIC_PROGRESS_THREAD` for an engine that only serves others.
   uint32_t fabric_flags;
-  // A posted fabric transfer's deadline in milliseconds (0: the default, 30000).
-  uint32_t fabric_deadline_ms;
+  // How long a posted transfer may stay in flight, on every transport, in
+  // milliseconds: 0 the default (30000), `UINT32_MAX` no deadline. `rx_set_deadline`
+  // chooses another for one transfer.
+  uint32_t deadline_ms;
   // The libfabric provider ("tcp", "shm", "verbs", "efa", …; NUL-terminated), or
   // NULL for libfabric's choice. `RINGXFER_FI_PROVIDER` overrides it.
   const char *fabric_provider;
@@ -593,6 +599,11 @@ rx_status rx_wait(const rx_engine *engine,
 
 // Cancels a transfer; what happened (an `rx_cancel_result`) goes to `*out_result`.
 rx_status rx_cancel(const rx_engine *engine, uint64_t handle, uint32_t *out_result);
+
+// Chooses how long one prepared (not yet posted) transfer may stay in flight once
+// posted, in nanoseconds, instead of `rx_config::deadline_ms`; `UINT64_MAX`: no
+// deadline. Past it the transfer reads failed (engine code 1, deadline expired).
+rx_status rx_set_deadline(const rx_engine *engine, uint64_t handle, uint64_t timeout_ns);
 
 // Gives a handle up: its slot returns to the ring now (or, if the transfer is still
 // in flight, when it completes). Any later use of the handle is `RX_STALE_HANDLE`.

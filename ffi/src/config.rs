@@ -44,8 +44,10 @@ pub struct rx_config {
     /// The fabric transport (libfabric): 0 leaves it off; `RX_FABRIC_ENABLE`, plus
     /// `RX_FABRIC_PROGRESS_THREAD` for an engine that only serves others.
     pub fabric_flags: u32,
-    /// A posted fabric transfer's deadline in milliseconds (0: the default, 30000).
-    pub fabric_deadline_ms: u32,
+    /// How long a posted transfer may stay in flight, on every transport, in
+    /// milliseconds: 0 the default (30000), `UINT32_MAX` no deadline. `rx_set_deadline`
+    /// chooses another for one transfer.
+    pub deadline_ms: u32,
     /// The libfabric provider ("tcp", "shm", "verbs", "efa", …; NUL-terminated), or
     /// NULL for libfabric's choice. `RINGXFER_FI_PROVIDER` overrides it.
     pub fabric_provider: *const c_char,
@@ -104,7 +106,7 @@ pub unsafe extern "C" fn rx_config_default(out: *mut rx_config) -> rx_status {
             file_workers: d.file_workers as u32,
             file_worker_poll_us: d.file_worker_poll.as_micros() as u32,
             fabric_flags: 0,
-            fabric_deadline_ms: 0,
+            deadline_ms: 0,
             fabric_provider: std::ptr::null(),
             fabric_node: std::ptr::null(),
             cuda_flags: 0,
@@ -141,6 +143,11 @@ pub(crate) unsafe fn config_from(cfg: &rx_config) -> Result<Config, rx_status> {
     c.inbox_capacity = cfg.inbox_capacity as usize;
     c.file_workers = cfg.file_workers as usize;
     c.file_worker_poll = std::time::Duration::from_micros(u64::from(cfg.file_worker_poll_us));
+    c.deadline = match cfg.deadline_ms {
+        0 => c.deadline,
+        u32::MAX => None,
+        ms => Some(std::time::Duration::from_millis(u64::from(ms))),
+    };
     // SAFETY: the caller promises NULL or a NUL-terminated string in each fabric string.
     if let Some(f) = unsafe { fabric_from(cfg) }? {
         c.fabric = Some(f);
@@ -176,15 +183,12 @@ unsafe fn fabric_from(cfg: &rx_config) -> Result<Option<FabricConfig>, rx_status
         let s = unsafe { CStr::from_ptr(p) };
         s.to_str().map(|s| Some(s.to_owned())).map_err(|_| invalid(what))
     };
-    let mut f = FabricConfig {
+    let f = FabricConfig {
         provider: text(cfg.fabric_provider, "fabric_provider is not UTF-8")?,
         node: text(cfg.fabric_node, "fabric_node is not UTF-8")?,
         progress_thread: cfg.fabric_flags & RX_FABRIC_PROGRESS_THREAD != 0,
         ..FabricConfig::default()
     };
-    if cfg.fabric_deadline_ms != 0 {
-        f.deadline = std::time::Duration::from_millis(u64::from(cfg.fabric_deadline_ms));
-    }
     Ok(Some(f))
 }
 

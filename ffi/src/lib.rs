@@ -77,5 +77,5 @@ pub use stats::{rx_engine_stats, rx_stats};
 pub use status::rx_status;
 pub use transfers::{
     rx_cancel, rx_cancel_result, rx_desc, rx_fail_source, rx_get_status, rx_op, rx_post, rx_post_list, rx_prepare,
-    rx_prepare_list, rx_release, rx_release_list, rx_wait, rx_xfer_state, rx_xfer_status,
+    rx_prepare_list, rx_release, rx_release_list, rx_set_deadline, rx_wait, rx_xfer_state, rx_xfer_status,
 };

@@ -98,6 +98,10 @@ pub enum rx_cancel_result {
     RX_CANCEL_IN_FLIGHT = 1,
     /// It had already ended.
     RX_CANCEL_ALREADY_COMPLETE = 2,
+    /// In flight on the fabric, whose operations cannot be recalled: it reads
+    /// failed (engine code 7, cancelled) from now on, its notification is not sent,
+    /// and its slot is freed once the operations let go.
+    RX_CANCEL_ABANDONED = 3,
 }
 
 fn op_from(op: u32) -> Result<Op, rx_status> {
@@ -313,9 +317,23 @@ pub unsafe extern "C" fn rx_cancel(engine: *const rx_engine, handle: u64, out_re
             CancelResult::Cancelled => rx_cancel_result::RX_CANCEL_DONE,
             CancelResult::InFlight => rx_cancel_result::RX_CANCEL_IN_FLIGHT,
             CancelResult::AlreadyComplete => rx_cancel_result::RX_CANCEL_ALREADY_COMPLETE,
+            CancelResult::Abandoned => rx_cancel_result::RX_CANCEL_ABANDONED,
         };
         // SAFETY: checked non-NULL.
         unsafe { put(out_result, r as u32) }
+    })
+}
+
+/// Chooses how long one prepared (not yet posted) transfer may stay in flight once
+/// posted, in nanoseconds, instead of `rx_config::deadline_ms`; `UINT64_MAX`: no
+/// deadline. Past it the transfer reads failed (engine code 1, deadline expired).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rx_set_deadline(engine: *const rx_engine, handle: u64, timeout_ns: u64) -> rx_status {
+    guard(|| {
+        // SAFETY: see `engine`.
+        let e = tri!(unsafe { self::engine(engine) });
+        let timeout = (timeout_ns != u64::MAX).then(|| Duration::from_nanos(timeout_ns));
+        status_of(e.set_deadline(Handle::from_raw(handle), timeout))
     })
 }
 

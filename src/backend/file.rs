@@ -19,7 +19,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::runs::Runs;
-use super::{Sink, Started, Transport, Xfer, absent};
+use super::{Recall, Sink, Started, Transport, Xfer, absent};
 use crate::error::Result;
 use crate::mem::Resolved;
 use crate::ring::{FailCode, FailSource, Handle, Job, JobQueue, Outcome, Popped};
@@ -196,6 +196,9 @@ impl FileQueue {
 pub(crate) struct Files {
     queue: FileQueue,
     workers: usize,
+    /// Testing: jobs wait before their I/O while set (a stalled filesystem).
+    #[cfg(feature = "testing")]
+    pub(crate) stalled: AtomicBool,
 }
 
 impl Files {
@@ -203,6 +206,8 @@ impl Files {
         Files {
             queue: FileQueue::new(capacity, poll),
             workers,
+            #[cfg(feature = "testing")]
+            stalled: AtomicBool::new(false),
         }
     }
 
@@ -240,8 +245,10 @@ impl Transport for Files {
         Ok(Started::Job)
     }
 
-    fn cancel(&self, handle: Handle) {
+    /// A queued job ends CANCELLED when taken; a running one completes.
+    fn cancel(&self, handle: Handle) -> Recall {
         self.queue.cancel(handle);
+        Recall::Asked
     }
 
     fn bytes(&self) -> usize {

@@ -187,6 +187,8 @@ pub(crate) struct Xfer<'a> {
     pub(crate) handle: Handle,
     pub(crate) t: &'a Transfer,
     pub(crate) link: Option<&'a Link>,
+    /// How long it may stay in flight, in nanoseconds (`None`: no deadline).
+    pub(crate) timeout: Option<u64>,
 }
 
 impl<'a> Xfer<'a> {
@@ -251,6 +253,19 @@ pub(crate) enum Started {
     Job,
 }
 
+/// What a transport did when asked to stop an in-flight transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Recall {
+    /// Not one it holds (another transport's, or already ended), or one it will
+    /// end by itself: CANCELLED if it can still stop it (a queued file job, the
+    /// sim), else with its own outcome (a running file job, a GPU copy).
+    Asked,
+    /// One it holds and cannot recall, and will not report done either: the engine
+    /// fails it for its owner with `CANCELLED` now (`SlotRing::expire`); the
+    /// transport ends it (and frees the slot) once its operations let go.
+    Abandon,
+}
+
 /// What every transport does. Hot path: `start`, `launch`, `progress`, `cancel`;
 /// control path: the rest, each with a default for transports that have nothing to
 /// do there.
@@ -272,8 +287,9 @@ pub(crate) trait Transport {
     }
 
     /// Asks that an in-flight transfer stop; it still ends through the sink.
-    fn cancel(&self, handle: Handle) {
+    fn cancel(&self, handle: Handle) -> Recall {
         let _ = handle;
+        Recall::Asked
     }
 
     /// What it puts in the engine's metadata for peers.
@@ -618,10 +634,21 @@ impl Transports {
         n
     }
 
-    /// Asks the transports to stop an in-flight transfer (only queued file transfers
-    /// can be stopped today: they end CANCELLED instead of running).
-    pub(crate) fn cancel(&self, handle: Handle) {
+    /// Asks the transports to stop an in-flight transfer. Each knows from its own
+    /// per-slot state (keyed by the full handle) whether it holds it: a queued file
+    /// job and a sim transfer end CANCELLED; the fabric abandons its own.
+    pub(crate) fn cancel(&self, handle: Handle) -> Recall {
         Transport::cancel(&self.files, handle);
+        if let Some(t) = &self.fabric
+            && Transport::cancel(t, handle) == Recall::Abandon
+        {
+            return Recall::Abandon;
+        }
+        #[cfg(feature = "testing")]
+        if let Some(t) = &self.sim {
+            Transport::cancel(t, handle);
+        }
+        Recall::Asked
     }
 
     // ----- jobs run on the engine's worker threads -----
@@ -651,7 +678,18 @@ impl Transports {
     /// Runs a job's transfer.
     #[inline]
     pub(crate) fn run_job(&self, xfer: Xfer<'_>) -> Outcome {
+        #[cfg(feature = "testing")]
+        while self.files.stalled.load(std::sync::atomic::Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         file::run(xfer.op(), xfer.runs(), xfer.own())
+    }
+
+    /// Testing: makes file jobs wait before their I/O while `on` (a stalled
+    /// filesystem), for deadline and shutdown tests.
+    #[cfg(feature = "testing")]
+    pub(crate) fn stall_files(&self, on: bool) {
+        self.files.stalled.store(on, std::sync::atomic::Ordering::Release);
     }
 
     /// Tells the worker threads to finish the queue and stop.

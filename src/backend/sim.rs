@@ -19,7 +19,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Expire, Sink, Started, Transport, TransportStats, Xfer};
+use super::{Expire, Recall, Sink, Started, Transport, TransportStats, Xfer};
 use crate::error::Result;
 use crate::notify::Outbox;
 use crate::ring::{FailCode, Handle, Outcome};
@@ -92,6 +92,8 @@ struct Pending {
     posted_at: u64,
     stalled: bool,
     expired: bool,
+    /// Its owner asked it to stop: it ends CANCELLED at the next progress.
+    cancelled: bool,
     /// Length of the notification in `notes`, if any.
     notification: Option<usize>,
 }
@@ -200,9 +202,19 @@ impl Sim {
             posted_at,
             stalled,
             expired: false,
+            cancelled: false,
             notification,
         });
         self.posted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Asks that `handle` stop, if it is still pending: it ends CANCELLED (without
+    /// its notification) at the next progress. A sim transfer can always be stopped.
+    pub(crate) fn cancel(&self, handle: Handle) {
+        let mut s = self.state();
+        if let Some(p) = s.pending.iter_mut().find(|p| p.handle == handle) {
+            p.cancelled = true;
+        }
     }
 
     /// Makes every transfer in flight fail with `PEER_LOST` at the next progress.
@@ -243,6 +255,12 @@ impl Sim {
         }
         let mut i = 0;
         while i < s.pending.len() {
+            if s.pending[i].cancelled {
+                let p = s.pending.swap_remove(i);
+                self.finish(&mut s, p, Outcome::Cancelled, sink);
+                delivered += 1;
+                continue;
+            }
             let overdue = s.tick.saturating_sub(s.pending[i].posted_at) > self.config.deadline_ticks;
             if s.pending[i].stalled {
                 if overdue && !s.pending[i].expired {
@@ -345,6 +363,11 @@ impl Transport for Sim {
 
     fn launch(&self, handle: Handle, _word: u32, _sink: Sink<'_>) {
         Sim::launch(self, handle);
+    }
+
+    fn cancel(&self, handle: Handle) -> Recall {
+        Sim::cancel(self, handle);
+        Recall::Asked
     }
 
     fn progress(&self, sink: Sink<'_>, expire: Expire<'_>) -> usize {

@@ -80,6 +80,13 @@ pub struct Config {
     /// shared-memory segment of about `max_peers × inbox_capacity × (max_notif_bytes
     /// + 24)` bytes (2.3 MB with the defaults).
     pub inbox_capacity: usize,
+    /// How long a posted transfer may stay in flight before it reads
+    /// `Failed(FailCode::TIMEOUT)`, on every transport; `None`: no deadline.
+    /// [`Engine::set_deadline`](crate::Engine::set_deadline) chooses another for one
+    /// transfer. Past it the caller sees the failure at once (from `status` or
+    /// `wait`), while the slot stays the transport's until it has let go of the
+    /// memory (the fabric also declares the peer lost then). Default 30 s.
+    pub deadline: Option<Duration>,
     /// The fabric transport (libfabric, loaded at run time): `None` (the default)
     /// leaves it off; peers are then reached with the local transport only. With it
     /// on, peers that offer a fabric endpoint are reached through it.
@@ -115,6 +122,7 @@ impl Default for Config {
             file_workers: 2,
             file_worker_poll: Duration::from_micros(100),
             inbox_capacity: 128,
+            deadline: Some(Duration::from_secs(30)),
             fabric: None,
             cuda: None,
             metadata_secret: None,
@@ -163,6 +171,15 @@ impl Config {
             .is_some_and(|s| s.is_empty() || s.contains(char::is_whitespace))
         {
             return bad("metadata_secret", "must be non-empty, without whitespace");
+        }
+        if self
+            .deadline
+            .is_some_and(|d| d.is_zero() || d.as_nanos() >= u128::from(u64::MAX))
+        {
+            return bad(
+                "deadline",
+                "must be more than 0 and less than 584 years (None: no deadline)",
+            );
         }
         if self.file_workers > 64 {
             return bad("file_workers", "must be at most 64");

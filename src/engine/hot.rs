@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use super::{Engine, reclaim, xfer};
 use crate::backend::Transfer;
-use crate::backend::{Started, Via};
+use crate::backend::{Recall, Started, Via};
 use crate::error::{Error, Result};
 use crate::mem::{Allowed, Holder, Resolved};
 use crate::notify::Notification;
-use crate::ring::{CancelResult, Handle, Released, Status};
+use crate::ring::{CancelResult, FailCode, Handle, Released, Status};
 use crate::types::{Desc, Op, PeerId};
 
 impl Engine {
@@ -165,20 +165,30 @@ impl Engine {
         // cannot be freed (a concurrent release only detaches it), and `posted` grants
         // reading its context until it is dropped.
         let posted = self.core.ring.start(handle)?;
+        let timeout = self.core.ring.timeout_of(handle).unwrap_or(self.timeout);
         let mut sink = |h, o| self.core.complete(h, o);
         let t = posted.context();
         let via = t.via;
         let started = if t.peer == PeerId::SELF.0 {
-            self.core.transports.start(via, xfer(t, handle, None), &mut sink)
+            self.core
+                .transports
+                .start(via, xfer(t, handle, None, timeout), &mut sink)
         } else {
             match self.find_peer(t.peer) {
                 Some(peer) => self
                     .core
                     .transports
-                    .start(via, xfer(t, handle, Some(&peer.link)), &mut sink),
+                    .start(via, xfer(t, handle, Some(&peer.link), timeout), &mut sink),
                 None => Err(Error::UnknownPeer { peer: t.peer }),
             }
         };
+        // Only a transfer still in flight has a deadline (one that ended in `start`
+        // costs no clock read); armed before anything can end it.
+        if let (Ok(Started::Handed(_) | Started::Job), Some(timeout)) = (&started, timeout) {
+            self.core
+                .ring
+                .arm_deadline(handle, self.core.now().saturating_add(timeout));
+        }
         // The transfer is handed on (to its transport, or to the exit function) only
         // after this: until then nothing can complete it and reclaim the context.
         let handle = posted.hand_on();
@@ -214,10 +224,22 @@ impl Engine {
         self.core.progress()
     }
 
-    /// Where a transfer is (after driving progress once).
+    /// Where a transfer is (after driving progress once). One in flight past its
+    /// deadline reads `Failed(FailCode::TIMEOUT)` from then on.
     pub fn status(&self, handle: Handle) -> Result<Status> {
         self.core.progress();
-        self.core.ring.status(handle)
+        self.core.status(handle)
+    }
+
+    /// Chooses the deadline of one prepared (not yet posted) transfer: once posted
+    /// it may stay in flight for `timeout` (`None`: for ever) instead of
+    /// [`Config::deadline`](crate::Config::deadline). A zero timeout fails the
+    /// transfer with `TIMEOUT` at the first look after posting, unless it ended in
+    /// `post`.
+    pub fn set_deadline(&self, handle: Handle, timeout: Option<Duration>) -> Result<()> {
+        // u64::MAX is the ring's "no deadline": a finite timeout stays below it.
+        let nanos = timeout.map(|t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).min(u64::MAX - 1));
+        self.core.ring.set_timeout(handle, nanos)
     }
 
     /// Waits until the transfer ends or `timeout` passes ([`Error::Timeout`]; the
@@ -244,7 +266,7 @@ impl Engine {
         let mut sleep = Duration::from_micros(10);
         loop {
             self.core.progress();
-            let status = self.core.ring.status(handle)?;
+            let status = self.core.status(handle)?;
             if status.is_terminal() {
                 return Ok(status);
             }
@@ -271,13 +293,23 @@ impl Engine {
         }
     }
 
-    /// Cancels a transfer: one not yet posted ends CANCELLED at once; one in flight is
-    /// left to its transport ([`CancelResult::InFlight`]).
+    /// Cancels a transfer. One not yet posted ends CANCELLED at once
+    /// ([`CancelResult::Cancelled`]). One in flight is asked of its transport:
+    /// - a queued file transfer, or one to the sim, ends CANCELLED at the next
+    ///   progress ([`CancelResult::InFlight`]); a file transfer already running and a
+    ///   GPU copy cannot be recalled: they end with their own outcome (`InFlight` too);
+    /// - a fabric transfer cannot be recalled either (no provider ringxfer uses can
+    ///   cancel an RMA operation), but it is abandoned: it reads
+    ///   `Failed(FailCode::CANCELLED)` at once, its notification is not sent, and its
+    ///   slot stays held until the operations let go ([`CancelResult::Abandoned`]).
     pub fn cancel(&self, handle: Handle) -> Result<CancelResult> {
         let result = self.core.ring.cancel(handle)?;
-        if result == CancelResult::InFlight {
-            // A file transfer still queued then ends CANCELLED instead of running.
-            self.core.transports.cancel(handle);
+        if result == CancelResult::InFlight && self.core.transports.cancel(handle) == Recall::Abandon {
+            return Ok(match self.core.ring.expire(handle, FailCode::CANCELLED) {
+                true => CancelResult::Abandoned,
+                // It ended (or its deadline passed) meanwhile.
+                false => CancelResult::AlreadyComplete,
+            });
         }
         Ok(result)
     }

@@ -45,7 +45,7 @@ use crate::error::{Error, Result};
 use crate::mem::{Holder, Registry, Resolved};
 use crate::notify::{Geometry, Inbox, InboxMap, inbox_name};
 use crate::peer::Peer;
-use crate::ring::{FailCode, Handle, Job, Outcome, SlotRing};
+use crate::ring::{FailCode, Handle, Job, Outcome, SlotRing, Status};
 use crate::shared::Shared;
 use crate::sys::shm;
 use crate::types::{Desc, Op, RegionId};
@@ -53,8 +53,13 @@ use crate::wire::metadata::Metadata;
 
 /// The transfer as its transport sees it.
 #[inline(always)]
-fn xfer<'a>(t: &'a Transfer, handle: Handle, link: Option<&'a Link>) -> Xfer<'a> {
-    Xfer { handle, t, link }
+fn xfer<'a>(t: &'a Transfer, handle: Handle, link: Option<&'a Link>, timeout: Option<u64>) -> Xfer<'a> {
+    Xfer {
+        handle,
+        t,
+        link,
+        timeout,
+    }
 }
 
 /// What the engine's threads share: the ring, the engine's shared half and the
@@ -68,6 +73,8 @@ pub(crate) struct Core {
     /// What the engine's own tables hold, kept here for `Core::stats` (which the
     /// metadata server calls without the engine).
     census: Census,
+    /// The clock of transfers' deadlines: nanoseconds since this instant.
+    epoch: Instant,
 }
 
 /// Counts of the engine's control-path tables, stored when they change.
@@ -86,6 +93,25 @@ impl Core {
     pub(crate) fn complete(&self, handle: Handle, outcome: Outcome) -> bool {
         let registry = &self.shared.registry;
         self.ring.complete_with(handle, outcome, |t| reclaim(registry, t))
+    }
+
+    /// Now, in the clock of transfers' deadlines (never 0).
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Where a transfer is; one in flight past its deadline is failed for its owner
+    /// (`TIMEOUT`) first, while its transport keeps the slot.
+    #[inline]
+    pub(crate) fn status(&self, handle: Handle) -> Result<Status> {
+        let status = self.ring.status(handle)?;
+        if status == Status::Posted && self.ring.expire_if_due(handle, || self.now()) {
+            return Ok(Status::Failed(FailCode::TIMEOUT));
+        }
+        Ok(status)
     }
 
     /// Drives the asynchronous transports: reads completions and ends finished
@@ -113,7 +139,7 @@ impl Core {
         } else {
             // The job's holder alone ends the transfer, after `posted` is dropped.
             let posted = self.ring.resume(job);
-            self.transports.run_job(xfer(posted.context(), handle, None))
+            self.transports.run_job(xfer(posted.context(), handle, None, None))
         };
         self.complete(handle, outcome);
     }
@@ -160,6 +186,8 @@ impl Core {
 /// ```
 pub struct Engine {
     config: Config,
+    /// `config.deadline` in nanoseconds.
+    timeout: Option<u64>,
     core: Arc<Core>,
     workers: Vec<JoinHandle<()>>,
     /// The progress thread and its stop flag.
@@ -207,6 +235,7 @@ impl Engine {
             transports,
             threads_started: AtomicUsize::new(0),
             census: Census::default(),
+            epoch: Instant::now(),
         });
         let workers = spawn_workers(&core)?;
         let progress_thread = match core.transports.wants_progress_thread() {
@@ -224,6 +253,9 @@ impl Engine {
         core.census.fixed_bytes.store(fixed_bytes, Ordering::Relaxed);
         let lists = (0..config.max_prepared_lists).map(|_| ListEntry::default()).collect();
         Ok(Engine {
+            timeout: config
+                .deadline
+                .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1)),
             progress_thread,
             peers: RwLock::new(peers::PeerTable::new(config.max_peers)),
             lists: RwLock::new(lists),

@@ -36,6 +36,16 @@ struct Slot<C> {
     /// Added to only by the thread that took the slot, before it publishes RESERVED:
     /// a load and a store, no read-modify-write (see `take_recent`).
     reused: AtomicU64,
+    /// When the posted transfer's deadline passes, in the caller's clock
+    /// ([`arm_deadline`](SlotRing::arm_deadline)); 0: none (yet). Zeroed by `post`
+    /// before the transfer reads POSTED, so a reader that sees POSTED never reads a
+    /// deadline of an earlier generation.
+    deadline: AtomicU64,
+    /// A timeout chosen for one prepared transfer ([`set_timeout`](SlotRing::set_timeout)),
+    /// valid only for the handle in `timeout_for`: no reset is needed when the slot
+    /// is reused.
+    timeout: AtomicU64,
+    timeout_for: AtomicU64,
     /// Written only by the slot's owner while it is RESERVED (see `SlotRing`).
     context: UnsafeCell<C>,
 }
@@ -185,6 +195,9 @@ impl<C> SlotRing<C> {
                     failed: AtomicU64::new(0),
                     cancelled: AtomicU64::new(0),
                     reused: AtomicU64::new(0),
+                    deadline: AtomicU64::new(0),
+                    timeout: AtomicU64::new(0),
+                    timeout_for: AtomicU64::new(0),
                     context: UnsafeCell::new(make(index)),
                 })
             })
@@ -310,6 +323,8 @@ impl<C> SlotRing<C> {
         if state::state(word) != RESERVED {
             return Err(self.wrong_state(handle, word, "post"));
         }
+        // Before POSTED is published: a reader that sees POSTED reads this or later.
+        slot.deadline.store(0, Ordering::Relaxed);
         match slot.word.compare_exchange(
             word,
             state::pack(handle.generation(), 0, POSTED),
@@ -432,7 +447,7 @@ impl<C> SlotRing<C> {
             {
                 Ok(_) => {
                     let counter = match outcome {
-                        _ if expired != 0 && !detached => &slot.failed,
+                        _ if expired != 0 => &slot.failed,
                         Outcome::Done => &slot.done,
                         Outcome::Failed(_) => &slot.failed,
                         Outcome::Cancelled => &slot.cancelled,
@@ -472,6 +487,56 @@ impl<C> SlotRing<C> {
             .is_ok()
     }
 
+    /// Sets the deadline of a transfer its poster just posted and has not handed on:
+    /// `at` in the caller's clock (nanoseconds, never 0). Only the poster calls it,
+    /// before anything can end the transfer.
+    #[inline]
+    pub(crate) fn arm_deadline(&self, handle: Handle, at: u64) {
+        if let Ok(slot) = self.slot(handle) {
+            slot.deadline.store(at.max(1), Ordering::Release);
+        }
+    }
+
+    /// Fails `handle` for its owner with `TIMEOUT` if it is in flight and its
+    /// deadline is at or before `now()` (read only when it has one); true if this
+    /// call expired it. The transport still holds the slot ([`expire`](SlotRing::expire)).
+    #[inline]
+    pub(crate) fn expire_if_due(&self, handle: Handle, now: impl FnOnce() -> u64) -> bool {
+        let Ok(slot) = self.slot(handle) else { return false };
+        let at = slot.deadline.load(Ordering::Acquire);
+        // A deadline of another generation fails the generation check in `expire`.
+        at != 0 && at <= now() && self.expire(handle, FailCode::TIMEOUT)
+    }
+
+    /// Chooses how long the prepared transfer `handle` may stay in flight once posted
+    /// (`None`: no deadline), instead of the engine's default. Its owner only.
+    pub(crate) fn set_timeout(&self, handle: Handle, nanos: Option<u64>) -> Result<()> {
+        let slot = self.slot(handle)?;
+        let word = slot.word.load(Ordering::Acquire);
+        self.check_generation(handle, word)?;
+        if state::state(word) != RESERVED {
+            return Err(self.wrong_state(handle, word, "set the deadline of"));
+        }
+        // u64::MAX: no deadline (a timeout that long never passes anyway).
+        slot.timeout.store(nanos.unwrap_or(u64::MAX), Ordering::Relaxed);
+        slot.timeout_for.store(handle.to_raw(), Ordering::Release);
+        Ok(())
+    }
+
+    /// The timeout [`set_timeout`](SlotRing::set_timeout) chose for `handle`, if
+    /// any (`Some(None)`: no deadline at all).
+    #[inline]
+    pub(crate) fn timeout_of(&self, handle: Handle) -> Option<Option<u64>> {
+        let slot = self.slot(handle).ok()?;
+        if slot.timeout_for.load(Ordering::Acquire) != handle.to_raw() {
+            return None;
+        }
+        Some(match slot.timeout.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            t => Some(t),
+        })
+    }
+
     /// Gives the handle up. A RESERVED or ended transfer frees its slot at once
     /// ([`Released::Freed`]); an in-flight one is detached ([`Released::Detached`]) and
     /// its completion frees the slot. Either way the handle is dead afterwards: using
@@ -491,7 +556,12 @@ impl<C> SlotRing<C> {
             self.check_generation(handle, word)?;
             let (next, released) = match state::state(word) {
                 RESERVED | DONE | FAILED | CANCELLED => (self.free_word(handle.generation()), Released::Freed),
-                POSTED => (state::pack(handle.generation(), 0, DETACHED), Released::Detached),
+                // An expiry's code stays, so the completion counts the outcome the
+                // owner saw.
+                POSTED => (
+                    state::pack(handle.generation(), state::code(word), DETACHED),
+                    Released::Detached,
+                ),
                 _ => return Err(Error::StaleHandle { handle }),
             };
             match slot

@@ -99,6 +99,10 @@ impl FailCode {
     pub const REGION_GONE: FailCode = FailCode::new(FailSource::Engine, 5);
     /// A read reached the end of the file before the requested length.
     pub const END_OF_FILE: FailCode = FailCode::new(FailSource::Engine, 6);
+    /// Cancelled while its transport could not recall the operation
+    /// ([`CancelResult::Abandoned`]): some of its bytes may have moved, and its
+    /// notification is not sent.
+    pub const CANCELLED: FailCode = FailCode::new(FailSource::Engine, 7);
 
     /// A code from `source` with number `value` (saturated to 16383).
     pub const fn new(source: FailSource, value: u32) -> FailCode {
@@ -137,6 +141,7 @@ impl fmt::Display for FailCode {
             (_, FailCode::TRANSPORT) => f.write_str("transport error"),
             (_, FailCode::REGION_GONE) => f.write_str("the peer deregistered the region"),
             (_, FailCode::END_OF_FILE) => f.write_str("end of file before the requested length"),
+            (_, FailCode::CANCELLED) => f.write_str("cancelled while in flight"),
             (FailSource::Engine, c) => write!(f, "engine code {}", c.value()),
             (FailSource::Errno, c) => write!(f, "errno {}", c.value()),
             (FailSource::Transport(id), c) => write!(f, "{} {}", id.name(), c.value()),
@@ -204,6 +209,11 @@ pub enum CancelResult {
     InFlight,
     /// The transfer had already ended; nothing changed.
     AlreadyComplete,
+    /// The transfer was in flight on a transport that cannot recall its operations
+    /// (the fabric's RMA): it reads `Failed(FailCode::CANCELLED)` from now on, its
+    /// notification is not sent, and its slot stays the transport's until the
+    /// operations let go of the memory (release detaches it meanwhile).
+    Abandoned,
 }
 
 #[cfg(test)]

@@ -1,7 +1,5 @@
 //! The fabric transport's public configuration and counters.
 
-use std::time::Duration;
-
 /// The environment variable that chooses the provider, over [`FabricConfig::provider`].
 pub const PROVIDER_ENV: &str = "RINGXFER_FI_PROVIDER";
 
@@ -19,11 +17,6 @@ pub struct FabricConfig {
     /// Start a thread that drives progress (for an engine that only serves others'
     /// READs and WRITEs and never calls `progress` itself). Default false.
     pub progress_thread: bool,
-    /// How long a posted transfer may take. Past it the transfer reads as
-    /// `Failed(FailCode::TIMEOUT)` (`Engine::status`, `Engine::wait`); its slot stays
-    /// the provider's until the provider gives the operation back, so a late
-    /// completion can never touch a newer transfer. Default 30 s.
-    pub deadline: Duration,
     /// Use at most this many bytes of the provider's immediate data: 4 makes an
     /// engine on a provider with 8 (tcp, shm) use the 4-byte encoding of verbs and
     /// efa, so that path is tested where those providers are not. `None` (the
@@ -39,7 +32,6 @@ impl Default for FabricConfig {
             node: None,
             rx_buffers: 64,
             progress_thread: false,
-            deadline: Duration::from_secs(30),
             cq_data_bytes: None,
         }
     }

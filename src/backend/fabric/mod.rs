@@ -64,7 +64,7 @@ mod wire;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub use api::LIBRARY_ENV;
 pub use config::{FabricConfig, FabricStats, PROVIDER_ENV};
@@ -160,7 +160,6 @@ pub(crate) struct Fabric {
     name: String,
     remote_writes: AtomicU64,
     epoch: Instant,
-    deadline: Duration,
     /// When progress last looked for expired transfers (nanoseconds since `epoch`).
     scanned_at: AtomicU64,
     stale: AtomicU64,
@@ -256,7 +255,6 @@ impl Fabric {
             name: name.to_owned(),
             remote_writes: AtomicU64::new(0),
             epoch: Instant::now(),
-            deadline: config.deadline,
             scanned_at: AtomicU64::new(0),
             stale: AtomicU64::new(0),
             unattributed: AtomicU64::new(0),

@@ -205,12 +205,12 @@ impl Fabric {
         {
             return false;
         }
+        // The provider held it past its deadline: counted (and its peer taken as
+        // lost) even if the engine's own check failed it for its owner first.
         let handle = Handle::from_raw(slot.handle.load(Ordering::Acquire));
-        let expired = expire(handle, code);
-        if expired {
-            self.expired.fetch_add(1, Ordering::Relaxed);
-        }
-        expired
+        expire(handle, code);
+        self.expired.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     // ----- retries -----

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::wire::{self, ABORT, HELLO, NOTIFY};
 use super::{Fabric, Sink, api, sys};
+use crate::backend::Recall;
 use crate::backend::runs::Runs;
 use crate::error::{Error, Result};
 use crate::ring::{FailCode, FailSource, Handle, Outcome, TransportId};
@@ -36,9 +37,12 @@ pub(super) struct TxSlot {
     /// Length of the control message in the slot's buffer; 0 if no notification.
     pub(super) message_len: AtomicU32,
     pub(super) dest: AtomicU64,
-    /// When the transfer expires (nanoseconds since `Fabric::epoch`); 0 while it is
-    /// not armed (being posted, or finished).
+    /// When the transfer expires (nanoseconds since `Fabric::epoch`, `u64::MAX`:
+    /// never); 0 while it is not armed (being posted, or finished).
     pub(super) deadline: AtomicU64,
+    /// How long each phase of the transfer may take (nanoseconds, `u64::MAX`: no
+    /// deadline): the transfer's own timeout, set at post.
+    pub(super) timeout: AtomicU64,
 }
 
 impl TxSlot {
@@ -52,6 +56,7 @@ impl TxSlot {
             message_len: AtomicU32::new(0),
             dest: AtomicU64::new(0),
             deadline: AtomicU64::new(0),
+            timeout: AtomicU64::new(u64::MAX),
         }
     }
 }
@@ -229,6 +234,7 @@ impl Fabric {
     pub(crate) fn post(
         &self,
         handle: Handle,
+        timeout: Option<u64>,
         op: Op,
         runs: Runs<'_>,
         remote: impl Fn(usize) -> (u64, u64),
@@ -244,6 +250,7 @@ impl Fabric {
         slot.error.store(0, Ordering::Relaxed);
         slot.phase.store(PHASE_DATA, Ordering::Relaxed);
         slot.dest.store(dest, Ordering::Relaxed);
+        slot.timeout.store(timeout.unwrap_or(u64::MAX), Ordering::Relaxed);
         let max = self.ep.domain.max_msg_size;
         let ops: u64 = runs.clone().map(|r| r.local.len.div_ceil(max).max(1) as u64).sum();
         let message_len = self.stage_notify(handle, op, ops, tag, notif);
@@ -390,11 +397,26 @@ impl Fabric {
         }
     }
 
-    /// Sets the slot's deadline: `FabricConfig::deadline` from now.
+    /// Sets the slot's deadline: the transfer's timeout from now.
     fn arm(&self, slot: &TxSlot) {
-        let expires = self.epoch.elapsed().saturating_add(self.deadline).as_nanos().max(1);
+        let timeout = slot.timeout.load(Ordering::Relaxed);
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         slot.deadline
-            .store(u64::try_from(expires).unwrap_or(u64::MAX), Ordering::Release);
+            .store(now.saturating_add(timeout).max(1), Ordering::Release);
+    }
+
+    /// The owner cancelled `handle`: if this slot holds it, its operations cannot be
+    /// recalled, but it will not be reported done and its NOTIFY becomes an ABORT
+    /// (unless the NOTIFY is already on its way). The engine fails it for its owner.
+    pub(crate) fn abandon(&self, handle: Handle) -> Recall {
+        let Some(slot) = self.slots.get(handle.index() as usize) else {
+            return Recall::Asked;
+        };
+        if slot.handle.load(Ordering::Acquire) != handle.to_raw() || slot.deadline.load(Ordering::Acquire) == 0 {
+            return Recall::Asked;
+        }
+        fail(slot, FailCode::CANCELLED);
+        Recall::Abandon
     }
 
     /// Drops the poster's reference taken by a successful `post`; if every operation

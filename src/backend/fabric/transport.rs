@@ -1,7 +1,7 @@
 //! The fabric behind the transport interface.
 
 use super::{Fabric, FabricInfo, FabricStats};
-use crate::backend::{Expire, Link, Sink, Started, Transport, TransportStats, Xfer};
+use crate::backend::{Expire, Link, Recall, Sink, Started, Transport, TransportStats, Xfer};
 use crate::error::{Error, Result};
 use crate::mem::Registry;
 use crate::wire::metadata::{BackendInfo, BackendKind};
@@ -26,13 +26,28 @@ impl Transport for Fabric {
             });
         }
         let target = |i: usize| link.target(&x.remote()[i]).unwrap_or_default();
-        self.post(x.handle, x.op(), x.runs(), target, link.addr, link.tag, x.notif(), sink)?;
+        self.post(
+            x.handle,
+            x.timeout,
+            x.op(),
+            x.runs(),
+            target,
+            link.addr,
+            link.tag,
+            x.notif(),
+            sink,
+        )?;
         Ok(Started::Handed(0))
     }
 
     #[inline]
     fn launch(&self, handle: crate::ring::Handle, _word: u32, sink: Sink<'_>) {
         Fabric::launch(self, handle, sink);
+    }
+
+    /// Abandons a transfer it holds (RMA operations cannot be recalled).
+    fn cancel(&self, handle: crate::ring::Handle) -> Recall {
+        Fabric::abandon(self, handle)
     }
 
     #[inline]
