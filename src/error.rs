@@ -286,6 +286,14 @@ pub enum Error {
         /// Why it failed.
         code: crate::types::FailCode,
     },
+    /// A panic inside the engine (caught by the caller, or by the C boundary as
+    /// `RX_PANIC`) may have left its tables half-updated: it refuses new work. What
+    /// is in flight can still be watched, cancelled and released; drop the engine
+    /// and make a new one.
+    #[error(
+        "the engine is poisoned: a panic inside it may have left its tables inconsistent; drop it and make a new one"
+    )]
+    Poisoned,
     /// [`Engine::check_quiescent`](crate::Engine::check_quiescent): something is held.
     #[error(
         "not quiescent: {live_slots} transfer slot(s) held, {pins} region pin(s), {prepared_lists} prepared list(s)"

@@ -53,6 +53,12 @@ impl Engine {
         self.core().transports.stall_files(on);
     }
 
+    /// Panics while holding the engine's peer table for writing, as a bug in the
+    /// middle of an update would: the engine must poison itself.
+    pub fn inject_panic(&self) {
+        self.inject_panic_in_peers();
+    }
+
     /// Sim transport: ends everything it holds now and replays its kept handles (the
     /// end of a run, before a quiescence check).
     pub fn sim_drain(&self) {

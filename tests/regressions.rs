@@ -184,12 +184,13 @@ fn nixl_1722_failed_transfers_return_everything() {
     }
 }
 
-/// Mooncake #2507 (the shape of it): a per-submit resource (there a CUDA event) was
-/// created and never destroyed, and an unchecked failure read as success. Here a
-/// transfer's resources belong to its slot, and a failure is a state of the slot with
-/// its code, never a silent success: a failed transfer reads FAILED with the reason.
+/// A transfer whose peer went away reads FAILED with the reason (`PEER_LOST`),
+/// never DONE, and its slot comes back. (Mooncake #2507 itself — a CUDA event created
+/// per submit and never destroyed, and an unchecked `cudaEventRecord` read as
+/// complete — is tested against the fake driver in `tests/cuda.rs fake_driver_child`:
+/// no event is created on the hot path, and an injected record failure reads FAILED.)
 #[test]
-fn mooncake_2507_a_failure_is_never_read_as_success() {
+fn a_transfer_to_a_dropped_peer_reads_failed_never_done() {
     let _serial = serial();
     let (a, b, peer, src, dst) = pair(16, 16);
     let h = write(&a, peer, src, dst, 64, None);

@@ -10,14 +10,37 @@ use crate::engine::rx_engine;
 use crate::status::{self, invalid, rx_status, rx_status as S};
 
 /// Runs an entry point's body; a panic becomes `RX_PANIC` instead of unwinding into C.
+///
+/// The engine the body was using (the last one [`engine`] gave it on this thread) is
+/// poisoned then: a panic may have left its tables half-updated, so it refuses new
+/// work with `RX_PANIC` from then on.
 pub(crate) fn guard(body: impl FnOnce() -> rx_status) -> rx_status {
+    CURRENT.set(std::ptr::null());
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(status) => status,
         Err(_) => {
-            status::set_last_error(format_args!("internal panic inside ringxfer (a bug: please report it)"));
+            let engine = CURRENT.replace(std::ptr::null());
+            // SAFETY: set by `engine` in this very call from a live engine pointer;
+            // `rx_engine_free` clears it before freeing.
+            if let Some(e) = unsafe { engine.as_ref() } {
+                e.poison();
+            }
+            status::set_last_error(format_args!(
+                "internal panic inside ringxfer (a bug: please report it); the engine is poisoned: free it"
+            ));
             S::RX_PANIC
         }
     }
+}
+
+thread_local! {
+    /// The engine the current entry point on this thread uses, for `guard`.
+    static CURRENT: std::cell::Cell<*const Engine> = const { std::cell::Cell::new(std::ptr::null()) };
+}
+
+/// Forgets the current engine (before it is freed).
+pub(crate) fn forget_engine() {
+    CURRENT.set(std::ptr::null());
 }
 
 /// The engine behind a pointer from C.
@@ -25,6 +48,7 @@ pub(crate) fn guard(body: impl FnOnce() -> rx_status) -> rx_status {
 /// # Safety
 /// `engine` is NULL or a pointer from `rx_engine_new` not yet freed.
 pub(crate) unsafe fn engine<'a>(engine: *const rx_engine) -> Result<&'a Engine, rx_status> {
+    CURRENT.set(engine.cast::<Engine>());
     // SAFETY: the caller's contract: NULL or a live engine made by `rx_engine_new`.
     unsafe { engine.cast::<Engine>().as_ref() }.ok_or_else(|| invalid("engine is NULL"))
 }
@@ -102,4 +126,29 @@ macro_rules! rx {
             Err(e) => return $crate::status::fail(&e),
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic caught at the boundary poisons the engine the entry point was using:
+    /// later calls on it answer `RX_PANIC`.
+    #[test]
+    fn a_caught_panic_poisons_the_engine() {
+        let e = Box::into_raw(Box::new(Engine::new(ringxfer::Config::default()).unwrap())).cast::<rx_engine>();
+        let status = guard(|| {
+            // SAFETY: a live engine.
+            let _ = unsafe { engine(e) };
+            panic!("a bug inside an entry point");
+        });
+        assert_eq!(status, S::RX_PANIC);
+        // SAFETY: a live engine.
+        let engine = unsafe { engine(e) }.unwrap();
+        assert!(engine.is_poisoned());
+        assert!(matches!(engine.alloc_region(4096), Err(ringxfer::Error::Poisoned)));
+        assert_eq!(rx_status::from(&ringxfer::Error::Poisoned), S::RX_PANIC);
+        // SAFETY: made above, freed once.
+        unsafe { crate::engine::rx_engine_free(e) };
+    }
 }

@@ -37,6 +37,7 @@ pub unsafe extern "C" fn rx_engine_new(config: *const rx_config, out: *mut *mut 
 pub unsafe extern "C" fn rx_engine_free(engine: *mut rx_engine) {
     let _ = guard(|| {
         if !engine.is_null() {
+            crate::boundary::forget_engine();
             // SAFETY: the caller promises a pointer from rx_engine_new, freed once.
             drop(unsafe { Box::from_raw(engine.cast::<Engine>()) });
         }

@@ -199,6 +199,7 @@ impl From<&Error> for rx_status {
             Error::CudaUnavailable { .. } => rx_status::RX_CUDA_UNAVAILABLE,
             Error::Cuda { .. } => rx_status::RX_CUDA,
             Error::NotQuiescent { .. } => rx_status::RX_NOT_QUIESCENT,
+            Error::Poisoned => rx_status::RX_PANIC,
             _ => rx_status::RX_UNSUPPORTED,
         }
     }

@@ -9,7 +9,9 @@ use libfuzzer_sys::fuzz_target;
 use ringxfer::{Config, Desc, Engine, Error, Handle, Op, SimConfig};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((seed, ops)) = data.split_first_chunk::<8>() else { return };
+    let Some((seed, ops)) = data.split_first_chunk::<8>() else {
+        return;
+    };
     let e = Engine::new(Config {
         name: "fuzz-ops".into(),
         capacity: 16,
@@ -100,7 +102,10 @@ fuzz_target!(|data: &[u8]| {
     e.check_quiescent().unwrap();
     while e.pop_notification(&mut buf).unwrap().is_some() {}
     let s = e.stats();
-    assert_eq!(s.notifications_delivered, s.sim.notifications_sent, "each notification popped once: {s:?}");
+    assert_eq!(
+        s.notifications_delivered, s.sim.notifications_sent,
+        "each notification popped once: {s:?}"
+    );
     // Posted transfers end DONE or FAILED (the sim never cancels one); CANCELLED
     // counts only transfers cancelled before they were posted.
     assert_eq!(s.ring.done + s.ring.failed, posted, "{s:?}");

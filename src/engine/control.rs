@@ -23,6 +23,7 @@ impl Engine {
     // An `unsafe` API (the caller promises what the memory is); no unsafe code.
     #[allow(unsafe_code)]
     pub unsafe fn register_dram(&self, addr: *mut u8, len: usize) -> Result<RegionId> {
+        self.usable()?;
         let id = self
             .core
             .shared
@@ -40,6 +41,7 @@ impl Engine {
     /// Allocates `len` zeroed bytes owned by the engine and registers them; they are
     /// freed by [`deregister`](Engine::deregister) or engine drop.
     pub fn alloc_region(&self, len: usize) -> Result<RegionId> {
+        self.usable()?;
         let id = self.core.shared.registry.allocate(len)?;
         self.pin_for_gpu(id)
     }
@@ -63,6 +65,7 @@ impl Engine {
     // An `unsafe` API (the caller promises what the memory is); no unsafe code.
     #[allow(unsafe_code)]
     pub unsafe fn register_vram(&self, dev_ptr: u64, len: usize) -> Result<RegionId> {
+        self.usable()?;
         self.core
             .transports
             .register_vram(&self.core.shared.registry, dev_ptr, len)
@@ -72,6 +75,7 @@ impl Engine {
     /// when the region is deregistered or the engine dropped. For tests, tools and
     /// the bench: serving binaries usually register memory they own.
     pub fn alloc_vram(&self, len: usize) -> Result<RegionId> {
+        self.usable()?;
         self.core.transports.alloc_vram(&self.core.shared.registry, len)
     }
 
@@ -81,6 +85,7 @@ impl Engine {
     /// Move bytes to and from it with transfers to [`Engine::local_peer`], descriptors
     /// addressing it by (region, offset in the file, length).
     pub fn register_file(&self, path: impl AsRef<std::path::Path>, options: FileOptions) -> Result<RegionId> {
+        self.usable()?;
         self.core.shared.registry.register_file(path.as_ref(), &options, false)
     }
 
@@ -106,6 +111,7 @@ impl Engine {
         path: impl AsRef<std::path::Path>,
         options: FileOptions,
     ) -> Result<RegionId> {
+        self.usable()?;
         self.core.shared.registry.register_file(path.as_ref(), &options, true)
     }
 
@@ -118,6 +124,7 @@ impl Engine {
 
     /// Removes a registration. [`Error::Busy`] while a transfer not yet released uses it.
     pub fn deregister(&self, region: RegionId) -> Result<()> {
+        self.usable()?;
         self.core.shared.registry.deregister(region)
     }
 
@@ -154,6 +161,7 @@ impl Engine {
     /// Fetches a peer's metadata from its [`serve_metadata`](Engine::serve_metadata)
     /// address and loads it.
     pub fn fetch_peer(&self, addr: impl std::net::ToSocketAddrs) -> Result<PeerId> {
+        self.usable()?;
         let blob = fetch_metadata_with(addr, self.config.secret().as_deref())?;
         self.load_peer(&blob)
     }
@@ -161,11 +169,12 @@ impl Engine {
     /// Loads (or reloads) a peer from its metadata blob and introduces this engine to
     /// it, so it accepts our notifications.
     pub fn load_peer(&self, blob: &[u8]) -> Result<PeerId> {
+        self.usable()?;
         let md = Metadata::decode(blob)?;
         // Connecting maps segments and opens a pidfd (I/O): done without the peer
         // table's write lock, which the hot path's readers would otherwise wait on.
         let previous = {
-            let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+            let peers = self.unpoison(self.peers.read());
             peers.by_engine(md.engine_id).map(Arc::clone)
         };
         let (link, max_notif_bytes) = self.core.transports.connect(
@@ -189,7 +198,8 @@ impl Engine {
     /// process is gone (a restart), keeping its id; the peer replaced is dropped
     /// (its mappings closed) outside the lock.
     pub(crate) fn add_peer(&self, peer: Arc<Peer>) -> Result<PeerId> {
-        let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        let _poison = self.poison_on_unwind();
+        let mut peers = self.unpoison(self.peers.write());
         let (id, old) = peers.insert(peer)?;
         self.core.census.peers.store(peers.len(), Ordering::Relaxed);
         drop(peers);
@@ -202,7 +212,8 @@ impl Engine {
     /// address) is let go once no transfer uses it (transfers already prepared to it
     /// fail to post with `UnknownPeer`; those in flight end as they would have).
     pub fn unload_peer(&self, peer: PeerId) -> Result<()> {
-        let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        let _poison = self.poison_on_unwind();
+        let mut peers = self.unpoison(self.peers.write());
         let old = peers.remove(peer.0)?;
         self.core.census.peers.store(peers.len(), Ordering::Relaxed);
         drop(peers);
@@ -218,7 +229,7 @@ impl Engine {
 
     /// The name of a loaded peer.
     pub fn peer_name(&self, peer: PeerId) -> Result<String> {
-        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+        let peers = self.unpoison(self.peers.read());
         peers
             .get(peer.0)
             .map(|p| p.name.clone())

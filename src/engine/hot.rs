@@ -91,6 +91,7 @@ impl Engine {
     /// may name and which transport moves the transfer.
     #[inline(always)]
     pub(super) fn route(&self, peer: PeerId, remote: &[Desc], notif: Option<&[u8]>) -> Result<(Allowed, Via)> {
+        self.usable()?;
         if peer == PeerId::SELF {
             // Checked when resolved, against this engine's own registrations.
             return match notif {
@@ -100,7 +101,7 @@ impl Engine {
                 None => Ok((Allowed::Anything, Via::Memory)),
             };
         }
-        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+        let peers = self.unpoison(self.peers.read());
         let p = peers.get(peer.0).ok_or(Error::UnknownPeer { peer: peer.0 })?;
         if let Some(n) = notif {
             let max = self.config.max_notif_bytes.min(p.max_notif_bytes);
@@ -164,6 +165,7 @@ impl Engine {
         // RESERVED → POSTED first: from here until the transfer's completion the slot
         // cannot be freed (a concurrent release only detaches it), and `posted` grants
         // reading its context until it is dropped.
+        self.usable()?;
         let posted = self.core.ring.start(handle)?;
         let timeout = self.core.ring.timeout_of(handle).unwrap_or(self.timeout);
         let mut sink = |h, o| self.core.complete(h, o);

@@ -77,7 +77,8 @@ impl Engine {
         let mut own = vec![Resolved::default(); if peer == PeerId::SELF { local.len() } else { 0 }].into_boxed_slice();
         // The list table's lock, then the registry's (as in `post_list`), held until
         // the list is in place: its index names its row of the registry's holds.
-        let mut lists = self.lists.write().unwrap_or_else(|e| e.into_inner());
+        let _poison = self.poison_on_unwind();
+        let mut lists = self.unpoison(self.lists.write());
         let Some(index) = lists.iter().position(|e| e.list.is_none()) else {
             return Err(Error::ListTableFull {
                 capacity: self.config.max_prepared_lists,
@@ -127,7 +128,7 @@ impl Engine {
 
     fn post_from_list(&self, list: ListId, pick: Option<&[u32]>, notif: Option<&[u8]>) -> Result<Handle> {
         let h = {
-            let lists = self.lists.read().unwrap_or_else(|e| e.into_inner());
+            let lists = self.unpoison(self.lists.read());
             let l = lookup_list(&lists, list)?;
             let n = pick.map_or(l.local.len(), <[u32]>::len);
             let max = self.config.max_descs_per_xfer;
@@ -188,7 +189,8 @@ impl Engine {
     /// Drops a prepared list and lets go of its regions. Transfers posted from it keep
     /// holding theirs until they are released.
     pub fn release_list(&self, list: ListId) -> Result<()> {
-        let mut lists = self.lists.write().unwrap_or_else(|e| e.into_inner());
+        let _poison = self.poison_on_unwind();
+        let mut lists = self.unpoison(self.lists.write());
         lookup_list(&lists, list)?;
         let entry = &mut lists[list.index()];
         if entry.list.take().is_some() {

@@ -62,6 +62,17 @@ fn xfer<'a>(t: &'a Transfer, handle: Handle, link: Option<&'a Link>, timeout: Op
     }
 }
 
+/// Poisons the engine when dropped by a panic's unwinding (`Engine::poison_on_unwind`).
+pub(crate) struct PoisonOnUnwind<'a>(&'a AtomicBool);
+
+impl Drop for PoisonOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+}
+
 /// What the engine's threads share: the ring, the engine's shared half and the
 /// transports.
 pub(crate) struct Core {
@@ -75,6 +86,8 @@ pub(crate) struct Core {
     census: Census,
     /// The clock of transfers' deadlines: nanoseconds since this instant.
     epoch: Instant,
+    /// A panic inside the engine was seen: it refuses new work (`Error::Poisoned`).
+    poisoned: AtomicBool,
 }
 
 /// Counts of the engine's control-path tables, stored when they change.
@@ -218,6 +231,56 @@ fn new_engine_id() -> u64 {
 }
 
 impl Engine {
+    /// Marks the engine poisoned: a panic inside it may have left its tables
+    /// half-updated, so from now on it refuses new work ([`Error::Poisoned`]): no
+    /// prepare, post, registration or peer. Transfers in flight can still be
+    /// watched, cancelled and released, and the engine dropped. The C boundary calls
+    /// it when it catches a panic (`RX_PANIC`); a Rust caller that catches one
+    /// around an engine call should call it too. The engine also poisons itself when
+    /// it finds one of its locks poisoned.
+    pub fn poison(&self) {
+        self.core.poisoned.store(true, Ordering::Release);
+    }
+
+    /// Whether the engine is poisoned ([`poison`](Engine::poison)).
+    pub fn is_poisoned(&self) -> bool {
+        self.core.poisoned.load(Ordering::Acquire)
+    }
+
+    /// `Err(Poisoned)` once the engine is poisoned (one load of a line nobody writes).
+    #[inline(always)]
+    pub(crate) fn usable(&self) -> Result<()> {
+        match self.core.poisoned.load(Ordering::Relaxed) {
+            false => Ok(()),
+            true => Err(Error::Poisoned),
+        }
+    }
+
+    /// Testing: a panic with the peer table locked for writing.
+    #[cfg(feature = "testing")]
+    pub(crate) fn inject_panic_in_peers(&self) {
+        let _poison = self.poison_on_unwind();
+        let _peers = self.unpoison(self.peers.write());
+        panic!("injected panic inside the engine (testing)");
+    }
+
+    /// A guard that poisons the engine if it is dropped by a panic's unwinding: held
+    /// across every update of the engine's tables.
+    pub(crate) fn poison_on_unwind(&self) -> PoisonOnUnwind<'_> {
+        PoisonOnUnwind(&self.core.poisoned)
+    }
+
+    /// A lock's guard; a lock a panic poisoned poisons the engine (this call goes
+    /// on with the guard, later ones are refused).
+    pub(crate) fn unpoison<G>(&self, locked: std::sync::LockResult<G>) -> G {
+        locked.unwrap_or_else(|e| {
+            self.poison();
+            e.into_inner()
+        })
+    }
+}
+
+impl Engine {
     /// Builds an engine, allocating everything it will ever use.
     pub fn new(config: Config) -> Result<Engine> {
         config.validate()?;
@@ -236,6 +299,7 @@ impl Engine {
             threads_started: AtomicUsize::new(0),
             census: Census::default(),
             epoch: Instant::now(),
+            poisoned: AtomicBool::new(false),
         });
         let workers = spawn_workers(&core)?;
         let progress_thread = match core.transports.wants_progress_thread() {
@@ -364,7 +428,7 @@ impl Engine {
     /// The peer `peer`, or `None` (builds no error: the hot path's form).
     #[inline]
     fn find_peer(&self, peer: u32) -> Option<Arc<Peer>> {
-        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+        let peers = self.unpoison(self.peers.read());
         peers.get(peer).map(Arc::clone)
     }
 }
