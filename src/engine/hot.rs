@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Engine, reclaim, xfer};
+use super::{Engine, reclaim, timeout_nanos, xfer};
 use crate::backend::Transfer;
 use crate::backend::{Recall, Started, Via};
 use crate::error::{Error, Result};
@@ -239,9 +239,7 @@ impl Engine {
     /// transfer with `TIMEOUT` at the first look after posting, unless it ended in
     /// `post`.
     pub fn set_deadline(&self, handle: Handle, timeout: Option<Duration>) -> Result<()> {
-        // u64::MAX is the ring's "no deadline": a finite timeout stays below it.
-        let nanos = timeout.map(|t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX).min(u64::MAX - 1));
-        self.core.ring.set_timeout(handle, nanos)
+        self.core.ring.set_timeout(handle, timeout.map(timeout_nanos))
     }
 
     /// Waits until the transfer ends or `timeout` passes ([`Error::Timeout`]; the

@@ -62,6 +62,12 @@ fn xfer<'a>(t: &'a Transfer, handle: Handle, link: Option<&'a Link>, timeout: Op
     }
 }
 
+/// A transfer's timeout in the ring's form: nanoseconds, below `u64::MAX` (which
+/// the ring reads as "no deadline").
+pub(crate) fn timeout_nanos(timeout: Duration) -> u64 {
+    u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX).min(u64::MAX - 1)
+}
+
 /// Poisons the engine when dropped by a panic's unwinding (`Engine::poison_on_unwind`).
 pub(crate) struct PoisonOnUnwind<'a>(&'a AtomicBool);
 
@@ -317,9 +323,7 @@ impl Engine {
         core.census.fixed_bytes.store(fixed_bytes, Ordering::Relaxed);
         let lists = (0..config.max_prepared_lists).map(|_| ListEntry::default()).collect();
         Ok(Engine {
-            timeout: config
-                .deadline
-                .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1)),
+            timeout: config.deadline.map(timeout_nanos),
             progress_thread,
             peers: RwLock::new(peers::PeerTable::new(config.max_peers)),
             lists: RwLock::new(lists),
