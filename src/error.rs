@@ -296,7 +296,8 @@ pub enum Error {
     Poisoned,
     /// [`Engine::check_quiescent`](crate::Engine::check_quiescent): something is held.
     #[error(
-        "not quiescent: {live_slots} transfer slot(s) held, {pins} region pin(s), {prepared_lists} prepared list(s)"
+        "not quiescent: {live_slots} transfer slot(s) held, {pins} region pin(s), {prepared_lists} prepared list(s), \
+         {transport_held} transfer(s) held by transports, {notifications_queued} notification(s) not popped"
     )]
     NotQuiescent {
         /// Slots not yet released (reserved, in flight, or ended).
@@ -305,6 +306,10 @@ pub enum Error {
         pins: u64,
         /// Prepared lists not yet released.
         prepared_lists: usize,
+        /// Transfers the transports still hold by their own tables.
+        transport_held: usize,
+        /// Notifications waiting in the inbox.
+        notifications_queued: usize,
     },
     /// `wait` gave up before the transfer ended; the transfer goes on.
     #[error("timed out waiting for transfer {handle}")]

@@ -216,3 +216,57 @@ fn a_queued_file_transfer_is_cancelled_and_a_running_one_completes() {
     drop(e);
     let _ = std::fs::remove_file(path);
 }
+
+#[test]
+fn the_ledger_counts_what_transports_hold_and_notifications_not_popped() {
+    let e = stalling_sim(None);
+    let peer = e.sim_peer().unwrap();
+    let region = e.alloc_region(1 << 16).unwrap();
+    let d = Desc::new(region, 0, 4096);
+    let h = e.prepare(Op::Write, &[d], peer, &[d], None).unwrap();
+    e.post(h).unwrap();
+    e.release(h).unwrap();
+    // Released (detached) but the sim still has it: not quiescent, and said so.
+    assert_eq!(e.stats().transport_held, 1);
+    match e.check_quiescent() {
+        Err(Error::NotQuiescent { transport_held, .. }) => assert_eq!(transport_held, 1),
+        other => panic!("{other:?}"),
+    }
+    e.sim_drain();
+    assert_eq!(e.stats().transport_held, 0);
+    e.check_quiescent().unwrap();
+
+    // A notification delivered and not popped is held too.
+    let e = Engine::new(Config {
+        name: "ledger-notes".into(),
+        capacity: 8,
+        sim: Some(SimConfig {
+            stall: 0,
+            delay: 0,
+            fail: 0,
+            duplicate: 0,
+            replay: 0,
+            drop_notification: 0,
+            duplicate_notification: 0,
+            ..SimConfig::default()
+        }),
+        ..Config::default()
+    })
+    .unwrap();
+    let peer = e.sim_peer().unwrap();
+    let region = e.alloc_region(1 << 16).unwrap();
+    let d = Desc::new(region, 0, 4096);
+    let h = e.prepare(Op::Write, &[d], peer, &[d], Some(b"ready")).unwrap();
+    e.post(h).unwrap();
+    assert_eq!(e.wait(h, Duration::from_secs(5)).unwrap(), Status::Done);
+    e.release(h).unwrap();
+    match e.check_quiescent() {
+        Err(Error::NotQuiescent {
+            notifications_queued, ..
+        }) => assert_eq!(notifications_queued, 1),
+        other => panic!("{other:?}"),
+    }
+    let mut buf = [0u8; 256];
+    assert!(e.pop_notification(&mut buf).unwrap().is_some());
+    e.check_quiescent().unwrap();
+}

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use ringxfer::ring::FailCode;
 use ringxfer::{CancelResult, Config, Desc, Engine, Error, Op, SimConfig, Status};
 
 fn soak(seed: u64, threads: u64, per_thread: u64) {
@@ -36,6 +37,7 @@ fn soak(seed: u64, threads: u64, per_thread: u64) {
     let stop = AtomicBool::new(false);
     let seen = Mutex::new(HashSet::new());
     let duplicates = AtomicU64::new(0);
+    let timed_out = AtomicU64::new(0);
     std::thread::scope(|s| {
         s.spawn(|| {
             let mut buf = [0u8; 32];
@@ -53,7 +55,7 @@ fn soak(seed: u64, threads: u64, per_thread: u64) {
         });
         let workers: Vec<_> = (0..threads)
             .map(|t| {
-                let (e, posted) = (&e, &posted);
+                let (e, posted, timed_out) = (&e, &posted, &timed_out);
                 s.spawn(move || {
                     let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(t) | 1;
                     let mut next = || {
@@ -76,6 +78,11 @@ fn soak(seed: u64, threads: u64, per_thread: u64) {
                             }
                             Err(err) => panic!("prepare: {err}"),
                         };
+                        if (r >> 8) % 6 == 2 {
+                            // A deadline most of these pass in flight: TIMEOUT for the
+                            // waiter, the slot freed when the sim lets go.
+                            e.set_deadline(h, Some(Duration::from_micros(1))).unwrap();
+                        }
                         e.post(h).unwrap();
                         posted.fetch_add(1, Ordering::Relaxed);
                         match (r >> 8) % 6 {
@@ -90,6 +97,9 @@ fn soak(seed: u64, threads: u64, per_thread: u64) {
                             _ => {
                                 let status = e.wait(h, Duration::from_secs(10)).unwrap();
                                 assert!(matches!(status, Status::Done | Status::Failed(_)), "{status:?}");
+                                if status == Status::Failed(FailCode::TIMEOUT) {
+                                    timed_out.fetch_add(1, Ordering::Relaxed);
+                                }
                                 e.release(h).unwrap();
                                 assert!(matches!(e.release(h), Err(Error::StaleHandle { .. })));
                                 assert!(matches!(e.status(h), Err(Error::StaleHandle { .. })));
@@ -139,6 +149,10 @@ fn soak(seed: u64, threads: u64, per_thread: u64) {
     assert!(
         s.sim.extra_completions > 0 && s.sim.expired > 0 && s.ring.failed > 0,
         "the faults happened: {s:?}"
+    );
+    assert!(
+        timed_out.load(Ordering::Relaxed) > 0,
+        "engine deadlines passed mid-soak"
     );
     assert_eq!(duplicates.load(Ordering::Relaxed), 0, "no notification arrived twice");
     assert_eq!(

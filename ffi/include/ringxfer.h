@@ -437,6 +437,15 @@ typedef struct {
   uint64_t cuda_events;
   // Bytes the engine holds: allocated at start, plus regions it allocated.
   uint64_t bytes;
+  // Transfers the transports hold by their own tables (fabric slots with
+  // operations in flight, GPU copies queued on streams, sim transfers pending);
+  // 0 when quiescent.
+  uint64_t transport_held;
+  // The sim transport's counters: posted, completed, extra completions, expired,
+  // notifications sent, dropped, duplicated, misattributed completions. All zero
+  // unless the library was built with the cargo feature `testing` and the engine
+  // has a sim transport.
+  uint64_t sim[8];
 } rx_stats;
 
 #ifdef __cplusplus
@@ -663,7 +672,8 @@ rx_status rx_progress(const rx_engine *engine, size_t *out_completed);
 rx_status rx_engine_stats(const rx_engine *engine, rx_stats *out);
 
 // `RX_OK` when the engine holds nothing for transfers (no slot held, no region held
-// by a transfer, no prepared list alive); otherwise `RX_NOT_QUIESCENT`, and
+// by a transfer, no prepared list alive, nothing a transport holds, no notification
+// waiting to be popped); otherwise `RX_NOT_QUIESCENT`, and
 // `rx_last_error` names what is still held.
 rx_status rx_check_quiescent(const rx_engine *engine);
 

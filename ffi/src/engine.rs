@@ -25,7 +25,7 @@ pub unsafe extern "C" fn rx_engine_new(config: *const rx_config, out: *mut *mut 
             None => Config::default(),
         };
         let engine = rx!(Engine::new(c));
-        let ptr = Box::into_raw(Box::new(engine)).cast::<rx_engine>();
+        let ptr = into_raw(engine);
         // SAFETY: checked non-NULL above.
         unsafe { put(out, ptr) }
     })
@@ -43,4 +43,17 @@ pub unsafe extern "C" fn rx_engine_free(engine: *mut rx_engine) {
         }
         S::RX_OK
     });
+}
+
+/// The C view of an engine: a box the C caller owns until `rx_engine_free`.
+fn into_raw(engine: Engine) -> *mut rx_engine {
+    Box::into_raw(Box::new(engine)).cast::<rx_engine>()
+}
+
+/// Hands an engine made in Rust to the C API, as if `rx_engine_new` had made it: for
+/// tests and fuzzing that need a configuration C cannot express (the sim transport).
+/// Free it with `rx_engine_free`. Cargo feature `testing`; not in the C header.
+#[cfg(feature = "testing")]
+pub fn engine_from(engine: Engine) -> *mut rx_engine {
+    into_raw(engine)
 }

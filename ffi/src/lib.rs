@@ -61,6 +61,8 @@ mod stats;
 pub use config::{
     RX_CUDA_ENABLE, RX_CUDA_NO_PIN_HOST, RX_FABRIC_ENABLE, RX_FABRIC_PROGRESS_THREAD, rx_config, rx_config_default,
 };
+#[cfg(feature = "testing")]
+pub use engine::engine_from;
 pub use engine::{rx_engine, rx_engine_free, rx_engine_new};
 pub use library::{rx_handle_generation, rx_handle_index, rx_last_error, rx_status_str, rx_version};
 pub use memory::{

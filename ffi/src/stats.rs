@@ -64,6 +64,15 @@ pub struct rx_stats {
     pub cuda_events: u64,
     /// Bytes the engine holds: allocated at start, plus regions it allocated.
     pub bytes: u64,
+    /// Transfers the transports hold by their own tables (fabric slots with
+    /// operations in flight, GPU copies queued on streams, sim transfers pending);
+    /// 0 when quiescent.
+    pub transport_held: u64,
+    /// The sim transport's counters: posted, completed, extra completions, expired,
+    /// notifications sent, dropped, duplicated, misattributed completions. All zero
+    /// unless the library was built with the cargo feature `testing` and the engine
+    /// has a sim transport.
+    pub sim: [u64; 8],
 }
 
 /// Writes the engine's counters and ledger to `*out`.
@@ -122,11 +131,34 @@ fn stats_of(s: EngineStats) -> rx_stats {
         ],
         cuda_events: s.cuda_events as u64,
         bytes: s.bytes,
+        transport_held: s.transport_held as u64,
+        sim: sim_of(&s),
     }
 }
 
+#[cfg(feature = "testing")]
+fn sim_of(s: &EngineStats) -> [u64; 8] {
+    let m = s.sim;
+    [
+        m.posted,
+        m.completed,
+        m.extra_completions,
+        m.expired,
+        m.notifications_sent,
+        m.notifications_dropped,
+        m.notifications_duplicated,
+        m.misattributed,
+    ]
+}
+
+#[cfg(not(feature = "testing"))]
+fn sim_of(_: &EngineStats) -> [u64; 8] {
+    [0; 8]
+}
+
 /// `RX_OK` when the engine holds nothing for transfers (no slot held, no region held
-/// by a transfer, no prepared list alive); otherwise `RX_NOT_QUIESCENT`, and
+/// by a transfer, no prepared list alive, nothing a transport holds, no notification
+/// waiting to be popped); otherwise `RX_NOT_QUIESCENT`, and
 /// `rx_last_error` names what is still held.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn rx_check_quiescent(engine: *const rx_engine) -> rx_status {

@@ -735,6 +735,7 @@ impl Transport for Cuda {
 
     fn stats(&self, stats: &mut TransportStats) {
         stats.cuda_events = self.events_live();
+        stats.held += self.order.queued();
         stats.cuda_batch = self.batches();
         stats.cuda_ipc_mappings = self.ipc_mappings.load(Ordering::Relaxed);
     }

@@ -45,6 +45,11 @@ impl StreamOrder {
     }
 
     /// Streams (queues).
+    /// Copies queued on every stream and not yet seen complete.
+    pub(crate) fn queued(&self) -> usize {
+        self.queues.iter().map(|q| lock(q).len).sum()
+    }
+
     pub(crate) fn streams(&self) -> usize {
         self.queues.len()
     }

@@ -400,6 +400,8 @@ pub(crate) enum DeviceLink {}
 /// Counters of the transports, for `EngineStats`.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct TransportStats {
+    /// Transfers the transports hold now, each by its own tables (added up).
+    pub(crate) held: usize,
     pub(crate) fabric: FabricStats,
     pub(crate) cuda_events: usize,
     pub(crate) cuda_ipc_mappings: usize,

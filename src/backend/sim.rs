@@ -380,6 +380,7 @@ impl Transport for Sim {
 
     fn stats(&self, stats: &mut TransportStats) {
         stats.sim = Sim::stats(self);
+        stats.held += self.state().pending.len();
     }
 
     fn drain(&self, sink: Sink<'_>) {

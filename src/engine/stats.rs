@@ -34,6 +34,10 @@ pub struct EngineStats {
     pub notifications_delivered: u64,
     /// Notifications dropped as duplicates or stale arrivals.
     pub notifications_stale: u64,
+    /// Transfers the transports hold now, by their own tables: fabric slots with
+    /// operations in flight, GPU copies not yet seen complete, sim transfers
+    /// pending. Never more than the slots in flight; 0 once nothing is.
+    pub transport_held: usize,
     /// The fabric transport's receiver counters (all zero without it).
     pub fabric: FabricStats,
     /// CUDA events alive: one per slot, created at `Engine::new` and destroyed at
@@ -60,18 +64,31 @@ pub struct EngineStats {
 
 impl Engine {
     /// Checks that the engine holds nothing for transfers: no slot held (reserved,
-    /// in flight, or ended but not released), no region held by a transfer. Prepared
-    /// lists hold regions of their own and count as holding until released. The error
-    /// names what is still held; registrations (the caller's to keep) are not counted.
+    /// in flight, or ended but not released), no region held by a transfer, nothing
+    /// a transport still holds by its own tables (fabric slots with operations in
+    /// flight, GPU copies, sim transfers), no notification waiting to be popped.
+    /// Prepared lists hold regions of their own and count as holding until
+    /// released. The error names what is still held. What the caller keeps on
+    /// purpose is not counted: registrations (and the file descriptor each
+    /// registered file holds), loaded peers (and the GPU mappings of theirs), the
+    /// per-slot CUDA events made at `Engine::new`.
     pub fn check_quiescent(&self) -> Result<()> {
         let s = self.stats();
-        if s.ring.live == 0 && s.pins == 0 && s.prepared_lists == 0 && s.ring.acquired == s.ring.freed {
+        if s.ring.live == 0
+            && s.pins == 0
+            && s.prepared_lists == 0
+            && s.ring.acquired == s.ring.freed
+            && s.transport_held == 0
+            && s.notifications_queued == 0
+        {
             return Ok(());
         }
         Err(Error::NotQuiescent {
             live_slots: s.ring.live,
             pins: s.pins,
             prepared_lists: s.prepared_lists,
+            transport_held: s.transport_held,
+            notifications_queued: s.notifications_queued,
         })
     }
 
@@ -97,6 +114,7 @@ impl Core {
             notifications_queued,
             notifications_delivered,
             notifications_stale,
+            transport_held: transports.held,
             fabric: transports.fabric,
             cuda_events: transports.cuda_events,
             cuda_ipc_mappings: transports.cuda_ipc_mappings,

@@ -312,6 +312,15 @@ impl Fabric {
     }
 
     /// Receiver-side counters.
+    /// Slots with operations in flight (or a poster's reference): what the
+    /// provider still holds.
+    pub(crate) fn held(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.pending.load(Ordering::Acquire) != 0)
+            .count()
+    }
+
     pub(crate) fn stats(&self) -> FabricStats {
         let senders = self.rx.lock().map(|rx| rx.senders()).unwrap_or(0);
         FabricStats {

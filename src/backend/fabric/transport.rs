@@ -70,5 +70,6 @@ impl Transport for Fabric {
     fn stats(&self, stats: &mut TransportStats) {
         let s: FabricStats = Fabric::stats(self);
         stats.fabric = s;
+        stats.held += self.held();
     }
 }
