@@ -59,7 +59,8 @@ mod progress;
 mod stats;
 
 pub use config::{
-    RX_CUDA_ENABLE, RX_CUDA_NO_PIN_HOST, RX_FABRIC_ENABLE, RX_FABRIC_PROGRESS_THREAD, rx_config, rx_config_default,
+    RX_CUDA_ENABLE, RX_CUDA_NO_BATCH, RX_CUDA_NO_PIN_HOST, RX_CUDA_VMM, RX_FABRIC_ENABLE, RX_FABRIC_PROGRESS_THREAD,
+    rx_config, rx_config_default,
 };
 #[cfg(feature = "testing")]
 pub use engine::engine_from;
@@ -72,12 +73,13 @@ pub use memory::{
 pub use notifications::{rx_notification, rx_notify, rx_pop_notification};
 pub use peers::{
     rx_fetch_peer, rx_load_peer, rx_local_metadata, rx_metadata_server, rx_metadata_server_addr,
-    rx_metadata_server_free, rx_serve_metadata,
+    rx_metadata_server_free, rx_serve_metadata, rx_unload_peer,
 };
 pub use progress::rx_progress;
-pub use stats::{rx_engine_stats, rx_stats};
+pub use stats::{rx_check_quiescent, rx_engine_stats, rx_metrics, rx_stats};
 pub use status::rx_status;
 pub use transfers::{
-    rx_cancel, rx_cancel_result, rx_desc, rx_fail_source, rx_get_status, rx_op, rx_post, rx_post_list, rx_prepare,
-    rx_prepare_list, rx_release, rx_release_list, rx_set_deadline, rx_wait, rx_xfer_state, rx_xfer_status,
+    rx_blocks, rx_cancel, rx_cancel_result, rx_desc, rx_fail_source, rx_get_status, rx_op, rx_post, rx_post_list,
+    rx_post_list_indices, rx_prepare, rx_prepare_blocks, rx_prepare_list, rx_release, rx_release_list, rx_set_deadline,
+    rx_wait, rx_xfer_state, rx_xfer_status,
 };

@@ -99,8 +99,8 @@ fuzz_target!(|data: &[u8]| {
             break;
         }
     }
-    e.check_quiescent().unwrap();
     while e.pop_notification(&mut buf).unwrap().is_some() {}
+    e.check_quiescent().unwrap();
     let s = e.stats();
     assert_eq!(
         s.notifications_delivered, s.sim.notifications_sent,
