@@ -189,6 +189,67 @@ fn a_cancelled_fabric_transfer_is_abandoned_and_its_slot_freed_once() {
     }
 }
 
+#[test]
+fn a_short_deadline_fails_its_transfer_and_leaves_the_peer_reachable() {
+    use ringxfer::ring::FailCode;
+    const LEN: u64 = 16 << 20;
+    for provider in PROVIDERS {
+        let Some(a) = engine("a", provider, false) else { return };
+        let Some(b) = engine("b", provider, true) else { return };
+        let src = a.alloc_region(LEN as usize).unwrap();
+        let dst = b.alloc_region(LEN as usize).unwrap();
+        let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+        let write = |deadline: Option<Duration>| {
+            let h = a
+                .prepare(
+                    Op::Write,
+                    &[Desc::new(src, 0, LEN)],
+                    peer,
+                    &[Desc::new(dst, 0, LEN)],
+                    None,
+                )
+                .unwrap();
+            if let Some(d) = deadline {
+                a.set_deadline(h, Some(d)).unwrap();
+            }
+            a.post(h).unwrap();
+            h
+        };
+        let mut timed_out = 0;
+        for _ in 0..10 {
+            let h = write(Some(Duration::from_micros(1)));
+            // Drive progress (the fabric's scan) a few milliseconds past the deadline.
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_millis(3) {
+                a.progress();
+            }
+            let status = a.wait(h, WAIT).unwrap();
+            assert!(
+                matches!(status, Status::Done | Status::Failed(FailCode::TIMEOUT)),
+                "{provider}: {status:?}"
+            );
+            timed_out += u32::from(status == Status::Failed(FailCode::TIMEOUT));
+            a.release(h).unwrap();
+        }
+        assert!(timed_out > 0, "{provider}: no 16 MiB write outlasted 1 us");
+        // The peer was not condemned by a deadline its caller chose short: the next
+        // transfers, with the engine's deadline, reach it.
+        for _ in 0..3 {
+            let h = write(None);
+            assert_eq!(wait_done(&a, h), Status::Done, "{provider}");
+        }
+        let start = Instant::now();
+        while a.stats().ring.live != 0 {
+            assert!(start.elapsed() < WAIT, "{provider}: the expired slots never came back");
+            a.progress();
+        }
+        let s = a.stats();
+        assert_eq!(s.fabric.lost_peers, 0, "{provider}: {s:?}");
+        assert!(s.fabric.expired > 0, "{provider}: {s:?}");
+        a.check_quiescent().unwrap();
+    }
+}
+
 // ----- two processes -----
 //
 // The test re-runs its own binary as the target (`fabric_child`, ignored in normal

@@ -70,9 +70,11 @@ OPTIONS:
                              (default), or 0..BLOCKS on both (every set one run)
   --json FILE                also write the results as JSON
   --soak SECONDS             instead of the sweep: random transfers (sizes up to the
-                             max block, cancels, releases in flight) on every thread
-                             for SECONDS, printing the ledger every 2 s; fails if
-                             anything is left held
+                             max block, cancels, releases in flight, deadlines that
+                             pass) on every thread for SECONDS, beside a thread that
+                             shuts engines down with file transfers in flight,
+                             printing the ledger every 2 s; fails if anything is
+                             left held
   -h, --help                 this text
 ";
 

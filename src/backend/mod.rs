@@ -422,6 +422,9 @@ pub(crate) struct Settings<'a> {
     pub(crate) inbox_capacity: usize,
     pub(crate) file_workers: usize,
     pub(crate) file_worker_poll: Duration,
+    /// The engine's default deadline (`Config::deadline`) in nanoseconds, `u64::MAX`
+    /// for none: a peer that holds a transfer this long is taken as lost.
+    pub(crate) liveness: u64,
     pub(crate) fabric: Option<&'a FabricConfig>,
     pub(crate) cuda: Option<&'a CudaConfig>,
     #[cfg(feature = "testing")]
@@ -468,6 +471,7 @@ impl<'a> Opening<'a> {
                 Arc::clone(shared.inbox.map()),
                 s.engine_id,
                 s.name,
+                s.liveness,
             )?),
             _ => None,
         };

@@ -85,7 +85,9 @@ pub struct Config {
     /// [`Engine::set_deadline`](crate::Engine::set_deadline) chooses another for one
     /// transfer. Past it the caller sees the failure at once (from `status` or
     /// `wait`), while the slot stays the transport's until it has let go of the
-    /// memory (the fabric also declares the peer lost then). Default 30 s.
+    /// memory. The fabric also declares a peer lost that held a transfer past this
+    /// deadline; a shorter one chosen for a single transfer fails only that
+    /// transfer. Default 30 s.
     pub deadline: Option<Duration>,
     /// The fabric transport (libfabric, loaded at run time): `None` (the default)
     /// leaves it off; peers are then reached with the local transport only. With it
@@ -229,6 +231,7 @@ impl Config {
             inbox_capacity: self.inbox_capacity,
             file_workers: self.file_workers,
             file_worker_poll: self.file_worker_poll,
+            liveness: self.deadline.map_or(u64::MAX, super::timeout_nanos),
             fabric: self.fabric.as_ref(),
             cuda: self.cuda.as_ref(),
             #[cfg(feature = "testing")]

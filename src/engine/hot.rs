@@ -237,7 +237,9 @@ impl Engine {
     /// it may stay in flight for `timeout` (`None`: for ever) instead of
     /// [`Config::deadline`](crate::Config::deadline). A zero timeout fails the
     /// transfer with `TIMEOUT` at the first look after posting, unless it ended in
-    /// `post`.
+    /// `post`. A deadline shorter than the engine's is the caller's budget for this
+    /// transfer: passing it says nothing of the peer (the fabric declares a peer
+    /// lost only past the engine's deadline).
     pub fn set_deadline(&self, handle: Handle, timeout: Option<Duration>) -> Result<()> {
         self.core.ring.set_timeout(handle, timeout.map(timeout_nanos))
     }

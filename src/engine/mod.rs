@@ -213,6 +213,8 @@ pub struct Engine {
     progress_thread: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     peers: RwLock<peers::PeerTable>,
     lists: RwLock<Vec<ListEntry>>,
+    /// Set once `shut_down` has run (by `shutdown`, then not again by the drop).
+    shut: bool,
 }
 
 static NEXT_ENGINE: AtomicU32 = AtomicU32::new(1);
@@ -327,6 +329,7 @@ impl Engine {
             progress_thread,
             peers: RwLock::new(peers::PeerTable::new(config.max_peers)),
             lists: RwLock::new(lists),
+            shut: false,
             config,
             core,
             workers,
@@ -521,15 +524,30 @@ fn reclaim(registry: &Registry, t: &mut Transfer) {
 /// it closes them and fails the rest with `SHUTDOWN`.
 const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(2);
 
-impl Drop for Engine {
+impl Engine {
+    /// Shuts the engine down, as dropping it does, and returns its ledger as it stands
+    /// afterwards: every transfer that was in flight has ended (done, failed, or
+    /// failed with `FailCode::SHUTDOWN`) and, if the caller had released them all,
+    /// nothing is held (`ring.live`, `pins`, `transport_held` all 0,
+    /// `ring.acquired == ring.freed`). Handles the caller still holds count as live.
+    pub fn shutdown(mut self) -> EngineStats {
+        self.shut_down();
+        self.stats()
+    }
+
     /// Shutdown ends every transfer through the one exit function: the threads stop
     /// (queued file jobs run first), the transports get up to `SHUTDOWN_PATIENCE` (2 s)
     /// to end what they hold (GPU streams drained, the sim drained, the fabric's
     /// completions read), the endpoints close — after which no operation can touch
     /// anything — and whatever is still in flight then fails with
     /// `FailCode::SHUTDOWN`, its slot's resources (holds, pins in peers' tables)
-    /// let go like any other transfer's. Nothing is left for the process.
-    fn drop(&mut self) {
+    /// let go like any other transfer's. Nothing is left for the process. Runs once:
+    /// `shutdown` and then the drop.
+    fn shut_down(&mut self) {
+        if self.shut {
+            return;
+        }
+        self.shut = true;
         if let Some((stop, thread)) = self.progress_thread.take() {
             stop.store(true, Ordering::Relaxed);
             let _ = thread.join();
@@ -570,10 +588,17 @@ impl Drop for Engine {
             && !std::thread::panicking()
             && let Err(e) = self.check_quiescent()
         {
-            eprintln!("ringxfer: engine {:?} dropped while {e}", self.config.name);
+            eprintln!("ringxfer: engine {:?} shut down while {e}", self.config.name);
         }
         // Peers holding our shared half now find no regions: their transfers fail
         // instead of writing memory the caller may free after this.
         self.core.shared.registry.clear();
+    }
+}
+
+impl Drop for Engine {
+    /// Shuts the engine down (see [`Engine::shutdown`]) unless that was done already.
+    fn drop(&mut self) {
+        self.shut_down();
     }
 }

@@ -160,6 +160,11 @@ pub(crate) struct Fabric {
     name: String,
     remote_writes: AtomicU64,
     epoch: Instant,
+    /// The engine's default deadline in nanoseconds (`u64::MAX`: none). A transfer
+    /// held this long or longer past its deadline condemns its peer as lost; one
+    /// that only passed a shorter deadline of its own (`Engine::set_deadline`) fails
+    /// for its owner, and says nothing of the peer.
+    liveness: u64,
     /// When progress last looked for expired transfers (nanoseconds since `epoch`).
     scanned_at: AtomicU64,
     stale: AtomicU64,
@@ -203,6 +208,7 @@ impl Fabric {
         inbox: Arc<InboxMap>,
         engine_id: u64,
         name: &str,
+        liveness: u64,
     ) -> Result<Fabric> {
         if !(4..=4096).contains(&config.rx_buffers) {
             return Err(Error::InvalidConfig {
@@ -255,6 +261,7 @@ impl Fabric {
             name: name.to_owned(),
             remote_writes: AtomicU64::new(0),
             epoch: Instant::now(),
+            liveness,
             scanned_at: AtomicU64::new(0),
             stale: AtomicU64::new(0),
             unattributed: AtomicU64::new(0),

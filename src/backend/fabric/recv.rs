@@ -147,9 +147,11 @@ impl Fabric {
     // ----- deadlines -----
 
     /// At most once a millisecond: fails (for their owners) the transfers whose
-    /// deadline passed, with `TIMEOUT`. A peer that let a deadline pass is taken as
-    /// lost: its other transfers in flight fail too (`PEER_LOST`) and its address is
-    /// forgotten (a restarted peer is loaded again). Slots stay posted until the
+    /// deadline passed, with `TIMEOUT`. A peer that let the engine's deadline pass
+    /// (`liveness`: a transfer whose own timeout is at least that) is taken as lost:
+    /// its other transfers in flight fail too (`PEER_LOST`) and its address is
+    /// forgotten (a restarted peer is loaded again). A shorter deadline a caller chose
+    /// for one transfer fails that transfer only. Slots stay posted until the
     /// provider completes them.
     fn expire_overdue(&self, expire: &dyn Fn(Handle, FailCode) -> bool) {
         let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -165,7 +167,9 @@ impl Fabric {
             if deadline == 0 || deadline > now {
                 continue;
             }
-            if self.expire_slot(slot, deadline, FailCode::TIMEOUT, expire) {
+            if self.expire_slot(slot, deadline, FailCode::TIMEOUT, expire)
+                && slot.timeout.load(Ordering::Relaxed) >= self.liveness
+            {
                 let dest = slot.dest.load(Ordering::Relaxed);
                 if !lost[..lost_count].contains(&dest) && lost_count < lost.len() {
                     lost[lost_count] = dest;
