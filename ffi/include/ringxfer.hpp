@@ -55,6 +55,11 @@ enum class Status : uint32_t {
   Timeout = RX_TIMEOUT,
   Unsupported = RX_UNSUPPORTED,
   Panic = RX_PANIC,
+  FabricUnavailable = RX_FABRIC_UNAVAILABLE,
+  Fabric = RX_FABRIC,
+  CudaUnavailable = RX_CUDA_UNAVAILABLE,
+  Cuda = RX_CUDA,
+  NotQuiescent = RX_NOT_QUIESCENT,
 };
 
 /// A static description of a status.
@@ -163,6 +168,20 @@ class Transfer {
     if (s != RX_OK) return from_c(s);
     return st;
   }
+
+  /// Asks the transfer to stop (see `rx_cancel`): what came of it, an `rx_cancel_result`
+  /// (`RX_CANCEL_DONE`, `RX_CANCEL_IN_FLIGHT`, `RX_CANCEL_ALREADY_COMPLETE`,
+  /// `RX_CANCEL_ABANDONED`). The handle stays owned: release it (or let it go) as usual.
+  Result<uint32_t> cancel() const {
+    uint32_t r = 0;
+    rx_status s = rx_cancel(engine_, handle_, &r);
+    if (s != RX_OK) return from_c(s);
+    return r;
+  }
+
+  /// Chooses this prepared transfer's deadline, in nanoseconds once posted
+  /// (`UINT64_MAX`: none); see `rx_set_deadline`.
+  Result<void> set_deadline(uint64_t timeout_ns) const { return from_c(rx_set_deadline(engine_, handle_, timeout_ns)); }
 
   /// Releases the handle now; the object owns nothing afterwards.
   Result<void> release() {
@@ -281,6 +300,32 @@ class Engine {
     rx_status s = rx_engine_stats(engine_, &st);
     if (s != RX_OK) return from_c(s);
     return st;
+  }
+
+  /// Drives the transports once; the value is how many transfers ended.
+  Result<size_t> progress() const {
+    size_t done = 0;
+    rx_status s = rx_progress(engine_, &done);
+    if (s != RX_OK) return from_c(s);
+    return done;
+  }
+
+  /// `Status::NotQuiescent` (with `last_error()` naming what) while the engine holds
+  /// anything for transfers; see `rx_check_quiescent`.
+  Result<void> check_quiescent() const { return from_c(rx_check_quiescent(engine_)); }
+
+  /// The counters in Prometheus' text exposition format (control path: allocates).
+  Result<std::string> metrics() const {
+    std::string text(4096, '\0');
+    size_t len = 0;
+    rx_status s = rx_metrics(engine_, reinterpret_cast<uint8_t *>(&text[0]), text.size(), &len);
+    if (s == RX_BUFFER_TOO_SMALL) {
+      text.resize(len);
+      s = rx_metrics(engine_, reinterpret_cast<uint8_t *>(&text[0]), text.size(), &len);
+    }
+    if (s != RX_OK) return from_c(s);
+    text.resize(len);
+    return text;
   }
 
  private:

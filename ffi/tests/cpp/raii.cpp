@@ -78,6 +78,33 @@ int main() {
   EXPECT(rx::last_error().find("out of bounds") != std::string::npos);
   EXPECT(std::string(rx::to_string(rx::Status::RingFull)).find("slots") != std::string::npos);
 
+  // Cancel and deadlines: a local copy ends inside post, so its cancel finds it
+  // complete; a zero deadline on a transfer that ends in post changes nothing.
+  {
+    auto c = prefill.prepare(rx::Op::Write, local, peer, remote);
+    EXPECT(c);
+    rx::Transfer x = std::move(c).value();
+    EXPECT(x.set_deadline(0));
+    EXPECT(x.post());
+    auto r = x.cancel();
+    EXPECT(r && r.value() == RX_CANCEL_ALREADY_COMPLETE);
+    EXPECT(x.wait(1000000).value().state == RX_XFER_DONE);
+    // A prepared transfer's cancel ends it at once.
+    auto p2 = prefill.prepare(rx::Op::Write, local, peer, remote);
+    rx::Transfer y = std::move(p2).value();
+    EXPECT(y.cancel().value() == RX_CANCEL_DONE);
+    EXPECT(y.status().value().state == RX_XFER_CANCELLED);
+    // Held handles: not quiescent, and the error says what is held.
+    auto q = prefill.check_quiescent();
+    EXPECT(!q && q.status() == rx::Status::NotQuiescent);
+    EXPECT(rx::last_error().find("slot") != std::string::npos);
+  }
+  EXPECT(prefill.progress());
+  EXPECT(prefill.check_quiescent());
+  auto metrics = prefill.metrics();
+  EXPECT(metrics && metrics.value().find("ringxfer_") != std::string::npos);
+  EXPECT(decode.check_quiescent());
+
   auto stats = prefill.stats().value();
   std::printf("raii.cpp: %llu done, live %llu, pins %llu\n", static_cast<unsigned long long>(stats.done),
               static_cast<unsigned long long>(stats.live), static_cast<unsigned long long>(stats.pins));
