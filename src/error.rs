@@ -16,6 +16,16 @@ pub enum Error {
         /// The ring's fixed capacity.
         capacity: usize,
     },
+    /// Every entry of the completion queue is taken (by transfers that asked for a
+    /// report, or by completions not yet polled). Poll completions, or build the
+    /// engine with a larger `Config::completion_queue`; 0: the engine has none.
+    #[error(
+        "completion queue full: all {capacity} entries are taken (poll completions or raise Config::completion_queue)"
+    )]
+    CompletionQueueFull {
+        /// The queue's fixed capacity (0: no completion queue).
+        capacity: usize,
+    },
     /// The handle names a transfer that was released (or a generation its slot never
     /// had). It no longer refers to any transfer, and nothing was touched.
     #[error("stale handle {handle}: its transfer was already released, or the handle was never issued")]
@@ -297,7 +307,8 @@ pub enum Error {
     /// [`Engine::check_quiescent`](crate::Engine::check_quiescent): something is held.
     #[error(
         "not quiescent: {live_slots} transfer slot(s) held, {pins} region pin(s), {prepared_lists} prepared list(s), \
-         {transport_held} transfer(s) held by transports, {notifications_queued} notification(s) not popped"
+         {transport_held} transfer(s) held by transports, {notifications_queued} notification(s) not popped, \
+         {completions_queued} completion(s) not polled"
     )]
     NotQuiescent {
         /// Slots not yet released (reserved, in flight, or ended).
@@ -310,6 +321,8 @@ pub enum Error {
         transport_held: usize,
         /// Notifications waiting in the inbox.
         notifications_queued: usize,
+        /// Completions waiting to be polled.
+        completions_queued: usize,
     },
     /// `wait` gave up before the transfer ended; the transfer goes on.
     #[error("timed out waiting for transfer {handle}")]

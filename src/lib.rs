@@ -65,6 +65,7 @@ pub use error::{Error, Result};
 pub use kv::{KvConfig, KvStore};
 pub use mem::FileOptions;
 pub use notify::{Notification, SenderId};
+pub use ring::Completion;
 #[cfg(all(feature = "testing", feature = "cuda"))]
 pub use testing::fuzz_cuda_export;
 pub use types::{

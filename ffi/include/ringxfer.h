@@ -160,6 +160,9 @@ enum rx_status
   // The engine still holds something for transfers (`rx_check_quiescent`; see
   // `rx_last_error`).
   RX_NOT_QUIESCENT = 33,
+  // Every entry of the completion queue is taken: poll completions first
+  // (`rx_poll_completions`), or raise `rx_config::completion_queue`.
+  RX_COMPLETION_QUEUE_FULL = 34,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -328,6 +331,15 @@ typedef struct {
   // presents; NULL takes `RINGXFER_METADATA_SECRET` from the environment, if set.
   // Copied by `rx_engine_new`.
   const char *metadata_secret;
+  // Entries of the completion queue (`rx_report_completion`), at most 2^20; 0:
+  // none. Default 1024.
+  uint32_t completion_queue;
+  // How long `rx_wait` and `rx_wait_any` spin before they yield, in microseconds
+  // (at most 10^6). Default 50.
+  uint32_t wait_spin_us;
+  // Until when they yield before they sleep, in microseconds (at most 10^6); a
+  // transfer that ends only under progress is never slept on. Default 2000.
+  uint32_t wait_yield_us;
 } rx_config;
 
 // One contiguous piece of a region: `len` bytes at `offset`. Same layout as the Rust
@@ -380,6 +392,17 @@ typedef struct {
   // Payload bytes written to the caller's buffer.
   size_t len;
 } rx_notification;
+
+// One transfer's end, from `rx_poll_completions`.
+typedef struct {
+  // The transfer's handle: still the caller's, to release as usual.
+  uint64_t handle;
+  // The tag given to `rx_report_completion`.
+  uint64_t tag;
+  // Its final status (`RX_XFER_DONE`, `RX_XFER_FAILED` with the failure, or
+  // `RX_XFER_CANCELLED`).
+  rx_xfer_status status;
+} rx_completion;
 
 // Counters and the resource ledger (`rx_engine_stats`).
 typedef struct {
@@ -446,6 +469,9 @@ typedef struct {
   // unless the library was built with the cargo feature `testing` and the engine
   // has a sim transport.
   uint64_t sim[8];
+  // Completions reported and waiting to be polled (`rx_poll_completions`); 0
+  // when quiescent.
+  uint64_t completions_queued;
 } rx_stats;
 
 #ifdef __cplusplus
@@ -668,12 +694,38 @@ rx_status rx_pop_notification(const rx_engine *engine,
 // serves others, or set `RX_FABRIC_PROGRESS_THREAD`. Never allocates.
 rx_status rx_progress(const rx_engine *engine, size_t *out_completed);
 
+// Asks for the end of the prepared transfer `handle` in the completion queue, with
+// `tag`: once it ends (done, failed, timed out, cancelled, or at shutdown) an
+// `rx_completion` waits for `rx_poll_completions`, exactly once. Call it between
+// `rx_prepare` and `rx_post`; again to change the tag. `RX_COMPLETION_QUEUE_FULL`:
+// every entry is taken (poll first); nothing is posted or lost. A transfer released
+// before it ends gives its entry back unreported.
+rx_status rx_report_completion(const rx_engine *engine, uint64_t handle, uint64_t tag);
+
+// Drives progress once, then moves up to `cap` completions into `out` (oldest
+// first) and their number to `*out_count`. `out` may be NULL with `cap` 0. Makes the
+// `rx_completion_fd` descriptor unreadable when it drains the queue.
+rx_status rx_poll_completions(const rx_engine *engine,
+                              rx_completion *out,
+                              size_t cap,
+                              size_t *out_count);
+
+// Waits up to `timeout_us` microseconds until a completion can be polled, driving
+// progress meanwhile (as `rx_wait`); `*out_ready` says whether one can.
+rx_status rx_wait_any(const rx_engine *engine, uint64_t timeout_us, bool *out_ready);
+
+// Writes to `*out_fd` a Linux eventfd that is readable while completions wait to be
+// polled, to `epoll` with the caller's sockets; `rx_poll_completions` makes it
+// unreadable again when it drains the queue. The engine owns it (do not close it);
+// valid until `rx_engine_free`. The first call makes it readable once.
+rx_status rx_completion_fd(const rx_engine *engine, int32_t *out_fd);
+
 // Writes the engine's counters and ledger to `*out`.
 rx_status rx_engine_stats(const rx_engine *engine, rx_stats *out);
 
 // `RX_OK` when the engine holds nothing for transfers (no slot held, no region held
 // by a transfer, no prepared list alive, nothing a transport holds, no notification
-// waiting to be popped); otherwise `RX_NOT_QUIESCENT`, and
+// waiting to be popped, no completion waiting to be polled); otherwise `RX_NOT_QUIESCENT`, and
 // `rx_last_error` names what is still held.
 rx_status rx_check_quiescent(const rx_engine *engine);
 

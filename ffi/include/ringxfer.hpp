@@ -60,6 +60,7 @@ enum class Status : uint32_t {
   CudaUnavailable = RX_CUDA_UNAVAILABLE,
   Cuda = RX_CUDA,
   NotQuiescent = RX_NOT_QUIESCENT,
+  CompletionQueueFull = RX_COMPLETION_QUEUE_FULL,
 };
 
 /// A static description of a status.
@@ -183,6 +184,14 @@ class Transfer {
   /// (`UINT64_MAX`: none); see `rx_set_deadline`.
   Result<void> set_deadline(uint64_t timeout_ns) const { return from_c(rx_set_deadline(engine_, handle_, timeout_ns)); }
 
+  /// Asks for this prepared transfer's end in the engine's completion queue, with
+  /// `tag` (see `rx_report_completion`); call before post().
+  Result<void> report_completion(uint64_t tag) const { return from_c(rx_report_completion(engine_, handle_, tag)); }
+
+  /// Gives up ownership without releasing: the caller now releases `handle()` itself
+  /// (for handles collected from `Engine::poll_completions`).
+  uint64_t detach() { return std::exchange(handle_, 0); }
+
   /// Releases the handle now; the object owns nothing afterwards.
   Result<void> release() {
     if (handle_ == 0) return Status::InvalidHandle;
@@ -301,6 +310,34 @@ class Engine {
     if (s != RX_OK) return from_c(s);
     return st;
   }
+
+  /// Moves up to `cap` completions into `out`; the value is how many. Each handle is
+  /// still to be released (`release_handle`, or a `Transfer` that owned it).
+  Result<size_t> poll_completions(rx_completion *out, size_t cap) const {
+    size_t n = 0;
+    rx_status s = rx_poll_completions(engine_, out, cap, &n);
+    if (s != RX_OK) return from_c(s);
+    return n;
+  }
+
+  /// Waits up to `timeout_us` until a completion can be polled.
+  Result<bool> wait_any(uint64_t timeout_us) const {
+    bool ready = false;
+    rx_status s = rx_wait_any(engine_, timeout_us, &ready);
+    if (s != RX_OK) return from_c(s);
+    return ready;
+  }
+
+  /// The eventfd readable while completions wait (owned by the engine).
+  Result<int> completion_fd() const {
+    int fd = -1;
+    rx_status s = rx_completion_fd(engine_, &fd);
+    if (s != RX_OK) return from_c(s);
+    return fd;
+  }
+
+  /// Releases a raw handle (one detached from its `Transfer`).
+  Result<void> release_handle(uint64_t handle) const { return from_c(rx_release(engine_, handle)); }
 
   /// Drives the transports once; the value is how many transfers ended.
   Result<size_t> progress() const {

@@ -69,6 +69,15 @@ pub struct rx_config {
     /// presents; NULL takes `RINGXFER_METADATA_SECRET` from the environment, if set.
     /// Copied by `rx_engine_new`.
     pub metadata_secret: *const c_char,
+    /// Entries of the completion queue (`rx_report_completion`), at most 2^20; 0:
+    /// none. Default 1024.
+    pub completion_queue: u32,
+    /// How long `rx_wait` and `rx_wait_any` spin before they yield, in microseconds
+    /// (at most 10^6). Default 50.
+    pub wait_spin_us: u32,
+    /// Until when they yield before they sleep, in microseconds (at most 10^6); a
+    /// transfer that ends only under progress is never slept on. Default 2000.
+    pub wait_yield_us: u32,
 }
 
 /// `rx_config::cuda_flags`: turn the cuda transport on.
@@ -114,6 +123,9 @@ pub unsafe extern "C" fn rx_config_default(out: *mut rx_config) -> rx_status {
             cuda_streams: CudaConfig::default().streams as u32,
             cuda_stream: 0,
             metadata_secret: std::ptr::null(),
+            completion_queue: d.completion_queue as u32,
+            wait_spin_us: d.wait_spin.as_micros() as u32,
+            wait_yield_us: d.wait_yield.as_micros() as u32,
         };
         // SAFETY: the caller promises a writable rx_config (NULL is refused).
         unsafe { put(out, c) }
@@ -143,6 +155,9 @@ pub(crate) unsafe fn config_from(cfg: &rx_config) -> Result<Config, rx_status> {
     c.inbox_capacity = cfg.inbox_capacity as usize;
     c.file_workers = cfg.file_workers as usize;
     c.file_worker_poll = std::time::Duration::from_micros(u64::from(cfg.file_worker_poll_us));
+    c.completion_queue = cfg.completion_queue as usize;
+    c.wait_spin = std::time::Duration::from_micros(u64::from(cfg.wait_spin_us));
+    c.wait_yield = std::time::Duration::from_micros(u64::from(cfg.wait_yield_us));
     c.deadline = match cfg.deadline_ms {
         0 => c.deadline,
         u32::MAX => None,

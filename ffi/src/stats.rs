@@ -73,6 +73,9 @@ pub struct rx_stats {
     /// unless the library was built with the cargo feature `testing` and the engine
     /// has a sim transport.
     pub sim: [u64; 8],
+    /// Completions reported and waiting to be polled (`rx_poll_completions`); 0
+    /// when quiescent.
+    pub completions_queued: u64,
 }
 
 /// Writes the engine's counters and ledger to `*out`.
@@ -133,6 +136,7 @@ fn stats_of(s: EngineStats) -> rx_stats {
         bytes: s.bytes,
         transport_held: s.transport_held as u64,
         sim: sim_of(&s),
+        completions_queued: s.completions_queued as u64,
     }
 }
 
@@ -158,7 +162,7 @@ fn sim_of(_: &EngineStats) -> [u64; 8] {
 
 /// `RX_OK` when the engine holds nothing for transfers (no slot held, no region held
 /// by a transfer, no prepared list alive, nothing a transport holds, no notification
-/// waiting to be popped); otherwise `RX_NOT_QUIESCENT`, and
+/// waiting to be popped, no completion waiting to be polled); otherwise `RX_NOT_QUIESCENT`, and
 /// `rx_last_error` names what is still held.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn rx_check_quiescent(engine: *const rx_engine) -> rx_status {

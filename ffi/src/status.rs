@@ -83,11 +83,14 @@ pub enum rx_status {
     /// The engine still holds something for transfers (`rx_check_quiescent`; see
     /// `rx_last_error`).
     RX_NOT_QUIESCENT = 33,
+    /// Every entry of the completion queue is taken: poll completions first
+    /// (`rx_poll_completions`), or raise `rx_config::completion_queue`.
+    RX_COMPLETION_QUEUE_FULL = 34,
 }
 
 impl rx_status {
     /// Every status, for turning a number from C back into one.
-    pub(crate) const ALL: [rx_status; 34] = [
+    pub(crate) const ALL: [rx_status; 35] = [
         rx_status::RX_OK,
         rx_status::RX_INVALID_ARGUMENT,
         rx_status::RX_RING_FULL,
@@ -122,6 +125,7 @@ impl rx_status {
         rx_status::RX_CUDA_UNAVAILABLE,
         rx_status::RX_CUDA,
         rx_status::RX_NOT_QUIESCENT,
+        rx_status::RX_COMPLETION_QUEUE_FULL,
     ];
 
     pub(crate) fn describe(self) -> &'static std::ffi::CStr {
@@ -160,6 +164,7 @@ impl rx_status {
             rx_status::RX_CUDA_UNAVAILABLE => c"CUDA unavailable",
             rx_status::RX_CUDA => c"CUDA call failed",
             rx_status::RX_NOT_QUIESCENT => c"the engine still holds transfers, regions or lists",
+            rx_status::RX_COMPLETION_QUEUE_FULL => c"every entry of the completion queue is taken",
         }
     }
 }
@@ -199,6 +204,7 @@ impl From<&Error> for rx_status {
             Error::CudaUnavailable { .. } => rx_status::RX_CUDA_UNAVAILABLE,
             Error::Cuda { .. } => rx_status::RX_CUDA,
             Error::NotQuiescent { .. } => rx_status::RX_NOT_QUIESCENT,
+            Error::CompletionQueueFull { .. } => rx_status::RX_COMPLETION_QUEUE_FULL,
             Error::Poisoned => rx_status::RX_PANIC,
             _ => rx_status::RX_UNSUPPORTED,
         }

@@ -122,7 +122,7 @@ unsafe fn descs<'a>(ptr: *const rx_desc, len: usize) -> Result<&'a [Desc], rx_st
     unsafe { slice(ptr.cast::<Desc>(), len) }
 }
 
-fn xfer_status(s: Status) -> rx_xfer_status {
+pub(crate) fn xfer_status(s: Status) -> rx_xfer_status {
     let (state, fail_source, fail_code) = match s {
         Status::Reserved => (rx_xfer_state::RX_XFER_RESERVED, 0, 0),
         Status::Posted => (rx_xfer_state::RX_XFER_POSTED, 0, 0),

@@ -130,7 +130,7 @@ fn c_client_moves_data_and_notifications() {
         return;
     }
     let out = build_and_run("gcc", "c11", "tests/c/transfer.c");
-    assert!(out.contains("108 transfers done, live 0"), "{out}");
+    assert!(out.contains("112 transfers done, live 0"), "{out}");
 }
 
 #[test]

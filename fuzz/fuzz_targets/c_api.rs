@@ -1,7 +1,8 @@
 //! Random sequences of C API calls against an engine with the sim and file
 //! transports, as a C caller could make them: bad and forged handles, stale ones,
 //! double releases of transfers and of lists, unknown regions and peers, out-of-range
-//! enum values, NULL pointers, buffers too small, notifications, stats and metrics.
+//! enum values, NULL pointers, buffers too small, notifications, the completion queue,
+//! stats and metrics.
 //! Every call returns a status (nothing panics: a panic would come back as `RX_PANIC`,
 //! which fails the run), and after each call the ledger agrees with what the caller
 //! holds. At the end, once everything is released and drained, `rx_check_quiescent`
@@ -180,6 +181,9 @@ fuzz_target!(|data: &[u8]| {
                 let timeout = [0, 1, 1000, u64::MAX][usize::from(input.u8() % 4)];
                 // SAFETY: a live engine.
                 let _ = unsafe { rx_set_deadline(e, h, timeout) };
+                // And a report of its end in the completion queue (any state, any handle).
+                // SAFETY: a live engine.
+                let _ = unsafe { rx_report_completion(e, h, u64::from(arg)) };
             }
             9 => {
                 let h = pick(arg, &held, &released);
@@ -299,6 +303,20 @@ fuzz_target!(|data: &[u8]| {
                 3 => {
                     // SAFETY: a live engine.
                     let _ = unsafe { rx_check_quiescent(e) };
+                    // Completions: each one names a handle the caller holds, once.
+                    let mut out = [rx_completion {
+                        handle: 0,
+                        tag: 0,
+                        status: rx_xfer_status { state: 0, fail_source: 0, fail_code: 0 },
+                    }; 4];
+                    let cap = usize::from(input.u8() % 5);
+                    let mut n = 0;
+                    // SAFETY: `cap` <= 4 writable entries; a writable count.
+                    assert_eq!(unsafe { rx_poll_completions(e, out.as_mut_ptr(), cap, &mut n) }, rx_status::RX_OK);
+                    for c in &out[..n] {
+                        assert!(held.contains(&c.handle) || released.contains(&c.handle), "{c:?}");
+                        assert!(c.status.state >= 3, "a final status: {c:?}");
+                    }
                 }
                 4 => {
                     // A region the caller does not own, and its own while in use.
@@ -339,6 +357,13 @@ fuzz_target!(|data: &[u8]| {
             while rx_pop_notification(e, buf.as_mut_ptr(), buf.len(), &mut n, &mut popped) == rx_status::RX_OK
                 && popped
             {}
+            let mut out = [rx_completion {
+                handle: 0,
+                tag: 0,
+                status: rx_xfer_status { state: 0, fail_source: 0, fail_code: 0 },
+            }; 8];
+            let mut count = 0;
+            while rx_poll_completions(e, out.as_mut_ptr(), out.len(), &mut count) == rx_status::RX_OK && count > 0 {}
             if rx_check_quiescent(e) == rx_status::RX_OK {
                 break;
             }

@@ -718,6 +718,19 @@ impl Transports {
         self.progress_thread
     }
 
+    /// Whether a transfer of this engine may end only when someone drives progress
+    /// (the fabric without a progress thread: tcp moves data only inside progress
+    /// calls; the sim), so a waiter must keep driving it rather than sleep. The
+    /// others end on their own (in `post`, on I/O workers, on the GPU) and a waiter
+    /// may sleep.
+    pub(crate) fn needs_caller_progress(&self) -> bool {
+        #[cfg(feature = "testing")]
+        if self.sim.is_some() {
+            return true;
+        }
+        self.fabric.is_some() && !self.progress_thread
+    }
+
     /// Every transport's part of the engine's metadata.
     pub(crate) fn publish(&self, registry: &Registry) -> Vec<BackendInfo> {
         let mut out = Vec::new();

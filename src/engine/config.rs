@@ -89,6 +89,19 @@ pub struct Config {
     /// deadline; a shorter one chosen for a single transfer fails only that
     /// transfer. Default 30 s.
     pub deadline: Option<Duration>,
+    /// Entries of the completion queue (rounded up to a power of two, at most
+    /// 2^20; 0: none): how many transfers may at once be asked to report their end
+    /// ([`Engine::report_completion`](crate::Engine::report_completion)) or wait,
+    /// reported, to be polled. Default 1024.
+    pub completion_queue: usize,
+    /// How long `wait` and `wait_any` spin (one core, the lowest latency) before
+    /// they yield. Default 50 µs.
+    pub wait_spin: Duration,
+    /// Until when `wait` and `wait_any` yield between looks before they sleep
+    /// (10 µs doubling to 500 µs naps). A transfer that ends only under progress
+    /// (the fabric with no progress thread, the sim) is never slept on: its waiter
+    /// yields to the end. Default 2 ms. See `docs/design.md` (Waiting).
+    pub wait_yield: Duration,
     /// The fabric transport (libfabric, loaded at run time): `None` (the default)
     /// leaves it off; peers are then reached with the local transport only. With it
     /// on, peers that offer a fabric endpoint are reached through it.
@@ -125,6 +138,9 @@ impl Default for Config {
             file_worker_poll: Duration::from_micros(100),
             inbox_capacity: 128,
             deadline: Some(Duration::from_secs(30)),
+            completion_queue: 1024,
+            wait_spin: Duration::from_micros(50),
+            wait_yield: Duration::from_millis(2),
             fabric: None,
             cuda: None,
             metadata_secret: None,
@@ -182,6 +198,12 @@ impl Config {
                 "deadline",
                 "must be more than 0 and less than 584 years (None: no deadline)",
             );
+        }
+        if self.wait_spin > Duration::from_secs(1) || self.wait_yield > Duration::from_secs(1) {
+            return bad("wait_spin", "wait_spin and wait_yield must be at most 1 s");
+        }
+        if self.completion_queue > 1 << 20 {
+            return bad("completion_queue", "must be at most 2^20 entries (0: none)");
         }
         if self.file_workers > 64 {
             return bad("file_workers", "must be at most 64");

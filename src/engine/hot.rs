@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::waiting::Waiter;
 use super::{Engine, reclaim, timeout_nanos, xfer};
 use crate::backend::Transfer;
 use crate::backend::{Recall, Started, Via};
@@ -245,9 +246,12 @@ impl Engine {
     }
 
     /// Waits until the transfer ends or `timeout` passes ([`Error::Timeout`]; the
-    /// transfer goes on), driving progress meanwhile. Spins briefly, then yields for
-    /// up to 2 ms, then sleeps in growing steps (up to 0.5 ms), so a long wait does
-    /// not hold a core.
+    /// transfer goes on), driving progress meanwhile. Spins for
+    /// [`Config::wait_spin`](crate::Config::wait_spin), then yields until
+    /// [`Config::wait_yield`](crate::Config::wait_yield), then sleeps in growing
+    /// steps (up to 0.5 ms), so a long wait does not hold a core — except where
+    /// transfers end only under progress (the fabric with no progress thread): there
+    /// it keeps driving progress, yielding between looks, and holds at most one core.
     pub fn wait(&self, handle: Handle, timeout: Duration) -> Result<Status> {
         // A file transfer still queued runs here, on the waiting thread (a released
         // handle's is left to the workers: the status check refuses it first).
@@ -264,8 +268,7 @@ impl Engine {
         // The clock is read only once the transfer is found unfinished: a stolen
         // file transfer (or a quick one) ends without a clock read.
         let mut start = None;
-        let backoff = crossbeam_utils::Backoff::new();
-        let mut sleep = Duration::from_micros(10);
+        let mut waiter = None;
         loop {
             self.core.progress();
             let status = self.core.status(handle)?;
@@ -276,22 +279,12 @@ impl Engine {
             if waited >= timeout {
                 return Err(Error::Timeout { handle });
             }
-            if waited < Duration::from_micros(50) {
-                // Each turn reads the completion queues, and a transfer an I/O worker
-                // is running usually ends within this: spinning keeps a yield's
-                // latency (microseconds) off it.
-                std::hint::spin_loop();
-            } else if !backoff.is_completed() {
-                backoff.snooze();
-            } else if waited < Duration::from_millis(2) {
-                // Most transfers end within this (a fabric window of them too, and
-                // each turn drives progress): yielding keeps the latency of a
-                // sleep-and-wake (tens of microseconds) off them.
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(sleep);
-                sleep = (sleep * 2).min(Duration::from_micros(500));
-            }
+            // Built at the first pause: a transfer found ended costs nothing for it.
+            let waiter = waiter.get_or_insert_with(|| {
+                let needs_progress = self.core.transports.needs_caller_progress();
+                Waiter::new(needs_progress, self.config.wait_spin, self.config.wait_yield)
+            });
+            waiter.pause(waited, timeout - waited);
         }
     }
 

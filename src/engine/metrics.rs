@@ -170,6 +170,13 @@ fn write_all(t: &mut Text<'_>, e: &str, s: &EngineStats) {
     );
     t.metric(
         e,
+        "completions_queued",
+        "gauge",
+        "Completions reported and waiting to be polled.",
+        &[("", s.completions_queued as u64)],
+    );
+    t.metric(
+        e,
         "notifications_delivered_total",
         "counter",
         "Notifications popped.",

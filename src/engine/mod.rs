@@ -20,6 +20,7 @@
 //! - `server.rs`: metadata over TCP.
 
 mod blocks;
+mod completions;
 mod config;
 mod control;
 mod hot;
@@ -28,6 +29,7 @@ mod metrics;
 mod peers;
 mod server;
 mod stats;
+mod waiting;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -83,6 +85,8 @@ impl Drop for PoisonOnUnwind<'_> {
 /// transports.
 pub(crate) struct Core {
     pub(crate) ring: SlotRing<Transfer>,
+    /// The eventfd the completion queue raises (with a completion queue only).
+    completion_signal: Option<Arc<completions::CompletionSignal>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) transports: Transports,
     /// The engine's threads (workers, progress) that have started running.
@@ -300,8 +304,10 @@ impl Engine {
         let shared = Arc::new(Self::shared_half(&config, engine_id, &opening)?);
         let transports = opening.finish(&shared)?;
         let ring = Self::ring(&config, first_generation, &transports)?;
+        let (ring, completion_signal) = completions::attach(ring, config.completion_queue)?;
         let core = Arc::new(Core {
             ring,
+            completion_signal,
             shared,
             transports,
             threads_started: AtomicUsize::new(0),

@@ -34,6 +34,8 @@ pub struct EngineStats {
     pub notifications_delivered: u64,
     /// Notifications dropped as duplicates or stale arrivals.
     pub notifications_stale: u64,
+    /// Completions reported and waiting to be polled (`Engine::poll_completions`).
+    pub completions_queued: usize,
     /// Transfers the transports hold now, by their own tables: fabric slots with
     /// operations in flight, GPU copies not yet seen complete, sim transfers
     /// pending. Never more than the slots in flight; 0 once nothing is.
@@ -66,7 +68,8 @@ impl Engine {
     /// Checks that the engine holds nothing for transfers: no slot held (reserved,
     /// in flight, or ended but not released), no region held by a transfer, nothing
     /// a transport still holds by its own tables (fabric slots with operations in
-    /// flight, GPU copies, sim transfers), no notification waiting to be popped.
+    /// flight, GPU copies, sim transfers), no notification waiting to be popped, no
+    /// completion waiting to be polled.
     /// Prepared lists hold regions of their own and count as holding until
     /// released. The error names what is still held. What the caller keeps on
     /// purpose is not counted: registrations (and the file descriptor each
@@ -80,6 +83,7 @@ impl Engine {
             && s.ring.acquired == s.ring.freed
             && s.transport_held == 0
             && s.notifications_queued == 0
+            && s.completions_queued == 0
         {
             return Ok(());
         }
@@ -89,6 +93,7 @@ impl Engine {
             prepared_lists: s.prepared_lists,
             transport_held: s.transport_held,
             notifications_queued: s.notifications_queued,
+            completions_queued: s.completions_queued,
         })
     }
 
@@ -115,6 +120,7 @@ impl Core {
             notifications_delivered,
             notifications_stale,
             transport_held: transports.held,
+            completions_queued: self.ring.completions_ready(),
             fabric: transports.fabric,
             cuda_events: transports.cuda_events,
             cuda_ipc_mappings: transports.cuda_ipc_mappings,

@@ -10,6 +10,8 @@
 //! - [`SlotRing`]: the slots, the free list, and the state machine that moves a slot
 //!   from FREE to RESERVED, POSTED, an ended state, and back, one compare-and-swap per
 //!   step. [`SlotRing::complete`] is the only way a posted transfer ends.
+//! - [`Completion`]s: the ring's optional completion queue, fed by the same state
+//!   transitions, for owners that asked to hear of a transfer's end.
 //! - [`JobQueue`]: posted slots waiting for worker threads, each queued at most once,
 //!   whose jobs their waiters may take out of the slot instead.
 //! - [`PinTable`]: the pin protocol of the registration table peers in other
@@ -19,6 +21,7 @@
 //!
 //! See `docs/design.md` for why it has this shape.
 
+mod completions;
 mod free_list;
 mod job_queue;
 mod pins;
@@ -30,6 +33,7 @@ pub use crate::types::{
     CancelResult, FIRST_GENERATION, FailCode, FailSource, GENERATION_BITS, Handle, INDEX_BITS, MAX_CAPACITY,
     MAX_GENERATION, Outcome, Released, Status, TransportId,
 };
+pub use completions::{Completion, Signal};
 pub use free_list::FreeList;
 pub(crate) use job_queue::Job;
 pub use job_queue::{JobQueue, Popped};

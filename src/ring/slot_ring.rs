@@ -5,10 +5,11 @@
 
 use crossbeam_utils::CachePadded;
 
+use super::completions::{Completion, Completions, Signal};
 use super::free_list::FreeList;
 use super::job_queue::Job;
 use super::state::{self, CANCELLED, DETACHED, DONE, FAILED, FREE, POSTED, RESERVED, RETIRED};
-use super::sync::{AtomicU64, Ordering, UnsafeCell, spin_loop};
+use super::sync::{AtomicU32, AtomicU64, Ordering, UnsafeCell, spin_loop};
 use crate::error::{Error, Result};
 use crate::types::{
     CancelResult, FIRST_GENERATION, FailCode, Handle, INDEX_BITS, MAX_CAPACITY, MAX_GENERATION, Outcome, Released,
@@ -22,6 +23,16 @@ use crate::types::{
 /// `HIGH_WATER_SAMPLE − 1` below the true peak but reaches the full capacity whenever
 /// the ring was ever full.
 pub const HIGH_WATER_SAMPLE: u64 = 8;
+
+/// The status an owner sees once its transfer ended with `outcome`.
+#[inline]
+fn status_of(outcome: Outcome) -> Status {
+    match outcome {
+        Outcome::Done => Status::Done,
+        Outcome::Failed(code) => Status::Failed(code),
+        Outcome::Cancelled => Status::Cancelled,
+    }
+}
 
 /// One request slot: its state word, its completion counters and its context.
 struct Slot<C> {
@@ -46,6 +57,11 @@ struct Slot<C> {
     /// is reused.
     timeout: AtomicU64,
     timeout_for: AtomicU64,
+    /// The handle whose end goes to the completion queue
+    /// ([`report_completion`](SlotRing::report_completion)), on ticket `ticket`;
+    /// keyed by the full handle as `timeout_for` is.
+    report_for: AtomicU64,
+    ticket: AtomicU32,
     /// Written only by the slot's owner while it is RESERVED (see `SlotRing`).
     context: UnsafeCell<C>,
 }
@@ -131,6 +147,8 @@ pub struct SlotRing<C> {
     /// Rare paths only: stale completions and retirements.
     stale_completions: AtomicU64,
     retired: AtomicU64,
+    /// The completion queue, if the ring has one ([`with_completions`](SlotRing::with_completions)).
+    completions: Option<Completions>,
 }
 
 // SAFETY: a slot's context is reached only through `acquire_with` (by the thread that
@@ -198,6 +216,8 @@ impl<C> SlotRing<C> {
                     deadline: AtomicU64::new(0),
                     timeout: AtomicU64::new(0),
                     timeout_for: AtomicU64::new(0),
+                    report_for: AtomicU64::new(0),
+                    ticket: AtomicU32::new(0),
                     context: UnsafeCell::new(make(index)),
                 })
             })
@@ -210,7 +230,16 @@ impl<C> SlotRing<C> {
             high_water: CachePadded::new(AtomicU64::new(0)),
             stale_completions: AtomicU64::new(0),
             retired: AtomicU64::new(0),
+            completions: None,
         })
+    }
+
+    /// Gives the ring a completion queue of `entries` entries (rounded up to a power
+    /// of two), allocated now, raising `signal` when it becomes non-empty: see
+    /// [`report_completion`](SlotRing::report_completion).
+    pub fn with_completions(mut self, entries: usize, signal: Option<Box<dyn Signal>>) -> SlotRing<C> {
+        self.completions = Some(Completions::new(entries, signal));
+        self
     }
 
     /// Makes the ring hand out the slot freed last before any from its free list.
@@ -453,6 +482,13 @@ impl<C> SlotRing<C> {
                         Outcome::Cancelled => &slot.cancelled,
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
+                    // An expired transfer was reported when it expired.
+                    if expired == 0 {
+                        match detached {
+                            true => self.unreport(slot, handle),
+                            false => self.report(slot, handle, status_of(outcome)),
+                        }
+                    }
                     if detached {
                         self.recycle(handle.index(), next, reclaim);
                     }
@@ -477,14 +513,20 @@ impl<C> SlotRing<C> {
         let bits = code.to_bits();
         debug_assert!(bits != 0, "an expiry needs a non-zero failure code");
         let posted = state::pack(handle.generation(), 0, POSTED);
-        slot.word
+        let expired = slot
+            .word
             .compare_exchange(
                 posted,
                 state::pack(handle.generation(), bits.max(1), POSTED),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             )
-            .is_ok()
+            .is_ok();
+        if expired {
+            // Its owner sees the failure from now on: that is its end.
+            self.report(slot, handle, Status::Failed(code));
+        }
+        expired
     }
 
     /// Sets the deadline of a transfer its poster just posted and has not handed on:
@@ -537,6 +579,70 @@ impl<C> SlotRing<C> {
         })
     }
 
+    /// Asks for the end of the prepared transfer `handle` in the completion queue,
+    /// with `tag`: once it ends (done, failed, expired, or cancelled) a
+    /// [`Completion`] waits in [`poll_completions`](SlotRing::poll_completions),
+    /// exactly once. Its entry is taken now, so a full queue refuses here
+    /// (`CompletionQueueFull`: back-pressure before posting) and never drops a
+    /// completion later. Asking again changes the tag. A transfer released before it
+    /// ends gives its entry back unreported. Its owner only.
+    pub fn report_completion(&self, handle: Handle, tag: u64) -> Result<()> {
+        let Some(completions) = &self.completions else {
+            return Err(Error::CompletionQueueFull { capacity: 0 });
+        };
+        let slot = self.slot(handle)?;
+        let word = slot.word.load(Ordering::Acquire);
+        self.check_generation(handle, word)?;
+        if state::state(word) != RESERVED {
+            return Err(self.wrong_state(handle, word, "report the completion of"));
+        }
+        if slot.report_for.load(Ordering::Relaxed) == handle.to_raw() {
+            completions.retag(slot.ticket.load(Ordering::Relaxed), tag);
+            return Ok(());
+        }
+        let ticket = completions.take(tag).ok_or(Error::CompletionQueueFull {
+            capacity: completions.capacity(),
+        })?;
+        slot.ticket.store(ticket, Ordering::Relaxed);
+        // Release: whoever ends the transfer (after its POSTED, or the owner's cancel)
+        // reads the ticket.
+        slot.report_for.store(handle.to_raw(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Moves up to `out.len()` completions into `out`, in the order the transfers
+    /// ended; how many. Each handle is still its owner's to release.
+    #[inline]
+    pub fn poll_completions(&self, out: &mut [Completion]) -> usize {
+        self.completions.as_ref().map_or(0, |c| c.poll(out))
+    }
+
+    /// Completions waiting to be polled.
+    pub fn completions_ready(&self) -> usize {
+        self.completions.as_ref().map_or(0, Completions::ready)
+    }
+
+    /// Reports the end of `handle` (its owner sees `status` from now on) if its owner
+    /// asked for it.
+    #[inline]
+    fn report(&self, slot: &Slot<C>, handle: Handle, status: Status) {
+        if let Some(completions) = &self.completions
+            && slot.report_for.load(Ordering::Acquire) == handle.to_raw()
+        {
+            completions.report(slot.ticket.load(Ordering::Relaxed), handle, status);
+        }
+    }
+
+    /// Gives back the entry of `handle`, released before it ended, if it had one.
+    #[inline]
+    fn unreport(&self, slot: &Slot<C>, handle: Handle) {
+        if let Some(completions) = &self.completions
+            && slot.report_for.load(Ordering::Acquire) == handle.to_raw()
+        {
+            completions.give_back(slot.ticket.load(Ordering::Relaxed));
+        }
+    }
+
     /// Gives the handle up. A RESERVED or ended transfer frees its slot at once
     /// ([`Released::Freed`]); an in-flight one is detached ([`Released::Detached`]) and
     /// its completion frees the slot. Either way the handle is dead afterwards: using
@@ -569,6 +675,10 @@ impl<C> SlotRing<C> {
                 .compare_exchange_weak(word, next, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => {
+                    if state::state(word) == RESERVED {
+                        // Released before it was posted: it never ends.
+                        self.unreport(slot, handle);
+                    }
                     if released == Released::Freed {
                         self.recycle(handle.index(), next, reclaim);
                     }
@@ -601,6 +711,7 @@ impl<C> SlotRing<C> {
             {
                 Ok(_) => {
                     slot.cancelled.fetch_add(1, Ordering::Relaxed);
+                    self.report(slot, handle, Status::Cancelled);
                     return Ok(CancelResult::Cancelled);
                 }
                 Err(current) => word = current,

@@ -1,7 +1,9 @@
-//! Platform pieces that are not transports: shared-memory segments ([`shm`]) and the
-//! registration table that other processes read through one ([`regtable`]). They
+//! Platform pieces that are not transports: shared-memory segments ([`shm`]), the
+//! registration table that other processes read through one ([`regtable`]), and the
+//! eventfd of the completion queue ([`eventfd`]). They
 //! know nothing of the engine, the ring or any transport.
 
+pub(crate) mod eventfd;
 pub(crate) mod ids;
 pub(crate) mod regtable;
 pub(crate) mod shm;

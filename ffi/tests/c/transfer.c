@@ -1,5 +1,8 @@
 /* Two engines in one process: metadata exchange, a batch write with a notification,
  * a read back, a prepared list, a standalone notification, and the ledger at 0. */
+#define _POSIX_C_SOURCE 200809L /* poll(2) under -std=c11 */
+#include <poll.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -172,13 +175,59 @@ int main(void) {
   post_to_done(a, h);
   CHECK(rx_read_region(a, back, 0, out, BLOCK));
   EXPECT(memcmp(out, pattern, BLOCK) == 0);
+
+  /* The completion queue: file transfers on the I/O workers, reported with their
+   * tags; the eventfd wakes a caller sleeping in poll(2), and polling clears it. */
+  int cfd = -1;
+  CHECK(rx_completion_fd(a, &cfd));
+  EXPECT(cfd >= 0);
+  size_t count = 0;
+  CHECK(rx_poll_completions(a, NULL, 0, &count)); /* clears the first call's wake-up */
+  struct pollfd pfd = {cfd, POLLIN, 0};
+  EXPECT(poll(&pfd, 1, 0) == 0);
+  uint64_t hs[4];
+  for (int i = 0; i < 4; i++) {
+    rx_desc m = {src, (uint64_t)i * BLOCK, BLOCK}, f = {file, (uint64_t)i * BLOCK, BLOCK};
+    CHECK(rx_prepare(a, RX_OP_WRITE, &m, 1, RX_PEER_SELF, &f, 1, NULL, 0, &hs[i]));
+    CHECK(rx_report_completion(a, hs[i], 40 + i));
+    CHECK(rx_post(a, hs[i]));
+  }
+  rx_completion done[8];
+  size_t seen = 0;
+  while (seen < 4) {
+    EXPECT(poll(&pfd, 1, 5000) == 1);
+    CHECK(rx_poll_completions(a, done + seen, 8 - seen, &count));
+    seen += count;
+  }
+  EXPECT(seen == 4);
+  for (size_t i = 0; i < seen; i++) {
+    EXPECT(done[i].status.state == RX_XFER_DONE && done[i].tag >= 40 && done[i].tag < 44);
+    EXPECT(done[i].handle == hs[done[i].tag - 40]);
+    CHECK(rx_release(a, done[i].handle));
+  }
+  EXPECT(poll(&pfd, 1, 0) == 0);
+  bool ready = true;
+  CHECK(rx_wait_any(a, 1000, &ready));
+  EXPECT(!ready);
+  /* A prepared transfer cancelled is reported CANCELLED. */
+  CHECK(rx_prepare(a, RX_OP_WRITE, &mem, 1, RX_PEER_SELF, &in_file, 1, NULL, 0, &h));
+  CHECK(rx_report_completion(a, h, 7));
+  uint32_t cancel_result;
+  CHECK(rx_cancel(a, h, &cancel_result));
+  EXPECT(cancel_result == RX_CANCEL_DONE);
+  CHECK(rx_wait_any(a, 1000000, &ready));
+  EXPECT(ready);
+  CHECK(rx_poll_completions(a, done, 8, &count));
+  EXPECT(count == 1 && done[0].handle == h && done[0].tag == 7 && done[0].status.state == RX_XFER_CANCELLED);
+  CHECK(rx_release(a, h));
+
   CHECK(rx_deregister(a, file));
   remove(path);
 
   rx_stats stats;
   CHECK(rx_engine_stats(a, &stats));
   EXPECT(stats.live == 0 && stats.pins == 0 && stats.acquired == stats.freed);
-  EXPECT(stats.done == 108 && stats.open_files == 0);
+  EXPECT(stats.done == 112 && stats.cancelled == 1 && stats.open_files == 0);
   EXPECT(stats.bytes > 0 && stats.cuda_events == 0 && stats.notifications[0] == 0);
   CHECK(rx_check_quiescent(a));
   /* A transfer prepared and not released: not quiescent, and the error says so. */
@@ -198,7 +247,7 @@ int main(void) {
   CHECK(rx_metrics(a, (uint8_t *)text, need, &got));
   EXPECT(got == need);
   text[got] = 0;
-  EXPECT(strstr(text, "ringxfer_transfers_total{engine=\"prefill\",outcome=\"done\"} 108") != NULL);
+  EXPECT(strstr(text, "ringxfer_transfers_total{engine=\"prefill\",outcome=\"done\"} 112") != NULL);
   free(text);
   EXPECT(rx_metrics(a, NULL, 0, NULL) == RX_INVALID_ARGUMENT);
   printf("transfer.c: %llu transfers done, live %llu\n", (unsigned long long)stats.done,

@@ -99,7 +99,30 @@ int main() {
     EXPECT(!q && q.status() == rx::Status::NotQuiescent);
     EXPECT(rx::last_error().find("slot") != std::string::npos);
   }
+  // The completion queue: handles detached from their Transfer, released by the
+  // poller once reported.
+  for (uint64_t i = 0; i < 3; i++) {
+    auto c = prefill.prepare(rx::Op::Write, local, peer, remote);
+    rx::Transfer x = std::move(c).value();
+    EXPECT(x.report_completion(100 + i));
+    EXPECT(x.post());
+    x.detach();
+  }
+  {
+    rx_completion done[4];
+    size_t seen = 0;
+    while (seen < 3) {
+      EXPECT(prefill.wait_any(1000000).value());
+      seen += prefill.poll_completions(done + seen, 4 - seen).value();
+    }
+    for (size_t i = 0; i < seen; i++) {
+      EXPECT(done[i].status.state == RX_XFER_DONE && done[i].tag >= 100 && done[i].tag < 103);
+      EXPECT(prefill.release_handle(done[i].handle));
+    }
+    EXPECT(prefill.completion_fd().value() >= 0);
+  }
   EXPECT(prefill.progress());
+  EXPECT(prefill.poll_completions(nullptr, 0));
   EXPECT(prefill.check_quiescent());
   auto metrics = prefill.metrics();
   EXPECT(metrics && metrics.value().find("ringxfer_") != std::string::npos);
