@@ -32,6 +32,10 @@ OPTIONS:
   --window N                 transfers in flight per thread (default 1; 16 with
                              --backend fabric or cuda)
   --path DIR                 with --backend file: the directory for the data file
+  --progress-thread          with --backend fabric: the initiator runs the fabric's
+                             progress thread too, and its waiters only look
+  --completions              wait through the completion queue (wait_any +
+                             poll_completions) instead of on the oldest handle
   --mapped                   with --backend file: register the file mapped (memcpy to
                              and from the mapping instead of pread/pwrite)
   --op write|read            direction, initiator's view (default write)
@@ -97,6 +101,10 @@ pub(crate) struct Args {
     pub(crate) path: Option<String>,
     /// `--mapped`: register the data file mapped.
     pub(crate) mapped: bool,
+    /// `--progress-thread`: the initiator's fabric progress thread.
+    pub(crate) progress_thread: bool,
+    /// `--completions`: wait through the completion queue.
+    pub(crate) completions: bool,
     /// `--backend fabric`: two engines over libfabric, against a raw RMA loop.
     pub(crate) fabric: bool,
     pub(crate) provider: Option<String>,
@@ -210,6 +218,8 @@ pub(crate) fn parse_args() -> Result<Args, String> {
         file: false,
         path: None,
         mapped: false,
+        progress_thread: false,
+        completions: false,
         fabric: false,
         provider: None,
         window: 0,
@@ -255,6 +265,8 @@ pub(crate) fn parse_args() -> Result<Args, String> {
             Long("window") => a.window = number(value(&mut parser)?)? as usize,
             Long("path") => a.path = Some(value(&mut parser)?),
             Long("mapped") => a.mapped = true,
+            Long("progress-thread") => a.progress_thread = true,
+            Long("completions") => a.completions = true,
             Long("op") => {
                 a.op = match value(&mut parser)?.to_ascii_lowercase().as_str() {
                     "write" => Op::Write,
@@ -310,6 +322,9 @@ pub(crate) fn parse_args() -> Result<Args, String> {
     }
     if a.window > 512 {
         return Err("need --window <= 512".into());
+    }
+    if a.progress_thread && !a.fabric {
+        return Err("--progress-thread goes with --backend fabric".into());
     }
     if a.mapped && !a.file {
         return Err("--mapped goes with --backend file".into());

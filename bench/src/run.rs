@@ -88,6 +88,42 @@ pub(crate) fn run_engine(
                         }
                         Ok(())
                     };
+                    // With --completions: transfers report to the completion queue
+                    // (tag: the iteration), and the window is kept by draining it.
+                    let mut pending = 0usize;
+                    let mut timed_posts: std::collections::VecDeque<(u64, Instant, bool)> =
+                        std::collections::VecDeque::with_capacity(64);
+                    let mut out = [ringxfer::Completion::EMPTY; 64];
+                    let mut drain = |pending: &mut usize,
+                                     left: usize,
+                                     timed_posts: &mut std::collections::VecDeque<(u64, Instant, bool)>,
+                                     x: &mut Samples|
+                     -> Result<(), String> {
+                        while *pending > left {
+                            if !s
+                                .initiator
+                                .wait_any(Duration::from_secs(60))
+                                .map_err(|e| e.to_string())?
+                            {
+                                return Err("no completion within 60 s".into());
+                            }
+                            let n = s.initiator.poll_completions(&mut out);
+                            for c in &out[..n] {
+                                s.initiator.release(c.handle).map_err(|e| e.to_string())?;
+                                if c.status != Status::Done {
+                                    return Err(format!("transfer ended {:?}", c.status));
+                                }
+                                if let Some(i) = timed_posts.iter().position(|p| p.0 == c.tag) {
+                                    let (_, posted, timed) = timed_posts.remove(i).expect("found");
+                                    if timed {
+                                        x.0.push(posted.elapsed().as_nanos() as u64);
+                                    }
+                                }
+                            }
+                            *pending -= n;
+                        }
+                        Ok(())
+                    };
                     let warmup = args.warmup_iter.min(iters);
                     let mut start = Instant::now();
                     for k in 0..warmup + iters {
@@ -98,6 +134,7 @@ pub(crate) fn run_engine(
                             while let Some(f) = in_flight.pop_front() {
                                 finish(f, None)?;
                             }
+                            drain(&mut pending, 0, &mut timed_posts, &mut Samples(Vec::new()))?;
                             barrier.wait();
                             start = Instant::now();
                         }
@@ -106,11 +143,22 @@ pub(crate) fn run_engine(
                             .initiator
                             .prepare(args.op, &local, s.peer, &remote, None)
                             .map_err(|e| e.to_string())?;
+                        if args.completions {
+                            s.initiator.report_completion(h, k).map_err(|e| e.to_string())?;
+                        }
                         let t1 = sampled.then(Instant::now);
                         s.initiator.post(h).map_err(|e| e.to_string())?;
                         if let (Some(t0), Some(t1)) = (t0, t1) {
                             p.0.push((t1 - t0).as_nanos() as u64);
                             q.0.push(t1.elapsed().as_nanos() as u64);
+                        }
+                        if args.completions {
+                            if let Some(t1) = t1 {
+                                timed_posts.push_back((k, t1, timed));
+                            }
+                            pending += 1;
+                            drain(&mut pending, args.window - 1, &mut timed_posts, &mut x)?;
+                            continue;
                         }
                         in_flight.push_back((h, t1));
                         if in_flight.len() >= args.window {
@@ -118,6 +166,7 @@ pub(crate) fn run_engine(
                             finish(f, timed.then_some(&mut x))?;
                         }
                     }
+                    drain(&mut pending, 0, &mut timed_posts, &mut x)?;
                     while let Some(f) = in_flight.pop_front() {
                         finish(f, Some(&mut x))?;
                     }

@@ -76,8 +76,9 @@ fn config(name: &str, args: &Args) -> Config {
         file_workers: args.threads,
         fabric: args.fabric.then(|| FabricConfig {
             provider: args.provider.clone(),
-            // The target only serves: a thread drives its progress.
-            progress_thread: name == "target",
+            // The target only serves: a thread drives its progress. The initiator's
+            // only with --progress-thread.
+            progress_thread: name == "target" || args.progress_thread,
             ..FabricConfig::default()
         }),
         #[cfg(feature = "cuda")]

@@ -91,8 +91,7 @@ impl Engine {
     /// It drives progress while it waits, as [`wait`](Engine::wait) does (see there
     /// for what it costs in CPU).
     pub fn wait_any(&self, timeout: Duration) -> Result<bool> {
-        let needs_progress = self.core.transports.needs_caller_progress();
-        let mut waiter = super::waiting::Waiter::new(needs_progress, self.config.wait_spin, self.config.wait_yield);
+        let mut waiter = self.waiter();
         let start = Instant::now();
         loop {
             self.core.progress();

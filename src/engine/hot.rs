@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use super::waiting::Waiter;
 use super::{Engine, reclaim, timeout_nanos, xfer};
 use crate::backend::Transfer;
 use crate::backend::{Recall, Started, Via};
@@ -280,10 +279,7 @@ impl Engine {
                 return Err(Error::Timeout { handle });
             }
             // Built at the first pause: a transfer found ended costs nothing for it.
-            let waiter = waiter.get_or_insert_with(|| {
-                let needs_progress = self.core.transports.needs_caller_progress();
-                Waiter::new(needs_progress, self.config.wait_spin, self.config.wait_yield)
-            });
+            let waiter = waiter.get_or_insert_with(|| self.waiter());
             waiter.pause(waited, timeout - waited);
         }
     }
