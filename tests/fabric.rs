@@ -55,6 +55,27 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// Two engines in this process on `provider`, an initiator driving its own progress
+/// and a target with a progress thread, a `len`-byte region each, the target loaded
+/// as the initiator's peer; `None` (skipped) without libfabric.
+fn in_process(provider: &str, len: u64) -> Option<(Engine, Engine, RegionId, RegionId, PeerId)> {
+    let a = engine("a", provider, false)?;
+    let b = engine("b", provider, true)?;
+    let src = a.alloc_region(len as usize).unwrap();
+    let dst = b.alloc_region(len as usize).unwrap();
+    let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+    Some((a, b, src, dst, peer))
+}
+
+/// Drives `a`'s progress until no slot is held (the provider let go of `what`).
+fn until_slots_free(a: &Engine, provider: &str, what: &str) {
+    let start = Instant::now();
+    while a.stats().ring.live != 0 {
+        assert!(start.elapsed() < WAIT, "{provider}: {what} never came back");
+        a.progress();
+    }
+}
+
 #[test]
 fn write_and_read_with_notification_in_one_process() {
     for provider in PROVIDERS {
@@ -122,11 +143,9 @@ fn a_cancelled_fabric_transfer_is_abandoned_and_its_slot_freed_once() {
     use ringxfer::ring::{CancelResult, FailCode, Released};
     const LEN: u64 = 16 << 20;
     for provider in PROVIDERS {
-        let Some(a) = engine("a", provider, false) else { return };
-        let Some(b) = engine("b", provider, true) else { return };
-        let src = a.alloc_region(LEN as usize).unwrap();
-        let dst = b.alloc_region(LEN as usize).unwrap();
-        let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+        let Some((a, b, src, dst, peer)) = in_process(provider, LEN) else {
+            return;
+        };
         let (mut abandoned, mut ended) = (0, 0);
         for round in 0..20 {
             let h = a
@@ -146,11 +165,7 @@ fn a_cancelled_fabric_transfer_is_abandoned_and_its_slot_freed_once() {
                     assert_eq!(a.cancel(h).unwrap(), CancelResult::AlreadyComplete);
                     // Released at once: detached, the provider still has it.
                     let released = a.release(h).unwrap();
-                    let start = std::time::Instant::now();
-                    while a.stats().ring.live != 0 {
-                        assert!(start.elapsed() < WAIT, "{provider}: the abandoned slot never came back");
-                        a.progress();
-                    }
+                    until_slots_free(&a, provider, "the abandoned slot");
                     assert!(matches!(released, Released::Detached | Released::Freed));
                 }
                 CancelResult::AlreadyComplete => {
@@ -194,11 +209,9 @@ fn a_short_deadline_fails_its_transfer_and_leaves_the_peer_reachable() {
     use ringxfer::ring::FailCode;
     const LEN: u64 = 16 << 20;
     for provider in PROVIDERS {
-        let Some(a) = engine("a", provider, false) else { return };
-        let Some(b) = engine("b", provider, true) else { return };
-        let src = a.alloc_region(LEN as usize).unwrap();
-        let dst = b.alloc_region(LEN as usize).unwrap();
-        let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+        let Some((a, _b, src, dst, peer)) = in_process(provider, LEN) else {
+            return;
+        };
         let write = |deadline: Option<Duration>| {
             let h = a
                 .prepare(
@@ -238,11 +251,7 @@ fn a_short_deadline_fails_its_transfer_and_leaves_the_peer_reachable() {
             let h = write(None);
             assert_eq!(wait_done(&a, h), Status::Done, "{provider}");
         }
-        let start = Instant::now();
-        while a.stats().ring.live != 0 {
-            assert!(start.elapsed() < WAIT, "{provider}: the expired slots never came back");
-            a.progress();
-        }
+        until_slots_free(&a, provider, "the expired slots");
         let s = a.stats();
         assert_eq!(s.fabric.lost_peers, 0, "{provider}: {s:?}");
         assert!(s.fabric.expired > 0, "{provider}: {s:?}");

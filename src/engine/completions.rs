@@ -11,7 +11,7 @@
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{Engine, Transfer};
 use crate::error::{Error, Result};
@@ -91,19 +91,8 @@ impl Engine {
     /// It drives progress while it waits, as [`wait`](Engine::wait) does (see there
     /// for what it costs in CPU).
     pub fn wait_any(&self, timeout: Duration) -> Result<bool> {
-        let mut waiter = self.waiter();
-        let start = Instant::now();
-        loop {
-            self.core.progress();
-            if self.core.ring.completions_ready() > 0 {
-                return Ok(true);
-            }
-            let waited = start.elapsed();
-            if waited >= timeout {
-                return Ok(false);
-            }
-            waiter.pause(waited, timeout - waited);
-        }
+        let ready = || Ok((self.core.ring.completions_ready() > 0).then_some(()));
+        Ok(self.look_until(timeout, ready)?.is_some())
     }
 
     /// A Linux eventfd that is readable while completions wait to be polled, for a

@@ -1,7 +1,7 @@
 //! The hot path: prepare, post, progress, status, wait, cancel, release, notify and
 //! pop a notification. Nothing here allocates (`tests/alloc_free.rs` counts).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{Engine, reclaim, timeout_nanos, xfer};
 use crate::backend::Transfer;
@@ -264,24 +264,12 @@ impl Engine {
                 return Ok(status);
             }
         }
-        // The clock is read only once the transfer is found unfinished: a stolen
-        // file transfer (or a quick one) ends without a clock read.
-        let mut start = None;
-        let mut waiter = None;
-        loop {
-            self.core.progress();
+        // A quick transfer ends at the first look, without a clock read.
+        let found = self.look_until(timeout, || {
             let status = self.core.status(handle)?;
-            if status.is_terminal() {
-                return Ok(status);
-            }
-            let waited = start.get_or_insert_with(Instant::now).elapsed();
-            if waited >= timeout {
-                return Err(Error::Timeout { handle });
-            }
-            // Built at the first pause: a transfer found ended costs nothing for it.
-            let waiter = waiter.get_or_insert_with(|| self.waiter());
-            waiter.pause(waited, timeout - waited);
-        }
+            Ok(status.is_terminal().then_some(status))
+        })?;
+        found.ok_or(Error::Timeout { handle })
     }
 
     /// Cancels a transfer. One not yet posted ends CANCELLED at once

@@ -282,12 +282,6 @@ impl Engine {
         PoisonOnUnwind(&self.core.poisoned)
     }
 
-    /// How a caller waits (`wait`, `wait_any`): see `waiting.rs`.
-    pub(crate) fn waiter(&self) -> waiting::Waiter {
-        let needs_progress = self.core.transports.needs_caller_progress();
-        waiting::Waiter::new(needs_progress, self.config.wait_spin, self.config.wait_yield)
-    }
-
     /// A lock's guard; a lock a panic poisoned poisons the engine (this call goes
     /// on with the guard, later ones are refused).
     pub(crate) fn unpoison<G>(&self, locked: std::sync::LockResult<G>) -> G {

@@ -17,12 +17,46 @@
 //! | yield (a transfer that needs the waiter's progress) | until the transfer ends or the timeout | as above |
 //! | sleep, 10 µs doubling to 500 µs | the rest | a few % of a core |
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
 
+use super::Engine;
+use crate::error::Result;
+
+impl Engine {
+    /// Drives progress and calls `look` until it finds something (`Some`) or
+    /// `timeout` passes (`None`), pausing between looks as the module docs say. The
+    /// clock is read, and the waiter built, only once a look finds nothing: what is
+    /// found at the first look costs neither.
+    #[inline]
+    pub(super) fn look_until<T>(
+        &self,
+        timeout: Duration,
+        mut look: impl FnMut() -> Result<Option<T>>,
+    ) -> Result<Option<T>> {
+        let mut start = None;
+        let mut waiter = None;
+        loop {
+            self.core.progress();
+            if let Some(found) = look()? {
+                return Ok(Some(found));
+            }
+            let waited = start.get_or_insert_with(Instant::now).elapsed();
+            if waited >= timeout {
+                return Ok(None);
+            }
+            let waiter = waiter.get_or_insert_with(|| {
+                let needs_progress = self.core.transports.needs_caller_progress();
+                Waiter::new(needs_progress, self.config.wait_spin, self.config.wait_yield)
+            });
+            waiter.pause(waited, timeout - waited);
+        }
+    }
+}
+
 /// One waiter's state; see the module docs.
-pub(crate) struct Waiter {
+struct Waiter {
     needs_progress: bool,
     spin: Duration,
     yield_for: Duration,
@@ -33,7 +67,7 @@ pub(crate) struct Waiter {
 impl Waiter {
     /// A waiter for transfers that end only under progress (`needs_progress`) or on
     /// their own, spinning for `spin` and yielding until `yield_for`.
-    pub(crate) fn new(needs_progress: bool, spin: Duration, yield_for: Duration) -> Waiter {
+    fn new(needs_progress: bool, spin: Duration, yield_for: Duration) -> Waiter {
         Waiter {
             needs_progress,
             spin,
@@ -45,7 +79,7 @@ impl Waiter {
 
     /// Spends the time until the next look, having waited `waited`, `left` to go.
     #[inline]
-    pub(crate) fn pause(&mut self, waited: Duration, left: Duration) {
+    fn pause(&mut self, waited: Duration, left: Duration) {
         if waited < self.spin {
             // Each look reads the completion queues, and a transfer an I/O worker is
             // running usually ends within this: spinning keeps a yield's latency

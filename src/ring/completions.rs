@@ -40,8 +40,9 @@
 //! drained its entry), and the next poll clears it. `tests/loom.rs` checks it.
 
 use super::free_list::FreeList;
+use super::state;
 use super::sync::{AtomicU32, AtomicU64, Ordering, spin_loop};
-use crate::types::{FailCode, Handle, Status};
+use crate::types::{Handle, Status};
 
 /// One transfer's end, from [`SlotRing::poll_completions`](super::SlotRing::poll_completions).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +75,8 @@ pub trait Signal: Send + Sync {
 /// One ticket's entry.
 struct Entry {
     handle: AtomicU64,
-    status: AtomicU64,
+    /// The transfer's terminal state word (`state.rs`), its final status.
+    word: AtomicU64,
     tag: AtomicU64,
 }
 
@@ -86,23 +88,6 @@ pub(crate) struct Completions {
     /// 1 while the signal is raised (or being raised).
     signalled: AtomicU32,
     signal: Option<Box<dyn Signal>>,
-}
-
-/// A status as one word: 1 done, 2 cancelled, `3 | code << 8` failed.
-fn encode(status: Status) -> u64 {
-    match status {
-        Status::Failed(code) => 3 | u64::from(code.to_bits()) << 8,
-        Status::Cancelled => 2,
-        _ => 1,
-    }
-}
-
-fn decode(word: u64) -> Status {
-    match word & 0xff {
-        3 => Status::Failed(FailCode::from_bits((word >> 8) as u32)),
-        2 => Status::Cancelled,
-        _ => Status::Done,
-    }
 }
 
 /// Pushes a ticket. Tickets are conserved, so each list has room for every ticket
@@ -125,7 +110,7 @@ impl Completions {
             entries: (0..capacity)
                 .map(|_| Entry {
                     handle: AtomicU64::new(0),
-                    status: AtomicU64::new(0),
+                    word: AtomicU64::new(0),
                     tag: AtomicU64::new(0),
                 })
                 .collect(),
@@ -159,12 +144,12 @@ impl Completions {
         push(&self.free, ticket);
     }
 
-    /// Reports a transfer's end on its ticket.
+    /// Reports a transfer's end on its ticket: `word` is its terminal state word.
     #[inline]
-    pub(crate) fn report(&self, ticket: u32, handle: Handle, status: Status) {
+    pub(crate) fn report(&self, ticket: u32, handle: Handle, word: u64) {
         let entry = &self.entries[ticket as usize];
         entry.handle.store(handle.to_raw(), Ordering::Relaxed);
-        entry.status.store(encode(status), Ordering::Relaxed);
+        entry.word.store(word, Ordering::Relaxed);
         // Release (in the push): the poller that pops the ticket sees the entry.
         push(&self.ready, ticket);
         self.raise();
@@ -196,7 +181,7 @@ impl Completions {
             let entry = &self.entries[ticket as usize];
             out[n] = Completion {
                 handle: Handle::from_raw(entry.handle.load(Ordering::Relaxed)),
-                status: decode(entry.status.load(Ordering::Relaxed)),
+                status: state::status(entry.word.load(Ordering::Relaxed)).unwrap_or(Status::Done),
                 tag: entry.tag.load(Ordering::Relaxed),
             };
             self.give_back(ticket);

@@ -9,7 +9,7 @@
 
 use static_assertions::const_assert;
 
-use crate::types::{FailCode, GENERATION_BITS, INDEX_BITS, Outcome};
+use crate::types::{FailCode, GENERATION_BITS, INDEX_BITS, Outcome, Status};
 
 pub(crate) const STATE_BITS: u32 = 3;
 pub(crate) const CODE_BITS: u32 = INDEX_BITS - STATE_BITS;
@@ -72,6 +72,22 @@ pub(crate) const fn terminal_word(outcome: Outcome, generation: u64) -> u64 {
         Outcome::Failed(code) => pack(generation, code.to_bits(), FAILED),
         Outcome::Cancelled => pack(generation, 0, CANCELLED),
     }
+}
+
+/// What a slot's owner reads in `word`: `None` for states no owner holds (free,
+/// detached, retired). A POSTED word with a code was expired: its owner reads the
+/// failure.
+#[inline]
+pub(crate) const fn status(word: u64) -> Option<Status> {
+    Some(match state(word) {
+        RESERVED => Status::Reserved,
+        POSTED if code(word) != 0 => Status::Failed(FailCode::from_bits(code(word))),
+        POSTED => Status::Posted,
+        DONE => Status::Done,
+        FAILED => Status::Failed(FailCode::from_bits(code(word))),
+        CANCELLED => Status::Cancelled,
+        _ => return None,
+    })
 }
 
 const_assert!(CODE_BITS == FailCode::BITS);
