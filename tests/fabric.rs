@@ -1126,3 +1126,87 @@ fn a_stale_shm_region_named_after_this_pid_does_not_block_an_engine() {
     assert!(a.fabric_provider().unwrap().starts_with("shm"));
     assert!(b.fabric_provider().unwrap().starts_with("shm"));
 }
+
+/// A waiter with `FabricConfig::blocking` sleeps in the provider's wait descriptor
+/// once its spin is spent, and is woken by its transfer's progress: large WRITEs and
+/// READs end with their bytes intact, and the sleeps are counted. The target's idle
+/// progress thread sleeps there too (providers with a wait descriptor: tcp).
+#[test]
+fn blocking_waiters_sleep_in_the_providers_wait_descriptor() {
+    for provider in PROVIDERS {
+        let Some(a) = skip::fabric_engine(Config {
+            name: "a".into(),
+            capacity: 64,
+            fabric: Some(FabricConfig {
+                provider: Some(provider.into()),
+                blocking: true,
+                ..FabricConfig::default()
+            }),
+            ..Config::default()
+        }) else {
+            return;
+        };
+        let Some(b) = engine("b", provider, true) else { return };
+        const LEN: usize = 16 << 20;
+        let src = a.alloc_region(LEN).unwrap();
+        let back = a.alloc_region(LEN).unwrap();
+        let dst = b.alloc_region(LEN).unwrap();
+        let peer = a.load_peer(&b.local_metadata().unwrap()).unwrap();
+        for round in 0..4u8 {
+            let data = pattern(LEN, round);
+            a.write_region(src, 0, &data).unwrap();
+            let h = a
+                .prepare(
+                    Op::Write,
+                    &[Desc::new(src, 0, LEN as u64)],
+                    peer,
+                    &[Desc::new(dst, 0, LEN as u64)],
+                    None,
+                )
+                .unwrap();
+            a.post(h).unwrap();
+            assert_eq!(a.wait(h, WAIT).unwrap(), Status::Done, "{provider}");
+            a.release(h).unwrap();
+            let h = a
+                .prepare(
+                    Op::Read,
+                    &[Desc::new(back, 0, LEN as u64)],
+                    peer,
+                    &[Desc::new(dst, 0, LEN as u64)],
+                    None,
+                )
+                .unwrap();
+            a.post(h).unwrap();
+            assert_eq!(a.wait(h, WAIT).unwrap(), Status::Done, "{provider}");
+            a.release(h).unwrap();
+            let mut out = vec![0u8; LEN];
+            a.read_region(back, 0, &mut out).unwrap();
+            assert!(out == data, "{provider}: bytes differ after a blocking WRITE and READ");
+        }
+        // The target's progress thread, idle, sleeps in the descriptor rather than
+        // napping (looked for until it has: no timing assumed).
+        let start = Instant::now();
+        let waitable = provider == "tcp";
+        while waitable && b.stats().fabric.sleeps == 0 {
+            assert!(
+                start.elapsed() < WAIT,
+                "{provider}: the idle progress thread never slept"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (sa, sb) = (a.stats(), b.stats());
+        if waitable {
+            assert!(sa.fabric.sleeps > 0, "{provider}: the waiter never slept: {sa:?}");
+        } else {
+            assert_eq!(
+                (sa.fabric.sleeps, sb.fabric.sleeps),
+                (0, 0),
+                "{provider}: no wait descriptor"
+            );
+        }
+        a.check_quiescent().unwrap();
+        // Shutdown wakes the progress thread from its sleep.
+        let ledger = b.shutdown();
+        assert_eq!(ledger.ring.live, 0, "{provider}");
+    }
+}

@@ -34,6 +34,8 @@ OPTIONS:
   --path DIR                 with --backend file: the directory for the data file
   --progress-thread          with --backend fabric: the initiator runs the fabric's
                              progress thread too, and its waiters only look
+  --blocking                 with --backend fabric: the initiator's waiters sleep in
+                             the provider's wait descriptor once their spin is spent
   --completions              wait through the completion queue (wait_any +
                              poll_completions) instead of on the oldest handle
   --mapped                   with --backend file: register the file mapped (memcpy to
@@ -103,6 +105,8 @@ pub(crate) struct Args {
     pub(crate) mapped: bool,
     /// `--progress-thread`: the initiator's fabric progress thread.
     pub(crate) progress_thread: bool,
+    /// `--blocking`: the initiator's waiters sleep in the provider's wait descriptor.
+    pub(crate) blocking: bool,
     /// `--completions`: wait through the completion queue.
     pub(crate) completions: bool,
     /// `--backend fabric`: two engines over libfabric, against a raw RMA loop.
@@ -219,6 +223,7 @@ pub(crate) fn parse_args() -> Result<Args, String> {
         path: None,
         mapped: false,
         progress_thread: false,
+        blocking: false,
         completions: false,
         fabric: false,
         provider: None,
@@ -266,6 +271,7 @@ pub(crate) fn parse_args() -> Result<Args, String> {
             Long("path") => a.path = Some(value(&mut parser)?),
             Long("mapped") => a.mapped = true,
             Long("progress-thread") => a.progress_thread = true,
+            Long("blocking") => a.blocking = true,
             Long("completions") => a.completions = true,
             Long("op") => {
                 a.op = match value(&mut parser)?.to_ascii_lowercase().as_str() {
@@ -325,6 +331,9 @@ pub(crate) fn parse_args() -> Result<Args, String> {
     }
     if a.progress_thread && !a.fabric {
         return Err("--progress-thread goes with --backend fabric".into());
+    }
+    if a.blocking && !a.fabric {
+        return Err("--blocking goes with --backend fabric".into());
     }
     if a.mapped && !a.file {
         return Err("--mapped goes with --backend file".into());

@@ -79,6 +79,7 @@ fn config(name: &str, args: &Args) -> Config {
             // The target only serves: a thread drives its progress. The initiator's
             // only with --progress-thread.
             progress_thread: name == "target" || args.progress_thread,
+            blocking: args.blocking,
             ..FabricConfig::default()
         }),
         #[cfg(feature = "cuda")]

@@ -68,6 +68,10 @@
 // `rx_config::fabric_flags`: start a thread that drives fabric progress.
 #define RX_FABRIC_PROGRESS_THREAD 2
 
+// `rx_config::fabric_flags`: waiters whose spin budget is spent sleep in the
+// provider's wait descriptor (`FabricConfig::blocking`).
+#define RX_FABRIC_BLOCKING 4
+
 // `rx_register_file` flag: open for writing too (else a write transfer fails EBADF).
 #define RX_FILE_WRITABLE 1
 
@@ -304,7 +308,8 @@ typedef struct {
   // (0: sleep at once; each post after an idle spell then wakes one).
   uint32_t file_worker_poll_us;
   // The fabric transport (libfabric): 0 leaves it off; `RX_FABRIC_ENABLE`, plus
-  // `RX_FABRIC_PROGRESS_THREAD` for an engine that only serves others.
+  // `RX_FABRIC_PROGRESS_THREAD` for an engine that only serves others,
+  // `RX_FABRIC_BLOCKING` for waiters that sleep in the provider's wait descriptor.
   uint32_t fabric_flags;
   // How long a posted transfer may stay in flight, on every transport, in
   // milliseconds: 0 the default (30000), `UINT32_MAX` no deadline. `rx_set_deadline`
@@ -472,6 +477,9 @@ typedef struct {
   // Completions reported and waiting to be polled (`rx_poll_completions`); 0
   // when quiescent.
   uint64_t completions_queued;
+  // Times a thread slept in the fabric provider's wait descriptor
+  // (`RX_FABRIC_BLOCKING`, the progress thread).
+  uint64_t fabric_sleeps;
 } rx_stats;
 
 #ifdef __cplusplus

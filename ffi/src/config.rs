@@ -42,7 +42,8 @@ pub struct rx_config {
     /// (0: sleep at once; each post after an idle spell then wakes one).
     pub file_worker_poll_us: u32,
     /// The fabric transport (libfabric): 0 leaves it off; `RX_FABRIC_ENABLE`, plus
-    /// `RX_FABRIC_PROGRESS_THREAD` for an engine that only serves others.
+    /// `RX_FABRIC_PROGRESS_THREAD` for an engine that only serves others,
+    /// `RX_FABRIC_BLOCKING` for waiters that sleep in the provider's wait descriptor.
     pub fabric_flags: u32,
     /// How long a posted transfer may stay in flight, on every transport, in
     /// milliseconds: 0 the default (30000), `UINT32_MAX` no deadline. `rx_set_deadline`
@@ -95,6 +96,9 @@ pub const RX_CUDA_NO_BATCH: u32 = 8;
 pub const RX_FABRIC_ENABLE: u32 = 1;
 /// `rx_config::fabric_flags`: start a thread that drives fabric progress.
 pub const RX_FABRIC_PROGRESS_THREAD: u32 = 2;
+/// `rx_config::fabric_flags`: waiters whose spin budget is spent sleep in the
+/// provider's wait descriptor (`FabricConfig::blocking`).
+pub const RX_FABRIC_BLOCKING: u32 = 4;
 
 /// Fills `*out` with the default configuration.
 #[unsafe(no_mangle)]
@@ -184,7 +188,7 @@ pub(crate) unsafe fn config_from(cfg: &rx_config) -> Result<Config, rx_status> {
 /// # Safety
 /// `cfg.fabric_provider` and `cfg.fabric_node` are each NULL or a NUL-terminated string.
 unsafe fn fabric_from(cfg: &rx_config) -> Result<Option<FabricConfig>, rx_status> {
-    if cfg.fabric_flags & !(RX_FABRIC_ENABLE | RX_FABRIC_PROGRESS_THREAD) != 0 {
+    if cfg.fabric_flags & !(RX_FABRIC_ENABLE | RX_FABRIC_PROGRESS_THREAD | RX_FABRIC_BLOCKING) != 0 {
         return Err(invalid("unknown fabric_flags"));
     }
     if cfg.fabric_flags & RX_FABRIC_ENABLE == 0 {
@@ -202,6 +206,7 @@ unsafe fn fabric_from(cfg: &rx_config) -> Result<Option<FabricConfig>, rx_status
         provider: text(cfg.fabric_provider, "fabric_provider is not UTF-8")?,
         node: text(cfg.fabric_node, "fabric_node is not UTF-8")?,
         progress_thread: cfg.fabric_flags & RX_FABRIC_PROGRESS_THREAD != 0,
+        blocking: cfg.fabric_flags & RX_FABRIC_BLOCKING != 0,
         ..FabricConfig::default()
     };
     Ok(Some(f))

@@ -62,8 +62,8 @@ mod stats;
 
 pub use completions::{rx_completion, rx_completion_fd, rx_poll_completions, rx_report_completion, rx_wait_any};
 pub use config::{
-    RX_CUDA_ENABLE, RX_CUDA_NO_BATCH, RX_CUDA_NO_PIN_HOST, RX_CUDA_VMM, RX_FABRIC_ENABLE, RX_FABRIC_PROGRESS_THREAD,
-    rx_config, rx_config_default,
+    RX_CUDA_ENABLE, RX_CUDA_NO_BATCH, RX_CUDA_NO_PIN_HOST, RX_CUDA_VMM, RX_FABRIC_BLOCKING, RX_FABRIC_ENABLE,
+    RX_FABRIC_PROGRESS_THREAD, rx_config, rx_config_default,
 };
 #[cfg(feature = "testing")]
 pub use engine::engine_from;

@@ -76,6 +76,9 @@ pub struct rx_stats {
     /// Completions reported and waiting to be polled (`rx_poll_completions`); 0
     /// when quiescent.
     pub completions_queued: u64,
+    /// Times a thread slept in the fabric provider's wait descriptor
+    /// (`RX_FABRIC_BLOCKING`, the progress thread).
+    pub fabric_sleeps: u64,
 }
 
 /// Writes the engine's counters and ledger to `*out`.
@@ -137,6 +140,7 @@ fn stats_of(s: EngineStats) -> rx_stats {
         transport_held: s.transport_held as u64,
         sim: sim_of(&s),
         completions_queued: s.completions_queued as u64,
+        fabric_sleeps: s.fabric.sleeps,
     }
 }
 

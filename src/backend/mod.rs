@@ -640,6 +640,38 @@ impl Transports {
         n
     }
 
+    /// As `progress`, but when the fabric is the only transport that needs progress
+    /// and its CQ has a wait descriptor, waits on it up to `timeout` while nothing
+    /// completes (see `Fabric::progress_blocking`); otherwise `progress` at once.
+    /// Returns (entries handled, whether the descriptor woke it).
+    pub(crate) fn progress_blocking(&self, sink: Sink<'_>, expire: Expire<'_>, timeout: Duration) -> (usize, bool) {
+        match &self.fabric {
+            Some(t) if self.can_block() => t.progress_blocking(sink, Some(expire), timeout),
+            _ => (self.progress(sink, expire), false),
+        }
+    }
+
+    /// Whether `progress_blocking` can block: a fabric with a wait object, and no
+    /// other transport that needs progress calls.
+    pub(crate) fn can_block(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        if self.cuda.is_some() {
+            return false;
+        }
+        #[cfg(feature = "testing")]
+        if self.sim.is_some() {
+            return false;
+        }
+        self.fabric.as_ref().is_some_and(Fabric::waitable)
+    }
+
+    /// Wakes a thread blocked in `progress_blocking`.
+    pub(crate) fn wake(&self) {
+        if let Some(t) = &self.fabric {
+            t.wake();
+        }
+    }
+
     /// Asks the transports to stop an in-flight transfer. Each knows from its own
     /// per-slot state (keyed by the full handle) whether it holds it: a queued file
     /// job and a sim transfer end CANCELLED; the fabric abandons its own.

@@ -254,6 +254,13 @@ fn write_all(t: &mut Text<'_>, e: &str, s: &EngineStats) {
     );
     t.metric(
         e,
+        "fabric_sleeps_total",
+        "counter",
+        "Sleeps in the fabric provider's wait descriptor.",
+        &[("", f.sleeps)],
+    );
+    t.metric(
+        e,
         "cuda_events",
         "gauge",
         "CUDA events alive (one per slot).",

@@ -145,6 +145,17 @@ impl Core {
             .progress(&mut |h, o| self.complete(h, o), &|h, code| self.ring.expire(h, code))
     }
 
+    /// `progress`, waiting up to `timeout` on the fabric's wait descriptor while
+    /// nothing completes (`Transports::progress_blocking`): (entries handled, whether
+    /// the descriptor woke it).
+    pub(crate) fn progress_blocking(&self, timeout: Duration) -> (usize, bool) {
+        self.transports.progress_blocking(
+            &mut |h, o| self.complete(h, o),
+            &|h, code| self.ring.expire(h, code),
+            timeout,
+        )
+    }
+
     /// A worker thread's loop: run the transports' jobs until the engine shuts down.
     fn work(&self) {
         let mut quiet = WORKER_QUIET;
@@ -498,6 +509,10 @@ fn spawn_progress(core: &Arc<Core>, before: usize) -> Result<(Arc<AtomicBool>, J
     Ok((stop, thread))
 }
 
+/// How long the progress thread blocks in the fabric's wait object at a time: it
+/// looks at its stop flag, and at deadlines, at least this often.
+const PROGRESS_BLOCK: Duration = Duration::from_millis(1);
+
 /// The progress thread's loop: progress, and sleep a little when there is nothing
 /// to do, so an idle engine costs little CPU.
 fn progress_loop(core: &Core, stop: &AtomicBool) {
@@ -508,10 +523,18 @@ fn progress_loop(core: &Core, stop: &AtomicBool) {
             continue;
         }
         // Busy for 200 µs after the last completion (a burst's next operation comes
-        // within that), then 50 µs naps.
+        // within that); then block in the fabric's wait object (which wakes on the
+        // provider's own events), or, where there is none, 50 µs naps.
         let since = *idle_since.get_or_insert_with(Instant::now);
         if since.elapsed() < Duration::from_micros(200) {
             std::hint::spin_loop();
+        } else if core.transports.can_block() {
+            // Woken by the provider (data arriving), spin again: a transfer is moving,
+            // and tcp moves its bytes only while someone progresses.
+            let (handled, woke) = core.progress_blocking(PROGRESS_BLOCK);
+            if handled > 0 || woke {
+                idle_since = None;
+            }
         } else {
             std::thread::sleep(Duration::from_micros(50));
         }
@@ -556,6 +579,7 @@ impl Engine {
         self.shut = true;
         if let Some((stop, thread)) = self.progress_thread.take() {
             stop.store(true, Ordering::Relaxed);
+            self.core.transports.wake();
             let _ = thread.join();
         }
         // The workers finish what is queued, then stop; only then can the files close.

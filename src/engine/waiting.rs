@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::Backoff;
 
 use super::Engine;
+
+/// The longest a waiter blocks in a transport's wait object between looks.
+const BLOCK: Duration = Duration::from_millis(1);
 use crate::error::Result;
 
 impl Engine {
@@ -48,9 +51,12 @@ impl Engine {
             }
             let waiter = waiter.get_or_insert_with(|| {
                 let needs_progress = self.core.transports.needs_caller_progress();
-                Waiter::new(needs_progress, self.config.wait_spin, self.config.wait_yield)
+                let can_block = self.core.transports.can_block();
+                Waiter::new(needs_progress, can_block, self.config.wait_spin, self.config.wait_yield)
             });
-            waiter.pause(waited, timeout - waited);
+            if waiter.pause(waited, timeout - waited) {
+                let _ = self.core.progress_blocking((timeout - waited).min(BLOCK));
+            }
         }
     }
 }
@@ -58,6 +64,7 @@ impl Engine {
 /// One waiter's state; see the module docs.
 struct Waiter {
     needs_progress: bool,
+    can_block: bool,
     spin: Duration,
     yield_for: Duration,
     backoff: Backoff,
@@ -67,9 +74,10 @@ struct Waiter {
 impl Waiter {
     /// A waiter for transfers that end only under progress (`needs_progress`) or on
     /// their own, spinning for `spin` and yielding until `yield_for`.
-    fn new(needs_progress: bool, spin: Duration, yield_for: Duration) -> Waiter {
+    fn new(needs_progress: bool, can_block: bool, spin: Duration, yield_for: Duration) -> Waiter {
         Waiter {
             needs_progress,
+            can_block,
             spin,
             yield_for,
             backoff: Backoff::new(),
@@ -77,9 +85,10 @@ impl Waiter {
         }
     }
 
-    /// Spends the time until the next look, having waited `waited`, `left` to go.
+    /// Spends the time until the next look, having waited `waited`, `left` to go;
+    /// `true` when the caller should block in the transports' wait object instead.
     #[inline]
-    fn pause(&mut self, waited: Duration, left: Duration) {
+    fn pause(&mut self, waited: Duration, left: Duration) -> bool {
         if waited < self.spin {
             // Each look reads the completion queues, and a transfer an I/O worker is
             // running usually ends within this: spinning keeps a yield's latency
@@ -87,6 +96,8 @@ impl Waiter {
             std::hint::spin_loop();
         } else if !self.backoff.is_completed() {
             self.backoff.snooze();
+        } else if self.needs_progress && self.can_block {
+            return true;
         } else if self.needs_progress || waited < self.yield_for {
             // Most transfers end within `yield_for` (a fabric window of them too), and
             // some end only if we go on looking: yielding keeps the latency of a
@@ -96,5 +107,6 @@ impl Waiter {
             std::thread::sleep(self.sleep.min(left));
             self.sleep = (self.sleep * 2).min(Duration::from_micros(500));
         }
+        false
     }
 }

@@ -317,6 +317,34 @@ pub(crate) unsafe fn cq_readfrom(
     unsafe { call!((*cq).ops, readfrom(cq, buf.cast(), count, src)) }
 }
 
+/// `fi_control(FI_GETWAIT)` of a CQ opened with `FI_WAIT_FD`: the file descriptor to
+/// poll (written to `fd`).
+pub(crate) unsafe fn cq_wait_fd(cq: *mut sys::fid_cq, fd: *mut c_int) -> isize {
+    // SAFETY: see the block comment above.
+    unsafe {
+        call!(
+            (*cq).fid.ops,
+            control(&raw mut (*cq).fid, sys::FI_GETWAIT as c_int, fd.cast())
+        )
+    }
+}
+
+/// `fi_trywait` of one CQ: 0 when it is safe to block on its wait object (nothing
+/// completed or pending that progress would find first).
+pub(crate) unsafe fn trywait(fabric: *mut sys::fid_fabric, cq: *mut sys::fid_cq) -> isize {
+    // SAFETY: see the block comment above (`cq` is a live CQ).
+    unsafe {
+        let mut fid = &raw mut (*cq).fid;
+        call!((*fabric).ops, trywait(fabric, &mut fid, 1))
+    }
+}
+
+/// `fi_cq_signal`: wakes a thread blocked in `cq_sreadfrom`.
+pub(crate) unsafe fn cq_signal(cq: *mut sys::fid_cq) -> isize {
+    // SAFETY: see the block comment above.
+    unsafe { call!((*cq).ops, signal(cq)) }
+}
+
 /// `fi_cq_readerr`.
 pub(crate) unsafe fn cq_readerr(cq: *mut sys::fid_cq, buf: *mut sys::fi_cq_err_entry) -> isize {
     // SAFETY: see the block comment above.

@@ -17,6 +17,14 @@ pub struct FabricConfig {
     /// Start a thread that drives progress (for an engine that only serves others'
     /// READs and WRITEs and never calls `progress` itself). Default false.
     pub progress_thread: bool,
+    /// Ask the provider for a wait descriptor on the completion queue (`FI_WAIT_FD`),
+    /// so that a waiter (`wait`, `wait_any`) whose spin budget is spent sleeps in it
+    /// until the provider has something to progress, instead of yielding in a loop:
+    /// less CPU while a long transfer moves, at the price of one signal per
+    /// completion inside the provider. The progress thread always asks for one (it
+    /// sleeps there when idle, instead of napping). Providers without wait
+    /// descriptors (shm in libfabric 1.17) ignore it. Default false.
+    pub blocking: bool,
     /// Use at most this many bytes of the provider's immediate data: 4 makes an
     /// engine on a provider with 8 (tcp, shm) use the 4-byte encoding of verbs and
     /// efa, so that path is tested where those providers are not. `None` (the
@@ -32,6 +40,7 @@ impl Default for FabricConfig {
             node: None,
             rx_buffers: 64,
             progress_thread: false,
+            blocking: false,
             cq_data_bytes: None,
         }
     }
@@ -61,4 +70,7 @@ pub struct FabricStats {
     pub expired: u64,
     /// Peers declared lost (a deadline passed).
     pub lost_peers: u64,
+    /// Times a thread (the progress thread, or a waiter with
+    /// [`FabricConfig::blocking`]) slept in the provider's wait descriptor.
+    pub sleeps: u64,
 }

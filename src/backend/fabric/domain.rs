@@ -268,6 +268,12 @@ impl Domain {
         self.mr_mode & u64::from(sys::FI_MR_VIRT_ADDR) != 0
     }
 
+    /// `fi_trywait` on `cq`: whether it is safe to block on its wait object now.
+    pub(crate) fn trywait(&self, cq: *mut sys::fid_cq) -> bool {
+        // SAFETY: live fabric; `cq` is a live CQ of this fabric's domain.
+        unsafe { api::trywait(self.fabric, cq) == 0 }
+    }
+
     /// Registers `len` bytes at `addr` for local use and remote read and write.
     pub(crate) fn register(self: &Arc<Domain>, addr: usize, len: usize) -> Result<Mr> {
         let access = Self::ACCESS;
@@ -374,6 +380,9 @@ pub(crate) struct Endpoint {
     /// This endpoint's address (`fi_getname`), what peers insert in their AV.
     pub(crate) name: Vec<u8>,
     pub(crate) domain: Arc<Domain>,
+    /// The CQ's wait object (`FI_WAIT_FD`): a descriptor that polls readable when the
+    /// provider has something to progress (its sockets, its signals).
+    pub(crate) wait_fd: Option<std::os::fd::RawFd>,
 }
 
 // SAFETY: objects of a FI_THREAD_SAFE domain; closed only in Drop.
@@ -384,8 +393,16 @@ unsafe impl Sync for Endpoint {}
 impl Endpoint {
     /// Opens the endpoint, an AV of `av_count` entries and a CQ of `cq_size` entries.
     /// `name`, if given, is set as the endpoint's name before it is enabled (see
-    /// `Fabric::open`: the shm provider's region is named after it).
-    pub(crate) fn open(domain: &Arc<Domain>, av_count: usize, cq_size: usize, name: Option<&CStr>) -> Result<Endpoint> {
+    /// `Fabric::open`: the shm provider's region is named after it). With `wait`, the
+    /// CQ is asked for a wait object (`FI_WAIT_UNSPEC`), and opened without one if the
+    /// provider has none (`wait_fd` says which).
+    pub(crate) fn open(
+        domain: &Arc<Domain>,
+        av_count: usize,
+        cq_size: usize,
+        name: Option<&CStr>,
+        wait: bool,
+    ) -> Result<Endpoint> {
         let api = domain.api;
         let mut e = Endpoint {
             ep: std::ptr::null_mut(),
@@ -393,6 +410,7 @@ impl Endpoint {
             cq: std::ptr::null_mut(),
             name: Vec::new(),
             domain: Arc::clone(domain),
+            wait_fd: None,
         };
         // SAFETY: zeroed attrs are valid "defaults" for every field not set.
         let mut av_attr: sys::fi_av_attr = unsafe { std::mem::zeroed() };
@@ -407,8 +425,25 @@ impl Endpoint {
         let mut cq_attr: sys::fi_cq_attr = unsafe { std::mem::zeroed() };
         cq_attr.format = sys::FI_CQ_FORMAT_DATA;
         cq_attr.size = cq_size;
-        // SAFETY: live domain; `e.cq` is closed by Drop.
-        let ret = unsafe { api::cq_open(domain.domain, &mut cq_attr, &mut e.cq) };
+        let mut ret = -1;
+        if wait {
+            cq_attr.wait_obj = sys::FI_WAIT_FD;
+            // SAFETY: live domain; `e.cq` is closed by Drop.
+            ret = unsafe { api::cq_open(domain.domain, &mut cq_attr, &mut e.cq) };
+            if ret == 0 {
+                let mut fd: std::ffi::c_int = -1;
+                // SAFETY: a CQ just opened with FI_WAIT_FD; `fd` is a c_int.
+                let got = unsafe { api::cq_wait_fd(e.cq, &mut fd) };
+                e.wait_fd = (got == 0 && fd >= 0).then_some(fd);
+            } else {
+                e.cq = std::ptr::null_mut();
+                cq_attr.wait_obj = sys::FI_WAIT_NONE;
+            }
+        }
+        if ret != 0 {
+            // SAFETY: live domain; `e.cq` is closed by Drop.
+            ret = unsafe { api::cq_open(domain.domain, &mut cq_attr, &mut e.cq) };
+        }
         if ret != 0 {
             return Err(api.error("fi_cq_open", ret));
         }

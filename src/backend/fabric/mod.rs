@@ -174,6 +174,8 @@ pub(crate) struct Fabric {
     malformed: AtomicU64,
     expired: AtomicU64,
     lost_peers: AtomicU64,
+    /// Sleeps in the CQ's wait descriptor (`FabricStats::sleeps`).
+    sleeps: AtomicU64,
     /// Per AV address: the peer there is lost (a deadline passed, or the provider
     /// reported its connection gone); transfers to it fail at `post`. Addresses
     /// beyond the table are never marked.
@@ -227,7 +229,8 @@ impl Fabric {
         let ctrl = CtrlArea::new((capacity + 1 + rx_count + max_peers) * msg_size)?;
         let cq_size = (capacity * 2 + rx_count).min(1 << 16);
         let shm_name = shm_endpoint_name(domain, engine_id)?;
-        let ep = Endpoint::open(domain, max_peers * 2 + 2, cq_size, shm_name.as_deref())?;
+        let wait = config.progress_thread || config.blocking;
+        let ep = Endpoint::open(domain, max_peers * 2 + 2, cq_size, shm_name.as_deref(), wait)?;
         let ctrl_mr = if domain.mr_mode & u64::from(sys::FI_MR_LOCAL) != 0 {
             Some(domain.register(ctrl.ptr as usize, ctrl.layout.size())?)
         } else {
@@ -270,6 +273,7 @@ impl Fabric {
             malformed: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             lost_peers: AtomicU64::new(0),
+            sleeps: AtomicU64::new(0),
             lost: (0..max_peers * 4 + 16).map(|_| AtomicBool::new(false)).collect(),
         };
         fabric.post_receive_buffers()?;
@@ -340,6 +344,7 @@ impl Fabric {
             malformed: self.malformed.load(Ordering::Relaxed),
             expired: self.expired.load(Ordering::Relaxed),
             lost_peers: self.lost_peers.load(Ordering::Relaxed),
+            sleeps: self.sleeps.load(Ordering::Relaxed),
         }
     }
 

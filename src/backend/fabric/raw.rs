@@ -68,8 +68,14 @@ impl RawRma {
                 .ok()
                 .filter(|_| shm)
         };
-        let initiator = Endpoint::open(&initiator_domain, 4, 4096, name("initiator").as_deref())?;
-        let target = Arc::new(Endpoint::open(&target_domain, 4, 4096, name("target").as_deref())?);
+        let initiator = Endpoint::open(&initiator_domain, 4, 4096, name("initiator").as_deref(), false)?;
+        let target = Arc::new(Endpoint::open(
+            &target_domain,
+            4,
+            4096,
+            name("target").as_deref(),
+            false,
+        )?);
         let dest = initiator.insert(&target.name)?;
         target.insert(&initiator.name)?;
         let src = vec![1u8; bytes.max(1)];

@@ -144,6 +144,63 @@ impl Fabric {
         handled
     }
 
+    /// As `progress`, but when nothing has completed, waits up to `timeout` (rounded
+    /// up to a millisecond) for the CQ's wait descriptor to become readable — the
+    /// provider has something to progress: a socket with data, a signal — and then
+    /// progresses. Returns (entries handled, whether the descriptor woke it). Waits
+    /// only where the CQ has a wait descriptor, `fi_trywait` allows it, and no retry
+    /// is owed (deferred posts, blocked notifications, receive buffers to repost);
+    /// otherwise it is `progress`. `wake` ends the wait early.
+    pub(crate) fn progress_blocking(
+        &self,
+        sink: Sink<'_>,
+        expire: Option<&dyn Fn(Handle, FailCode) -> bool>,
+        timeout: Duration,
+    ) -> (usize, bool) {
+        let handled = self.progress(sink, expire);
+        let Some(fd) = self.ep.wait_fd else {
+            return (handled, false);
+        };
+        if handled > 0 || self.owes_retry() || !self.ep.domain.trywait(self.ep.cq) {
+            return (handled, false);
+        }
+        let ms = i32::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        self.sleeps.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: one valid pollfd; the descriptor is the CQ's, open as long as `self`.
+        let woke = unsafe { libc::poll(&mut p, 1, ms) } > 0;
+        (self.progress(sink, expire), woke)
+    }
+
+    /// Wakes a thread waiting in `progress_blocking` (shutdown).
+    pub(crate) fn wake(&self) {
+        if self.ep.wait_fd.is_some() {
+            // SAFETY: live CQ; signalling is thread-safe.
+            unsafe { api::cq_signal(self.ep.cq) };
+        }
+    }
+
+    /// Whether the CQ has a wait descriptor (`progress_blocking` can wait).
+    pub(crate) fn waitable(&self) -> bool {
+        self.ep.wait_fd.is_some()
+    }
+
+    /// Whether progress has work of its own to retry (so a thread must not block).
+    fn owes_retry(&self) -> bool {
+        if self.deferred_count.load(Ordering::Acquire) != 0 {
+            return true;
+        }
+        match self.rx.try_lock() {
+            Ok(rx) => !rx.blocked.is_empty() || !rx.unposted.is_empty() || rx.welcomes_owed,
+            // Another thread is progressing: nothing to retry for this one.
+            Err(_) => false,
+        }
+    }
+
     // ----- deadlines -----
 
     /// At most once a millisecond: fails (for their owners) the transfers whose
