@@ -37,8 +37,8 @@ fn ring(capacity: usize, reuse_recent: bool) -> SlotRing<u32> {
     if reuse_recent { ring.reuse_recent() } else { ring }
 }
 
-/// Without and with the one-slot cache in front of the free list: an index is never
-/// in the cache and the list at once, nor handed to two acquirers.
+/// Without and with the per-thread recent-slot cells in front of the free list: an
+/// index is never in a cell and the list at once, nor handed to two acquirers.
 #[test]
 fn two_threads_acquire_and_release_on_a_capacity_two_ring() {
     for reuse_recent in [false, true] {
@@ -71,6 +71,43 @@ fn two_threads_acquire_and_release(reuse_recent: bool) {
         assert_eq!(all.len(), 4, "no handle issued twice");
         let s = ring.stats();
         assert_eq!((s.live, s.acquired, s.freed), (0, 4, 4));
+        assert_all_slots_free(&ring);
+    });
+}
+
+/// Per-thread recent-slot cells: a slot a thread left in its cell when it exited is
+/// not lost. Another thread's acquire, finding the free list empty, takes it from
+/// that cell before answering `RingFull`; and `RingFull` comes only while the other
+/// thread actually holds a slot.
+#[test]
+fn a_slot_cached_by_a_thread_that_exited_is_served_before_ring_full() {
+    model(2, || {
+        let ring = Arc::new(ring(2, true));
+        let other = {
+            let ring = ring.clone();
+            thread::spawn(move || {
+                // Acquired and released: the slot ends in this thread's cell (unless
+                // the main thread holds both slots already).
+                if let Ok(h) = ring.acquire() {
+                    ring.release(h).unwrap();
+                }
+            })
+        };
+        let first = ring.acquire().unwrap();
+        let second = ring.acquire();
+        other.join().unwrap();
+        // Full only if the other thread held the second slot at the time.
+        let second = match second {
+            Ok(h) => h,
+            Err(Error::RingFull { .. }) => ring.acquire().unwrap(),
+            Err(e) => panic!("{e}"),
+        };
+        assert_ne!(first.index(), second.index());
+        assert!(matches!(ring.acquire(), Err(Error::RingFull { .. })));
+        ring.release(first).unwrap();
+        ring.release(second).unwrap();
+        let s = ring.stats();
+        assert_eq!((s.live, s.acquired, s.freed), (0, s.freed, s.acquired));
         assert_all_slots_free(&ring);
     });
 }

@@ -176,7 +176,13 @@ impl Engine {
                 .transports
                 .start(via, xfer(t, handle, None, timeout), &mut sink)
         } else {
-            match self.find_peer(t.peer) {
+            // The peer table's read lock (a shard of it: this thread's own line) is
+            // held while the transport starts the transfer, so the peer's link cannot
+            // be dropped under it; no reference count is taken, which would be a
+            // cache line every posting thread writes. Loading or unloading a peer
+            // waits for the posts in progress.
+            let peers = self.unpoison(self.peers.read());
+            match peers.get(t.peer) {
                 Some(peer) => self
                     .core
                     .transports

@@ -31,8 +31,10 @@ mod server;
 mod stats;
 mod waiting;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+
+use crossbeam_utils::sync::ShardedLock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -226,8 +228,8 @@ pub struct Engine {
     workers: Vec<JoinHandle<()>>,
     /// The progress thread and its stop flag.
     progress_thread: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
-    peers: RwLock<peers::PeerTable>,
-    lists: RwLock<Vec<ListEntry>>,
+    peers: ShardedLock<peers::PeerTable>,
+    lists: ShardedLock<Vec<ListEntry>>,
     /// Set once `shut_down` has run (by `shutdown`, then not again by the drop).
     shut: bool,
 }
@@ -344,8 +346,8 @@ impl Engine {
         Ok(Engine {
             timeout: config.deadline.map(timeout_nanos),
             progress_thread,
-            peers: RwLock::new(peers::PeerTable::new(config.max_peers)),
-            lists: RwLock::new(lists),
+            peers: ShardedLock::new(peers::PeerTable::new(config.max_peers)),
+            lists: ShardedLock::new(lists),
             shut: false,
             config,
             core,

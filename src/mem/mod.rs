@@ -19,8 +19,10 @@
 #![allow(unsafe_code)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 
 mod holds;
 mod pinner;
@@ -143,7 +145,7 @@ struct Table {
 
 /// The registration table (see the module docs).
 pub(crate) struct Registry {
-    table: RwLock<Table>,
+    table: ShardedLock<Table>,
     /// Per entry: control-path copies in progress (`read_bytes`, `write_bytes`, a test
     /// hook). Taken under the table's read lock (so deregistration, under the write
     /// lock, sees every pin); dropped without it.
@@ -170,7 +172,7 @@ pub(crate) fn segment_name(prefix: &str, id: u64) -> String {
 }
 
 /// The registry's read lock, held while another engine copies to or from its memory.
-pub(crate) struct Access<'a>(std::sync::RwLockReadGuard<'a, Table>);
+pub(crate) struct Access<'a>(ShardedLockReadGuard<'a, Table>);
 
 impl Access<'_> {
     /// Checks `desc` against its region; valid while this guard lives.
@@ -292,7 +294,7 @@ impl Registry {
         let segment_dir = shm::dir();
         let remote = RegTable::create(&segment_dir, &regtable_name(&segment_prefix), capacity, lanes)?;
         Ok(Registry {
-            table: RwLock::new(Table { entries, free }),
+            table: ShardedLock::new(Table { entries, free }),
             pins: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
             holds: Holds::new(slots, lists, per_side),
             remote,
@@ -302,13 +304,13 @@ impl Registry {
         })
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+    fn read(&self) -> ShardedLockReadGuard<'_, Table> {
         // A panic while holding the lock cannot leave the table inconsistent (every
         // write is a single assignment), so a poisoned lock is still usable.
         self.table.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
+    fn write(&self) -> ShardedLockWriteGuard<'_, Table> {
         self.table.write().unwrap_or_else(|e| e.into_inner())
     }
 

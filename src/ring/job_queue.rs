@@ -31,6 +31,8 @@
 //! takes the new job) or after it (and then finds `QUEUED` clear): no job is lost and
 //! none is run twice. `tests/loom.rs` checks this.
 
+use crossbeam_utils::CachePadded;
+
 use super::free_list::FreeList;
 use super::sync::{AtomicU64, Ordering};
 use crate::types::Handle;
@@ -52,8 +54,9 @@ pub enum Popped {
 /// A bounded queue of posted slots for worker threads; see the module docs.
 pub struct JobQueue {
     queue: FreeList,
-    /// Per slot: `generation | QUEUED` (see the module docs).
-    words: Box<[AtomicU64]>,
+    /// Per slot: `generation | QUEUED` (see the module docs). Each on its own cache
+    /// line: threads posting into different slots write different lines.
+    words: Box<[CachePadded<AtomicU64>]>,
 }
 
 impl JobQueue {
@@ -63,7 +66,7 @@ impl JobQueue {
             // Twice the entries there can be, so a push reaches a cell a stalled
             // popper still holds only after a ring's worth of entries (module docs).
             queue: FreeList::with_capacity(capacity.next_power_of_two() * 2),
-            words: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
+            words: (0..capacity).map(|_| CachePadded::new(AtomicU64::new(0))).collect(),
         }
     }
 
@@ -99,14 +102,14 @@ impl JobQueue {
     /// empty, for a later pop). True if taken: the job is the caller's to run.
     #[inline]
     pub fn take(&self, handle: Handle) -> bool {
+        let wanted = handle.generation() | QUEUED;
         self.words.get(handle.index() as usize).is_some_and(|w| {
-            w.compare_exchange(
-                handle.generation() | QUEUED,
-                QUEUED,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_ok()
+            // A load first: a transfer that was never queued (another transport's)
+            // costs no read-modify-write. A stale load only means the job is left to
+            // a worker, which runs it as it would have anyway.
+            w.load(Ordering::Relaxed) == wanted
+                && w.compare_exchange(wanted, QUEUED, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
         })
     }
 

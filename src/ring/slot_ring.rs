@@ -9,7 +9,7 @@ use super::completions::{Completion, Completions, Signal};
 use super::free_list::FreeList;
 use super::job_queue::Job;
 use super::state::{self, CANCELLED, DETACHED, DONE, FAILED, FREE, POSTED, RESERVED, RETIRED};
-use super::sync::{AtomicU32, AtomicU64, Ordering, UnsafeCell, spin_loop};
+use super::sync::{AtomicU32, AtomicU64, Ordering, UnsafeCell, home, spin_loop};
 use crate::error::{Error, Result};
 use crate::types::{
     CancelResult, FIRST_GENERATION, FailCode, Handle, INDEX_BITS, MAX_CAPACITY, MAX_GENERATION, Outcome, Released,
@@ -127,11 +127,14 @@ pub struct RingStats {
 pub struct SlotRing<C> {
     slots: Box<[CachePadded<Slot<C>>]>,
     free: FreeList,
-    /// With [`reuse_recent`](SlotRing::reuse_recent): the index of the slot freed
-    /// last, or [`NO_SLOT`]; handed out before the free list's. The index in it belongs
-    /// to it, as an index in the free list belongs to the list: a swap moves it out
-    /// whole, so two acquirers never get the same slot.
-    recent: Option<CachePadded<AtomicU64>>,
+    /// With [`reuse_recent`](SlotRing::reuse_recent): [`RECENT_CELLS`] cells, one per
+    /// thread (by [`home`], threads beyond the cells sharing them), each holding the
+    /// index of the slot its threads freed last, or [`NO_SLOT`]; handed out to them
+    /// before the free list's. An index in a cell belongs to the cell, as an index in
+    /// the free list belongs to the list: a swap moves it out whole, so two acquirers
+    /// never get the same slot. Each cell on its own cache line: a thread doing one
+    /// transfer at a time touches no line another thread writes.
+    recent: Option<Box<[CachePadded<AtomicU64>]>>,
     max_generation: u64,
     high_water: CachePadded<AtomicU64>,
     /// Rare paths only: stale completions and retirements.
@@ -150,8 +153,15 @@ unsafe impl<C: Send> Send for SlotRing<C> {}
 // writing (`C: Send`) and possibly several reading through `context` (`C: Sync`).
 unsafe impl<C: Send + Sync> Sync for SlotRing<C> {}
 
-/// `SlotRing::recent` when it holds no slot.
+/// A `SlotRing::recent` cell that holds no slot.
 const NO_SLOT: u64 = u64::MAX;
+
+/// Cells of `SlotRing::recent` (a power of two): threads get their own up to this
+/// many, then share. Under loom, as many as its models have threads.
+#[cfg(not(loom))]
+pub(crate) const RECENT_CELLS: usize = 16;
+#[cfg(loom)]
+pub(crate) const RECENT_CELLS: usize = 4;
 
 impl<C: Default> SlotRing<C> {
     /// A ring of `capacity` slots (a power of two, 1 ..= 2^20), every context
@@ -247,8 +257,19 @@ impl<C> SlotRing<C> {
     /// carries truncated generations on the wire (the fabric's immediate data: 32 or
     /// as few as 12 bits) relies on the spread to keep a late completion from aliasing
     /// a newer transfer, so the engine turns this on only without the fabric.
+    ///
+    /// Each thread has its own such slot (up to 16 threads; more share
+    /// them), so posting threads do not hand slots to each other through one shared
+    /// word. A slot sitting in the cell of a thread that exited, or that does nothing
+    /// now, is not lost: an acquire that finds the free list empty takes one from any
+    /// cell before it answers `RingFull`, and a thread later given that cell takes it
+    /// first.
     pub fn reuse_recent(mut self) -> SlotRing<C> {
-        self.recent = Some(CachePadded::new(AtomicU64::new(NO_SLOT)));
+        self.recent = Some(
+            (0..RECENT_CELLS)
+                .map(|_| CachePadded::new(AtomicU64::new(NO_SLOT)))
+                .collect(),
+        );
         self
     }
 
@@ -284,13 +305,16 @@ impl<C> SlotRing<C> {
             Some(index) => (index, false),
             None => match self.free.pop_at() {
                 Some((index, position)) => (index, position.is_multiple_of(HIGH_WATER_SAMPLE)),
-                None => {
-                    self.note_high_water();
-                    return Err(Error::RingFull {
-                        capacity: self.capacity(),
+                None => match self.take_any_recent() {
+                    Some(index) => (index, false),
+                    None => {
+                        self.note_high_water();
+                        return Err(Error::RingFull {
+                            capacity: self.capacity(),
+                        }
+                        .into());
                     }
-                    .into());
-                }
+                },
             },
         };
         let slot = &self.slots[index as usize];
@@ -880,23 +904,42 @@ impl<C> SlotRing<C> {
         self.give_back(index, state::generation(word));
     }
 
-    /// Takes the index in `recent`, if the ring has one and it holds one.
+    /// The calling thread's cell of `recent`, if the ring has them.
+    #[inline]
+    fn own_cell(&self) -> Option<&AtomicU64> {
+        let cells = self.recent.as_deref()?;
+        Some(&cells[home() & (cells.len() - 1)])
+    }
+
+    /// Takes the index in the calling thread's cell of `recent`, if it holds one.
     #[inline]
     fn take_recent(&self) -> Option<u32> {
-        let recent = self.recent.as_ref()?;
-        // A load first: when `recent` is empty (the free list's turn) it costs no
+        self.take_from(self.own_cell()?)
+    }
+
+    /// Takes an index from any cell of `recent` (the free list is empty: slots
+    /// cached by other threads, or by threads gone, are served before `RingFull`).
+    #[cold]
+    fn take_any_recent(&self) -> Option<u32> {
+        self.recent.as_deref()?.iter().find_map(|cell| self.take_from(cell))
+    }
+
+    /// Takes the index in `cell`, if it holds one.
+    #[inline]
+    fn take_from(&self, cell: &AtomicU64) -> Option<u32> {
+        // A load first: when the cell is empty (the free list's turn) it costs no
         // read-modify-write.
-        if recent.load(Ordering::Relaxed) == NO_SLOT {
+        if cell.load(Ordering::Relaxed) == NO_SLOT {
             return None;
         }
         // Acquire: pairs with `give_back`'s swap, after the slot was made FREE and its
         // context reclaimed.
-        let index = recent.swap(NO_SLOT, Ordering::AcqRel);
+        let index = cell.swap(NO_SLOT, Ordering::AcqRel);
         if index == NO_SLOT {
             return None;
         }
         // This thread alone holds the slot until it publishes RESERVED, and whoever
-        // held it before handed it on through the word and `recent` (release, then
+        // held it before handed it on through the word and the cell (release, then
         // acquire): no other thread writes this counter meanwhile, so a load and a
         // store count exactly.
         let reused = &self.slots[index as usize].reused;
@@ -904,16 +947,16 @@ impl<C> SlotRing<C> {
         Some(index as u32)
     }
 
-    /// Gives back a slot made FREE at `generation`: into `recent` (pushing out the one
-    /// there to the free list), or straight to the free list. A slot past half its
-    /// generations goes to the free list only: from then on it is reused at the list's
-    /// pace, so the cache does not make the slots it favoured retire long before the
-    /// rest.
+    /// Gives back a slot made FREE at `generation`: into the calling thread's cell of
+    /// `recent` (pushing out the one there to the free list), or straight to the free
+    /// list. A slot past half its generations goes to the free list only: from then
+    /// on it is reused at the list's pace, so the cache does not make the slots it
+    /// favoured retire long before the rest.
     #[inline]
     fn give_back(&self, index: u32, generation: u64) {
-        let index = match &self.recent {
-            Some(recent) if generation <= self.max_generation / 2 => {
-                match recent.swap(u64::from(index), Ordering::AcqRel) {
+        let index = match self.own_cell() {
+            Some(cell) if generation <= self.max_generation / 2 => {
+                match cell.swap(u64::from(index), Ordering::AcqRel) {
                     NO_SLOT => return,
                     out => out as u32,
                 }
@@ -923,13 +966,11 @@ impl<C> SlotRing<C> {
         self.push_free(index);
     }
 
-    /// 1 if `recent` holds a slot, else 0 (a snapshot).
+    /// Slots held in the cells of `recent` (a snapshot).
     fn cached(&self) -> u64 {
-        u64::from(
-            self.recent
-                .as_ref()
-                .is_some_and(|r| r.load(Ordering::Relaxed) != NO_SLOT),
-        )
+        self.recent.as_deref().map_or(0, |cells| {
+            cells.iter().filter(|c| c.load(Ordering::Relaxed) != NO_SLOT).count() as u64
+        })
     }
 
     /// Slots not held by anyone: in the free list, in `recent`, or retired (a snapshot).

@@ -21,6 +21,51 @@ pub(crate) fn spin_loop() {
     loom::thread::yield_now();
 }
 
+/// The calling thread's home: a number handed out in order to threads as they first
+/// ask (0, 1, 2, …), kept for the thread's life. Sharded structures pick the
+/// thread's own cell with it, so threads that ask first never share one. A
+/// thread-local with a constant initialiser and no destructor: asking allocates
+/// nothing, ever.
+#[cfg(not(loom))]
+#[inline]
+pub(crate) fn home() -> usize {
+    use core::cell::Cell;
+    use core::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    std::thread_local! {
+        static HOME: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    HOME.with(|home| match home.get() {
+        usize::MAX => {
+            let next = NEXT.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
+            home.set(next);
+            next
+        }
+        known => known,
+    })
+}
+
+/// Under loom: the same, with loom's statics and thread-locals (reset for every
+/// execution the model explores).
+#[cfg(loom)]
+pub(crate) fn home() -> usize {
+    use core::cell::Cell;
+    loom::lazy_static! {
+        static ref NEXT: loom::sync::atomic::AtomicUsize = loom::sync::atomic::AtomicUsize::new(0);
+    }
+    loom::thread_local! {
+        static HOME: Cell<usize> = Cell::new(usize::MAX);
+    }
+    HOME.with(|home| match home.get() {
+        usize::MAX => {
+            let next = NEXT.fetch_add(1, Ordering::Relaxed);
+            home.set(next);
+            next
+        }
+        known => known,
+    })
+}
+
 /// An `UnsafeCell` with loom's closure API, so loom can check that a slot's context
 /// is never touched by two threads at once.
 #[cfg(not(loom))]
