@@ -20,6 +20,13 @@
 //! machine conditions drift within seconds, and interleaving makes every
 //! implementation see the same drift.
 //!
+//! A third pass, `threads`, has 1, 2 and 4 threads each run the whole cycle on its
+//! own (acquire, post, complete, release for the ring, as the engine's `local`
+//! transport does, with its per-thread recent-slot cells; pop + push for
+//! `ArrayQueue`; insert + remove for the heap pattern), all on one shared pool, and
+//! prints each implementation's operations per second and its scaling (N threads
+//! over 1), interleaved as above.
+//!
 //! `cargo bench --bench ring` (add `-- --quick` for a fast criterion pass).
 
 use std::collections::HashMap;
@@ -64,6 +71,8 @@ impl HeapPattern {
 /// The shared state of every implementation, built once.
 struct Pools {
     ring: SlotRing<[u64; 8]>,
+    /// With per-thread recent-slot cells, as an engine without the fabric has.
+    cached: SlotRing<[u64; 8]>,
     queue: ArrayQueue<u32>,
     vec: Mutex<Vec<u32>>,
     heap: HeapPattern,
@@ -77,6 +86,7 @@ impl Pools {
         }
         Pools {
             ring: SlotRing::new(CAPACITY).unwrap(),
+            cached: SlotRing::new(CAPACITY).unwrap().reuse_recent(),
             queue,
             vec: Mutex::new((0..CAPACITY as u32).collect()),
             heap: HeapPattern::new(),
@@ -260,6 +270,95 @@ fn retry<T>(mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// `threads` threads each run `iters` operations of `op` at once; the wall time.
+fn on_threads(threads: usize, iters: u64, op: &(dyn Fn() + Sync)) -> Duration {
+    let barrier = Barrier::new(threads + 1);
+    thread::scope(|scope| {
+        for _ in 0..threads {
+            let barrier = &barrier;
+            scope.spawn(move || {
+                barrier.wait();
+                for _ in 0..iters {
+                    op();
+                }
+            });
+        }
+        barrier.wait();
+        let start = Instant::now();
+        // The scope joins the threads before returning.
+        start
+    })
+    .elapsed()
+}
+
+impl Pools {
+    /// The whole cycle of one request per implementation, run on `threads` threads.
+    fn cycles(&self, threads: usize) -> Vec<(&'static str, Run<'_>)> {
+        let cached = &self.cached;
+        let queue = &self.queue;
+        let heap = &self.heap;
+        vec![
+            (
+                "SlotRing",
+                Box::new(move |iters| {
+                    on_threads(threads, iters, &|| {
+                        let h = cached.acquire().unwrap();
+                        cached.post(h).unwrap();
+                        cached.complete(h, Outcome::Done);
+                        cached.release(black_box(h)).unwrap();
+                    })
+                }),
+            ),
+            (
+                "ArrayQueue",
+                Box::new(move |iters| {
+                    on_threads(threads, iters, &|| {
+                        let i = queue.pop().unwrap();
+                        queue.push(black_box(i)).unwrap();
+                    })
+                }),
+            ),
+            (
+                "BoxHashMap",
+                Box::new(move |iters| {
+                    on_threads(threads, iters, &|| {
+                        let id = heap.acquire();
+                        heap.release(black_box(id));
+                    })
+                }),
+            ),
+        ]
+    }
+}
+
+/// For 1, 2 and 4 threads: each implementation's operations per second (all threads
+/// together, median of `rounds` interleaved rounds) and its scaling over 1 thread.
+fn print_scaling(pools: &Pools, rounds: usize, iters: u64) {
+    let mut one: Vec<f64> = Vec::new();
+    for threads in [1, 2, 4] {
+        let runs = pools.cycles(threads);
+        let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); runs.len()];
+        for (_, run) in &runs {
+            run(iters / 4); // warm up
+        }
+        for _ in 0..rounds {
+            for (i, (_, run)) in runs.iter().enumerate() {
+                let rate = (threads as u64 * iters) as f64 / run(iters).as_secs_f64();
+                samples[i].push(rate);
+            }
+        }
+        for (i, ((name, _), s)) in runs.iter().zip(&mut samples).enumerate() {
+            s.sort_by(f64::total_cmp);
+            let rate = s[s.len() / 2];
+            if threads == 1 {
+                one.push(rate);
+            }
+            let id = format!("threads/{name}/{threads}");
+            println!("{id:<34} {:>9.1} {:>13.2}x", rate / 1e6, rate / one[i]);
+        }
+    }
+}
+
 fn criterion_shape(c: &mut Criterion, shape: &str, runs: Vec<(&'static str, Run<'_>)>) {
     let mut group = c.benchmark_group(shape);
     for (name, run) in &runs {
@@ -329,5 +428,8 @@ fn main() {
         print_ratios("acquire_release", &pools.acquire_release(), 31, 200_000);
         print_ratios("cycle_2threads", &pools.cycle_2threads(), 31, 50_000);
         println!("(ratio < 1 is faster than that baseline: 0.25x = 4x faster)");
+        println!("\nthreads: each thread the whole cycle, median of interleaved rounds");
+        println!("{:<34} {:>9} {:>14}", "benchmark", "Mops/s", "vs 1 thread");
+        print_scaling(&pools, 11, 200_000);
     }
 }

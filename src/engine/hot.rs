@@ -102,7 +102,9 @@ impl Engine {
             };
         }
         let peers = self.unpoison(self.peers.read());
-        let p = peers.get(peer.0).ok_or(Error::UnknownPeer { peer: peer.0 })?;
+        let Some(p) = peers.get(peer.0) else {
+            return Err(Error::UnknownPeer { peer: peer.0 });
+        };
         if let Some(n) = notif {
             let max = self.config.max_notif_bytes.min(p.max_notif_bytes);
             if n.len() > max {
@@ -275,7 +277,10 @@ impl Engine {
             let status = self.core.status(handle)?;
             Ok(status.is_terminal().then_some(status))
         })?;
-        found.ok_or(Error::Timeout { handle })
+        match found {
+            Some(status) => Ok(status),
+            None => Err(Error::Timeout { handle }),
+        }
     }
 
     /// Cancels a transfer. One not yet posted ends CANCELLED at once

@@ -34,7 +34,6 @@ mod waiting;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
-use crossbeam_utils::sync::ShardedLock;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -51,6 +50,7 @@ use crate::notify::{Geometry, Inbox, InboxMap, inbox_name};
 use crate::peer::Peer;
 use crate::ring::{FailCode, Handle, Job, Outcome, SlotRing, Status};
 use crate::shared::Shared;
+use crate::sys::sharded::Sharded;
 use crate::sys::shm;
 use crate::types::{Desc, Op, RegionId};
 use crate::wire::metadata::Metadata;
@@ -228,8 +228,8 @@ pub struct Engine {
     workers: Vec<JoinHandle<()>>,
     /// The progress thread and its stop flag.
     progress_thread: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
-    peers: ShardedLock<peers::PeerTable>,
-    lists: ShardedLock<Vec<ListEntry>>,
+    peers: Sharded<peers::PeerTable>,
+    lists: Sharded<Vec<ListEntry>>,
     /// Set once `shut_down` has run (by `shutdown`, then not again by the drop).
     shut: bool,
 }
@@ -346,8 +346,8 @@ impl Engine {
         Ok(Engine {
             timeout: config.deadline.map(timeout_nanos),
             progress_thread,
-            peers: ShardedLock::new(peers::PeerTable::new(config.max_peers)),
-            lists: ShardedLock::new(lists),
+            peers: Sharded::new(peers::PeerTable::new(config.max_peers)),
+            lists: Sharded::new(lists),
             shut: false,
             config,
             core,

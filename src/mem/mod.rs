@@ -22,8 +22,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
-
 mod holds;
 mod pinner;
 
@@ -32,6 +30,7 @@ pub(crate) use self::holds::{Holder, Pairs};
 pub(crate) use self::pinner::Pinner;
 use crate::error::{Error, Result};
 use crate::sys::regtable::RegTable;
+use crate::sys::sharded::{ReadGuard, Sharded, WriteGuard};
 use crate::sys::shm::{self, Segment};
 use crate::types::{Desc, INDEX_BITS, RegionId};
 use crate::wire::metadata::{MemKind, RegionInfo};
@@ -145,7 +144,7 @@ struct Table {
 
 /// The registration table (see the module docs).
 pub(crate) struct Registry {
-    table: ShardedLock<Table>,
+    table: Sharded<Table>,
     /// Per entry: control-path copies in progress (`read_bytes`, `write_bytes`, a test
     /// hook). Taken under the table's read lock (so deregistration, under the write
     /// lock, sees every pin); dropped without it.
@@ -172,7 +171,7 @@ pub(crate) fn segment_name(prefix: &str, id: u64) -> String {
 }
 
 /// The registry's read lock, held while another engine copies to or from its memory.
-pub(crate) struct Access<'a>(ShardedLockReadGuard<'a, Table>);
+pub(crate) struct Access<'a>(ReadGuard<'a, Table>);
 
 impl Access<'_> {
     /// Checks `desc` against its region; valid while this guard lives.
@@ -294,7 +293,7 @@ impl Registry {
         let segment_dir = shm::dir();
         let remote = RegTable::create(&segment_dir, &regtable_name(&segment_prefix), capacity, lanes)?;
         Ok(Registry {
-            table: ShardedLock::new(Table { entries, free }),
+            table: Sharded::new(Table { entries, free }),
             pins: (0..capacity).map(|_| AtomicU32::new(0)).collect(),
             holds: Holds::new(slots, lists, per_side),
             remote,
@@ -304,13 +303,13 @@ impl Registry {
         })
     }
 
-    fn read(&self) -> ShardedLockReadGuard<'_, Table> {
+    fn read(&self) -> ReadGuard<'_, Table> {
         // A panic while holding the lock cannot leave the table inconsistent (every
         // write is a single assignment), so a poisoned lock is still usable.
         self.table.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> ShardedLockWriteGuard<'_, Table> {
+    fn write(&self) -> WriteGuard<'_, Table> {
         self.table.write().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -11,7 +11,7 @@ use crate::types::Desc;
 /// The table's read lock, held while a transfer's descriptors are resolved and
 /// recorded as held (see [`Registry::pinner`]).
 pub(crate) struct Pinner<'a> {
-    pub(super) table: crossbeam_utils::sync::ShardedLockReadGuard<'a, Table>,
+    pub(super) table: crate::sys::sharded::ReadGuard<'a, Table>,
     pub(super) pins: &'a [AtomicU32],
     pub(super) holds: &'a Holds,
 }

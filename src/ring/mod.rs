@@ -28,6 +28,7 @@ mod pins;
 mod slot_ring;
 mod state;
 mod sync;
+pub(crate) use sync::home;
 
 pub use crate::types::{
     CancelResult, FIRST_GENERATION, FailCode, FailSource, GENERATION_BITS, Handle, INDEX_BITS, MAX_CAPACITY,

@@ -134,7 +134,7 @@ pub struct SlotRing<C> {
     /// the free list belongs to the list: a swap moves it out whole, so two acquirers
     /// never get the same slot. Each cell on its own cache line: a thread doing one
     /// transfer at a time touches no line another thread writes.
-    recent: Option<Box<[CachePadded<AtomicU64>]>>,
+    recent: Option<Box<[CachePadded<AtomicU64>; RECENT_CELLS]>>,
     max_generation: u64,
     high_water: CachePadded<AtomicU64>,
     /// Rare paths only: stale completions and retirements.
@@ -265,11 +265,9 @@ impl<C> SlotRing<C> {
     /// cell before it answers `RingFull`, and a thread later given that cell takes it
     /// first.
     pub fn reuse_recent(mut self) -> SlotRing<C> {
-        self.recent = Some(
-            (0..RECENT_CELLS)
-                .map(|_| CachePadded::new(AtomicU64::new(NO_SLOT)))
-                .collect(),
-        );
+        self.recent = Some(Box::new(std::array::from_fn(|_| {
+            CachePadded::new(AtomicU64::new(NO_SLOT))
+        })));
         self
     }
 
@@ -908,7 +906,7 @@ impl<C> SlotRing<C> {
     #[inline]
     fn own_cell(&self) -> Option<&AtomicU64> {
         let cells = self.recent.as_deref()?;
-        Some(&cells[home() & (cells.len() - 1)])
+        Some(&cells[home() & (RECENT_CELLS - 1)])
     }
 
     /// Takes the index in the calling thread's cell of `recent`, if it holds one.

@@ -35,14 +35,14 @@ pub(crate) fn home() -> usize {
     std::thread_local! {
         static HOME: Cell<usize> = const { Cell::new(usize::MAX) };
     }
-    HOME.with(|home| match home.get() {
+    match HOME.get() {
         usize::MAX => {
             let next = NEXT.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
-            home.set(next);
+            HOME.set(next);
             next
         }
         known => known,
-    })
+    }
 }
 
 /// Under loom: the same, with loom's statics and thread-locals (reset for every
