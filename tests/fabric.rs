@@ -1155,30 +1155,13 @@ fn blocking_waiters_sleep_in_the_providers_wait_descriptor() {
         for round in 0..4u8 {
             let data = pattern(LEN, round);
             a.write_region(src, 0, &data).unwrap();
-            let h = a
-                .prepare(
-                    Op::Write,
-                    &[Desc::new(src, 0, LEN as u64)],
-                    peer,
-                    &[Desc::new(dst, 0, LEN as u64)],
-                    None,
-                )
-                .unwrap();
-            a.post(h).unwrap();
-            assert_eq!(a.wait(h, WAIT).unwrap(), Status::Done, "{provider}");
-            a.release(h).unwrap();
-            let h = a
-                .prepare(
-                    Op::Read,
-                    &[Desc::new(back, 0, LEN as u64)],
-                    peer,
-                    &[Desc::new(dst, 0, LEN as u64)],
-                    None,
-                )
-                .unwrap();
-            a.post(h).unwrap();
-            assert_eq!(a.wait(h, WAIT).unwrap(), Status::Done, "{provider}");
-            a.release(h).unwrap();
+            for (op, local) in [(Op::Write, src), (Op::Read, back)] {
+                let whole = |region| [Desc::new(region, 0, LEN as u64)];
+                let h = a.prepare(op, &whole(local), peer, &whole(dst), None).unwrap();
+                a.post(h).unwrap();
+                assert_eq!(a.wait(h, WAIT).unwrap(), Status::Done, "{provider} {op:?}");
+                a.release(h).unwrap();
+            }
             let mut out = vec![0u8; LEN];
             a.read_region(back, 0, &mut out).unwrap();
             assert!(out == data, "{provider}: bytes differ after a blocking WRITE and READ");
