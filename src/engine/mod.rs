@@ -33,7 +33,6 @@ mod waiting;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -47,7 +46,6 @@ use crate::backend::{Link, Transfer, Transports, WORKER_QUIET, Xfer};
 use crate::error::{Error, Result};
 use crate::mem::{Holder, Registry, Resolved};
 use crate::notify::{Geometry, Inbox, InboxMap, inbox_name};
-use crate::peer::Peer;
 use crate::ring::{FailCode, Handle, Job, Outcome, SlotRing, Status};
 use crate::shared::Shared;
 use crate::sys::sharded::Sharded;
@@ -447,15 +445,12 @@ impl Engine {
     /// The peer `peer`, taken out of the table (an `Arc`: no allocation) so the
     /// table's lock is not held while bytes move.
     #[cfg(feature = "testing")]
-    pub(crate) fn peer(&self, peer: u32) -> Result<Arc<Peer>> {
-        self.find_peer(peer).ok_or(Error::UnknownPeer { peer })
-    }
-
-    /// The peer `peer`, or `None` (builds no error: the hot path's form).
-    #[inline]
-    fn find_peer(&self, peer: u32) -> Option<Arc<Peer>> {
+    pub(crate) fn peer(&self, peer: u32) -> Result<Arc<crate::peer::Peer>> {
         let peers = self.unpoison(self.peers.read());
-        peers.get(peer).map(Arc::clone)
+        match peers.get(peer) {
+            Some(p) => Ok(Arc::clone(p)),
+            None => Err(Error::UnknownPeer { peer }),
+        }
     }
 }
 
@@ -520,6 +515,7 @@ const PROGRESS_BLOCK: Duration = Duration::from_millis(10);
 /// The progress thread's loop: progress, and sleep a little when there is nothing
 /// to do, so an idle engine costs little CPU.
 fn progress_loop(core: &Core, stop: &AtomicBool) {
+    let can_block = core.transports.can_block();
     let mut idle_since: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         if core.progress() > 0 {
@@ -527,12 +523,12 @@ fn progress_loop(core: &Core, stop: &AtomicBool) {
             continue;
         }
         // Busy for 200 µs after the last completion (a burst's next operation comes
-        // within that); then block in the fabric's wait object (which wakes on the
-        // provider's own events), or, where there is none, 50 µs naps.
+        // within that); then sleep in the fabric's wait descriptor (which wakes on
+        // the provider's own events), or, where there is none, 50 µs naps.
         let since = *idle_since.get_or_insert_with(Instant::now);
         if since.elapsed() < Duration::from_micros(200) {
             std::hint::spin_loop();
-        } else if core.transports.can_block() {
+        } else if can_block {
             // Woken by the provider (data arriving), spin again: a transfer is moving,
             // and tcp moves its bytes only while someone progresses.
             let (handled, woke) = core.progress_blocking(PROGRESS_BLOCK);

@@ -15,6 +15,7 @@
 //! | spin | `Config::wait_spin` (50 µs) | one core |
 //! | yield | until `Config::wait_yield` (2 ms) has passed | one core, given up to any other runnable thread |
 //! | yield (a transfer that needs the waiter's progress) | until the transfer ends or the timeout | as above |
+//! | instead, with `FabricConfig::blocking`: sleep in the fabric's wait descriptor, 1 ms at most at a time | until the transfer ends or the timeout | a wake-up per provider event |
 //! | sleep, 10 µs doubling to 500 µs | the rest | a few % of a core |
 
 use std::time::{Duration, Instant};
@@ -22,10 +23,10 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::Backoff;
 
 use super::Engine;
-
-/// The longest a waiter blocks in a transport's wait object between looks.
-const BLOCK: Duration = Duration::from_millis(1);
 use crate::error::Result;
+
+/// The longest a waiter blocks in a transport's wait descriptor between looks.
+const BLOCK: Duration = Duration::from_millis(1);
 
 impl Engine {
     /// Drives progress and calls `look` until it finds something (`Some`) or

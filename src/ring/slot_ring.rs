@@ -258,9 +258,8 @@ impl<C> SlotRing<C> {
     /// as few as 12 bits) relies on the spread to keep a late completion from aliasing
     /// a newer transfer, so the engine turns this on only without the fabric.
     ///
-    /// Each thread has its own such slot (up to 16 threads; more share
-    /// them), so posting threads do not hand slots to each other through one shared
-    /// word. A slot sitting in the cell of a thread that exited, or that does nothing
+    /// Each thread has its own such slot (up to 16 threads; more share them), so
+    /// posting threads do not hand slots to each other through one shared word. A slot sitting in the cell of a thread that exited, or that does nothing
     /// now, is not lost: an acquire that finds the free list empty takes one from any
     /// cell before it answers `RingFull`, and a thread later given that cell takes it
     /// first.

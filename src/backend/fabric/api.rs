@@ -339,7 +339,8 @@ pub(crate) unsafe fn trywait(fabric: *mut sys::fid_fabric, cq: *mut sys::fid_cq)
     }
 }
 
-/// `fi_cq_signal`: wakes a thread blocked in `cq_sreadfrom`.
+/// `fi_cq_signal`: makes the CQ's wait descriptor readable, waking a thread that
+/// polls it.
 pub(crate) unsafe fn cq_signal(cq: *mut sys::fid_cq) -> isize {
     // SAFETY: see the block comment above.
     unsafe { call!((*cq).ops, signal(cq)) }

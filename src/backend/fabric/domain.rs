@@ -394,7 +394,7 @@ impl Endpoint {
     /// Opens the endpoint, an AV of `av_count` entries and a CQ of `cq_size` entries.
     /// `name`, if given, is set as the endpoint's name before it is enabled (see
     /// `Fabric::open`: the shm provider's region is named after it). With `wait`, the
-    /// CQ is asked for a wait object (`FI_WAIT_UNSPEC`), and opened without one if the
+    /// CQ is asked for a wait descriptor (`FI_WAIT_FD`), and opened without one if the
     /// provider has none (`wait_fd` says which).
     pub(crate) fn open(
         domain: &Arc<Domain>,
@@ -425,27 +425,26 @@ impl Endpoint {
         let mut cq_attr: sys::fi_cq_attr = unsafe { std::mem::zeroed() };
         cq_attr.format = sys::FI_CQ_FORMAT_DATA;
         cq_attr.size = cq_size;
-        let mut ret = -1;
         if wait {
             cq_attr.wait_obj = sys::FI_WAIT_FD;
-            // SAFETY: live domain; `e.cq` is closed by Drop.
-            ret = unsafe { api::cq_open(domain.domain, &mut cq_attr, &mut e.cq) };
-            if ret == 0 {
-                let mut fd: std::ffi::c_int = -1;
-                // SAFETY: a CQ just opened with FI_WAIT_FD; `fd` is a c_int.
-                let got = unsafe { api::cq_wait_fd(e.cq, &mut fd) };
-                e.wait_fd = (got == 0 && fd >= 0).then_some(fd);
-            } else {
-                e.cq = std::ptr::null_mut();
-                cq_attr.wait_obj = sys::FI_WAIT_NONE;
-            }
         }
-        if ret != 0 {
-            // SAFETY: live domain; `e.cq` is closed by Drop.
+        // SAFETY: live domain; `e.cq` is closed by Drop.
+        let mut ret = unsafe { api::cq_open(domain.domain, &mut cq_attr, &mut e.cq) };
+        if ret != 0 && wait {
+            // No wait descriptors with this provider: a CQ without one.
+            e.cq = std::ptr::null_mut();
+            cq_attr.wait_obj = sys::FI_WAIT_NONE;
+            // SAFETY: as above.
             ret = unsafe { api::cq_open(domain.domain, &mut cq_attr, &mut e.cq) };
         }
         if ret != 0 {
             return Err(api.error("fi_cq_open", ret));
+        }
+        if cq_attr.wait_obj == sys::FI_WAIT_FD {
+            let mut fd: std::ffi::c_int = -1;
+            // SAFETY: a live CQ opened with FI_WAIT_FD; `fd` is a c_int.
+            let got = unsafe { api::cq_wait_fd(e.cq, &mut fd) };
+            e.wait_fd = (got == 0 && fd >= 0).then_some(fd);
         }
         // SAFETY: live domain and info; `e.ep` is closed by Drop.
         let ret = unsafe { api::endpoint(domain.domain, domain.info(), &mut e.ep) };
