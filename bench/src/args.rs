@@ -38,6 +38,13 @@ OPTIONS:
                              the provider's wait descriptor once their spin is spent
   --completions              wait through the completion queue (wait_any +
                              poll_completions) instead of on the oldest handle
+  --file-per-thread          with --backend file: each thread moves its blocks to and
+                             from a file of its own (as a store keeping each page in
+                             a file does), so writers do not queue on one inode's
+                             lock; the baseline's threads do the same
+  --file-workers N           with --backend file: the engine's I/O worker threads
+                             (default: one per --threads, as far as the cores left
+                             to them allow, at least one)
   --mapped                   with --backend file: register the file mapped (memcpy to
                              and from the mapping instead of pread/pwrite)
   --op write|read            direction, initiator's view (default write)
@@ -103,6 +110,10 @@ pub(crate) struct Args {
     pub(crate) path: Option<String>,
     /// `--mapped`: register the data file mapped.
     pub(crate) mapped: bool,
+    /// `--file-workers N`: `Config::file_workers` (default: see `setup.rs`).
+    pub(crate) file_workers: Option<usize>,
+    /// `--file-per-thread`: one data file per bench thread.
+    pub(crate) file_per_thread: bool,
     /// `--progress-thread`: the initiator's fabric progress thread.
     pub(crate) progress_thread: bool,
     /// `--blocking`: the initiator's waiters sleep in the provider's wait descriptor.
@@ -222,6 +233,8 @@ pub(crate) fn parse_args() -> Result<Args, String> {
         file: false,
         path: None,
         mapped: false,
+        file_per_thread: false,
+        file_workers: None,
         progress_thread: false,
         blocking: false,
         completions: false,
@@ -270,6 +283,8 @@ pub(crate) fn parse_args() -> Result<Args, String> {
             Long("window") => a.window = number(value(&mut parser)?)? as usize,
             Long("path") => a.path = Some(value(&mut parser)?),
             Long("mapped") => a.mapped = true,
+            Long("file-per-thread") => a.file_per_thread = true,
+            Long("file-workers") => a.file_workers = Some(number(value(&mut parser)?)? as usize),
             Long("progress-thread") => a.progress_thread = true,
             Long("blocking") => a.blocking = true,
             Long("completions") => a.completions = true,
@@ -337,6 +352,12 @@ pub(crate) fn parse_args() -> Result<Args, String> {
     }
     if a.mapped && !a.file {
         return Err("--mapped goes with --backend file".into());
+    }
+    if a.file_per_thread && (!a.file || a.kv.is_some() || a.soak.is_some()) {
+        return Err("--file-per-thread goes with --backend file, without --kv or --soak".into());
+    }
+    if a.file_workers.is_some_and(|w| !a.file || w == 0 || w > 64) {
+        return Err("--file-workers goes with --backend file, 1 ..= 64".into());
     }
     if a.file && a.path.is_none() {
         return Err("--backend file needs --path DIR".into());

@@ -342,7 +342,7 @@ fn run_pio(host: &memmap2::MmapRaw, args: &Args, kv: &Kv, pattern: &Pattern, ite
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open(data_file(args))
+        .open(data_file(args, 0))
         .expect("the data file");
     let barrier = Barrier::new(args.threads);
     let walls: Vec<Duration> = std::thread::scope(|scope| {

@@ -62,8 +62,11 @@ pub(crate) fn run_engine(
                 let barrier = &barrier;
                 scope.spawn(move || {
                     let base = t as u64 * args.max_block * args.max_batch;
+                    let (dst, dst_base) = s.remote(t, args.max_block * args.max_batch);
                     let local: Vec<Desc> = (0..batch).map(|i| Desc::new(s.src, base + i * block, block)).collect();
-                    let remote: Vec<Desc> = (0..batch).map(|i| Desc::new(s.dst, base + i * block, block)).collect();
+                    let remote: Vec<Desc> = (0..batch)
+                        .map(|i| Desc::new(dst, dst_base + i * block, block))
+                        .collect();
                     let (mut p, mut q, mut x) = (
                         Samples(Vec::with_capacity(iters.div_ceil(SAMPLE_EVERY) as usize)),
                         Samples(Vec::with_capacity(iters.div_ceil(SAMPLE_EVERY) as usize)),
@@ -233,17 +236,25 @@ pub(crate) fn run_baseline(s: &Setup, args: &Args, block: u64, batch: u64, iters
 /// source), one thread per bench thread.
 fn run_pio(host: &memmap2::MmapRaw, args: &Args, block: u64, batch: u64, iters: u64) -> f64 {
     use std::os::unix::fs::FileExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(data_file(args))
-        .expect("the data file");
+    let open = |t: usize| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(data_file(args, t))
+            .expect("the data file")
+    };
+    let files: Vec<_> = if args.file_per_thread {
+        (0..args.threads).map(open).collect()
+    } else {
+        vec![open(0)]
+    };
     let per_thread = args.max_block * args.max_batch;
     let barrier = Barrier::new(args.threads);
     let walls: Vec<Duration> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..args.threads as u64)
             .map(|t| {
-                let (file, barrier) = (&file, &barrier);
+                let (file, barrier) = (&files[t as usize % files.len()], &barrier);
+                let file_base = if args.file_per_thread { 0 } else { t * per_thread };
                 let memory = host.as_mut_ptr() as usize;
                 scope.spawn(move || {
                     let base = t * per_thread;
@@ -256,7 +267,7 @@ fn run_pio(host: &memmap2::MmapRaw, args: &Args, block: u64, batch: u64, iters: 
                     };
                     let pass = |buf: &mut [u8]| {
                         for (i, chunk) in buf.chunks_mut(block as usize).enumerate() {
-                            let offset = base + i as u64 * block;
+                            let offset = file_base + i as u64 * block;
                             match args.op {
                                 Op::Write => file.write_all_at(chunk, offset).expect("pwrite"),
                                 Op::Read => file.read_exact_at(chunk, offset).expect("pread"),

@@ -32,7 +32,8 @@ pub(crate) enum Target {
     /// each side's own, the kernel's copy alone took from 1,010 to 1,309 `perf`
     /// samples for the same work in different processes.) Dropped after the engine,
     /// which holds it registered.
-    File(std::path::PathBuf, memmap2::MmapRaw),
+    /// With `--file-per-thread`, one file per thread.
+    File(Vec<std::path::PathBuf>, memmap2::MmapRaw),
 }
 
 pub(crate) struct Setup {
@@ -42,6 +43,18 @@ pub(crate) struct Setup {
     pub(crate) peer: PeerId,
     pub(crate) src: RegionId,
     pub(crate) dst: RegionId,
+    /// `--file-per-thread`: each thread's own file (`dst` is the first).
+    pub(crate) dst_per_thread: Vec<RegionId>,
+}
+
+impl Setup {
+    /// Where thread `t` moves its blocks: its region and the offset its blocks start at.
+    pub(crate) fn remote(&self, t: usize, per_thread: u64) -> (RegionId, u64) {
+        match self.dst_per_thread.get(t) {
+            Some(&region) => (region, 0),
+            None => (self.dst, t as u64 * per_thread),
+        }
+    }
 }
 
 impl Drop for Setup {
@@ -57,8 +70,10 @@ impl Drop for Setup {
                 drop(child.stdin.take());
                 let _ = child.wait();
             }
-            Target::File(path, _) => {
-                let _ = std::fs::remove_file(path);
+            Target::File(paths, _) => {
+                for path in paths {
+                    let _ = std::fs::remove_file(path);
+                }
             }
             _ => {}
         }
@@ -71,9 +86,7 @@ fn config(name: &str, args: &Args) -> Config {
         capacity: 1024,
         max_descs_per_xfer: args.kv.map_or(args.max_batch as usize, |kv| (kv.layers * 2).max(64)),
         max_blocks_per_xfer: args.kv.map_or(1024, |kv| kv.layers * 2 * kv.blocks),
-        // One I/O worker per posting thread: more would only compete for the cores
-        // the posting threads and the baseline run on.
-        file_workers: args.threads,
+        file_workers: args.file_workers.unwrap_or_else(|| default_file_workers(args.threads)),
         fabric: args.fabric.then(|| FabricConfig {
             provider: args.provider.clone(),
             // The target only serves: a thread drives its progress. The initiator's
@@ -90,6 +103,15 @@ fn config(name: &str, args: &Args) -> Config {
         }),
         ..Config::default()
     }
+}
+
+/// One I/O worker per posting thread, as far as the cores left to them allow (at
+/// least one): a worker competing with the posting threads for a core costs more than
+/// it brings. On 2 cores with 2 posting threads, 64 KiB file WRITEs moved 1.71× one
+/// thread's bytes with one worker and 1.51× with two (docs/benchmarks.md).
+fn default_file_workers(threads: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    threads.min(cores.saturating_sub(threads)).max(1)
 }
 
 /// Allocates a region and touches every page, so page faults are not measured.
@@ -134,6 +156,7 @@ pub(crate) fn setup(args: &Args) -> Result<Setup, String> {
             peer,
             src,
             dst,
+            dst_per_thread: Vec::new(),
         });
     }
     #[cfg(feature = "cuda")]
@@ -155,14 +178,22 @@ pub(crate) fn setup(args: &Args) -> Result<Setup, String> {
             peer,
             src,
             dst,
+            dst_per_thread: Vec::new(),
         });
     }
     if args.file {
-        let path = data_file(args);
         let mut host = memmap2::MmapMut::map_anon(len as usize).map_err(|e| format!("mapping {len} bytes: {e}"))?;
         host.fill(1);
-        // Written through first, so reads find real blocks (not holes) in the page cache.
-        std::fs::write(&path, &host[..]).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        let paths: Vec<_> = if args.file_per_thread {
+            (0..args.threads).map(|t| data_file(args, t)).collect()
+        } else {
+            vec![data_file(args, 0)]
+        };
+        let file_len = len as usize / paths.len();
+        for path in &paths {
+            // Written through first, so reads find real blocks (not holes) in the page cache.
+            std::fs::write(path, &host[..file_len]).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        }
         let host = memmap2::MmapRaw::from(host);
         // SAFETY: the mapping lives in the returned Setup's `target`, which is dropped
         // after its `initiator` (field order), so it outlives the registration; the
@@ -172,21 +203,26 @@ pub(crate) fn setup(args: &Args) -> Result<Setup, String> {
             writable: true,
             ..Default::default()
         };
-        let dst = if args.mapped {
-            // SAFETY: nothing truncates the data file while the engine holds it: this
-            // tool made it and removes it only after the engine is dropped.
-            unsafe { initiator.register_file_mapped(&path, options) }
-        } else {
-            initiator.register_file(&path, options)
+        let mut dsts = Vec::with_capacity(paths.len());
+        for path in &paths {
+            let dst = if args.mapped {
+                // SAFETY: nothing truncates the data file while the engine holds it: this
+                // tool made it and removes it only after the engine is dropped.
+                unsafe { initiator.register_file_mapped(path, options) }
+            } else {
+                initiator.register_file(path, options)
+            }
+            .map_err(|e| e.to_string())?;
+            dsts.push(dst);
         }
-        .map_err(|e| e.to_string())?;
         let peer = initiator.local_peer();
         return Ok(Setup {
             initiator,
-            target: Target::File(path, host),
+            target: Target::File(paths, host),
             peer,
             src,
-            dst,
+            dst: dsts[0],
+            dst_per_thread: if args.file_per_thread { dsts } else { Vec::new() },
         });
     }
     let src = alloc_touched(&initiator, len)?;
@@ -199,6 +235,7 @@ pub(crate) fn setup(args: &Args) -> Result<Setup, String> {
             peer,
             src,
             dst,
+            dst_per_thread: Vec::new(),
         });
     }
     let target = Engine::new(config("target", args)).map_err(|e| e.to_string())?;
@@ -218,6 +255,7 @@ pub(crate) fn setup(args: &Args) -> Result<Setup, String> {
         peer,
         src,
         dst,
+        dst_per_thread: Vec::new(),
     })
 }
 
@@ -274,8 +312,14 @@ fn spawn_target(len: u64, args: &Args) -> Result<(std::process::Child, String, R
 }
 
 /// The data file of `--backend file`.
-pub(crate) fn data_file(args: &Args) -> std::path::PathBuf {
-    std::path::Path::new(args.path.as_deref().unwrap_or(".")).join(format!("ringxfer-bench-{}.dat", std::process::id()))
+/// The data file of thread `t` (`--file-per-thread`; otherwise every thread's is 0's).
+pub(crate) fn data_file(args: &Args, t: usize) -> std::path::PathBuf {
+    let name = if args.file_per_thread {
+        format!("ringxfer-bench-{}-{t}.dat", std::process::id())
+    } else {
+        format!("ringxfer-bench-{}.dat", std::process::id())
+    };
+    std::path::Path::new(args.path.as_deref().unwrap_or(".")).join(name)
 }
 
 /// `--serve-target LEN`: the target process of `--two-process`. Serves its metadata,
