@@ -68,9 +68,26 @@ struct Index {
     len: usize,
 }
 
+/// How a [`KvStore`] holds its engine: borrowed ([`KvStore::create`]) or shared
+/// ([`KvStore::create_shared`], for bindings whose objects cannot borrow).
+enum EngineRef<'e> {
+    Borrowed(&'e Engine),
+    Shared(std::sync::Arc<Engine>),
+}
+
+impl std::ops::Deref for EngineRef<'_> {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        match self {
+            EngineRef::Borrowed(e) => e,
+            EngineRef::Shared(e) => e,
+        }
+    }
+}
+
 /// String keys to value blocks in registered files (see the module docs).
 pub struct KvStore<'e> {
-    engine: &'e Engine,
+    engine: EngineRef<'e>,
     files: Box<[RegionId]>,
     blocks_per_file: u64,
     block_size: u64,
@@ -123,6 +140,10 @@ impl<'e> KvStore<'e> {
     /// Creates (or reuses) the files, registers them with `engine` and builds an empty
     /// index. All memory is allocated here.
     pub fn create(engine: &'e Engine, config: KvConfig) -> Result<KvStore<'e>> {
+        KvStore::build(EngineRef::Borrowed(engine), config)
+    }
+
+    fn build(engine: EngineRef<'e>, config: KvConfig) -> Result<KvStore<'e>> {
         let bad = |field, reason| Err(Error::InvalidConfig { field, reason });
         if config.files == 0 || config.blocks_per_file == 0 || config.block_size == 0 {
             return bad("kv", "files, blocks_per_file and block_size must be positive");
@@ -202,7 +223,7 @@ impl<'e> KvStore<'e> {
     /// transfer is never left running behind the caller's back (it would write the
     /// caller's buffer, or a block, after the call returned).
     fn transfer(&self, op: Op, memory: Desc, block: Desc) -> Result<()> {
-        let e = self.engine;
+        let e = &*self.engine;
         let h = e.prepare(op, &[memory], e.local_peer(), &[block], None)?;
         if let Err(err) = e.post(h) {
             let _ = e.release(h);
@@ -378,6 +399,15 @@ impl<'e> KvStore<'e> {
     /// How many values the store can hold.
     pub fn capacity(&self) -> usize {
         self.lock().key_lens.len()
+    }
+}
+
+impl KvStore<'static> {
+    /// As [`create`](KvStore::create), holding the engine by an `Arc` (the Python
+    /// binding's store outlives any borrow). The engine shuts down only after the
+    /// store, which deregisters its files, is dropped.
+    pub fn create_shared(engine: std::sync::Arc<Engine>, config: KvConfig) -> Result<KvStore<'static>> {
+        KvStore::build(EngineRef::Shared(engine), config)
     }
 }
 
