@@ -570,6 +570,36 @@ impl Engine {
         })
     }
 
+    /// Posts a prepared list again for `ringxfer.nixl`'s `transfer`: releases
+    /// `previous` (0: none) if it has ended (`WrongState` while it is in flight), posts
+    /// the list, and returns the new handle with its status: one call per repost.
+    #[pyo3(signature = (list, previous, notif=None))]
+    fn _repost<'py>(
+        &self,
+        py: Python<'py>,
+        list: u64,
+        previous: u64,
+        notif: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<(u64, Bound<'py, PyString>)> {
+        let engine = self.engine()?;
+        if previous != 0 {
+            let h = Handle::from_raw(previous);
+            if engine.status(h).py()? == Status::Posted {
+                return Err(crate::errors::WrongState::new_err(
+                    "the previous posting of this transfer is still in flight",
+                ));
+            }
+            engine.release(h).py()?;
+        }
+        let list = ListId::from_raw(list);
+        let h = match notif {
+            Some(n) if !n.is_none() => with_payload(n, |b| engine.post_list(list, Some(b)).py()),
+            _ => engine.post_list(list, None).py(),
+        }?;
+        let s = engine.status(h).py()?;
+        Ok((h.to_raw(), status_name(py, s)))
+    }
+
     /// Releases a prepared list (and the regions it pinned).
     fn release_list(&self, list: u64) -> PyResult<()> {
         self.engine()?.release_list(ListId::from_raw(list)).py()

@@ -64,6 +64,7 @@ _MEMS = {"DRAM": "DRAM_SEG", "VRAM": "VRAM_SEG", "FILE": "FILE_SEG", "BLOCK": "B
          "cpu": "DRAM_SEG", "cuda": "VRAM_SEG"}
 _OPS = {"WRITE": "WRITE", "READ": "READ"}
 _MAGIC = b"RXNIXL01"
+_STATES = {"DONE": "DONE", "POSTED": "PROC", "RESERVED": "PROC", "FAILED": "ERR", "CANCELLED": "ERR"}
 
 
 def _name(s) -> str:
@@ -558,38 +559,42 @@ class nixl_agent:
         if it ended at once, ``"PROC"`` while in flight, ``"ERR"`` if it failed."""
         if handle._released:
             raise nixlInvalidParamError("transfer: the handle was released")
-        e = self._engine
-        if handle.current is not None:
-            if e.status(handle.current) == "POSTED":
-                raise nixlRepostActiveError("transfer: the previous posting is still in flight")
-            e.release(handle.current)
-            handle.current = None
-        notif = notif_msg.encode() if isinstance(notif_msg, str) else notif_msg
-        notif = notif or handle.notif or None
-        t0 = time.monotonic_ns()
+        if notif_msg:
+            notif = notif_msg.encode() if isinstance(notif_msg, str) else notif_msg
+        else:
+            notif = handle.notif or None
+        timed = self._conf.capture_telemetry
+        if timed:
+            t0 = time.monotonic_ns()
         try:
-            handle.current = e.post_list(handle.list, notif)
+            handle.current, status = self._engine._repost(handle.list, handle.current or 0, notif)
+        except ringxfer.WrongState:
+            raise nixlRepostActiveError("transfer: the previous posting is still in flight") from None
         except ringxfer.Error as err:
+            handle.current = None
             raise _translate(err) from err
-        handle.t_post, handle.t_post_end, handle.t_done = t0, time.monotonic_ns(), 0
-        return self._state(handle)
+        if timed:
+            handle.t_post, handle.t_post_end = t0, time.monotonic_ns()
+            handle.t_done = handle.t_post_end if status == "DONE" else 0
+        return _STATES[status]
 
     def _state(self, handle: nixl_xfer_handle) -> str:
-        s = self._engine.status(handle.current)
-        if s == "DONE":
-            if not handle.t_done:
-                handle.t_done = time.monotonic_ns()
-            return "DONE"
-        if s == "POSTED":
-            return "PROC"
-        return "ERR"
+        state = _STATES[self._engine.status(handle.current)]
+        if state == "DONE" and not handle.t_done and self._conf.capture_telemetry:
+            handle.t_done = time.monotonic_ns()
+        return state
 
     def check_xfer_state(self, handle: nixl_xfer_handle) -> str:
-        """``"DONE"``, ``"PROC"`` or ``"ERR"`` (the reason: ``ringxfer`` engine's
-        ``failure``). A handle never posted raises ``nixlNotPostedError``."""
-        if handle.current is None:
+        """``"DONE"``, ``"PROC"`` or ``"ERR"`` (the reason: the engine's
+        ``failure(handle.current)``). A handle never posted raises
+        ``nixlNotPostedError``."""
+        current = handle.current
+        if current is None:
             raise nixlNotPostedError("check_xfer_state: the transfer was never posted")
-        return self._state(handle)
+        state = _STATES[self._engine.status(current)]
+        if state == "DONE" and not handle.t_done and self._conf.capture_telemetry:
+            handle.t_done = time.monotonic_ns()
+        return state
 
     def query_xfer_backend(self, handle: nixl_xfer_handle) -> str:
         return handle.backend
