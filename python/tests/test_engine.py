@@ -281,3 +281,42 @@ def test_the_gil_is_released_while_waiting():
     # With the GIL held for 0.5 s the other thread would make (almost) no progress.
     assert during > 10_000, during
     e.close()
+
+
+def test_completions_through_asyncio(pair):
+    import asyncio
+
+    a, b, connect = pair
+    s = a.register(bytearray(4096))
+    d = b.alloc_region(4096)
+    peer = connect()
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        loop.add_reader(a.completion_fd(), ready.set)
+        try:
+            h = a.prepare("WRITE", [(s, 0, 4096)], peer, [(d, 0, 4096)])
+            a.report_completion(h, tag=7)
+            a.post(h)
+            await asyncio.wait_for(ready.wait(), 5)
+            got = a.poll_completions()
+            for handle, _, _ in got:
+                a.release(handle)
+            return got, h
+        finally:
+            loop.remove_reader(a.completion_fd())
+
+    got, h = asyncio.run(run())
+    assert got == [(h, "DONE", 7)]
+
+
+def test_the_readme_example_runs():
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert blocks, "no Python example in the README"
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), {})
