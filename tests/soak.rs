@@ -311,6 +311,10 @@ fn soak(threads: u64, per_thread: u64, seed: u64) {
     while a.stats().ring.live > 0 && start.elapsed() < WAIT {
         std::thread::sleep(Duration::from_millis(1));
     }
+    // The receiver stopped with the workers: notifications of the last transfers
+    // (fire-and-forget ones land after their thread moved on) may still wait.
+    let mut buf = [0u8; 256];
+    while b.pop_notification(&mut buf).unwrap().is_some() {}
     a.check_quiescent().unwrap();
     b.check_quiescent().unwrap();
     let s = a.stats();
