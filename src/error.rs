@@ -324,6 +324,24 @@ pub enum Error {
         /// Completions waiting to be polled.
         completions_queued: usize,
     },
+    /// The cluster's metadata store (etcd) could not be reached or refused a request
+    /// (see `cluster`): transfers between peers already loaded go on; registration
+    /// and discovery fail until it is back.
+    #[error("metadata store at {endpoints}: {reason}")]
+    MetadataStore {
+        /// The endpoints tried.
+        endpoints: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Another live engine is registered under this name in the metadata store.
+    #[error("the name {name:?} is taken in the metadata store by another live engine ({key})")]
+    NameTaken {
+        /// The name.
+        name: String,
+        /// The key it is registered under.
+        key: String,
+    },
     /// `wait` gave up before the transfer ended; the transfer goes on.
     #[error("timed out waiting for transfer {handle}")]
     Timeout {

@@ -28,6 +28,7 @@
 //! - `peer`: a loaded peer and the link its transport made.
 //! - [`Engine`]: configuration, control path and hot path; it names no transport.
 //! - [`KvStore`]: string keys to value blocks in registered files, on the engine.
+//! - `cluster` (feature `etcd`): engines registered by name in etcd, found, watched.
 //!
 //! `unsafe` code is denied at the crate root and allowed only in the ring's
 //! internals, the transports' system bindings, shared memory and the registry's raw
@@ -37,6 +38,8 @@
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
 mod backend;
+#[cfg(feature = "etcd")]
+pub mod cluster;
 mod engine;
 mod error;
 mod kv;

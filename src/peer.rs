@@ -13,6 +13,9 @@ pub(crate) struct Peer {
     regions: Vec<RegionInfo>,
     pub(crate) max_notif_bytes: usize,
     pub(crate) link: Link,
+    /// Declared lost from outside ([`Engine::lose_peer`](crate::Engine::lose_peer)):
+    /// new transfers to it are refused with `PeerLost`.
+    pub(crate) lost: std::sync::atomic::AtomicBool,
 }
 
 impl Peer {
@@ -31,6 +34,7 @@ impl Peer {
             regions,
             max_notif_bytes,
             link,
+            lost: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -26,6 +26,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("peer", 7),
     ("engine", 8),
     ("kv", 9),
+    ("cluster", 9),
     ("testing", 9),
 ];
 

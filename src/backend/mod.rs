@@ -877,6 +877,15 @@ impl Transports {
         self.each(|t| t.drain(&mut *sink));
     }
 
+    /// Declares the peer `link` reaches lost (`Engine::lose_peer`): its fabric
+    /// transfers in flight fail `PEER_LOST` now, new ones at `post`. A local peer's
+    /// transfers do not stay in flight; the sim has its own hook.
+    pub(crate) fn lose(&self, link: &Link, expire: Expire<'_>) {
+        if let (Link::Fabric(l), Some(f)) = (link, self.fabric.as_ref()) {
+            f.lose(l.addr, expire);
+        }
+    }
+
     /// The fabric transport, for test hooks.
     #[cfg(feature = "testing")]
     pub(crate) fn fabric(&self) -> Option<&Fabric> {

@@ -221,6 +221,22 @@ impl Engine {
         Ok(())
     }
 
+    /// Declares a peer lost (a metadata store saw its lease expire, or the caller
+    /// knows by other means): new transfers to it fail at `prepare` with
+    /// [`Error::PeerLost`], and its fabric transfers in flight fail now with
+    /// `FailCode::PEER_LOST` (a local peer's transfers do not stay in flight). The
+    /// entry stays until [`unload_peer`](Engine::unload_peer) or a reload of the
+    /// same engine; loading a restarted engine under the name gives a new id.
+    pub fn lose_peer(&self, peer: PeerId) -> Result<()> {
+        let peers = self.unpoison(self.peers.read());
+        let p = peers.get(peer.0).ok_or(Error::UnknownPeer { peer: peer.0 })?;
+        p.lost.store(true, Ordering::Relaxed);
+        self.core
+            .transports
+            .lose(&p.link, &|h, code| self.core.ring.expire(h, code));
+        Ok(())
+    }
+
     /// The libfabric provider the fabric transport uses (e.g. `tcp;ofi_rxm`), if it
     /// is on.
     pub fn fabric_provider(&self) -> Option<String> {

@@ -105,6 +105,9 @@ impl Engine {
         let Some(p) = peers.get(peer.0) else {
             return Err(Error::UnknownPeer { peer: peer.0 });
         };
+        if p.lost.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::PeerLost { peer: peer.0 });
+        }
         if let Some(n) = notif {
             let max = self.config.max_notif_bytes.min(p.max_notif_bytes);
             if n.len() > max {

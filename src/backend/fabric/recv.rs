@@ -249,6 +249,19 @@ impl Fabric {
         }
     }
 
+    /// Declares the peer at `dest` lost from outside (`Engine::lose_peer`): its
+    /// transfers in flight fail for their owners with `PEER_LOST` now (their slots
+    /// stay posted until the provider completes them), new ones fail at `post`.
+    pub(crate) fn lose(&self, dest: u64, expire: &dyn Fn(Handle, FailCode) -> bool) {
+        for slot in self.slots.iter() {
+            let deadline = slot.deadline.load(Ordering::Acquire);
+            if deadline != 0 && slot.dest.load(Ordering::Relaxed) == dest {
+                self.expire_slot(slot, deadline, FailCode::PEER_LOST, expire);
+            }
+        }
+        self.mark_lost(dest);
+    }
+
     /// Disarms `slot` (if its deadline is still `deadline`) and fails its transfer
     /// for its owner.
     fn expire_slot(
