@@ -167,6 +167,11 @@ enum rx_status
   // Every entry of the completion queue is taken: poll completions first
   // (`rx_poll_completions`), or raise `rx_config::completion_queue`.
   RX_COMPLETION_QUEUE_FULL = 34,
+  // The cluster's metadata store (etcd) could not be reached or refused a
+  // request; the message names the endpoints.
+  RX_METADATA_STORE = 35,
+  // Another live engine is registered under this name in the metadata store.
+  RX_NAME_TAKEN = 36,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

@@ -61,6 +61,8 @@ enum class Status : uint32_t {
   Cuda = RX_CUDA,
   NotQuiescent = RX_NOT_QUIESCENT,
   CompletionQueueFull = RX_COMPLETION_QUEUE_FULL,
+  MetadataStore = RX_METADATA_STORE,
+  NameTaken = RX_NAME_TAKEN,
 };
 
 /// A static description of a status.

@@ -86,11 +86,16 @@ pub enum rx_status {
     /// Every entry of the completion queue is taken: poll completions first
     /// (`rx_poll_completions`), or raise `rx_config::completion_queue`.
     RX_COMPLETION_QUEUE_FULL = 34,
+    /// The cluster's metadata store (etcd) could not be reached or refused a
+    /// request; the message names the endpoints.
+    RX_METADATA_STORE = 35,
+    /// Another live engine is registered under this name in the metadata store.
+    RX_NAME_TAKEN = 36,
 }
 
 impl rx_status {
     /// Every status, for turning a number from C back into one.
-    pub(crate) const ALL: [rx_status; 35] = [
+    pub(crate) const ALL: [rx_status; 37] = [
         rx_status::RX_OK,
         rx_status::RX_INVALID_ARGUMENT,
         rx_status::RX_RING_FULL,
@@ -126,6 +131,8 @@ impl rx_status {
         rx_status::RX_CUDA,
         rx_status::RX_NOT_QUIESCENT,
         rx_status::RX_COMPLETION_QUEUE_FULL,
+        rx_status::RX_METADATA_STORE,
+        rx_status::RX_NAME_TAKEN,
     ];
 
     pub(crate) fn describe(self) -> &'static std::ffi::CStr {
@@ -165,6 +172,8 @@ impl rx_status {
             rx_status::RX_CUDA => c"CUDA call failed",
             rx_status::RX_NOT_QUIESCENT => c"the engine still holds transfers, regions or lists",
             rx_status::RX_COMPLETION_QUEUE_FULL => c"every entry of the completion queue is taken",
+            rx_status::RX_METADATA_STORE => c"the metadata store (etcd) is unreachable or refused the request",
+            rx_status::RX_NAME_TAKEN => c"the name is taken by another live engine in the metadata store",
         }
     }
 }
@@ -206,6 +215,8 @@ impl From<&Error> for rx_status {
             Error::NotQuiescent { .. } => rx_status::RX_NOT_QUIESCENT,
             Error::CompletionQueueFull { .. } => rx_status::RX_COMPLETION_QUEUE_FULL,
             Error::Poisoned => rx_status::RX_PANIC,
+            Error::MetadataStore { .. } => rx_status::RX_METADATA_STORE,
+            Error::NameTaken { .. } => rx_status::RX_NAME_TAKEN,
             _ => rx_status::RX_UNSUPPORTED,
         }
     }

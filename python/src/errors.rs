@@ -63,6 +63,8 @@ errors! {
     Poisoned: "A panic inside the engine left it unusable: make a new one.",
     NotQuiescent: "Something is still held (slots, pins, lists, notifications).",
     Timeout: "A wait gave up before the transfer ended; the transfer goes on.",
+    MetadataStoreError: "The cluster's metadata store (etcd) is unreachable or refused the request.",
+    NameTaken: "Another live engine is registered under this name in the metadata store.",
     Closed: "The engine (or store) was closed.",
 }
 
@@ -110,6 +112,8 @@ pub(crate) fn to_py(e: ringxfer::Error) -> PyErr {
         E::Poisoned => Poisoned::new_err(message),
         E::NotQuiescent { .. } => NotQuiescent::new_err(message),
         E::Timeout { .. } => Timeout::new_err(message),
+        E::MetadataStore { .. } => MetadataStoreError::new_err(message),
+        E::NameTaken { .. } => NameTaken::new_err(message),
         _ => Error::new_err(message),
     }
 }

@@ -10,7 +10,7 @@ InvalidConfig InvalidDescriptor UnknownRegion OutOfBounds Busy RegistryFull OutO
 LengthMismatch TooManyDescriptors TooManyBlocks UnknownList ListTableFull UnknownPeer
 PeerTableFull NotificationTooLarge InboxFull BufferTooSmall MetadataError PeerLost
 CudaUnavailable CudaError NotOnFabric FabricUnavailable FabricError PeerUnreachable IoError
-KvFull KeyTooLong ValueTooLarge TransferFailed Poisoned NotQuiescent Timeout Closed""".split()
+KvFull KeyTooLong ValueTooLarge TransferFailed Poisoned NotQuiescent Timeout MetadataStoreError NameTaken Closed""".split()
 
 
 def test_every_kind_is_its_own_subclass_of_error():
