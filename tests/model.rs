@@ -10,88 +10,42 @@ use std::collections::VecDeque;
 
 use proptest::prelude::*;
 use ringxfer::Error;
-use ringxfer::ring::{
-    CancelResult, FailCode, FailSource, HIGH_WATER_SAMPLE, Handle, Outcome, Released, RingStats, SlotRing, Status,
-};
+use ringxfer::ring::{FailCode, FailSource, HIGH_WATER_SAMPLE, Handle, Outcome, Released, SlotRing};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum St {
-    Free,
-    Reserved,
-    Posted,
-    Detached,
-    Ended(Status),
-    Retired,
-}
+#[path = "support/ring_model.rs"]
+mod ring_model;
+use ring_model::Slots;
 
 struct Model {
-    slots: Vec<(u64, St)>,
+    s: Slots,
     free: VecDeque<u32>,
     /// With `SlotRing::reuse_recent`: the slot freed last (`Some(None)` when empty).
     recent: Option<Option<u32>>,
     /// Pops from `free`: the ring samples its high-water mark on every
     /// HIGH_WATER_SAMPLE-th.
     popped: u64,
-    max_generation: u64,
-    stats: RingStats,
 }
 
 impl Model {
     fn new(capacity: usize, max_generation: u64, reuse_recent: bool) -> Model {
         Model {
-            slots: vec![(1, St::Free); capacity],
+            s: Slots::new(capacity, max_generation),
             free: (0..capacity as u32).collect(),
             recent: reuse_recent.then_some(None),
             popped: 0,
-            max_generation,
-            stats: RingStats {
-                capacity,
-                ..RingStats::default()
-            },
         }
     }
 
-    /// The slot if `h` names its current generation, else the error the ring gives.
-    fn lookup(&self, h: Handle) -> Result<usize, Error> {
-        let i = h.index() as usize;
-        if h.is_null() || i >= self.slots.len() {
-            return Err(Error::InvalidHandle {
-                handle: h,
-                capacity: self.slots.len(),
-            });
-        }
-        match self.slots[i] {
-            (g, St::Free | St::Detached | St::Retired) if g == h.generation() => Err(Error::StaleHandle { handle: h }),
-            (g, _) if g == h.generation() => Ok(i),
-            _ => Err(Error::StaleHandle { handle: h }),
-        }
-    }
-
-    fn free_slot(&mut self, i: usize) {
-        let g = self.slots[i].0;
-        self.stats.live -= 1;
-        self.stats.freed += 1;
-        if g >= self.max_generation {
-            self.slots[i].1 = St::Retired;
-            self.stats.retired += 1;
-        } else {
-            self.slots[i] = (g + 1, St::Free);
-            // Into `recent` if the ring has it (and the slot is not past half its
-            // generations), pushing out the slot there.
-            let out = match &mut self.recent {
-                Some(recent) if g < self.max_generation / 2 => recent.replace(i as u32),
-                _ => Some(i as u32),
-            };
-            self.free.extend(out);
-        }
-    }
-
-    fn count(&mut self, o: Outcome) {
-        match o {
-            Outcome::Done => self.stats.done += 1,
-            Outcome::Failed(_) => self.stats.failed += 1,
-            Outcome::Cancelled => self.stats.cancelled += 1,
-        }
+    /// A freed slot (and the generation it was freed at) goes into `recent` if the
+    /// ring has it and the slot is not past half its generations, pushing out the
+    /// slot there; else to the free list.
+    fn give_back(&mut self, freed: Option<(usize, u64)>) {
+        let Some((i, g)) = freed else { return };
+        let out = match &mut self.recent {
+            Some(recent) if g < self.s.max_generation / 2 => recent.replace(i as u32),
+            _ => Some(i as u32),
+        };
+        self.free.extend(out);
     }
 
     fn acquire(&mut self) -> Result<Handle, Error> {
@@ -99,9 +53,9 @@ impl Model {
             Some(i) => (i, false),
             None => {
                 let Some(i) = self.free.pop_front() else {
-                    self.stats.high_water = self.stats.high_water.max(self.stats.live);
+                    self.s.stats.high_water = self.s.stats.high_water.max(self.s.stats.live);
                     return Err(Error::RingFull {
-                        capacity: self.slots.len(),
+                        capacity: self.s.slots.len(),
                     });
                 };
                 self.popped += 1;
@@ -109,98 +63,23 @@ impl Model {
                 (i, (self.popped - 1).is_multiple_of(HIGH_WATER_SAMPLE))
             }
         };
-        self.slots[i as usize].1 = St::Reserved;
-        self.stats.live += 1;
+        let h = self.s.take(i as usize);
         if sample {
-            self.stats.high_water = self.stats.high_water.max(self.stats.live);
+            self.s.stats.high_water = self.s.stats.high_water.max(self.s.stats.live);
         }
-        self.stats.acquired += 1;
-        Ok(Handle::new(i, self.slots[i as usize].0).unwrap())
-    }
-
-    fn post(&mut self, h: Handle) -> Result<(), Error> {
-        let i = self.lookup(h)?;
-        match self.slots[i].1 {
-            St::Reserved => {
-                self.slots[i].1 = St::Posted;
-                Ok(())
-            }
-            St::Posted => Err(Error::WrongState {
-                handle: h,
-                operation: "post",
-                state: "posted (in flight)",
-            }),
-            St::Ended(s) => Err(Error::WrongState {
-                handle: h,
-                operation: "post",
-                state: match s {
-                    Status::Done => "done",
-                    Status::Failed(_) => "failed",
-                    _ => "cancelled",
-                },
-            }),
-            _ => unreachable!(),
-        }
+        Ok(h)
     }
 
     fn complete(&mut self, h: Handle, o: Outcome) -> bool {
-        let i = match self.lookup(h) {
-            Ok(i) => i,
-            // A detached slot is invisible to its old owner but still completes.
-            Err(_) if self.slots.get(h.index() as usize) == Some(&(h.generation(), St::Detached)) => {
-                self.count(o);
-                self.free_slot(h.index() as usize);
-                return true;
-            }
-            Err(_) => {
-                self.stats.stale_completions += 1;
-                return false;
-            }
-        };
-        if self.slots[i].1 != St::Posted {
-            self.stats.stale_completions += 1;
-            return false;
-        }
-        self.slots[i].1 = St::Ended(match o {
-            Outcome::Done => Status::Done,
-            Outcome::Failed(c) => Status::Failed(c),
-            Outcome::Cancelled => Status::Cancelled,
-        });
-        self.count(o);
-        true
+        let (ended, freed) = self.s.complete(h, o);
+        self.give_back(freed);
+        ended
     }
 
     fn release(&mut self, h: Handle) -> Result<Released, Error> {
-        let i = self.lookup(h)?;
-        if self.slots[i].1 == St::Posted {
-            self.slots[i].1 = St::Detached;
-            return Ok(Released::Detached);
-        }
-        self.free_slot(i);
-        Ok(Released::Freed)
-    }
-
-    fn cancel(&mut self, h: Handle) -> Result<CancelResult, Error> {
-        let i = self.lookup(h)?;
-        Ok(match self.slots[i].1 {
-            St::Reserved => {
-                self.slots[i].1 = St::Ended(Status::Cancelled);
-                self.stats.cancelled += 1;
-                CancelResult::Cancelled
-            }
-            St::Posted => CancelResult::InFlight,
-            _ => CancelResult::AlreadyComplete,
-        })
-    }
-
-    fn status(&self, h: Handle) -> Result<Status, Error> {
-        let i = self.lookup(h)?;
-        Ok(match self.slots[i].1 {
-            St::Reserved => Status::Reserved,
-            St::Posted => Status::Posted,
-            St::Ended(s) => s,
-            _ => unreachable!(),
-        })
+        let (released, freed) = self.s.release(h);
+        self.give_back(freed);
+        released
     }
 }
 
@@ -261,7 +140,7 @@ fn run(capacity: usize, max_generation: u64, reuse_recent: bool, ops: &[Op]) -> 
             }
             Op::Post(k) => {
                 let h = pick(&issued, k);
-                prop_assert_eq!(ring.post(h), model.post(h));
+                prop_assert_eq!(ring.post(h), model.s.post(h));
             }
             Op::Complete(k, o) => {
                 let h = pick(&issued, k);
@@ -269,7 +148,7 @@ fn run(capacity: usize, max_generation: u64, reuse_recent: bool, ops: &[Op]) -> 
             }
             Op::Cancel(k) => {
                 let h = pick(&issued, k);
-                prop_assert_eq!(ring.cancel(h), model.cancel(h));
+                prop_assert_eq!(ring.cancel(h), model.s.cancel(h));
             }
             Op::Release(k) => {
                 let h = pick(&issued, k);
@@ -277,15 +156,15 @@ fn run(capacity: usize, max_generation: u64, reuse_recent: bool, ops: &[Op]) -> 
             }
             Op::Status(k) => {
                 let h = pick(&issued, k);
-                prop_assert_eq!(ring.status(h), model.status(h));
+                prop_assert_eq!(ring.status(h), model.s.status(h));
             }
             Op::Forged(i, g) => {
                 let h = Handle::new(i, g.max(1)).unwrap();
-                prop_assert_eq!(ring.status(h), model.status(h));
+                prop_assert_eq!(ring.status(h), model.s.status(h));
                 prop_assert_eq!(ring.complete(h, Outcome::Done), model.complete(h, Outcome::Done));
             }
         }
-        prop_assert_eq!(ring.stats(), model.stats);
+        prop_assert_eq!(ring.stats(), model.s.stats);
     }
     Ok(())
 }

@@ -17,156 +17,40 @@ use proptest::prelude::*;
 use ringxfer::Error;
 use ringxfer::ring::{CancelResult, FailCode, FailSource, Handle, Outcome, Released, RingStats, SlotRing, Status};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum St {
-    Free,
-    Reserved,
-    Posted,
-    Detached,
-    Ended(Status),
-    Retired,
-}
+#[path = "support/ring_model.rs"]
+mod ring_model;
+use ring_model::{Slots, St};
 
+/// The shared reference model, and the most transfers it ever held at once.
 struct Model {
-    slots: Vec<(u64, St)>,
-    max_generation: u64,
-    stats: RingStats,
+    s: Slots,
     most_live: usize,
 }
 
 impl Model {
-    fn lookup(&self, h: Handle) -> Result<usize, Error> {
-        let i = h.index() as usize;
-        if h.is_null() || i >= self.slots.len() {
-            return Err(Error::InvalidHandle {
-                handle: h,
-                capacity: self.slots.len(),
-            });
-        }
-        match self.slots[i] {
-            (g, St::Reserved | St::Posted | St::Ended(_)) if g == h.generation() => Ok(i),
-            _ => Err(Error::StaleHandle { handle: h }),
-        }
-    }
-
-    fn free_slot(&mut self, i: usize) {
-        let g = self.slots[i].0;
-        self.stats.live -= 1;
-        self.stats.freed += 1;
-        if g >= self.max_generation {
-            self.slots[i].1 = St::Retired;
-            self.stats.retired += 1;
-        } else {
-            self.slots[i] = (g + 1, St::Free);
-        }
-    }
-
-    fn count(&mut self, o: Outcome) {
-        match o {
-            Outcome::Done => self.stats.done += 1,
-            Outcome::Failed(_) => self.stats.failed += 1,
-            Outcome::Cancelled => self.stats.cancelled += 1,
-        }
-    }
-
     /// Checks the ring's answer to an acquire and takes the slot it gave.
     fn acquired(&mut self, got: &Result<Handle, Error>) -> Result<(), TestCaseError> {
         match got {
             Ok(h) => {
                 let i = h.index() as usize;
-                prop_assert!(i < self.slots.len(), "{} out of range", h);
+                prop_assert!(i < self.s.slots.len(), "{} out of range", h);
                 prop_assert_eq!(
-                    self.slots[i],
+                    self.s.slots[i],
                     (h.generation(), St::Free),
                     "{} is not a free slot at its generation",
                     h
                 );
-                self.slots[i].1 = St::Reserved;
-                self.stats.live += 1;
-                self.stats.acquired += 1;
-                self.most_live = self.most_live.max(self.stats.live);
+                prop_assert_eq!(self.s.take(i), *h);
+                self.most_live = self.most_live.max(self.s.stats.live);
             }
             Err(Error::RingFull { capacity }) => {
-                prop_assert_eq!(*capacity, self.slots.len());
-                let free = self.slots.iter().filter(|s| s.1 == St::Free).count();
+                prop_assert_eq!(*capacity, self.s.slots.len());
+                let free = self.s.slots.iter().filter(|s| s.1 == St::Free).count();
                 prop_assert_eq!(free, 0, "RingFull with {} slots free (cached by some thread?)", free);
             }
             Err(e) => prop_assert!(false, "acquire failed with {e:?}"),
         }
         Ok(())
-    }
-
-    fn post(&mut self, h: Handle) -> Result<(), Error> {
-        let i = self.lookup(h)?;
-        let state = match self.slots[i].1 {
-            St::Reserved => {
-                self.slots[i].1 = St::Posted;
-                return Ok(());
-            }
-            St::Posted => "posted (in flight)",
-            St::Ended(Status::Done) => "done",
-            St::Ended(Status::Failed(_)) => "failed",
-            _ => "cancelled",
-        };
-        Err(Error::WrongState {
-            handle: h,
-            operation: "post",
-            state,
-        })
-    }
-
-    fn complete(&mut self, h: Handle, o: Outcome) -> bool {
-        let i = h.index() as usize;
-        if self.slots.get(i) == Some(&(h.generation(), St::Detached)) {
-            // A detached slot is invisible to its old owner but still completes.
-            self.count(o);
-            self.free_slot(i);
-            return true;
-        }
-        if self.lookup(h).is_err() || self.slots[i].1 != St::Posted {
-            self.stats.stale_completions += 1;
-            return false;
-        }
-        self.slots[i].1 = St::Ended(match o {
-            Outcome::Done => Status::Done,
-            Outcome::Failed(c) => Status::Failed(c),
-            Outcome::Cancelled => Status::Cancelled,
-        });
-        self.count(o);
-        true
-    }
-
-    fn release(&mut self, h: Handle) -> Result<Released, Error> {
-        let i = self.lookup(h)?;
-        if self.slots[i].1 == St::Posted {
-            self.slots[i].1 = St::Detached;
-            return Ok(Released::Detached);
-        }
-        self.free_slot(i);
-        Ok(Released::Freed)
-    }
-
-    fn cancel(&mut self, h: Handle) -> Result<CancelResult, Error> {
-        let i = self.lookup(h)?;
-        Ok(match self.slots[i].1 {
-            St::Reserved => {
-                self.slots[i].1 = St::Ended(Status::Cancelled);
-                self.stats.cancelled += 1;
-                CancelResult::Cancelled
-            }
-            St::Posted => CancelResult::InFlight,
-            _ => CancelResult::AlreadyComplete,
-        })
-    }
-
-    fn status(&self, h: Handle) -> Result<Status, Error> {
-        let i = self.lookup(h)?;
-        Ok(match self.slots[i].1 {
-            St::Reserved => Status::Reserved,
-            St::Posted => Status::Posted,
-            St::Ended(s) => s,
-            _ => unreachable!("lookup admits only live states"),
-        })
     }
 }
 
@@ -266,12 +150,7 @@ fn run(capacity: usize, max_generation: u64, threads: usize, ops: &[(usize, Op)]
     );
     let mut workers: Vec<Worker> = (0..threads).map(|_| Worker::new(&ring)).collect();
     let mut model = Model {
-        slots: vec![(1, St::Free); capacity],
-        max_generation,
-        stats: RingStats {
-            capacity,
-            ..RingStats::default()
-        },
+        s: Slots::new(capacity, max_generation),
         most_live: 0,
     };
     let mut issued: Vec<Handle> = Vec::new();
@@ -300,35 +179,35 @@ fn run(capacity: usize, max_generation: u64, threads: usize, ops: &[(usize, Op)]
                 let h = pick(&issued, k);
                 prop_assert_eq!(
                     on(Box::new(move |r| Reply::Post(r.post(h)))),
-                    Reply::Post(model.post(h))
+                    Reply::Post(model.s.post(h))
                 );
             }
             Op::Complete(k, o) => {
                 let h = pick(&issued, k);
                 prop_assert_eq!(
                     on(Box::new(move |r| Reply::Complete(r.complete(h, o)))),
-                    Reply::Complete(model.complete(h, o))
+                    Reply::Complete(model.s.complete(h, o).0)
                 );
             }
             Op::Cancel(k) => {
                 let h = pick(&issued, k);
                 prop_assert_eq!(
                     on(Box::new(move |r| Reply::Cancel(r.cancel(h)))),
-                    Reply::Cancel(model.cancel(h))
+                    Reply::Cancel(model.s.cancel(h))
                 );
             }
             Op::Release(k) => {
                 let h = pick(&issued, k);
                 prop_assert_eq!(
                     on(Box::new(move |r| Reply::Release(r.release(h)))),
-                    Reply::Release(model.release(h))
+                    Reply::Release(model.s.release(h).0)
                 );
             }
             Op::Status(k) => {
                 let h = pick(&issued, k);
                 prop_assert_eq!(
                     on(Box::new(move |r| Reply::Status(r.status(h)))),
-                    Reply::Status(model.status(h))
+                    Reply::Status(model.s.status(h))
                 );
             }
             Op::Respawn => workers[t] = Worker::new(&ring),
@@ -340,11 +219,11 @@ fn run(capacity: usize, max_generation: u64, threads: usize, ops: &[(usize, Op)]
             stats.high_water,
             model.most_live
         );
-        prop_assert_eq!(RingStats { high_water: 0, ..stats }, model.stats);
+        prop_assert_eq!(RingStats { high_water: 0, ..stats }, model.s.stats);
     }
     // Capacity is never lost: once everything is given back, a new thread gets every
     // slot that has not retired, wherever they were cached, and then `RingFull`.
-    for (i, &(g, st)) in model.slots.clone().iter().enumerate() {
+    for (i, &(g, st)) in model.s.slots.clone().iter().enumerate() {
         let h = Handle::new(i as u32, g).unwrap();
         match st {
             St::Posted => {

@@ -37,6 +37,15 @@ thread_local! {
     static INDICES: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// A wait's `timeout` in seconds (`None`: [`FOREVER`]).
+fn budget(timeout: Option<f64>) -> PyResult<Duration> {
+    match timeout {
+        None => Ok(FOREVER),
+        Some(t) => Duration::try_from_secs_f64(t)
+            .map_err(|_| PyValueError::new_err(format!("timeout: {t} is not a duration in seconds"))),
+    }
+}
+
 /// Reads a sequence of `(region, offset, length)` into `out`.
 fn read_descs(seq: &Bound<'_, PyAny>, out: &mut Vec<Desc>, side: &str) -> PyResult<()> {
     out.clear();
@@ -194,11 +203,7 @@ impl Engine {
             Status::Reserved | Status::Posted => {}
             ended => return Ok(ended),
         }
-        let total = match timeout {
-            None => FOREVER,
-            Some(t) => Duration::try_from_secs_f64(t)
-                .map_err(|_| PyValueError::new_err(format!("timeout: {t} is not a duration in seconds")))?,
-        };
+        let total = budget(timeout)?;
         // The common case first: a transfer that ends within one slice costs one
         // release of the GIL and no clock reads here.
         let first = total.min(SLICE);
@@ -672,11 +677,7 @@ impl Engine {
     #[pyo3(signature = (timeout=None))]
     fn wait_any(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         let engine = self.engine()?;
-        let total = match timeout {
-            None => FOREVER,
-            Some(t) => Duration::try_from_secs_f64(t)
-                .map_err(|_| PyValueError::new_err(format!("timeout: {t} is not a duration in seconds")))?,
-        };
+        let total = budget(timeout)?;
         let end = Instant::now() + total;
         loop {
             let left = end.saturating_duration_since(Instant::now());
