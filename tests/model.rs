@@ -10,11 +10,11 @@ use std::collections::VecDeque;
 
 use proptest::prelude::*;
 use ringxfer::Error;
-use ringxfer::ring::{FailCode, FailSource, HIGH_WATER_SAMPLE, Handle, Outcome, Released, SlotRing};
+use ringxfer::ring::{HIGH_WATER_SAMPLE, Handle, Outcome, Released, SlotRing};
 
 #[path = "support/ring_model.rs"]
 mod ring_model;
-use ring_model::Slots;
+use ring_model::{Slots, outcome};
 
 struct Model {
     s: Slots,
@@ -93,14 +93,6 @@ enum Op {
     Status(usize),
     /// A handle nobody was given: random index (possibly out of range) and generation.
     Forged(u32, u64),
-}
-
-fn outcome() -> impl Strategy<Value = Outcome> {
-    prop_oneof![
-        Just(Outcome::Done),
-        Just(Outcome::Cancelled),
-        (0u32..2000).prop_map(|v| Outcome::Failed(FailCode::new(FailSource::Errno, v))),
-    ]
 }
 
 fn op() -> impl Strategy<Value = Op> {

@@ -15,11 +15,11 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 
 use proptest::prelude::*;
 use ringxfer::Error;
-use ringxfer::ring::{CancelResult, FailCode, FailSource, Handle, Outcome, Released, RingStats, SlotRing, Status};
+use ringxfer::ring::{CancelResult, Handle, Outcome, Released, RingStats, SlotRing, Status};
 
 #[path = "support/ring_model.rs"]
 mod ring_model;
-use ring_model::{Slots, St};
+use ring_model::{Slots, St, outcome};
 
 /// The shared reference model, and the most transfers it ever held at once.
 struct Model {
@@ -119,14 +119,6 @@ enum Op {
     Status(usize),
     /// The thread exits (its cached slot stays in its cell) and a new one replaces it.
     Respawn,
-}
-
-fn outcome() -> impl Strategy<Value = Outcome> {
-    prop_oneof![
-        Just(Outcome::Done),
-        Just(Outcome::Cancelled),
-        (0u32..2000).prop_map(|v| Outcome::Failed(FailCode::new(FailSource::Errno, v))),
-    ]
 }
 
 fn op() -> impl Strategy<Value = Op> {

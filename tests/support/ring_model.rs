@@ -7,8 +7,18 @@
 
 #![allow(dead_code)]
 
+use proptest::prelude::*;
 use ringxfer::Error;
-use ringxfer::ring::{CancelResult, Handle, Outcome, Released, RingStats, Status};
+use ringxfer::ring::{CancelResult, FailCode, FailSource, Handle, Outcome, Released, RingStats, Status};
+
+/// Any way a transfer ends, failures with assorted codes.
+pub fn outcome() -> impl Strategy<Value = Outcome> {
+    prop_oneof![
+        Just(Outcome::Done),
+        Just(Outcome::Cancelled),
+        (0u32..2000).prop_map(|v| Outcome::Failed(FailCode::new(FailSource::Errno, v))),
+    ]
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum St {
