@@ -146,6 +146,10 @@ pub struct Engine {
     /// `None` once closed. Dropped before `keep`: the engine waits for what is in
     /// flight before the memory it moves is let go of.
     inner: Option<Arc<ringxfer::Engine>>,
+    /// Its membership of a cluster (`Engine(etcd=...)`, feature `etcd`): dropped
+    /// before the engine can shut down (it holds the engine too).
+    #[cfg(feature = "etcd")]
+    cluster: Option<ringxfer::cluster::Cluster>,
     /// The objects whose memory registered regions name, by region: kept alive until
     /// the region is deregistered or the engine closed.
     keep: Mutex<HashMap<u64, Py<PyAny>>>,
@@ -158,6 +162,15 @@ impl Engine {
             Some(e) => Ok(e),
             None => Err(Closed::new_err("the engine is closed")),
         }
+    }
+
+    /// The engine's cluster membership, if it joined one.
+    #[cfg(feature = "etcd")]
+    pub(crate) fn cluster(&self) -> PyResult<&ringxfer::cluster::Cluster> {
+        self.engine()?;
+        self.cluster
+            .as_ref()
+            .ok_or_else(|| crate::cluster::no_store("this engine joined no cluster: Engine(etcd={...})"))
     }
 
     pub(crate) fn shared(&self) -> PyResult<Arc<ringxfer::Engine>> {
@@ -231,11 +244,32 @@ impl Engine {
     #[new]
     #[pyo3(signature = (**config_))]
     fn new(py: Python<'_>, config_: Option<&Bound<'_, PyDict>>) -> PyResult<Engine> {
-        let config = config(config_)?;
+        // `etcd` is the cluster's, not the engine's: taken out before the rest.
+        let (config_, etcd) = match config_ {
+            Some(d) if d.contains("etcd")? => {
+                let d = d.copy()?;
+                let etcd = d.get_item("etcd")?.filter(|v| !v.is_none());
+                d.del_item("etcd")?;
+                (Some(d), etcd)
+            }
+            other => (other.cloned(), None),
+        };
+        #[cfg(not(feature = "etcd"))]
+        crate::cluster::refuse(etcd.as_ref())?;
+        let config = config(config_.as_ref())?;
         config.validate().py()?;
-        let engine = py.detach(|| ringxfer::Engine::new(config)).py()?;
+        let engine = Arc::new(py.detach(|| ringxfer::Engine::new(config)).py()?);
         Ok(Engine {
-            inner: Some(Arc::new(engine)),
+            #[cfg(feature = "etcd")]
+            cluster: match etcd {
+                Some(options) => {
+                    let options = crate::cluster::etcd_config(&options)?;
+                    let shared = Arc::clone(&engine);
+                    Some(py.detach(|| ringxfer::cluster::Cluster::join(shared, options)).py()?)
+                }
+                None => None,
+            },
+            inner: Some(engine),
             keep: Mutex::new(HashMap::new()),
         })
     }
@@ -421,6 +455,29 @@ impl Engine {
     /// The name of the engine a notification's sender id stands for, if known.
     fn sender_name(&self, sender: u32) -> PyResult<Option<String>> {
         Ok(self.engine()?.sender_name(SenderId(sender)))
+    }
+
+    // ---- the cluster (etcd) -------------------------------------------------
+
+    /// Loads the engine registered as `name` in the cluster (`Engine(etcd=...)`)
+    /// and follows it: restarts are reloaded, a departure makes it lost.
+    fn fetch_peer_by_name(&self, py: Python<'_>, name: String) -> PyResult<u32> {
+        crate::cluster::fetch_peer(self, py, &name)
+    }
+
+    /// A followed peer's current id (a new one after it restarted), without I/O.
+    fn peer_by_name(&self, name: &str) -> PyResult<u32> {
+        crate::cluster::peer(self, name)
+    }
+
+    /// The names registered in the cluster's namespace.
+    fn list_peers(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        crate::cluster::list_peers(self, py)
+    }
+
+    /// What the cluster counted (registrations, reloads, restarts, lost, ...).
+    fn cluster_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        crate::cluster::stats(self, py)
     }
 
     // ---- transfers ----------------------------------------------------------
@@ -714,6 +771,11 @@ impl Engine {
         let Some(shared) = self.inner.take() else {
             return Ok(None);
         };
+        // Leave the cluster first (its thread holds the engine): the key goes.
+        #[cfg(feature = "etcd")]
+        if let Some(cluster) = self.cluster.take() {
+            py.detach(move || drop(cluster));
+        }
         let engine = match Arc::try_unwrap(shared) {
             Ok(engine) => engine,
             Err(shared) => {

@@ -3,6 +3,7 @@
 //! the `ringxfer.nixl` agent and the bench.
 #![allow(unsafe_code)]
 
+mod cluster;
 mod config;
 mod engine;
 mod errors;
@@ -22,5 +23,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("WRITE", "WRITE")?;
     m.add("READ", "READ")?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("HAS_ETCD", cfg!(feature = "etcd"))?;
     Ok(())
 }
