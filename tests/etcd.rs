@@ -9,8 +9,6 @@
 #![cfg(feature = "etcd")]
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,108 +20,9 @@ use ringxfer::{Config, Desc, Engine, Error, Op, RegionId, Status};
 #[path = "support/skip.rs"]
 mod skip;
 
-const REQUIRE_ETCD: &str = "RINGXFER_REQUIRE_ETCD";
-const TTL: Duration = Duration::from_secs(2);
-const WAIT: Duration = Duration::from_secs(10);
-
-/// An etcd server of the test's own, on loopback ports, with its own data directory.
-struct Etcd {
-    dir: PathBuf,
-    client_url: String,
-    peer_url: String,
-    child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-impl Etcd {
-    /// Starts one, or skips the test (`None`) where there is no `etcd`.
-    fn start() -> Option<Etcd> {
-        if Command::new("etcd").arg("--version").output().is_err() {
-            skip::skip(
-                REQUIRE_ETCD,
-                "etcd not found",
-                "install an etcd server (Debian: apt-get install etcd-server)",
-            );
-            return None;
-        }
-        let dir = std::env::temp_dir().join(format!("ringxfer-etcd-{}-{}", std::process::id(), free_port()));
-        let mut e = Etcd {
-            dir,
-            client_url: format!("http://127.0.0.1:{}", free_port()),
-            peer_url: format!("http://127.0.0.1:{}", free_port()),
-            child: None,
-        };
-        e.run();
-        Some(e)
-    }
-
-    fn run(&mut self) {
-        let log = std::fs::File::create(self.dir.with_extension("log")).unwrap();
-        let child = Command::new("etcd")
-            .args(["--name", "default", "--data-dir"])
-            .arg(&self.dir)
-            .args([
-                "--listen-client-urls",
-                &self.client_url,
-                "--advertise-client-urls",
-                &self.client_url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &self.peer_url,
-                "--initial-advertise-peer-urls",
-                &self.peer_url,
-            ])
-            .args(["--initial-cluster", &format!("default={}", self.peer_url)])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        // Up once it answers a client.
-        let start = Instant::now();
-        let config = self.config("/probe");
-        loop {
-            let engine = Arc::new(Engine::new(Config::default()).unwrap());
-            if Cluster::join(engine, config.clone()).is_ok() {
-                return;
-            }
-            assert!(
-                start.elapsed() < WAIT,
-                "etcd did not start (see {:?})",
-                self.dir.with_extension("log")
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn config(&self, namespace: &str) -> EtcdConfig {
-        EtcdConfig {
-            endpoints: vec![self.client_url.clone()],
-            namespace: namespace.into(),
-            ttl: TTL,
-            timeout: Duration::from_secs(1),
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_file(self.dir.with_extension("log"));
-    }
-}
+#[path = "support/etcd_server.rs"]
+mod etcd_server;
+use etcd_server::{Etcd, TTL, WAIT};
 
 fn engine(name: &str) -> Arc<Engine> {
     Arc::new(

@@ -276,6 +276,11 @@ typedef uint32_t rx_cancel_result;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
+// An engine's membership of a cluster. Opaque: made by `rx_cluster_join`, freed by
+// `rx_cluster_free` (before the engine's `rx_engine_free`; an engine freed first
+// lives on until its cluster is freed).
+typedef struct rx_cluster rx_cluster;
+
 // An engine. Opaque: made by `rx_engine_new`, freed by `rx_engine_free`.
 typedef struct rx_engine rx_engine;
 
@@ -486,6 +491,20 @@ typedef struct {
   // (`RX_FABRIC_BLOCKING`, the progress thread).
   uint64_t fabric_sleeps;
 } rx_stats;
+
+// Where a cluster's metadata lives. Zero and NULL fields take the defaults.
+typedef struct {
+  // Comma-separated etcd endpoints, `host:port` or `http://host:port`; NULL:
+  // "127.0.0.1:2379".
+  const char *endpoints;
+  // The key prefix engines register under; NULL: "/ringxfer".
+  const char *namespace_;
+  // The registration lease's time to live in milliseconds (whole seconds, 1 s to
+  // 1 h); 0: 10 s.
+  uint32_t ttl_ms;
+  // How long one request to etcd may take, in milliseconds; 0: 2 s.
+  uint32_t timeout_ms;
+} rx_etcd_config;
 
 #ifdef __cplusplus
 extern "C" {
@@ -746,6 +765,24 @@ rx_status rx_check_quiescent(const rx_engine *engine);
 // `buf[0..len]` and their length to `*out_len` (no NUL is added). A buffer too small
 // is `RX_BUFFER_TOO_SMALL`, with the length needed in `*out_len`.
 rx_status rx_metrics(const rx_engine *engine, uint8_t *buf, size_t len, size_t *out_len);
+
+// Registers `engine` under its name (`rx_config::name`) in the cluster `config`
+// describes (NULL: defaults) and writes the membership to `*out`.
+// `RX_NAME_TAKEN` if another live engine has the name; `RX_METADATA_STORE` if etcd
+// cannot be reached.
+rx_status rx_cluster_join(rx_engine *engine, const rx_etcd_config *config, rx_cluster **out);
+
+// Loads the engine registered as `name` and follows it (restarts reloaded, a
+// departure makes it lost); writes its peer id to `*out_peer`.
+rx_status rx_cluster_fetch_peer(const rx_cluster *cluster, const char *name, uint32_t *out_peer);
+
+// A followed peer's current id (a new one after it restarted), without asking the
+// store: `RX_PEER_LOST` while it is lost, `RX_UNKNOWN_PEER` if it is not followed.
+rx_status rx_cluster_peer(const rx_cluster *cluster, const char *name, uint32_t *out_peer);
+
+// Leaves the cluster (the registration is revoked) and frees the membership. NULL
+// is a no-op.
+void rx_cluster_free(rx_cluster *cluster);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -38,16 +38,20 @@ pub unsafe extern "C" fn rx_engine_free(engine: *mut rx_engine) {
     let _ = guard(|| {
         if !engine.is_null() {
             crate::boundary::forget_engine();
-            // SAFETY: the caller promises a pointer from rx_engine_new, freed once.
-            drop(unsafe { Box::from_raw(engine.cast::<Engine>()) });
+            // SAFETY: the caller promises a pointer from rx_engine_new (`Arc::into_raw`),
+            // freed once. A cluster still holding the engine keeps it alive.
+            drop(unsafe { std::sync::Arc::from_raw(engine.cast::<Engine>().cast_const()) });
         }
         S::RX_OK
     });
 }
 
-/// The C view of an engine: a box the C caller owns until `rx_engine_free`.
+/// The C view of an engine: an `Arc` the C caller owns until `rx_engine_free` (a
+/// cluster joined with `rx_cluster_join` holds another).
 fn into_raw(engine: Engine) -> *mut rx_engine {
-    Box::into_raw(Box::new(engine)).cast::<rx_engine>()
+    std::sync::Arc::into_raw(std::sync::Arc::new(engine))
+        .cast_mut()
+        .cast::<rx_engine>()
 }
 
 /// Hands an engine made in Rust to the C API, as if `rx_engine_new` had made it: for

@@ -60,6 +60,11 @@ mod completions;
 
 mod stats;
 
+mod cluster;
+
+pub use cluster::{
+    rx_cluster, rx_cluster_fetch_peer, rx_cluster_free, rx_cluster_join, rx_cluster_peer, rx_etcd_config,
+};
 pub use completions::{rx_completion, rx_completion_fd, rx_poll_completions, rx_report_completion, rx_wait_any};
 pub use config::{
     RX_CUDA_ENABLE, RX_CUDA_NO_BATCH, RX_CUDA_NO_PIN_HOST, RX_CUDA_VMM, RX_FABRIC_BLOCKING, RX_FABRIC_ENABLE,

@@ -286,6 +286,13 @@ pub(crate) fn fail(e: &Error) -> rx_status {
     rx_status::from(e)
 }
 
+/// A failure of something this build leaves out, with a reason.
+#[cfg_attr(feature = "etcd", allow(dead_code))]
+pub(crate) fn unsupported(reason: &'static str) -> rx_status {
+    set_last_error(format_args!("unsupported: {reason}"));
+    rx_status::RX_UNSUPPORTED
+}
+
 /// An invalid-argument failure with a reason.
 pub(crate) fn invalid(reason: &'static str) -> rx_status {
     set_last_error(format_args!("invalid argument: {reason}"));
