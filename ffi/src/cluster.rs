@@ -143,26 +143,8 @@ pub unsafe extern "C" fn rx_cluster_fetch_peer(
     name: *const c_char,
     out_peer: *mut u32,
 ) -> rx_status {
-    guard(|| {
-        tri!(need(out_peer));
-        // SAFETY: the caller promises NULL or a NUL-terminated string.
-        let Some(name) = tri!(unsafe { text(name, "name is not UTF-8") }) else {
-            return invalid("name is NULL");
-        };
-        #[cfg(feature = "etcd")]
-        {
-            // SAFETY: see `on::cluster`.
-            let c = tri!(unsafe { on::cluster(cluster) });
-            let peer = rx!(c.fetch_peer(name));
-            // SAFETY: checked non-NULL.
-            unsafe { put(out_peer, peer.0) }
-        }
-        #[cfg(not(feature = "etcd"))]
-        {
-            let _ = (cluster, name);
-            crate::status::unsupported("this build has no etcd support (cargo feature `etcd` of ringxfer-ffi)")
-        }
-    })
+    // SAFETY: the caller's contract, passed on.
+    unsafe { by_name(cluster, name, out_peer, Lookup::Fetch) }
 }
 
 /// A followed peer's current id (a new one after it restarted), without asking the
@@ -173,6 +155,19 @@ pub unsafe extern "C" fn rx_cluster_peer(
     name: *const c_char,
     out_peer: *mut u32,
 ) -> rx_status {
+    // SAFETY: the caller's contract, passed on.
+    unsafe { by_name(cluster, name, out_peer, Lookup::Current) }
+}
+
+/// Which of the two name lookups.
+#[derive(Clone, Copy)]
+enum Lookup {
+    Fetch,
+    Current,
+}
+
+/// A peer id by name, into `*out_peer`.
+unsafe fn by_name(cluster: *const rx_cluster, name: *const c_char, out_peer: *mut u32, how: Lookup) -> rx_status {
     guard(|| {
         tri!(need(out_peer));
         // SAFETY: the caller promises NULL or a NUL-terminated string.
@@ -183,13 +178,16 @@ pub unsafe extern "C" fn rx_cluster_peer(
         {
             // SAFETY: see `on::cluster`.
             let c = tri!(unsafe { on::cluster(cluster) });
-            let peer = rx!(c.peer(name));
+            let peer = rx!(match how {
+                Lookup::Fetch => c.fetch_peer(name),
+                Lookup::Current => c.peer(name),
+            });
             // SAFETY: checked non-NULL.
             unsafe { put(out_peer, peer.0) }
         }
         #[cfg(not(feature = "etcd"))]
         {
-            let _ = (cluster, name);
+            let _ = (cluster, name, how);
             crate::status::unsupported("this build has no etcd support (cargo feature `etcd` of ringxfer-ffi)")
         }
     })
