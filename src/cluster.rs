@@ -440,21 +440,15 @@ fn run(state: Arc<State>, mut inbox: amp::UnboundedReceiver<Command>, ready: mps
             first = false;
             let why = match outcome {
                 Ok(()) => return,
-                // The name is someone else's: nothing to reconnect for.
-                Err(e @ Error::NameTaken { .. }) => {
-                    if let Some(r) = ready.take() {
+                // A first session that fails (the name taken, etcd unreachable) is
+                // `join`'s error; later ones are outages, retried.
+                Err(e) => match ready.take() {
+                    Some(r) => {
                         let _ = r.send(Err(e));
                         return;
                     }
-                    e.to_string()
-                }
-                Err(e) => {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(Err(e));
-                        return;
-                    }
-                    e.to_string()
-                }
+                    None => e.to_string(),
+                },
             };
             state.counters.disconnects.fetch_add(1, Ordering::Relaxed);
             *state.down.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.clone());

@@ -135,6 +135,68 @@ fn write_and_read_with_notification_in_one_process() {
     }
 }
 
+/// `Engine::lose_peer` (what the cluster calls when a peer's lease expires): a
+/// transfer in flight fails `PEER_LOST` for its owner at once, its slot comes back
+/// when the provider lets go, new transfers are refused with `PeerLost`, and loading
+/// the peer again reaches it.
+#[test]
+fn a_peer_declared_lost_fails_its_transfers_in_flight() {
+    use ringxfer::ring::FailCode;
+    const LEN: u64 = 16 << 20;
+    for provider in PROVIDERS {
+        let Some((a, b, src, dst, peer)) = in_process(provider, LEN) else {
+            return;
+        };
+        let (mut lost_in_flight, mut ended) = (0, 0);
+        for round in 0..20 {
+            let desc = |r| [Desc::new(r, 0, LEN)];
+            let h = a.prepare(Op::Write, &desc(src), peer, &desc(dst), None).unwrap();
+            a.post(h).unwrap();
+            a.lose_peer(peer).unwrap();
+            match a.status(h).unwrap() {
+                Status::Failed(FailCode::PEER_LOST) => lost_in_flight += 1,
+                Status::Done => ended += 1,
+                other => panic!("{provider} round {round}: {other:?}"),
+            }
+            assert!(matches!(
+                a.prepare(Op::Write, &desc(src), peer, &desc(dst), None),
+                Err(Error::PeerLost { .. })
+            ));
+            a.release(h).unwrap();
+            until_slots_free(&a, provider, "the lost peer's slot");
+            assert_eq!(
+                a.load_peer(&b.local_metadata().unwrap()).unwrap(),
+                peer,
+                "{provider}: reloaded in place"
+            );
+        }
+        assert!(
+            lost_in_flight > 0,
+            "{provider}: no 16 MiB write was in flight ({ended} ended first)"
+        );
+        // Reached again after the reload.
+        let h = a
+            .prepare(
+                Op::Write,
+                &[Desc::new(src, 0, 4096)],
+                peer,
+                &[Desc::new(dst, 0, 4096)],
+                None,
+            )
+            .unwrap();
+        a.post(h).unwrap();
+        assert_eq!(wait_done(&a, h), Status::Done, "{provider}: released by wait_done");
+        let ring = a.stats().ring;
+        assert_eq!(
+            (ring.acquired, ring.freed),
+            (21, 21),
+            "{provider}: every slot freed once"
+        );
+        assert_eq!(ring.failed, lost_in_flight as u64, "{provider}");
+        a.check_quiescent().unwrap();
+    }
+}
+
 /// A fabric transfer cancelled in flight is abandoned: it reads Failed(CANCELLED) at
 /// once, the target never gets its notification, and its slot is freed exactly once,
 /// when the provider lets go of the operations.

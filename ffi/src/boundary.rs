@@ -86,6 +86,22 @@ pub(crate) unsafe fn slice_mut<'a>(ptr: *mut u8, len: usize) -> Result<&'a mut [
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
 }
 
+/// A C string argument as UTF-8: `None` for NULL; `what` is the error's reason when
+/// it is not UTF-8.
+///
+/// # Safety
+/// A non-NULL `ptr` points to a NUL-terminated string that lives for `'a`.
+pub(crate) unsafe fn c_str<'a>(ptr: *const std::ffi::c_char, what: &'static str) -> Result<Option<&'a str>, rx_status> {
+    if ptr.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: non-NULL, and the caller promises a NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(ptr) }
+        .to_str()
+        .map(Some)
+        .map_err(|_| invalid(what))
+}
+
 /// Writes an output, or fails if its pointer is NULL.
 ///
 /// # Safety

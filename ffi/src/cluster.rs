@@ -4,11 +4,11 @@
 //! `rx_cluster_free` leaves. In a build without this crate's `etcd` feature every
 //! call answers `RX_UNSUPPORTED`.
 
-use std::ffi::{CStr, c_char};
+use std::ffi::c_char;
 
 #[cfg(feature = "etcd")]
 use crate::boundary::put;
-use crate::boundary::{guard, need};
+use crate::boundary::{c_str as text, guard, need};
 use crate::engine::rx_engine;
 use crate::status::{invalid, rx_status, rx_status as S};
 
@@ -33,18 +33,6 @@ pub struct rx_etcd_config {
 /// lives on until its cluster is freed).
 pub struct rx_cluster {
     _private: [u8; 0],
-}
-
-/// A C string argument as UTF-8 (`what` names it in the error).
-unsafe fn text<'a>(s: *const c_char, what: &'static str) -> Result<Option<&'a str>, rx_status> {
-    if s.is_null() {
-        return Ok(None);
-    }
-    // SAFETY: non-NULL, and the caller promises a NUL-terminated string.
-    unsafe { CStr::from_ptr(s) }
-        .to_str()
-        .map(Some)
-        .map_err(|_| invalid(what))
 }
 
 #[cfg(feature = "etcd")]

@@ -1,13 +1,13 @@
 //! Engine configuration: `rx_config` and its flags, `rx_config_default`, and the
 //! reading of an `rx_config` into the `ringxfer::Config` that `rx_engine_new` uses.
 
-use std::ffi::{CStr, c_char};
+use std::ffi::c_char;
 
 use ringxfer::fabric::FabricConfig;
 use ringxfer::{Config, CudaConfig};
 
-use crate::boundary::{guard, put};
-use crate::status::{invalid, rx_status, rx_status as S};
+use crate::boundary::{c_str, guard, put};
+use crate::status::{invalid, rx_status};
 
 /// Engine capacities; fill with `rx_config_default`, then change what you need.
 /// See the README's configuration table for each field's range.
@@ -143,10 +143,9 @@ pub unsafe extern "C" fn rx_config_default(out: *mut rx_config) -> rx_status {
 /// are each NULL or a NUL-terminated string.
 pub(crate) unsafe fn config_from(cfg: &rx_config) -> Result<Config, rx_status> {
     let mut c = Config::default();
-    if !cfg.name.is_null() {
-        // SAFETY: the caller promises a NUL-terminated string.
-        let name = unsafe { CStr::from_ptr(cfg.name) };
-        c.name = name.to_str().map_err(|_| invalid("name is not UTF-8"))?.to_owned();
+    // SAFETY: the caller promises NULL or a NUL-terminated string.
+    if let Some(name) = unsafe { c_str(cfg.name, "name is not UTF-8") }? {
+        c.name = name.to_owned();
     }
     c.capacity = cfg.capacity as usize;
     c.max_descs_per_xfer = cfg.max_descs_per_xfer as usize;
@@ -174,10 +173,8 @@ pub(crate) unsafe fn config_from(cfg: &rx_config) -> Result<Config, rx_status> {
     if let Some(cuda) = cuda_from(cfg)? {
         c.cuda = Some(cuda);
     }
-    if !cfg.metadata_secret.is_null() {
-        // SAFETY: the caller promises a NUL-terminated string.
-        let secret = unsafe { CStr::from_ptr(cfg.metadata_secret) };
-        let secret = secret.to_str().map_err(|_| invalid("metadata_secret is not UTF-8"))?;
+    // SAFETY: the caller promises NULL or a NUL-terminated string.
+    if let Some(secret) = unsafe { c_str(cfg.metadata_secret, "metadata_secret is not UTF-8") }? {
         c.metadata_secret = Some(secret.into());
     }
     Ok(c)
@@ -194,14 +191,8 @@ unsafe fn fabric_from(cfg: &rx_config) -> Result<Option<FabricConfig>, rx_status
     if cfg.fabric_flags & RX_FABRIC_ENABLE == 0 {
         return Ok(None);
     }
-    let text = |p: *const c_char, what: &'static str| -> Result<Option<String>, S> {
-        if p.is_null() {
-            return Ok(None);
-        }
-        // SAFETY: the caller promises NULL or a NUL-terminated string.
-        let s = unsafe { CStr::from_ptr(p) };
-        s.to_str().map(|s| Some(s.to_owned())).map_err(|_| invalid(what))
-    };
+    // SAFETY: the caller promises NULL or a NUL-terminated string in each.
+    let text = |p: *const c_char, what| unsafe { c_str(p, what) }.map(|s| s.map(str::to_owned));
     let f = FabricConfig {
         provider: text(cfg.fabric_provider, "fabric_provider is not UTF-8")?,
         node: text(cfg.fabric_node, "fabric_node is not UTF-8")?,

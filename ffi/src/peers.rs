@@ -1,11 +1,11 @@
 //! Metadata and peers: this engine's metadata blob, loading a peer from its blob or
 //! from its metadata server, and serving this engine's metadata over TCP.
 
-use std::ffi::{CStr, c_char};
+use std::ffi::c_char;
 
 use ringxfer::MetadataServer;
 
-use crate::boundary::{engine, guard, need, put, slice, slice_mut};
+use crate::boundary::{c_str, engine, guard, need, put, slice, slice_mut};
 use crate::engine::rx_engine;
 use crate::status::{self, invalid, rx_status, rx_status as S};
 
@@ -20,13 +20,8 @@ pub struct rx_metadata_server {
 /// # Safety
 /// A non-NULL `addr` points to a NUL-terminated string that lives for `'a`.
 unsafe fn address<'a>(addr: *const c_char) -> Result<&'a str, rx_status> {
-    if addr.is_null() {
-        return Err(invalid("addr is NULL"));
-    }
-    // SAFETY: non-NULL, and the caller promises a NUL-terminated string.
-    unsafe { CStr::from_ptr(addr) }
-        .to_str()
-        .map_err(|_| invalid("addr is not UTF-8"))
+    // SAFETY: the caller promises NULL or a NUL-terminated string.
+    unsafe { c_str(addr, "addr is not UTF-8") }?.ok_or_else(|| invalid("addr is NULL"))
 }
 
 /// Copies this engine's metadata blob into `buf` and its length to `*out_len`. If `cap`

@@ -202,7 +202,7 @@ class Engine(_native.Engine):
         """
         if isinstance(obj, (str, os.PathLike)):
             return self.register_file(os.fspath(obj), writable, create, length, sync)
-        if isinstance(obj, (bytes, str)):
+        if isinstance(obj, bytes):
             raise BadBuffer("cannot register bytes (read-only): use a bytearray")
         addr, nbytes, on_gpu, keep = buffer_address(obj)
         if on_gpu:

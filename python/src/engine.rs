@@ -199,9 +199,8 @@ impl Engine {
         DESCS.with_borrow_mut(|(l, r)| {
             read_descs(local, l, "local")?;
             read_descs(remote, r, "remote")?;
-            match notif {
+            match notif.filter(|n| !n.is_none()) {
                 None => engine.prepare(op, l, PeerId(peer), r, None).py(),
-                Some(n) if n.is_none() => engine.prepare(op, l, PeerId(peer), r, None).py(),
                 Some(n) => with_payload(n, |bytes| engine.prepare(op, l, PeerId(peer), r, Some(bytes)).py()),
             }
         })

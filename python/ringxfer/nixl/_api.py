@@ -110,12 +110,11 @@ class nixl_agent_config:
 class nixl_prepped_dlist_handle:
     """A prepared side of transfers (``prep_xfer_dlist``)."""
 
-    __slots__ = ("_agent", "_handle", "_released", "local", "peer", "descs", "lens", "mem")
+    __slots__ = ("_agent", "_handle", "_released", "local", "peer", "descs", "mem")
 
     def __init__(self, agent, handle, local, peer, descs, mem) -> None:
         self._agent, self._handle, self._released = agent, handle, False
         self.local, self.peer, self.descs, self.mem = local, peer, descs, mem
-        self.lens = [d[2] for d in descs]
 
     def release(self) -> None:
         self._released = True
@@ -588,13 +587,9 @@ class nixl_agent:
         """``"DONE"``, ``"PROC"`` or ``"ERR"`` (the reason: the engine's
         ``failure(handle.current)``). A handle never posted raises
         ``nixlNotPostedError``."""
-        current = handle.current
-        if current is None:
+        if handle.current is None:
             raise nixlNotPostedError("check_xfer_state: the transfer was never posted")
-        state = _STATES[self._engine.status(current)]
-        if state == "DONE" and not handle.t_done and self._conf.capture_telemetry:
-            handle.t_done = time.monotonic_ns()
-        return state
+        return self._state(handle)
 
     def query_xfer_backend(self, handle: nixl_xfer_handle) -> str:
         return handle.backend

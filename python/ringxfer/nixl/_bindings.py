@@ -5,7 +5,7 @@ pickle, ``trim()`` drops the meta)."""
 
 from __future__ import annotations
 
-from typing import Iterable, List, Tuple
+from typing import Iterable, List
 
 DRAM_SEG = "DRAM_SEG"
 VRAM_SEG = "VRAM_SEG"
@@ -157,5 +157,3 @@ class nixlRegDList(_DList):
     def trim(self) -> nixlXferDList:
         return nixlXferDList(self._mem, (d[:3] for d in self._descs))
 
-
-Desc3 = Tuple[int, int, int]
