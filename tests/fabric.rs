@@ -16,6 +16,10 @@ use child::read_tagged;
 #[path = "support/skip.rs"]
 mod skip;
 
+#[path = "support/netns.rs"]
+mod netns;
+use netns::Netns;
+
 const PROVIDERS: [&str; 2] = ["tcp", "shm"];
 
 /// An engine with the fabric transport on `provider`, or `None` (the test is skipped,
@@ -438,13 +442,14 @@ impl Target {
         Target::spawn_in(provider, None)
     }
 
-    /// Spawns the target; with `netns`, inside that network namespace, bound to `node`.
-    fn spawn_in(provider: &str, netns: Option<(&str, &str)>) -> Target {
+    /// Spawns the target; with `netns`, inside that network namespace, bound to its
+    /// end of the link.
+    fn spawn_in(provider: &str, netns: Option<&Netns>) -> Target {
         let exe = std::env::current_exe().unwrap();
         let mut command = match netns {
-            Some((ns, node)) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(&exe).env("RINGXFER_TEST_NODE", node);
+            Some(ns) => {
+                let mut c = ns.command(&exe);
+                c.env("RINGXFER_TEST_NODE", &ns.ip_there);
                 c
             }
             None => Command::new(&exe),
@@ -1073,54 +1078,12 @@ fn a_lost_peer_fails_its_transfers_and_a_restarted_one_is_reached() {
 #[test]
 fn two_network_namespaces_over_tcp() {
     let _serial = serial();
-    let ns = format!("rxf{}", std::process::id());
-    let ok = |args: &[&str]| Command::new("ip").args(args).status().is_ok_and(|s| s.success());
-    if !ok(&["netns", "add", &ns]) {
-        skip::skip(
-            skip::REQUIRE_NETNS,
-            "cannot create a network namespace (`ip netns add` failed)",
-            "run as root with iproute2 installed",
-        );
-        return;
-    }
-    struct Netns(String);
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip")
-                .args(["link", "del", &format!("{}a", self.0)])
-                .status();
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-    let _cleanup = Netns(ns.clone());
-    let (here, there) = (format!("{ns}a"), format!("{ns}b"));
-    let subnet = 16 + std::process::id() % 200;
-    let (ip_here, ip_there) = (format!("10.{subnet}.7.1"), format!("10.{subnet}.7.2"));
-    for args in [
-        vec!["link", "add", &here, "type", "veth", "peer", "name", &there],
-        vec!["link", "set", &there, "netns", &ns],
-        vec!["addr", "add", &format!("{ip_here}/24"), "dev", &here],
-        vec!["link", "set", &here, "up"],
-        vec![
-            "netns",
-            "exec",
-            &ns,
-            "ip",
-            "addr",
-            "add",
-            &format!("{ip_there}/24"),
-            "dev",
-            &there,
-        ],
-        vec!["netns", "exec", &ns, "ip", "link", "set", &there, "up"],
-        vec!["netns", "exec", &ns, "ip", "link", "set", "lo", "up"],
-    ] {
-        assert!(ok(&args), "ip {args:?} failed");
-    }
+    let Some(ns) = Netns::create("f") else { return };
+    let (ip_here, ip_there) = (ns.ip_here.clone(), ns.ip_there.clone());
     let Some(a) = engine_at("host-a", "tcp", false, Duration::from_secs(10), Some(ip_here.clone())) else {
         return;
     };
-    let mut t = Target::spawn_in("tcp", Some((&ns, &ip_there)));
+    let mut t = Target::spawn_in("tcp", Some(&ns));
     assert!(
         t.addr.starts_with(&ip_there),
         "the target serves from its namespace: {}",

@@ -30,13 +30,18 @@ pub struct Etcd {
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+fn free_port(host: &str) -> u16 {
+    TcpListener::bind((host, 0)).unwrap().local_addr().unwrap().port()
 }
 
 impl Etcd {
-    /// Starts one, or skips the test (`None`) where there is no `etcd`.
+    /// Starts one on loopback, or skips the test (`None`) where there is no `etcd`.
     pub fn start() -> Option<Etcd> {
+        Etcd::start_at("127.0.0.1")
+    }
+
+    /// Starts one listening on `host` (an address of this host's), or skips the test.
+    pub fn start_at(host: &str) -> Option<Etcd> {
         if Command::new("etcd").arg("--version").output().is_err() {
             skip::skip(
                 REQUIRE_ETCD,
@@ -45,11 +50,11 @@ impl Etcd {
             );
             return None;
         }
-        let dir = std::env::temp_dir().join(format!("ringxfer-etcd-{}-{}", std::process::id(), free_port()));
+        let dir = std::env::temp_dir().join(format!("ringxfer-etcd-{}-{}", std::process::id(), free_port(host)));
         let mut e = Etcd {
             dir,
-            client_url: format!("http://127.0.0.1:{}", free_port()),
-            peer_url: format!("http://127.0.0.1:{}", free_port()),
+            client_url: format!("http://{host}:{}", free_port(host)),
+            peer_url: format!("http://{host}:{}", free_port(host)),
             child: None,
         };
         e.run();
