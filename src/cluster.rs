@@ -40,6 +40,7 @@ use tokio::sync::mpsc as amp;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::types::PeerId;
+use crate::wire::cluster_value;
 use crate::wire::metadata::{Metadata, MetadataError};
 
 /// Where the cluster's metadata lives and how long a registration outlives its
@@ -89,30 +90,6 @@ impl EtcdConfig {
         }
         Ok(())
     }
-}
-
-const MAGIC: &[u8; 4] = b"RXE1";
-
-/// A value as the cluster stores it.
-fn encode(version: u64, blob: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(12 + blob.len());
-    v.extend_from_slice(MAGIC);
-    v.extend_from_slice(&version.to_le_bytes());
-    v.extend_from_slice(blob);
-    v
-}
-
-/// A stored value's version and metadata blob (checked: the blob decodes).
-pub fn decode_value(value: &[u8]) -> Result<(u64, &[u8], Metadata)> {
-    if value.len() < 12 || &value[..4] != MAGIC {
-        return Err(Error::Metadata(MetadataError::Malformed {
-            what: "not a ringxfer cluster value (no RXE1 header)",
-        }));
-    }
-    let version = u64::from_le_bytes(value[4..12].try_into().unwrap_or_default());
-    let blob = &value[12..];
-    let md = Metadata::decode(blob)?;
-    Ok((version, blob, md))
 }
 
 /// A peer the cluster follows.
@@ -191,11 +168,11 @@ impl State {
 
     /// Applies a value seen under a followed name: a reload in place, or a restart.
     fn apply(&self, name: &str, value: &[u8]) -> Result<PeerId> {
-        let (version, blob, md) = match decode_value(value) {
+        let (version, blob, md) = match cluster_value::decode(value) {
             Ok(v) => v,
             Err(e) => {
                 self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                return Err(e);
+                return Err(e.into());
             }
         };
         if md.engine_name != name {
@@ -511,7 +488,7 @@ async fn session(
     let put = || {
         TxnOp::put(
             state.key.as_str(),
-            encode(version, &blob),
+            cluster_value::encode(version, &blob),
             Some(PutOptions::new().with_lease(lease)),
         )
     };
@@ -529,7 +506,7 @@ async fn session(
         });
         let ours = existing
             .as_deref()
-            .and_then(|v| decode_value(v).ok())
+            .and_then(|v| cluster_value::decode(v).ok())
             .is_some_and(|(_, _, md)| md.engine_id == state.engine_id);
         if !ours {
             let _ = client.lease_revoke(lease).await;
@@ -542,7 +519,7 @@ async fn session(
         timed(
             state,
             "registering",
-            client.put(state.key.as_str(), encode(version, &blob), Some(opts)),
+            client.put(state.key.as_str(), cluster_value::encode(version, &blob), Some(opts)),
         )
         .await?;
     }
@@ -639,7 +616,7 @@ async fn session(
                     blob = now;
                     version += 1;
                     let opts = PutOptions::new().with_lease(lease);
-                    timed(state, "re-publishing", client.put(state.key.as_str(), encode(version, &blob), Some(opts))).await?;
+                    timed(state, "re-publishing", client.put(state.key.as_str(), cluster_value::encode(version, &blob), Some(opts))).await?;
                     state.counters.republished.fetch_add(1, Ordering::Relaxed);
                 }
             }
